@@ -1,0 +1,1 @@
+"""Eviction: policies (LRU, IsolatedLRU, noop) and the controller thread that applies them."""

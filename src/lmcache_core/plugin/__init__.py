@@ -1,0 +1,19 @@
+"""The plugin interface: hook specifications and the typed registries hooks receive."""
+
+from lmcache_core.plugin.registry import (
+    FrontendRegistry,
+    HttpRoutesFactory,
+    L2AdapterFactory,
+    L2AdapterRegistry,
+    L2AdapterSpec,
+    ServerFrontendFactory,
+)
+
+__all__ = [
+    "FrontendRegistry",
+    "HttpRoutesFactory",
+    "L2AdapterFactory",
+    "L2AdapterRegistry",
+    "L2AdapterSpec",
+    "ServerFrontendFactory",
+]

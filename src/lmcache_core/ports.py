@@ -1,0 +1,219 @@
+"""The ports: what the core needs from the outside world, as small Protocols.
+
+Each port exists because it has two real implementations or a real test seam. Third-party
+adapters implement these; every method's docstring is its contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from lmcache_core.keys import ObjectKey
+
+# --------------------------------------------------------------------------- clock
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Time source; tests substitute a manual clock so TTLs and periods need no sleeps."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin; never goes backwards. Used for TTLs and periods."""
+        ...
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch. Used only for timestamps shown to people."""
+        ...
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHandle:
+    """A byte range of a memory pool: `nbytes` usable bytes at `offset`, inside a slot of
+    `slot_bytes` (the allocator's size class; `slot_bytes >= nbytes`)."""
+
+    offset: int
+    nbytes: int
+    slot_bytes: int
+
+
+@runtime_checkable
+class MemoryPool(Protocol):
+    """The L1 arena: one contiguous buffer handed out in byte ranges."""
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Total bytes the pool may hand out."""
+        ...
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes currently handed out, counted in slot sizes (what is really unavailable)."""
+        ...
+
+    def allocate(self, nbytes: int) -> MemoryHandle | None:
+        """Reserve `nbytes` (> 0); None when no room is left (never raises for lack of memory).
+        Thread-safe."""
+        ...
+
+    def free(self, handle: MemoryHandle) -> None:
+        """Return a handle from `allocate`; freeing twice or a foreign handle raises ValueError.
+        Thread-safe."""
+        ...
+
+    def view(self, handle: MemoryHandle) -> memoryview:
+        """A writable zero-copy view of exactly `handle.nbytes` bytes of the pool."""
+        ...
+
+    def report_status(self) -> dict[str, Any]:
+        """Status fields (with `is_healthy`) for the /status tree; O(1)."""
+        ...
+
+    def close(self) -> None:
+        """Release the buffer (and unlink any named segment). Idempotent."""
+        ...
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Where components report measurements; the Prometheus adapter is one implementation.
+
+    Names are the metric family names without the `lmcache_mp_` prefix. Labels are optional
+    keyword arguments; an implementation may drop high-cardinality labels."""
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        """Add `amount` (>= 0) to a counter."""
+        ...
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Set a gauge."""
+        ...
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record one sample into a histogram."""
+        ...
+
+
+class NullMetricsSink:
+    """A MetricsSink that drops everything (metrics disabled, unit tests)."""
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        return None
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        return None
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- L2
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of an L2 listing: keys plus the opaque token of the next page (None = last)."""
+
+    keys: list[ObjectKey]
+    next_page_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class L2Usage:
+    """Space accounting of one L2 adapter. `capacity_bytes` is None when unbounded/unknown."""
+
+    used_bytes: int
+    capacity_bytes: int | None
+    bytes_by_salt: Mapping[str, int] = field(default_factory=dict)
+
+
+class ListingNotSupportedError(NotImplementedError):
+    """Raised by `L2Adapter.list_keys` when the adapter cannot enumerate its keys (HTTP 501)."""
+
+
+@runtime_checkable
+class L2Adapter(Protocol):
+    """A storage tier below L1. All data operations are asynchronous: they return a Future at
+    once and complete on the adapter's own threads, so a slow or failing adapter never blocks
+    L1 or the request loop. A failing operation completes its Future with per-key False, or
+    with an exception; it never raises from the submit call for I/O reasons."""
+
+    kind: str
+    """The registered kind (`mock`, `fs`, `s3`, `dax`, ...)."""
+
+    def submit_store(self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]) -> Future[list[bool]]:
+        """Store each payload under its key (overwrite allowed). The payload views stay valid
+        until the Future completes. Result: per key, True when durably stored."""
+        ...
+
+    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
+        """Check presence and lock present keys against deletion/eviction until `unlock`.
+        Result: the hit bitmap, one bool per key."""
+        ...
+
+    def submit_load(self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]) -> Future[list[bool]]:
+        """Load each key's bytes into the caller's buffer (exactly the stored length). Result:
+        per key, True when the buffer holds the verified object; a missing, torn or corrupt
+        object is False (and never partially trusted)."""
+        ...
+
+    def unlock(self, keys: Sequence[ObjectKey]) -> None:
+        """Release locks taken by `submit_lookup_and_lock`. Unknown keys are ignored."""
+        ...
+
+    def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
+        """Delete keys, skipping locked ones. Result: per key, True when it was removed."""
+        ...
+
+    def list_keys(
+        self,
+        page_size: int,
+        page_token: str | None = None,
+        *,
+        model_name: str | None = None,
+        cache_salt: str | None = None,
+    ) -> KeyPage:
+        """One page of stored keys, optionally filtered. Raises ListingNotSupportedError when
+        the adapter cannot enumerate."""
+        ...
+
+    def usage(self) -> L2Usage:
+        """Bytes used, capacity and bytes per cache_salt."""
+        ...
+
+    def report_status(self) -> dict[str, Any]:
+        """Status fields with `is_healthy` for the /status tree."""
+        ...
+
+    def close(self) -> None:
+        """Finish or cancel pending work and release resources. Idempotent."""
+        ...
+
+
+# --------------------------------------------------------------------------- KV transfer
+
+
+@runtime_checkable
+class KVTransfer(Protocol):
+    """Moves KV blocks between an engine's paged KV cache and L1 objects (CUDA IPC or shared
+    CPU tensors); implemented with torch in the adapters ring."""
+
+    def gather(self, context_id: int, block_ids: Sequence[int], targets: Sequence[MemoryHandle]) -> None:
+        """Copy the engine blocks `block_ids` (chunk-major, one chunk per target) into the L1
+        objects `targets`. Returns when the copy is complete."""
+        ...
+
+    def scatter(
+        self, context_id: int, sources: Sequence[MemoryHandle], block_ids: Sequence[int], skip_blocks: int = 0
+    ) -> None:
+        """Copy L1 objects `sources` into the engine blocks `block_ids`, leaving the first
+        `skip_blocks` blocks untouched. Returns when the copy is complete."""
+        ...
