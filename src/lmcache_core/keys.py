@@ -10,7 +10,8 @@ from lmcache_core.errors import InvalidKeyError
 
 MAX_SALT_LEN = 128
 _SALT_FORBIDDEN = ("@", "/", "\\", "\x00")
-_HEX_RE = re.compile(r"^[0-9a-f]*$")
+# \Z, not $: `$` also matches before a trailing newline, which int()/fromhex() would then skip.
+_HEX_RE = re.compile(r"^[0-9a-f]*\Z")
 
 # kv_rank packs four bytes: world_size | global_rank | local_world_size | local_rank.
 _BYTE = 0xFF
@@ -153,6 +154,8 @@ class ObjectKey:
     @classmethod
     def from_storage_name(cls, name: str) -> ObjectKey:
         """Parse `to_storage_name`'s output; raise InvalidKeyError for anything else."""
+        if not isinstance(name, str):
+            raise InvalidKeyError(f"storage name must be a string, got {type(name).__name__}")
         parts = name.split("@")
         if len(parts) not in (4, 5):
             raise InvalidKeyError(f"not a storage name: {name!r}")

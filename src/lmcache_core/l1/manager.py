@@ -1,21 +1,98 @@
-"""L1Manager: the CPU-memory tier's object table over a MemoryPool port.
-
-INTERFACE STUB — the signatures and contracts below are fixed; the bodies are being written.
-"""
+"""L1Manager: the CPU-memory tier's object table over a MemoryPool port."""
 
 from __future__ import annotations
 
+import logging
+import operator
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.listener import L1Listener
+from lmcache_core.l1.locks import TTLLock
 from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.ports import Clock, MemoryHandle, MemoryPool
+from lmcache_core.status import compose_status
+
+log = logging.getLogger(__name__)
 
 Reclaimer = Callable[[int], int]
 """`reclaim(bytes_needed) -> bytes_freed`: evicts unlocked objects on the spot when an
 allocation does not fit (wired to the eviction controller's policy)."""
+
+# A write that does not fit asks the reclaimer this many times at most: freed bytes may sit in
+# slots of another size class, so one round is not always enough, but the loop must be bounded.
+_MAX_RECLAIM_ROUNDS = 3
+
+
+class _L1Object:
+    """One resident object: its memory and its lock state."""
+
+    __slots__ = (
+        "created_at",
+        "handle",
+        "key",
+        "last_access",
+        "read_lock",
+        "ready",
+        "size",
+        "temporary",
+        "write_lock",
+    )
+
+    def __init__(
+        self,
+        key: ObjectKey,
+        handle: MemoryHandle,
+        size: int,
+        temporary: bool,
+        write_ttl: float,
+        read_ttl: float,
+        clock: Clock,
+        now: float,
+    ) -> None:
+        self.key = key
+        self.handle = handle
+        self.size = size
+        self.temporary = temporary
+        # False until a write finishes; an object whose write lock expires before that was
+        # abandoned by a crashed writer and holds garbage, so it is never made readable.
+        self.ready = False
+        self.write_lock = TTLLock(write_ttl, clock)
+        self.read_lock = TTLLock(read_ttl, clock)
+        self.created_at = now
+        self.last_access = now
+
+    def locked(self, now: float) -> bool:
+        return self.write_lock.is_locked(now) or self.read_lock.is_locked(now)
+
+    def readable(self, now: float) -> bool:
+        return self.ready and not self.write_lock.is_locked(now)
+
+
+def _validate_size(size: Any) -> int:
+    if isinstance(size, bool):
+        raise ValueError(f"object sizes must be integers > 0, got {size!r}")
+    try:
+        value = operator.index(size)
+    except TypeError:
+        raise ValueError(f"object sizes must be integers > 0, got {size!r}") from None
+    if value <= 0:
+        raise ValueError(f"object sizes must be integers > 0, got {value}")
+    return value
+
+
+def _validate_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if count < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {count}")
+    return count
 
 
 class L1Manager:
@@ -27,6 +104,19 @@ class L1Manager:
     temporary. Every batch operation holds the manager's lock once (atomic per call) and returns
     one OpResult per key, in input order. Status counters are incremental: report_status() is
     O(number of currently locked objects), not O(objects).
+
+    Details every caller can rely on:
+    - A key repeated within one batch is processed once; its later occurrences answer
+      KEY_IN_WRONG_STATE.
+    - An object whose write lock expires before `finish_write` (a crashed writer) is never made
+      readable: it answers KEY_NOT_READABLE, can be deleted or evicted, and the next
+      `expire_locks()` removes it (reason "aborted").
+    - A temporary object is freed after its last `finish_read`, when its read lock expires, or
+      when nobody has locked it for `read_ttl_seconds` (a prefetch nobody came to read).
+    - `clear(force=True)` takes locked objects out of the table at once but keeps their memory
+      in a pending-free table until their locks are released (the `finish_*` call answers
+      KEY_NOT_EXIST) or expire. While a key is pending, `reserve_write` of that key answers
+      KEY_NOT_WRITABLE, so a late `finish_*` can never land on a newer object of the same key.
     """
 
     def __init__(
@@ -37,21 +127,59 @@ class L1Manager:
         write_ttl_seconds: float = 600.0,
         read_ttl_seconds: float = 300.0,
     ) -> None:
-        raise NotImplementedError
+        if not write_ttl_seconds > 0:
+            raise ValueError(f"write_ttl_seconds must be > 0, got {write_ttl_seconds!r}")
+        if not read_ttl_seconds > 0:
+            raise ValueError(f"read_ttl_seconds must be > 0, got {read_ttl_seconds!r}")
+        self._pool = pool
+        self._clock = clock
+        self._write_ttl = float(write_ttl_seconds)
+        self._read_ttl = float(read_ttl_seconds)
+        # Re-entrant: the reclaimer runs while reserve_write holds the lock and evicts through
+        # _evict_locked on the same thread.
+        self._lock = threading.RLock()
+        self._listeners: list[L1Listener] = []
+        self._reclaimer: Reclaimer | None = None
+        self._objects: dict[ObjectKey, _L1Object] = {}
+        self._pending: dict[ObjectKey, _L1Object] = {}
+        # Keys of table objects holding a lock (may include expired ones until _expire runs);
+        # small sets, so status never walks the whole table.
+        self._write_locked: set[ObjectKey] = set()
+        self._read_locked: set[ObjectKey] = set()
+        self._temporary: set[ObjectKey] = set()
+        # Keys the reclaimer must not evict (existing objects a reserve_write is about to rewrite).
+        self._protected: set[ObjectKey] = set()
+        self._bytes_by_salt: dict[str, int] = {}
+        self._object_bytes = 0
+        self._expired_locks_total = 0
+        self._aborted_total = 0
+        self._out_of_memory_total = 0
+        self._reclaim_calls_total = 0
+        self._reclaim_failures_total = 0
 
     # -- wiring ---------------------------------------------------------------------------
 
     def add_listener(self, listener: L1Listener) -> None:
         """Subscribe to L1 events (see L1Listener for the delivery rules)."""
-        raise NotImplementedError
+        with self._lock:
+            self._listeners.append(listener)
 
     def set_reclaimer(self, reclaimer: Reclaimer | None) -> None:
         """Install the on-the-spot evictor used when reserve_write cannot allocate."""
-        raise NotImplementedError
+        with self._lock:
+            self._reclaimer = reclaimer
 
     @property
     def pool(self) -> MemoryPool:
-        raise NotImplementedError
+        return self._pool
+
+    @property
+    def write_ttl_seconds(self) -> float:
+        return self._write_ttl
+
+    @property
+    def read_ttl_seconds(self) -> float:
+        return self._read_ttl
 
     # -- batch operations -----------------------------------------------------------------
 
@@ -67,90 +195,567 @@ class L1Manager:
         passed the state checks: if they do not all fit (after asking the reclaimer to free
         space), none is allocated and each of them answers OUT_OF_MEMORY. UPDATE of an existing
         object reuses its memory when the size is unchanged."""
-        raise NotImplementedError
+        if len(keys) != len(sizes):
+            raise ValueError(f"got {len(keys)} keys but {len(sizes)} sizes")
+        checked_sizes = [_validate_size(size) for size in sizes]
+        mode = WriteMode(mode)
+        results: list[tuple[OpResult, MemoryHandle | None]] = [
+            (OpResult.KEY_IN_WRONG_STATE, None)
+        ] * len(keys)
+        with self._lock:
+            now = self._clock.monotonic()
+            seen: set[ObjectKey] = set()
+            # (index, key, size, existing object or None)
+            plan: list[tuple[int, ObjectKey, int, _L1Object | None]] = []
+            for i, (key, size) in enumerate(zip(keys, checked_sizes, strict=True)):
+                if key in seen:
+                    continue  # answered KEY_IN_WRONG_STATE
+                seen.add(key)
+                if self._pending and key in self._pending:
+                    results[i] = (OpResult.KEY_NOT_WRITABLE, None)
+                    continue
+                obj = self._objects.get(key)
+                if obj is not None and mode is not WriteMode.UPDATE and self._abandoned(obj, now):
+                    self._drop([obj], "aborted")
+                    obj = None
+                if obj is None:
+                    if mode is WriteMode.UPDATE:
+                        results[i] = (OpResult.KEY_NOT_EXIST, None)
+                    else:
+                        plan.append((i, key, size, None))
+                elif mode is WriteMode.NEW:
+                    results[i] = (OpResult.KEY_IN_WRONG_STATE, None)
+                elif obj.temporary or obj.locked(now):
+                    results[i] = (OpResult.KEY_NOT_WRITABLE, None)
+                else:
+                    plan.append((i, key, size, obj))
+            if not plan:
+                return results
+
+            to_allocate = [size for _, _, size, obj in plan if obj is None or obj.size != size]
+            protect = [key for _, key, _, obj in plan if obj is not None]
+            handles = self._allocate_all(to_allocate, protect)
+            if handles is None:
+                self._out_of_memory_total += 1
+                for i, _, _, _ in plan:
+                    results[i] = (OpResult.OUT_OF_MEMORY, None)
+                return results
+
+            fresh = iter(handles)
+            reserved_keys: list[ObjectKey] = []
+            reserved_sizes: list[int] = []
+            for i, key, size, existing in plan:
+                if existing is None:
+                    obj = _L1Object(
+                        key,
+                        next(fresh),
+                        size,
+                        temporary,
+                        self._write_ttl,
+                        self._read_ttl,
+                        self._clock,
+                        now,
+                    )
+                    self._attach(obj)
+                else:
+                    obj = existing
+                    if obj.size != size:
+                        old = obj.handle
+                        obj.handle = next(fresh)
+                        self._pool.free(old)
+                        self._account(obj, -obj.size)
+                        obj.size = size
+                        self._account(obj, size)
+                    obj.ready = False
+                    if temporary:  # (a temporary object never gets here: it is not writable)
+                        obj.temporary = True
+                        self._temporary.add(key)
+                    obj.last_access = now
+                obj.write_lock.lock(1, now)
+                self._write_locked.add(key)
+                results[i] = (OpResult.SUCCESS, obj.handle)
+                reserved_keys.append(key)
+                reserved_sizes.append(size)
+            self._emit("on_l1_keys_reserved_write", reserved_keys, reserved_sizes)
+            return results
 
     def finish_write(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
         """Release the write lock: the object becomes readable; listeners get write_finished."""
-        raise NotImplementedError
+        with self._lock:
+            now = self._clock.monotonic()
+            results, done = self._finish_write_locked(keys, now)
+            self._emit("on_l1_keys_write_finished", [o.key for o in done], [o.size for o in done])
+            return results
 
     def abort_write(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
         """Drop write-locked objects whose write will never complete (never made readable)."""
-        raise NotImplementedError
+        with self._lock:
+            now = self._clock.monotonic()
+            results: list[OpResult] = []
+            seen: set[ObjectKey] = set()
+            aborted: list[_L1Object] = []
+            for key in keys:
+                if key in seen:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                seen.add(key)
+                pending = self._pending.get(key) if self._pending else None
+                if pending is not None:
+                    pending.write_lock.unlock(1, now)
+                    self._free_pending_if_unlocked(pending, now)
+                    results.append(OpResult.KEY_NOT_EXIST)
+                    continue
+                obj = self._objects.get(key)
+                if obj is None:
+                    results.append(OpResult.KEY_NOT_EXIST)
+                elif not obj.write_lock.unlock(1, now):
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                else:
+                    aborted.append(obj)
+                    results.append(OpResult.SUCCESS)
+            self._drop(aborted, "aborted")
+            return results
 
     def finish_write_and_reserve_read(
         self, keys: Sequence[ObjectKey], extra_count: int = 0
     ) -> list[tuple[OpResult, MemoryHandle | None]]:
         """finish_write, then take `1 + extra_count` read locks, atomically."""
-        raise NotImplementedError
+        holders = 1 + _validate_count("extra_count", extra_count, 0)
+        with self._lock:
+            now = self._clock.monotonic()
+            statuses, done = self._finish_write_locked(keys, now)
+            for obj in done:
+                obj.read_lock.lock(holders, now)
+                self._read_locked.add(obj.key)
+            results: list[tuple[OpResult, MemoryHandle | None]] = []
+            handles = iter(obj.handle for obj in done)
+            for status in statuses:
+                results.append((status, next(handles) if status is OpResult.SUCCESS else None))
+            done_keys = [o.key for o in done]
+            self._emit("on_l1_keys_write_finished", done_keys, [o.size for o in done])
+            self._emit("on_l1_keys_read_reserved", done_keys)
+            return results
 
     def reserve_read(
         self, keys: Sequence[ObjectKey], extra_count: int = 0
     ) -> list[tuple[OpResult, MemoryHandle | None]]:
         """Take `1 + extra_count` read locks (tensor-parallel readers) on readable objects."""
-        raise NotImplementedError
+        holders = 1 + _validate_count("extra_count", extra_count, 0)
+        with self._lock:
+            now = self._clock.monotonic()
+            results: list[tuple[OpResult, MemoryHandle | None]] = []
+            seen: set[ObjectKey] = set()
+            reserved: list[ObjectKey] = []
+            for key in keys:
+                if key in seen:
+                    results.append((OpResult.KEY_IN_WRONG_STATE, None))
+                    continue
+                seen.add(key)
+                obj = self._objects.get(key)
+                if obj is None:
+                    results.append((OpResult.KEY_NOT_EXIST, None))
+                elif not obj.readable(now):
+                    results.append((OpResult.KEY_NOT_READABLE, None))
+                else:
+                    obj.read_lock.lock(holders, now)
+                    obj.last_access = now
+                    self._read_locked.add(key)
+                    reserved.append(key)
+                    results.append((OpResult.SUCCESS, obj.handle))
+            self._emit("on_l1_keys_read_reserved", reserved)
+            return results
 
     def finish_read(self, keys: Sequence[ObjectKey], count: int = 1) -> list[OpResult]:
         """Release `count` read locks; a temporary object is freed after its last read."""
-        raise NotImplementedError
+        count = _validate_count("count", count, 1)
+        with self._lock:
+            now = self._clock.monotonic()
+            results: list[OpResult] = []
+            seen: set[ObjectKey] = set()
+            finished: list[ObjectKey] = []
+            spent: list[_L1Object] = []
+            for key in keys:
+                if key in seen:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                seen.add(key)
+                pending = self._pending.get(key) if self._pending else None
+                if pending is not None:
+                    pending.read_lock.unlock(count, now)
+                    self._free_pending_if_unlocked(pending, now)
+                    results.append(OpResult.KEY_NOT_EXIST)
+                    continue
+                obj = self._objects.get(key)
+                if obj is None:
+                    results.append(OpResult.KEY_NOT_EXIST)
+                elif not obj.read_lock.unlock(count, now):
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                else:
+                    finished.append(key)
+                    results.append(OpResult.SUCCESS)
+                    if obj.read_lock.count(now) == 0:
+                        self._read_locked.discard(key)
+                        if obj.temporary and not obj.write_lock.is_locked(now):
+                            spent.append(obj)
+            self._emit("on_l1_keys_read_finished", finished)
+            self._drop(spent, "temporary")
+            return results
 
     def delete(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
         """Remove unlocked objects and free their memory; locked ones answer KEY_IS_LOCKED."""
-        raise NotImplementedError
+        with self._lock:
+            now = self._clock.monotonic()
+            results: list[OpResult] = []
+            seen: set[ObjectKey] = set()
+            doomed: list[_L1Object] = []
+            for key in keys:
+                if key in seen:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                seen.add(key)
+                obj = self._objects.get(key)
+                if obj is None:
+                    results.append(OpResult.KEY_NOT_EXIST)
+                elif obj.locked(now):
+                    results.append(OpResult.KEY_IS_LOCKED)
+                else:
+                    doomed.append(obj)
+                    results.append(OpResult.SUCCESS)
+            self._drop(doomed, "delete")
+            return results
 
-    def evict(self, keys: Iterable[ObjectKey], max_bytes: int | None = None) -> tuple[list[ObjectKey], int]:
+    def evict(
+        self, keys: Iterable[ObjectKey], max_bytes: int | None = None
+    ) -> tuple[list[ObjectKey], int]:
         """Remove unlocked, non-temporary objects among `keys` (in order) until `max_bytes`
         are freed; skip locked ones. Returns (evicted keys, bytes freed). Reason "evict"."""
-        raise NotImplementedError
+        with self._lock:
+            return self._evict_locked(keys, max_bytes)
+
+    def _evict_locked(
+        self, keys: Iterable[ObjectKey], max_bytes: int | None
+    ) -> tuple[list[ObjectKey], int]:
+        """evict() for callers already inside the manager's lock (the reclaimer). Consumes
+        `keys` lazily and stops as soon as `max_bytes` are freed."""
+        with self._lock:
+            if max_bytes is not None and max_bytes <= 0:
+                return [], 0
+            now = self._clock.monotonic()
+            victims: list[_L1Object] = []
+            freed = 0
+            seen: set[ObjectKey] = set()
+            try:
+                for key in keys:
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    obj = self._objects.get(key)
+                    if obj is None or obj.temporary or key in self._protected or obj.locked(now):
+                        continue
+                    # Detach at once so a repeated or later key cannot pick the same object.
+                    self._detach(obj)
+                    self._pool.free(obj.handle)
+                    victims.append(obj)
+                    freed += obj.size
+                    if max_bytes is not None and freed >= max_bytes:
+                        break
+            finally:
+                # A policy iterator that raises midway must not hide what was already evicted.
+                self._emit(
+                    "on_l1_keys_removed",
+                    [o.key for o in victims],
+                    [o.size for o in victims],
+                    "evict",
+                )
+            return [o.key for o in victims], freed
 
     def touch(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
         """Mark objects as used (LRU refresh) without locking."""
-        raise NotImplementedError
+        with self._lock:
+            now = self._clock.monotonic()
+            results: list[OpResult] = []
+            seen: set[ObjectKey] = set()
+            touched: list[ObjectKey] = []
+            for key in keys:
+                if key in seen:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                seen.add(key)
+                obj = self._objects.get(key)
+                if obj is None:
+                    results.append(OpResult.KEY_NOT_EXIST)
+                else:
+                    obj.last_access = now
+                    touched.append(key)
+                    results.append(OpResult.SUCCESS)
+            self._emit("on_l1_keys_touched", touched)
+            return results
 
-    def clear(self, force: bool = False, *, cache_salt: str | None = None, model_name: str | None = None) -> int:
+    def clear(
+        self, force: bool = False, *, cache_salt: str | None = None, model_name: str | None = None
+    ) -> int:
         """Remove every (matching) object; without `force`, locked objects stay. With `force`,
         locked objects leave the table at once, but their memory is freed only when their locks
         are released or expire, so an in-flight transfer never writes into reused memory.
         Returns the number of objects removed."""
-        raise NotImplementedError
+        with self._lock:
+            now = self._clock.monotonic()
+            removed: list[_L1Object] = []
+            for key, obj in list(self._objects.items()):
+                if cache_salt is not None and key.cache_salt != cache_salt:
+                    continue
+                if model_name is not None and key.model_name != model_name:
+                    continue
+                locked = obj.locked(now)
+                if locked and not force:
+                    continue
+                self._detach(obj)
+                if locked:
+                    self._pending[key] = obj
+                else:
+                    self._pool.free(obj.handle)
+                removed.append(obj)
+            self._emit(
+                "on_l1_keys_removed", [o.key for o in removed], [o.size for o in removed], "clear"
+            )
+            return len(removed)
 
     # -- queries --------------------------------------------------------------------------
 
     def contains(self, key: ObjectKey) -> bool:
-        raise NotImplementedError
+        with self._lock:
+            return key in self._objects
 
     def is_readable(self, key: ObjectKey) -> bool:
-        raise NotImplementedError
+        with self._lock:
+            obj = self._objects.get(key)
+            return obj is not None and obj.readable(self._clock.monotonic())
 
     def get_handle(self, key: ObjectKey) -> MemoryHandle | None:
         """The handle of an object (no lock taken: the caller must already hold one)."""
-        raise NotImplementedError
+        with self._lock:
+            obj = self._objects.get(key)
+            return None if obj is None else obj.handle
 
     def view(self, key: ObjectKey) -> memoryview | None:
         """Zero-copy bytes of an object (the caller must hold a lock)."""
-        raise NotImplementedError
+        handle = self.get_handle(key)
+        return None if handle is None else self._pool.view(handle)
 
-    def keys(self, *, cache_salt: str | None = None, model_name: str | None = None) -> list[ObjectKey]:
+    def keys(
+        self, *, cache_salt: str | None = None, model_name: str | None = None
+    ) -> list[ObjectKey]:
         """A snapshot of the (matching) keys; O(n), for admin use."""
-        raise NotImplementedError
+        with self._lock:
+            snapshot = list(self._objects)
+        return [
+            k
+            for k in snapshot
+            if (cache_salt is None or k.cache_salt == cache_salt)
+            and (model_name is None or k.model_name == model_name)
+        ]
 
     def object_count(self) -> int:
-        raise NotImplementedError
+        with self._lock:
+            return len(self._objects)
 
     def usage_bytes(self) -> tuple[int, int]:
         """(used, total) bytes of the pool."""
-        raise NotImplementedError
+        return self._pool.used_bytes, self._pool.capacity_bytes
 
     def bytes_by_salt(self) -> dict[str, int]:
         """Object bytes per cache_salt (incremental; O(salts))."""
-        raise NotImplementedError
+        with self._lock:
+            return dict(self._bytes_by_salt)
 
     def expire_locks(self) -> int:
         """Drop expired locks now (also done lazily); frees memory of force-cleared objects
         whose locks are gone. Returns the number of locks expired."""
-        raise NotImplementedError
+        with self._lock:
+            return self._expire(self._clock.monotonic())
 
     def report_status(self) -> dict[str, Any]:
         """`is_healthy`, `total_object_count`, `write_locked_count`, `read_locked_count`,
         `temporary_count`, `memory_used_bytes`, `memory_total_bytes`, `memory_usage_ratio`,
         `write_ttl_seconds`, `read_ttl_seconds`, `pending_free_count`, `pool` (the pool's report)."""
-        raise NotImplementedError
+        with self._lock:
+            self._expire(self._clock.monotonic())
+            fields: dict[str, Any] = {
+                "total_object_count": len(self._objects),
+                "write_locked_count": len(self._write_locked),
+                "read_locked_count": len(self._read_locked),
+                "temporary_count": len(self._temporary),
+                "object_bytes": self._object_bytes,
+                "pending_free_count": len(self._pending),
+                "pending_free_bytes": sum(o.size for o in self._pending.values()),
+                "write_ttl_seconds": self._write_ttl,
+                "read_ttl_seconds": self._read_ttl,
+                "expired_locks_total": self._expired_locks_total,
+                "aborted_writes_total": self._aborted_total,
+                "out_of_memory_total": self._out_of_memory_total,
+                "reclaim_calls_total": self._reclaim_calls_total,
+                "reclaim_failures_total": self._reclaim_failures_total,
+                "reclaimer_installed": self._reclaimer is not None,
+                "listener_count": len(self._listeners),
+            }
+        used, total = self.usage_bytes()
+        fields["memory_used_bytes"] = used
+        fields["memory_total_bytes"] = total
+        fields["memory_usage_ratio"] = used / total if total else 0.0
+        return compose_status(fields, {"pool": self._pool})
+
+    # -- internals (lock held) ------------------------------------------------------------
+
+    def _abandoned(self, obj: _L1Object, now: float) -> bool:
+        return not obj.ready and not obj.write_lock.is_locked(now)
+
+    def _account(self, obj: _L1Object, delta: int) -> None:
+        salt = obj.key.cache_salt
+        total = self._bytes_by_salt.get(salt, 0) + delta
+        if total:
+            self._bytes_by_salt[salt] = total
+        else:
+            self._bytes_by_salt.pop(salt, None)
+        self._object_bytes += delta
+
+    def _attach(self, obj: _L1Object) -> None:
+        self._objects[obj.key] = obj
+        self._account(obj, obj.size)
+        if obj.temporary:
+            self._temporary.add(obj.key)
+
+    def _detach(self, obj: _L1Object) -> None:
+        """Take an object out of the table and its counters (its memory is the caller's)."""
+        key = obj.key
+        del self._objects[key]
+        self._account(obj, -obj.size)
+        self._write_locked.discard(key)
+        self._read_locked.discard(key)
+        self._temporary.discard(key)
+
+    def _drop(self, objs: list[_L1Object], reason: str) -> None:
+        """Detach and free unlocked objects, then tell the listeners."""
+        if not objs:
+            return
+        for obj in objs:
+            self._detach(obj)
+            self._pool.free(obj.handle)
+        if reason == "aborted":
+            self._aborted_total += len(objs)
+        self._emit("on_l1_keys_removed", [o.key for o in objs], [o.size for o in objs], reason)
+
+    def _free_pending_if_unlocked(self, obj: _L1Object, now: float) -> None:
+        if not obj.locked(now):
+            del self._pending[obj.key]
+            self._pool.free(obj.handle)
+
+    def _finish_write_locked(
+        self, keys: Sequence[ObjectKey], now: float
+    ) -> tuple[list[OpResult], list[_L1Object]]:
+        results: list[OpResult] = []
+        done: list[_L1Object] = []
+        seen: set[ObjectKey] = set()
+        for key in keys:
+            if key in seen:
+                results.append(OpResult.KEY_IN_WRONG_STATE)
+                continue
+            seen.add(key)
+            pending = self._pending.get(key) if self._pending else None
+            if pending is not None:
+                pending.write_lock.unlock(1, now)
+                self._free_pending_if_unlocked(pending, now)
+                results.append(OpResult.KEY_NOT_EXIST)
+                continue
+            obj = self._objects.get(key)
+            if obj is None:
+                results.append(OpResult.KEY_NOT_EXIST)
+            elif not obj.write_lock.unlock(1, now):
+                results.append(OpResult.KEY_IN_WRONG_STATE)
+            else:
+                self._write_locked.discard(key)
+                obj.ready = True
+                obj.last_access = now
+                done.append(obj)
+                results.append(OpResult.SUCCESS)
+        return results, done
+
+    def _allocate_all(
+        self, sizes: list[int], protect: list[ObjectKey]
+    ) -> list[MemoryHandle] | None:
+        """Allocate every size or none, asking the reclaimer for room between attempts."""
+        handles: list[MemoryHandle] = []
+        try:
+            for attempt in range(_MAX_RECLAIM_ROUNDS + 1):
+                while len(handles) < len(sizes):
+                    handle = self._pool.allocate(sizes[len(handles)])
+                    if handle is None:
+                        break
+                    handles.append(handle)
+                if len(handles) == len(sizes):
+                    return handles
+                if attempt == _MAX_RECLAIM_ROUNDS or self._reclaimer is None:
+                    break
+                if self._reclaim(sum(sizes[len(handles) :]), protect) <= 0:
+                    break
+        except BaseException:
+            for handle in handles:
+                self._pool.free(handle)
+            raise
+        for handle in handles:
+            self._pool.free(handle)
+        return None
+
+    def _reclaim(self, needed: int, protect: list[ObjectKey]) -> int:
+        assert self._reclaimer is not None
+        self._reclaim_calls_total += 1
+        self._protected.update(protect)
+        try:
+            return int(self._reclaimer(needed))
+        except Exception:
+            # A broken reclaimer turns into OUT_OF_MEMORY for this write, never into a crash.
+            self._reclaim_failures_total += 1
+            log.exception("L1 reclaimer failed while freeing %d bytes", needed)
+            return 0
+        finally:
+            self._protected.clear()
+
+    def _expire(self, now: float) -> int:
+        expired = 0
+        aborted: dict[ObjectKey, _L1Object] = {}
+        for key in list(self._write_locked):
+            obj = self._objects.get(key)
+            if obj is None or not obj.write_lock.is_locked(now):
+                self._write_locked.discard(key)
+                expired += obj is not None
+                if obj is not None and not obj.ready:
+                    aborted[key] = obj
+        for key in list(self._read_locked):
+            obj = self._objects.get(key)
+            if obj is None or not obj.read_lock.is_locked(now):
+                self._read_locked.discard(key)
+                expired += obj is not None
+        stale: list[_L1Object] = []
+        for key in self._temporary:
+            obj = self._objects[key]
+            if (
+                key not in aborted
+                and not obj.locked(now)
+                and now - obj.last_access >= self._read_ttl
+            ):
+                stale.append(obj)
+        for obj in list(self._pending.values()):
+            expired += obj.write_lock.expired(now) + obj.read_lock.expired(now)
+            self._free_pending_if_unlocked(obj, now)
+        self._expired_locks_total += expired
+        self._drop(list(aborted.values()), "aborted")
+        self._drop(stale, "temporary")
+        return expired
+
+    def _emit(self, event: str, *args: Any) -> None:
+        if not self._listeners or not args[0]:
+            return
+        for listener in self._listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                log.exception("L1 listener %r failed on %s", listener, event)

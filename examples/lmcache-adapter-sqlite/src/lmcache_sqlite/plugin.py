@@ -1,0 +1,29 @@
+"""Registers the `sqlite` adapter kind through lmcache's plugin hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcache_adapters.plugin import hookimpl
+from lmcache_core.plugin.registry import L2AdapterRegistry, config_field
+
+FIELDS = {
+    "path": config_field(str, required=True, help="the SQLite database file (created if missing)"),
+    "capacity_bytes": config_field(int, help="refuse stores beyond this many payload bytes"),
+    "max_workers": config_field(int, help="worker threads (default 2)"),
+}
+
+
+def _create(config: dict[str, Any], services: Any) -> Any:
+    from lmcache_sqlite.adapter import SqliteL2Adapter
+
+    return SqliteL2Adapter(
+        config["path"],
+        capacity_bytes=config.get("capacity_bytes"),
+        max_workers=config.get("max_workers") or 2,
+    )
+
+
+@hookimpl
+def lmcache_register_l2_adapters(registry: L2AdapterRegistry) -> None:
+    registry.register("sqlite", _create, fields=FIELDS, description="KV chunks as rows of a SQLite database")

@@ -1,0 +1,743 @@
+"""SharedMemoryPool: the L1 arena in a named POSIX shared-memory segment, viewed through torch."""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import functools
+import logging
+import math
+import mmap
+import os
+import re
+import threading
+from typing import Any, Literal
+
+import torch
+
+from lmcache_core.errors import ConfigError
+from lmcache_core.ports import MemoryHandle
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+SHM_NAME_PREFIX = "lmcache_l1_pool_"
+PAGE_BYTES = 4096
+DEFAULT_SLAB_BYTES = 32 << 20
+# A small pool still gets this many slabs, so a few size classes can coexist in it.
+MIN_SLABS_FOR_DEFAULT = 16
+DEFAULT_PREFAULT_FIRST_BYTES = 256 << 20
+DEFAULT_PREFAULT_STEP_BYTES = 64 << 20
+# A span (the unit one size class owns) may grow to this many slabs to cut tail waste.
+_MAX_EXTRA_SPAN_SLABS = 8
+# Linux MADV_POPULATE_WRITE (5.14+); Python 3.11's mmap module does not export it.
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_STALE_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}(\d+)$")
+_TEMP_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}.+\.tmp(\d+)$")
+
+PrefaultMode = Literal["none", "sync", "background"]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    return True
+
+
+def _unlink_if_unlocked(path: str) -> bool:
+    """Unlink `path` when no live process holds its flock; True when it was removed."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Unlink only the inode we locked: a fresh segment may have replaced it meanwhile.
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return False
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink `lmcache_l1_pool_<pid>` segments (and creation leftovers) of dead servers.
+
+    A segment is removed only when we own it, its pid is not alive (or is our own pid, a
+    leftover of an earlier run in the same pid namespace) and nobody holds its flock, so a
+    live server in another pid namespace sharing /dev/shm is never touched. Returns the
+    removed names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError as exc:
+        log.warning("cannot scan %s for stale L1 segments: %s", shm_dir, exc)
+        return removed
+    uid = os.getuid()
+    for name in names:
+        match = _STALE_NAME_RE.match(name) or _TEMP_NAME_RE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        path = os.path.join(shm_dir, name)
+        try:
+            if os.stat(path).st_uid != uid:
+                continue
+            if _unlink_if_unlocked(path):
+                log.info("removed stale L1 segment %s (pid %d is gone)", path, pid)
+                removed.append(name)
+        except OSError as exc:
+            log.warning("cannot remove stale L1 segment %s: %s", path, exc)
+    return removed
+
+
+def _unlink_at_exit(path: str, inode: int) -> None:
+    # Fallback when close() was never called; only our own inode, never a successor's.
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+class SharedMemoryPool:
+    """The L1 MemoryPool: one named shm segment, slab-allocated, zero-copy torch/memoryview access.
+
+    The pool is cut into slabs of `slab_bytes`. A size class (the request rounded up to 4096)
+    owns spans of one or more contiguous slabs and hands out slots from them; a span whose
+    slots are all free goes back to the free slabs, so churn of equal-sized objects never
+    fragments and another size class can reuse the space."""
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        *,
+        shm_suffix: str | None = None,
+        slab_bytes: int | None = None,
+        prefault: PrefaultMode = "background",
+        prefault_first_bytes: int = DEFAULT_PREFAULT_FIRST_BYTES,
+        prefault_step_bytes: int = DEFAULT_PREFAULT_STEP_BYTES,
+        pin_memory: bool = True,
+        cleanup_stale: bool = True,
+        shm_dir: str = SHM_DIR,
+    ) -> None:
+        if prefault not in ("none", "sync", "background"):
+            raise ConfigError(f"prefault must be none, sync or background, not {prefault!r}")
+        if capacity_bytes < PAGE_BYTES:
+            raise ConfigError(
+                f"L1 pool size must be at least {PAGE_BYTES} bytes, got {capacity_bytes}"
+            )
+        if shm_suffix is not None and (not shm_suffix or "/" in shm_suffix or "\0" in shm_suffix):
+            raise ConfigError(
+                f"--shm-name must be a non-empty name without '/', got {shm_suffix!r}"
+            )
+        if slab_bytes is None:
+            slab_bytes = min(DEFAULT_SLAB_BYTES, capacity_bytes // MIN_SLABS_FOR_DEFAULT)
+        slab_bytes = max(PAGE_BYTES, slab_bytes // PAGE_BYTES * PAGE_BYTES)
+        slab_bytes = min(slab_bytes, capacity_bytes // PAGE_BYTES * PAGE_BYTES)
+        self._slab_bytes = slab_bytes
+        self._n_slabs = capacity_bytes // slab_bytes
+        # Whole slabs only: the segment size is exactly what can be handed out.
+        self._capacity = self._n_slabs * slab_bytes
+
+        self._name = f"{SHM_NAME_PREFIX}{os.getpid() if shm_suffix is None else shm_suffix}"
+        self._shm_dir = shm_dir
+        self._path = os.path.join(shm_dir, self._name)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._lock = threading.Lock()
+
+        if cleanup_stale:
+            cleanup_stale_segments(shm_dir)
+        self._fd = self._create_segment()
+        try:
+            self._inode = os.fstat(self._fd).st_ino
+            self._mmap: mmap.mmap | None = mmap.mmap(self._fd, self._capacity)
+            self._memview: memoryview | None = memoryview(self._mmap)
+            # Over the memoryview, not the mmap: torch keeps a reference to the object it was
+            # given but not a buffer export, so only an exporting memoryview stops mmap.close()
+            # from unmapping memory that live tensors still point at.
+            self._tensor: torch.Tensor | None = torch.frombuffer(self._memview, dtype=torch.uint8)
+        except BaseException:
+            os.close(self._fd)
+            os.unlink(self._path)
+            raise
+        self._atexit_cb = functools.partial(_unlink_at_exit, self._path, self._inode)
+        atexit.register(self._atexit_cb)
+
+        self._init_allocator()
+
+        self._pinned = False
+        self._pin_note = "not requested"
+        if pin_memory:
+            self._pin()
+
+        self._prefault_mode: PrefaultMode = prefault
+        self._prefaulted = 0
+        self._prefault_error: str | None = None
+        self._prefault_stop = threading.Event()
+        self._prefault_done = threading.Event()
+        self._prefault_thread: threading.Thread | None = None
+        self._start_prefault(prefault_first_bytes, prefault_step_bytes)
+
+    # ------------------------------------------------------------------ segment
+
+    def _create_segment(self) -> int:
+        """Create the segment already flocked: it appears under its final name only once locked."""
+        temp = os.path.join(self._shm_dir, f"{self._name}.tmp{os.getpid()}")
+        for attempt in range(2):
+            try:
+                fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            except FileExistsError:
+                os.unlink(temp)  # our own pid's leftover: nobody else uses this name
+                fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            except FileNotFoundError as exc:
+                raise ConfigError(
+                    f"shared-memory directory {self._shm_dir} does not exist"
+                ) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.fchmod(fd, 0o600)  # the umask may have narrowed it further; never wider
+                os.ftruncate(fd, self._capacity)
+                try:
+                    os.link(temp, self._path)
+                except FileExistsError:
+                    os.close(fd)
+                    fd = -1
+                    if attempt == 0 and self._replace_leftover():
+                        continue
+                    raise ConfigError(
+                        f"shared-memory segment {self._path} is held by another live "
+                        "lmcache server; stop it or choose another --shm-name"
+                    ) from None
+                return fd
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                raise
+            finally:
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replace_leftover(self) -> bool:
+        """Unlink an existing segment of our name when its owner is dead; False when alive."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return True
+        if st.st_uid != os.getuid():
+            raise ConfigError(
+                f"shared-memory segment {self._path} belongs to uid {st.st_uid}; "
+                "remove it or choose another --shm-name"
+            )
+        try:
+            removed = _unlink_if_unlocked(self._path)
+        except PermissionError as exc:
+            raise ConfigError(f"cannot open shared-memory segment {self._path}: {exc}") from exc
+        if removed:
+            log.warning("replaced leftover L1 segment %s of a dead server", self._path)
+            return True
+        return not os.path.exists(self._path)
+
+    # ------------------------------------------------------------------ CUDA
+
+    def _pin(self) -> None:
+        try:
+            available = torch.cuda.is_available()
+        except Exception as exc:  # a broken driver must not stop a CPU-only server
+            available = False
+            log.warning("torch.cuda.is_available() failed: %s", exc)
+        if not available:
+            self._pin_note = "CUDA not available"
+            return
+        assert self._tensor is not None
+        try:
+            rt = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+            err = rt.cudaHostRegister(self._tensor.data_ptr(), self._capacity, 0)
+            if err != rt.cudaError.success:
+                raise RuntimeError(rt.cudaGetErrorString(err))
+        except Exception as exc:
+            self._pin_note = f"cudaHostRegister failed: {exc}"
+            log.warning("could not pin the L1 pool (%s); continuing unpinned", exc)
+            return
+        self._pinned = True
+        self._pin_note = "cudaHostRegister"
+
+    def _unpin(self) -> None:
+        if not self._pinned or self._tensor is None:
+            return
+        try:
+            rt = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+            err = rt.cudaHostUnregister(self._tensor.data_ptr())
+            if err != rt.cudaError.success:
+                log.warning("cudaHostUnregister failed: %s", rt.cudaGetErrorString(err))
+        except Exception as exc:
+            log.warning("cudaHostUnregister failed: %s", exc)
+        self._pinned = False
+
+    # ------------------------------------------------------------------ pre-fault
+
+    def _start_prefault(self, first_bytes: int, step_bytes: int) -> None:
+        if self._pinned:
+            # Pinning already made every page resident.
+            self._prefaulted = self._capacity
+            self._prefault_done.set()
+            return
+        if self._prefault_mode == "none":
+            self._prefault_done.set()
+            return
+        step = max(PAGE_BYTES, _round_up(step_bytes, PAGE_BYTES))
+        if self._prefault_mode == "sync":
+            first = self._capacity
+        else:
+            first = min(self._capacity, _round_up(max(0, first_bytes), PAGE_BYTES))
+        self._prefault_range(0, first, step)
+        if self._prefault_error is not None:
+            error = self._prefault_error
+            self._prefault_done.set()
+            self.close()
+            raise ConfigError(
+                f"could not reserve {first} bytes of L1 pool {self._path} in {self._shm_dir} "
+                f"({error}); lower --l1-size-gb or enlarge {self._shm_dir}"
+            )
+        if first >= self._capacity:
+            self._prefault_done.set()
+            return
+        self._prefault_thread = threading.Thread(
+            target=self._prefault_background,
+            args=(first, step),
+            name=f"lmcache-l1-prefault-{self._name}",
+            daemon=True,
+        )
+        self._prefault_thread.start()
+
+    def _prefault_background(self, start: int, step: int) -> None:
+        try:
+            self._prefault_range(start, self._capacity, step)
+        finally:
+            self._prefault_done.set()
+
+    def _prefault_range(self, start: int, end: int, step: int) -> None:
+        # fallocate reserves tmpfs pages for every mapper (and fails cleanly when /dev/shm is
+        # short, instead of a SIGBUS on first touch); POPULATE_WRITE maps them here. Neither
+        # changes data, so this may run while objects are already being written.
+        populate = True
+        pos = start
+        while pos < end and not self._prefault_stop.is_set():
+            n = min(step, end - pos)
+            try:
+                os.posix_fallocate(self._fd, pos, n)
+            except OSError as exc:
+                self._prefault_error = f"fallocate: {exc}"
+                log.error("pre-faulting the L1 pool failed at offset %d: %s", pos, exc)
+                return
+            if populate:
+                mm = self._mmap
+                if mm is None:
+                    return
+                try:
+                    mm.madvise(_MADV_POPULATE_WRITE, pos, n)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        log.warning("MADV_POPULATE_WRITE failed: %s", exc)
+                    populate = False  # old kernel: the fallocate half still helps
+                except ValueError:  # mapping closed under us
+                    return
+            pos += n
+            self._prefaulted = pos
+
+    def wait_prefaulted(self, timeout: float | None = None) -> bool:
+        """Block until pre-faulting finished (or was stopped); True when it did within `timeout`."""
+        return self._prefault_done.wait(timeout)
+
+    # ------------------------------------------------------------------ allocator
+
+    def _init_allocator(self) -> None:
+        n = self._n_slabs
+        # Free single slabs as a stack, lowest address on top: early objects land in the
+        # pre-faulted start of the pool, and recently freed (warm) slabs are reused first.
+        self._free_stack: list[int] = list(range(n - 1, -1, -1))
+        self._in_stack = [True] * n
+        self._slab_head = [-1] * n  # span head of each slab, -1 when free
+        self._free_slabs = n
+        # Per span (indexed by head slab).
+        self._span_slot = [0] * n
+        self._span_len = [0] * n
+        self._span_cap = [0] * n
+        self._span_live = [0] * n
+        self._span_bump = [0] * n
+        self._span_free: list[list[int]] = [[] for _ in range(n)]
+        self._span_prev = [-1] * n
+        self._span_next = [-1] * n
+        # Per size class: head of its doubly linked list of spans with a free slot.
+        self._partial_head: dict[int, int] = {}
+        self._class_spans: dict[int, int] = {}
+        self._class_span_len: dict[int, int] = {}
+        self._live: dict[int, MemoryHandle] = {}
+        self._used = 0
+
+    def _span_len_for(self, slot: int) -> int:
+        cached = self._class_span_len.get(slot)
+        if cached is not None:
+            return cached
+        base = math.ceil(slot / self._slab_bytes)
+        best, best_waste = base, 1.0
+        for k in range(base, min(base + _MAX_EXTRA_SPAN_SLABS, self._n_slabs) + 1):
+            span = k * self._slab_bytes
+            waste = (span % slot) / span
+            if waste < best_waste:
+                best, best_waste = k, waste
+            if waste <= 0.125:
+                break
+        self._class_span_len[slot] = best
+        return best
+
+    def _take_slabs(self, k: int) -> int:
+        """Reserve `k` contiguous free slabs; the first index, or -1."""
+        if k > self._free_slabs:
+            return -1
+        if k == 1:
+            while self._free_stack:
+                s = self._free_stack.pop()
+                self._in_stack[s] = False
+                if self._slab_head[s] == -1:  # entries of slabs taken by a run are stale
+                    return s
+            return -1
+        # Runs are rare (objects near or above a slab): a scan from the top keeps them away
+        # from the single slabs handed out from the bottom.
+        run = 0
+        heads = self._slab_head
+        for s in range(self._n_slabs - 1, -1, -1):
+            run = run + 1 if heads[s] == -1 else 0
+            if run == k:
+                return s
+        return -1
+
+    def _link(self, head: int, slot: int) -> None:
+        first = self._partial_head.get(slot, -1)
+        self._span_prev[head] = -1
+        self._span_next[head] = first
+        if first != -1:
+            self._span_prev[first] = head
+        self._partial_head[slot] = head
+
+    def _unlink(self, head: int, slot: int) -> None:
+        prev, nxt = self._span_prev[head], self._span_next[head]
+        if prev != -1:
+            self._span_next[prev] = nxt
+        else:
+            if nxt == -1:
+                del self._partial_head[slot]
+            else:
+                self._partial_head[slot] = nxt
+        if nxt != -1:
+            self._span_prev[nxt] = prev
+        self._span_prev[head] = self._span_next[head] = -1
+
+    def allocate(self, nbytes: int) -> MemoryHandle | None:
+        """Reserve `nbytes` (> 0) at a 4096-aligned offset; None when no room is left."""
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
+            raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
+        slot = _round_up(nbytes, PAGE_BYTES)
+        if slot > self._capacity:
+            return None
+        with self._lock:
+            if self._closed:
+                return None
+            head = self._partial_head.get(slot, -1)
+            if head == -1:
+                k = self._span_len_for(slot)
+                head = self._take_slabs(k)
+                if head == -1:
+                    return None
+                for s in range(head, head + k):
+                    self._slab_head[s] = head
+                self._free_slabs -= k
+                self._span_slot[head] = slot
+                self._span_len[head] = k
+                self._span_cap[head] = k * self._slab_bytes // slot
+                self._span_live[head] = 0
+                self._span_bump[head] = 0
+                self._span_free[head] = []
+                self._class_spans[slot] = self._class_spans.get(slot, 0) + 1
+                self._link(head, slot)
+            free_slots = self._span_free[head]
+            if free_slots:
+                offset = free_slots.pop()
+            else:
+                offset = head * self._slab_bytes + self._span_bump[head] * slot
+                self._span_bump[head] += 1
+            self._span_live[head] += 1
+            if self._span_live[head] == self._span_cap[head]:
+                self._unlink(head, slot)
+            handle = MemoryHandle(offset=offset, nbytes=nbytes, slot_bytes=slot)
+            self._live[offset] = handle
+            self._used += slot
+            return handle
+
+    def free(self, handle: MemoryHandle) -> None:
+        """Return a handle from `allocate`; a double or foreign free raises ValueError."""
+        with self._lock:
+            if self._live.get(handle.offset) != handle:
+                raise ValueError(f"{handle} is not a live allocation of L1 pool {self._name}")
+            del self._live[handle.offset]
+            self._used -= handle.slot_bytes
+            slot = handle.slot_bytes
+            head = self._slab_head[handle.offset // self._slab_bytes]
+            was_full = self._span_live[head] == self._span_cap[head]
+            self._span_live[head] -= 1
+            if self._span_live[head] == 0:
+                if not was_full:
+                    self._unlink(head, slot)
+                self._release_span(head, slot)
+            else:
+                self._span_free[head].append(handle.offset)
+                if was_full:
+                    self._link(head, slot)
+
+    def _release_span(self, head: int, slot: int) -> None:
+        k = self._span_len[head]
+        self._span_free[head] = []
+        remaining = self._class_spans[slot] - 1
+        if remaining:
+            self._class_spans[slot] = remaining
+        else:
+            del self._class_spans[slot]
+        # Push in reverse so the lowest slab of the span is reused first.
+        for s in range(head + k - 1, head - 1, -1):
+            self._slab_head[s] = -1
+            if not self._in_stack[s]:
+                self._in_stack[s] = True
+                self._free_stack.append(s)
+        self._free_slabs += k
+
+    # ------------------------------------------------------------------ access
+
+    def _check_live(self, handle: MemoryHandle) -> None:
+        if self._closed:
+            raise ValueError(f"L1 pool {self._name} is closed")
+        if self._live.get(handle.offset) != handle:
+            raise ValueError(f"{handle} is not a live allocation of L1 pool {self._name}")
+
+    def view(self, handle: MemoryHandle) -> memoryview:
+        """A writable zero-copy view of exactly `handle.nbytes` bytes of the object."""
+        self._check_live(handle)
+        memview = self._memview
+        assert memview is not None
+        return memview[handle.offset : handle.offset + handle.nbytes]
+
+    def tensor_view(
+        self,
+        handle: MemoryHandle,
+        dtype: torch.dtype = torch.uint8,
+        shape: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
+        """A zero-copy tensor over the object's bytes: `shape` of `dtype` (1-D when None)."""
+        self._check_live(handle)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if shape is None:
+            shape = (handle.nbytes // itemsize,)
+        nbytes = math.prod(shape) * itemsize
+        if nbytes > handle.nbytes:
+            raise ValueError(
+                f"shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the object has {handle.nbytes}"
+            )
+        tensor = self._tensor
+        assert tensor is not None
+        return tensor[handle.offset : handle.offset + nbytes].view(dtype).view(shape)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The whole pool as one uint8 tensor (zero-copy)."""
+        if self._tensor is None:
+            raise ValueError(f"L1 pool {self._name} is closed")
+        return self._tensor
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Total bytes the pool may hand out (also the segment size, `pool_size`)."""
+        return self._capacity
+
+    @property
+    def used_bytes(self) -> int:
+        """Slot bytes currently handed out."""
+        return self._used
+
+    @property
+    def slab_bytes(self) -> int:
+        """Size of one slab (the unit a size class takes from the pool)."""
+        return self._slab_bytes
+
+    @property
+    def shm_name(self) -> str:
+        """Segment name as engines open it with shm_open (no leading slash)."""
+        return self._name
+
+    @property
+    def shm_path(self) -> str:
+        """The segment's path under /dev/shm."""
+        return self._path
+
+    @property
+    def pinned(self) -> bool:
+        """True while the buffer is registered with CUDA (page-locked)."""
+        return self._pinned
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._closed
+
+    def report_status(self) -> dict[str, Any]:
+        """Status fields for the /status tree; O(1)."""
+        used = self._used
+        if self._prefault_mode == "none" and not self._pinned:
+            prefault = "none"
+        elif self._prefault_done.is_set() and self._prefaulted >= self._capacity:
+            prefault = "done"
+        elif self._prefault_error is not None:
+            prefault = "failed"
+        elif self._prefault_done.is_set():
+            prefault = "stopped"
+        else:
+            prefault = "in_progress"
+        status: dict[str, Any] = {
+            "is_healthy": not self._closed and self._prefault_error is None,
+            "shm_name": self._name,
+            "capacity_bytes": self._capacity,
+            "used_bytes": used,
+            "free_bytes": self._capacity - used,
+            "usage_ratio": used / self._capacity,
+            "slab_bytes": self._slab_bytes,
+            "slabs_total": self._n_slabs,
+            "slabs_free": self._free_slabs,
+            "size_classes": len(self._class_spans),
+            "objects": len(self._live),
+            "pinned": self._pinned,
+            "pin_note": self._pin_note,
+            "prefault": prefault,
+            "prefault_mode": self._prefault_mode,
+            "prefaulted_bytes": self._prefaulted,
+        }
+        if self._prefault_error is not None:
+            status["error"] = (
+                f"pre-faulting failed ({self._prefault_error}); /dev/shm may be too small"
+            )
+        if self._closed:
+            status["error"] = "closed"
+        return status
+
+    # ------------------------------------------------------------------ close
+
+    def close(self) -> None:
+        """Stop pre-faulting, unpin, unmap and unlink the segment. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            with self._lock:
+                self._closed = True
+            self._prefault_stop.set()
+            thread = self._prefault_thread
+            if thread is not None:
+                # One step is a bounded amount of work (tens of ms), so this returns promptly.
+                thread.join(timeout=30.0)
+                if thread.is_alive():
+                    log.error("L1 pre-fault thread did not stop; leaving the mapping to GC")
+            self._unpin()
+            # Drop, never release(): views handed out keep the export alive, which is what
+            # makes mm.close() refuse (BufferError) instead of unmapping under them.
+            self._tensor = None
+            self._memview = None
+            mm, self._mmap = self._mmap, None
+            if mm is not None and (thread is None or not thread.is_alive()):
+                try:
+                    mm.close()
+                except BufferError:
+                    log.warning(
+                        "views of L1 pool %s are still in use; the mapping is released when "
+                        "they are garbage-collected",
+                        self._name,
+                    )
+            try:
+                if os.stat(self._path).st_ino == self._inode:
+                    os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not unlink %s: %s", self._path, exc)
+            os.close(self._fd)
+            atexit.unregister(self._atexit_cb)
+            self._live.clear()
+            self._used = 0
+
+    def __enter__(self) -> SharedMemoryPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedMemoryPool(name={self._name!r}, capacity={self._capacity}, used={self._used})"
+        )
+
+
+def create_l1_pool(
+    size_gb: float,
+    *,
+    shm_suffix: str | None = None,
+    prefault: PrefaultMode = "background",
+    slab_bytes: int | None = None,
+    pin_memory: bool = True,
+    shm_dir: str = SHM_DIR,
+) -> SharedMemoryPool:
+    """Build the L1 pool for `--l1-size-gb`, checking that the segment fits in /dev/shm."""
+    if not isinstance(size_gb, int | float) or not math.isfinite(size_gb) or size_gb <= 0:
+        raise ConfigError(f"--l1-size-gb must be > 0, got {size_gb!r}")
+    nbytes = int(size_gb * (1 << 30)) // PAGE_BYTES * PAGE_BYTES
+    if nbytes < PAGE_BYTES:
+        raise ConfigError(f"--l1-size-gb {size_gb} is smaller than one 4096-byte page")
+    # Leftovers of dead servers count against /dev/shm until removed.
+    cleanup_stale_segments(shm_dir)
+    try:
+        st = os.statvfs(shm_dir)
+    except OSError as exc:
+        raise ConfigError(f"--l1-size-gb needs {shm_dir} for shared memory: {exc}") from exc
+    available = st.f_bavail * st.f_frsize
+    if nbytes > available:
+        raise ConfigError(
+            f"--l1-size-gb {size_gb} ({nbytes} bytes) does not fit in {shm_dir}: "
+            f"{available} bytes ({available / (1 << 30):.2f} GiB) available"
+        )
+    return SharedMemoryPool(
+        nbytes,
+        shm_suffix=shm_suffix,
+        slab_bytes=slab_bytes,
+        prefault=prefault,
+        pin_memory=pin_memory,
+        cleanup_stale=False,
+        shm_dir=shm_dir,
+    )

@@ -1,0 +1,1 @@
+"""The L2 side of the storage manager: adapter entries and the store, prefetch and eviction controllers."""

@@ -1,0 +1,29 @@
+"""L2AdapterEntry: one configured adapter, its position (0 = primary) and its eviction settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmcache_core.ports import L2Adapter
+
+
+def adapter_type_name(adapter: L2Adapter) -> str:
+    """The class name shown by /l2/adapters (`MockL2Adapter`, `FSL2Adapter`, ...)."""
+    inner = getattr(adapter, "inner", None)  # a wrapper (serde) reports what it wraps
+    return type(inner).__name__ if inner is not None else type(adapter).__name__
+
+
+@dataclass(frozen=True)
+class L2AdapterEntry:
+    """One configured L2 adapter."""
+
+    index: int
+    name: str
+    type_name: str
+    adapter: L2Adapter
+    eviction: dict[str, Any] | None = field(default=None)
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0

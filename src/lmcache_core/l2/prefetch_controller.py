@@ -1,0 +1,436 @@
+"""PrefetchController: brings the leading run of L2 hits into L1 for a lookup, asynchronously."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from lmcache_core.keys import ObjectKey
+from lmcache_core.l1.manager import L1Manager
+from lmcache_core.l1.results import OpResult, WriteMode
+from lmcache_core.l2.entry import L2AdapterEntry
+from lmcache_core.ports import MetricsSink, NullMetricsSink
+
+log = logging.getLogger(__name__)
+
+PREFETCH_POLICIES = ("default", "retain")
+
+LoadedCallback = Callable[[L2AdapterEntry, list[ObjectKey]], None]
+SkipWriteBack = Callable[[Sequence[ObjectKey]], None]
+
+
+class PrefetchJob:
+    """One lookup's L2 prefetch. `loaded_count` keys (from the start of `keys`, a multiple of
+    `group_size`) are readable in L1 and read-locked `1 + extra_read_count` times once `done`."""
+
+    def __init__(self, keys: Sequence[ObjectKey], object_size: int, group_size: int, extra_read_count: int) -> None:
+        self.keys = list(keys)
+        self.object_size = object_size
+        self.group_size = max(1, group_size)
+        self.extra_read_count = extra_read_count
+        self.state = "queued"
+        self.l2_hit_count: int | None = None
+        self.loaded_count = 0
+        self.error: str | None = None
+        self.submitted_at = time.monotonic()
+        self.finished_at: float | None = None
+        self._event = threading.Event()
+        self._cancelled = False
+        # per key: index of the adapter chosen to load it (leading run only)
+        self._owners: list[int] = []
+        self._l2_locks: dict[int, list[ObjectKey]] = {}
+        self._reserved: list[ObjectKey] = []
+        self._existing: list[ObjectKey] = []
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done (True) or `timeout` seconds passed (False)."""
+        return self._event.wait(timeout)
+
+    def cancel(self) -> None:
+        """Ask the job to stop; keys it already locked are released when it finishes."""
+        self._cancelled = True
+
+
+class PrefetchController:
+    """Runs prefetch jobs, at most `max_in_flight` at once; the rest wait in a queue.
+
+    Pipeline per job, driven by adapter Futures (no thread blocks on I/O): look the keys up in
+    every adapter (lowest index wins), keep the leading run of hits, allocate temporary L1
+    objects (an out-of-memory plan shrinks to what fits), load, make them readable and
+    read-locked, release the L2 locks, publish the count."""
+
+    def __init__(
+        self,
+        l1: L1Manager,
+        adapters: Sequence[L2AdapterEntry],
+        *,
+        max_in_flight: int = 8,
+        policy: str = "default",
+        metrics: MetricsSink | None = None,
+        skip_write_back: SkipWriteBack | None = None,
+        forget_skip: SkipWriteBack | None = None,
+        on_loaded: LoadedCallback | None = None,
+    ) -> None:
+        if policy not in PREFETCH_POLICIES:
+            raise ValueError(f"l2 prefetch policy must be one of {', '.join(PREFETCH_POLICIES)}, got {policy!r}")
+        if max_in_flight < 1:
+            raise ValueError("l2 prefetch max in flight must be >= 1")
+        self.l1 = l1
+        self.adapters = list(adapters)
+        self.max_in_flight = max_in_flight
+        self.policy = policy
+        self.metrics = metrics or NullMetricsSink()
+        self._skip_write_back = skip_write_back
+        self._forget_skip = forget_skip
+        self._on_loaded = on_loaded
+        self._lock = threading.Lock()
+        self._queue: deque[PrefetchJob] = deque()
+        self._running: set[PrefetchJob] = set()
+        self._lookup_phase = 0
+        self._load_phase = 0
+        self.completed = 0
+        self.failed = 0
+        self.keys_loaded = 0
+        self._closed = False
+
+    # -- API ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        keys: Sequence[ObjectKey],
+        *,
+        object_size: int,
+        group_size: int = 1,
+        extra_read_count: int = 0,
+    ) -> PrefetchJob:
+        """Start prefetching `keys` (chunk-major, `group_size` keys per chunk)."""
+        if object_size <= 0:
+            raise ValueError("object_size must be > 0")
+        job = PrefetchJob(keys, object_size, group_size, extra_read_count)
+        self.metrics.inc("prefetch_lookups")
+        usable = len(job.keys) - len(job.keys) % job.group_size
+        if not self.adapters or usable == 0 or self._closed:
+            job.l2_hit_count = 0
+            self._finish(job, "done", started=False)
+            return job
+        with self._lock:
+            self._queue.append(job)
+        self._pump()
+        return job
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Refuse new jobs and wait (bounded) for running ones."""
+        self._closed = True
+        with self._lock:
+            queued = list(self._queue)
+            self._queue.clear()
+        for job in queued:
+            job.l2_hit_count = job.l2_hit_count or 0
+            self._finish(job, "cancelled", started=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.01)
+
+    # -- pipeline -------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        to_start: list[PrefetchJob] = []
+        with self._lock:
+            while self._queue and len(self._running) < self.max_in_flight:
+                job = self._queue.popleft()
+                self._running.add(job)
+                to_start.append(job)
+        for job in to_start:
+            self._start_lookup(job)
+
+    def _start_lookup(self, job: PrefetchJob) -> None:
+        job.state = "lookup"
+        with self._lock:
+            self._lookup_phase += 1
+        pending = {"n": len(self.adapters)}
+        bitmaps: dict[int, list[bool]] = {}
+        done_lock = threading.Lock()
+
+        def on_lookup(entry: L2AdapterEntry, fut: Future[list[bool]]) -> None:
+            try:
+                bitmap = fut.result()
+                if len(bitmap) != len(job.keys):
+                    raise RuntimeError(f"{entry.name} returned {len(bitmap)} results for {len(job.keys)} keys")
+            except Exception as exc:
+                log.warning("L2 lookup on %s failed: %s", entry.name, exc)
+                self.metrics.inc("prefetch_failures", reason="lookup_error")
+                bitmap = [False] * len(job.keys)
+            with done_lock:
+                bitmaps[entry.index] = [bool(b) for b in bitmap]
+                pending["n"] -= 1
+                last = pending["n"] == 0
+            if last:
+                self._guard(job, lambda: self._plan(job, bitmaps))
+
+        for entry in self.adapters:
+            try:
+                fut = entry.adapter.submit_lookup_and_lock(job.keys)
+            except Exception as exc:
+                failed: Future[list[bool]] = Future()
+                failed.set_exception(exc)
+                fut = failed
+            fut.add_done_callback(lambda f, e=entry: on_lookup(e, f))
+
+    def _plan(self, job: PrefetchJob, bitmaps: dict[int, list[bool]]) -> None:
+        with self._lock:
+            self._lookup_phase -= 1
+        owners: list[int] = []
+        for i in range(len(job.keys)):
+            owner = next((e.index for e in self.adapters if bitmaps[e.index][i]), None)
+            if owner is None:
+                break
+            owners.append(owner)
+        run = len(owners) - len(owners) % job.group_size
+        owners = owners[:run]
+        job.l2_hit_count = run
+        # Keep exactly the locks we will load from; release every other lock the lookup took.
+        for entry in self.adapters:
+            bitmap = bitmaps[entry.index]
+            keep = [job.keys[i] for i in range(run) if owners[i] == entry.index]
+            release = [job.keys[i] for i, hit in enumerate(bitmap) if hit and (i >= run or owners[i] != entry.index)]
+            if keep:
+                job._l2_locks[entry.index] = keep
+            if release:
+                self._unlock(entry, release)
+        if run == 0 or job._cancelled:
+            self._complete(job, 0)
+            return
+        self.metrics.inc("prefetch_hits", run)
+        self._reserve(job, owners)
+
+    def _reserve(self, job: PrefetchJob, owners: list[int]) -> None:
+        """Allocate temporary objects for the run; shrink it (whole groups) while L1 is full."""
+        n = len(owners)
+        temporary = self.policy == "default"
+        while n > 0:
+            keys = job.keys[:n]
+            results = self.l1.reserve_write(keys, [job.object_size] * n, WriteMode.NEW, temporary=temporary)
+            if all(r is not OpResult.OUT_OF_MEMORY for r, _ in results):
+                break
+            self.metrics.inc("prefetch_failures", reason="l1_out_of_memory")
+            n = (n // 2) - (n // 2) % job.group_size
+        if n == 0:
+            self._complete(job, 0)
+            return
+        reserved: list[ObjectKey] = []
+        existing: list[ObjectKey] = []
+        usable = 0
+        fresh = [job.keys[i] for i, (r, _) in enumerate(results) if r is OpResult.SUCCESS]
+        if fresh and self._skip_write_back:
+            self._skip_write_back(fresh)  # their write-finished event must not trigger a write-back
+        for i, (result, _handle) in enumerate(results):
+            key = job.keys[i]
+            if result is OpResult.SUCCESS:
+                reserved.append(key)
+                usable = i + 1
+                continue
+            # Already in L1 (stored meanwhile): read-lock it instead of loading it.
+            if result is OpResult.KEY_IN_WRONG_STATE:
+                r = self.l1.reserve_read([key], job.extra_read_count)[0][0]
+                if r is OpResult.SUCCESS:
+                    existing.append(key)
+                    usable = i + 1
+                    continue
+            break
+        # Anything reserved past the first unusable key is useless: abort it.
+        tail = [k for k in reserved if job.keys.index(k) >= usable]
+        if tail:
+            self._abort(tail)
+            dropped = set(tail)
+            reserved = [k for k in reserved if k not in dropped]
+        job._reserved = reserved
+        job._existing = existing
+        job.state = "load"
+        with self._lock:
+            self._load_phase += 1
+        self._load(job, owners[:usable])
+
+    def _load(self, job: PrefetchJob, owners: list[int]) -> None:
+        by_adapter: dict[int, list[ObjectKey]] = {}
+        reserved = set(job._reserved)
+        for i, owner in enumerate(owners):
+            key = job.keys[i]
+            if key in reserved:
+                by_adapter.setdefault(owner, []).append(key)
+        if not by_adapter:
+            self._finish_load(job, {}, len(owners))
+            return
+        loaded: dict[ObjectKey, bool] = {}
+        pending = {"n": len(by_adapter)}
+        done_lock = threading.Lock()
+        started = time.perf_counter()
+
+        def on_load(entry: L2AdapterEntry, keys: list[ObjectKey], fut: Future[list[bool]]) -> None:
+            try:
+                ok = fut.result()
+                if len(ok) != len(keys):
+                    raise RuntimeError(f"{entry.name} returned {len(ok)} results for {len(keys)} keys")
+            except Exception as exc:
+                log.warning("L2 load from %s failed: %s", entry.name, exc)
+                self.metrics.inc("prefetch_failures", reason="load_error")
+                ok = [False] * len(keys)
+            good = [k for k, g in zip(keys, ok, strict=True) if g]
+            self.metrics.inc("prefetch_loads", len(good), adapter=entry.name)
+            if good and self._on_loaded:
+                try:
+                    self._on_loaded(entry, good)
+                except Exception:
+                    log.exception("on_loaded callback failed")
+            with done_lock:
+                loaded.update(zip(keys, (bool(g) for g in ok), strict=True))
+                pending["n"] -= 1
+                last = pending["n"] == 0
+            if last:
+                elapsed = time.perf_counter() - started
+                nbytes = sum(1 for v in loaded.values() if v) * job.object_size
+                if elapsed > 0 and nbytes:
+                    self.metrics.observe("l2_load_throughput_gbps", nbytes / elapsed / 1e9)
+                self._guard(job, lambda: self._finish_load(job, loaded, len(owners)))
+
+        for index, keys in by_adapter.items():
+            entry = self.adapters[index]
+            views: list[memoryview] = []
+            for key in keys:
+                view = self.l1.view(key)
+                if view is None:  # force-cleared meanwhile
+                    views = []
+                    break
+                views.append(view)
+            if len(views) != len(keys):
+                failed: Future[list[bool]] = Future()
+                failed.set_result([False] * len(keys))
+                fut = failed
+            else:
+                try:
+                    fut = entry.adapter.submit_load(keys, views)
+                except Exception as exc:
+                    failed = Future()
+                    failed.set_exception(exc)
+                    fut = failed
+            fut.add_done_callback(lambda f, e=entry, ks=keys: on_load(e, ks, f))
+
+    def _finish_load(self, job: PrefetchJob, loaded: dict[ObjectKey, bool], planned: int) -> None:
+        with self._lock:
+            self._load_phase -= 1
+        existing = set(job._existing)
+        run = 0
+        for key in job.keys[:planned]:
+            if key in existing or loaded.get(key):
+                run += 1
+            else:
+                break
+        run -= run % job.group_size
+        if job._cancelled:
+            run = 0
+        good = [k for k in job._reserved if job.keys.index(k) < run]
+        bad = [k for k in job._reserved if job.keys.index(k) >= run]
+        if good:
+            results = self.l1.finish_write_and_reserve_read(good, job.extra_read_count)
+            failed = [k for k, (r, _) in zip(good, results, strict=True) if r is not OpResult.SUCCESS]
+            if failed:  # force-cleared while loading: the run ends before the first such key
+                first = min(job.keys.index(k) for k in failed)
+                run = min(run, first - first % job.group_size)
+                self._release_reads([k for k in good if job.keys.index(k) >= run and k not in failed], job)
+        if bad:
+            self._abort(bad)
+        extra_existing = [k for k in job._existing if job.keys.index(k) >= run]
+        if extra_existing:
+            self._release_reads(extra_existing, job)
+        self.keys_loaded += len([k for k in good if job.keys.index(k) < run])
+        self._complete(job, run)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _complete(self, job: PrefetchJob, loaded_count: int) -> None:
+        for index, keys in job._l2_locks.items():
+            self._unlock(self.adapters[index], keys)
+        job._l2_locks.clear()
+        job.loaded_count = loaded_count
+        self._finish(job, "cancelled" if job._cancelled else "done", started=True)
+
+    def _finish(self, job: PrefetchJob, state: str, *, started: bool) -> None:
+        job.state = state
+        job.finished_at = time.monotonic()
+        if started:
+            with self._lock:
+                self._running.discard(job)
+                if state == "failed":
+                    self.failed += 1
+                else:
+                    self.completed += 1
+        job._event.set()
+        if started:
+            self._pump()
+
+    def _guard(self, job: PrefetchJob, step: Callable[[], None]) -> None:
+        """Run a pipeline step; an unexpected error fails the job but never leaks its locks."""
+        try:
+            step()
+        except Exception as exc:
+            log.exception("prefetch job failed")
+            self.metrics.inc("prefetch_failures", reason="internal_error")
+            job.error = f"{type(exc).__name__}: {exc}"
+            try:
+                if job._reserved:
+                    self._abort(job._reserved)
+                if job._existing:
+                    self._release_reads(job._existing, job)
+            finally:
+                for index, keys in job._l2_locks.items():
+                    self._unlock(self.adapters[index], keys)
+                job._l2_locks.clear()
+                job.loaded_count = 0
+                self._finish(job, "failed", started=True)
+
+    def _abort(self, keys: list[ObjectKey]) -> None:
+        if self._forget_skip:
+            self._forget_skip(keys)
+        self.l1.abort_write(keys)
+
+    def _release_reads(self, keys: list[ObjectKey], job: PrefetchJob) -> None:
+        if keys:
+            self.l1.finish_read(keys, 1 + job.extra_read_count)
+
+    def _unlock(self, entry: L2AdapterEntry, keys: list[ObjectKey]) -> None:
+        try:
+            entry.adapter.unlock(keys)
+        except Exception:
+            log.exception("unlock on %s failed", entry.name)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def active_jobs(self) -> int:
+        with self._lock:
+            return len(self._running) + len(self._queue)
+
+    def report_status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "is_healthy": True,
+                "policy": self.policy,
+                "max_in_flight": self.max_in_flight,
+                "queued_jobs": len(self._queue),
+                "in_flight_jobs": len(self._running),
+                "lookup_phase_jobs": self._lookup_phase,
+                "load_phase_jobs": self._load_phase,
+                "completed_jobs": self.completed,
+                "failed_jobs": self.failed,
+                "keys_loaded": self.keys_loaded,
+            }

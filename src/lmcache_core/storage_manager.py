@@ -1,0 +1,193 @@
+"""StorageManager: owns L1, the quotas, the L2 adapters (in order) and every controller."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lmcache_core.errors import ConfigError, NotFoundError
+from lmcache_core.eviction.base import EvictionPolicy
+from lmcache_core.eviction.controller import EvictionController
+from lmcache_core.keys import ObjectKey
+from lmcache_core.l1.manager import L1Manager
+from lmcache_core.l2.entry import L2AdapterEntry, adapter_type_name
+from lmcache_core.l2.eviction_controller import L2EvictionController, L2EvictionSettings
+from lmcache_core.l2.prefetch_controller import PrefetchController
+from lmcache_core.l2.store_controller import StoreController
+from lmcache_core.periodic import PeriodicThread
+from lmcache_core.ports import Clock, L2Adapter, MetricsSink, NullMetricsSink
+from lmcache_core.quota import QuotaManager
+from lmcache_core.status import compose_status, safe_report
+
+log = logging.getLogger(__name__)
+
+# (name, adapter) or (name, adapter, eviction settings as given in `"eviction": {...}`)
+AdapterSpec = tuple[str, L2Adapter] | tuple[str, L2Adapter, Mapping[str, Any] | None]
+PolicyFactory = Callable[[str], EvictionPolicy]
+
+
+class StorageManager:
+    """The tiers below the engine and the threads that move data between them:
+    L1 eviction, L2 write-back (store), L2 prefetch and L2 eviction."""
+
+    def __init__(
+        self,
+        l1: L1Manager,
+        *,
+        policy: EvictionPolicy,
+        quotas: QuotaManager,
+        l2_adapters: Sequence[AdapterSpec] = (),
+        clock: Clock,
+        eviction_interval_seconds: float = 1.0,
+        trigger_watermark: float = 0.8,
+        eviction_ratio: float = 0.2,
+        l2_store_policy: str = "default",
+        l2_prefetch_policy: str = "default",
+        l2_prefetch_max_in_flight: int = 8,
+        l2_policy_factory: PolicyFactory | None = None,
+        metrics: MetricsSink | None = None,
+    ) -> None:
+        self.l1 = l1
+        self.quotas = quotas
+        self.policy = policy
+        self.clock = clock
+        self.metrics = metrics or NullMetricsSink()
+        self.l2_adapters: list[L2AdapterEntry] = []
+        managed = []
+        for i, spec in enumerate(l2_adapters):
+            name, adapter = spec[0], spec[1]
+            eviction = spec[2] if len(spec) > 2 else None  # type: ignore[misc]
+            entry = L2AdapterEntry(i, name, adapter_type_name(adapter), adapter, dict(eviction) if eviction else None)
+            self.l2_adapters.append(entry)
+            if eviction:
+                settings = L2EvictionSettings.parse(name, eviction)
+                if l2_policy_factory is None:
+                    raise ConfigError(f"L2 adapter {name!r} has an eviction policy but no policy factory is wired")
+                managed.append((entry, settings, l2_policy_factory(settings.policy)))
+        self.eviction = EvictionController(
+            l1,
+            policy,
+            clock=clock,
+            interval_seconds=eviction_interval_seconds,
+            trigger_watermark=trigger_watermark,
+            eviction_ratio=eviction_ratio,
+        )
+        self.l2_eviction = L2EvictionController(
+            managed, interval_seconds=eviction_interval_seconds, metrics=self.metrics, clock=clock
+        )
+        self.store = StoreController(
+            l1,
+            self.l2_adapters,
+            policy=l2_store_policy,
+            metrics=self.metrics,
+            on_stored=self.l2_eviction.on_stored,
+        )
+        l1.add_listener(self.store)
+        self.prefetch: PrefetchController | None = None
+        if self.l2_adapters:
+            self.prefetch = PrefetchController(
+                l1,
+                self.l2_adapters,
+                max_in_flight=l2_prefetch_max_in_flight,
+                policy=l2_prefetch_policy,
+                metrics=self.metrics,
+                skip_write_back=self.store.skip_once,
+                forget_skip=self.store.forget_skip,
+                on_loaded=self.l2_eviction.on_loaded,
+            )
+        self._state_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._state_lock:
+            if self._started or self._closed:
+                return
+            self.eviction.start()
+            self.store.start()
+            self.l2_eviction.start()
+            self._started = True
+
+    def close(self, *, drain_timeout: float = 10.0) -> None:
+        """Stop accepting prefetches, drain in-flight write-backs, stop the threads, close the
+        adapters (each failure logged, never raised), free L1."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.prefetch:
+            self.prefetch.close()
+        if not self.store.stop(drain_timeout=drain_timeout):
+            log.warning("L2 write-back not fully drained within %.1f s", drain_timeout)
+        self.l2_eviction.stop()
+        self.eviction.stop()
+        for entry in self.l2_adapters:
+            try:
+                entry.adapter.close()
+            except Exception:
+                log.exception("closing L2 adapter %s failed", entry.name)
+        self.l1.clear(force=True)
+
+    def periodic_threads(self) -> list[PeriodicThread]:
+        """The periodic threads this manager runs (for the registry behind /periodic-threads)."""
+        threads = [self.eviction.thread]
+        if self.l2_eviction.enabled:
+            threads.append(self.l2_eviction.thread)
+        return threads
+
+    # -- operations -----------------------------------------------------------------------
+
+    def primary_adapter(self) -> L2AdapterEntry | None:
+        return self.l2_adapters[0] if self.l2_adapters else None
+
+    def find_adapter(self, selector: str | None) -> L2AdapterEntry:
+        """The primary adapter (selector None), or the first whose type name, kind or label
+        matches; NotFoundError naming the valid selectors otherwise."""
+        if not self.l2_adapters:
+            raise NotFoundError("no L2 adapter is configured")
+        if selector is None:
+            return self.l2_adapters[0]
+        for entry in self.l2_adapters:
+            if selector in (entry.type_name, entry.name, getattr(entry.adapter, "kind", None)):
+                return entry
+        valid = ", ".join(e.type_name for e in self.l2_adapters)
+        raise NotFoundError(f"no L2 adapter matches {selector!r} (valid: {valid})")
+
+    def delete_from_l2(self, entry: L2AdapterEntry, keys: Sequence[ObjectKey]) -> list[bool]:
+        """Delete keys from one adapter (locked keys skipped) and tell its eviction policy."""
+        results = entry.adapter.delete(keys)
+        gone = [k for k, ok in zip(keys, results, strict=True) if ok]
+        if gone:
+            self.l2_eviction.on_deleted(entry, gone)
+        return results
+
+    def clear_l1(self, *, force: bool = True, cache_salt: str | None = None, model_name: str | None = None) -> int:
+        """Remove L1 objects (all, or one tenant / model). L2 is untouched."""
+        return self.l1.clear(force=force, cache_salt=cache_salt, model_name=model_name)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def report_status(self) -> dict[str, Any]:
+        adapters = {f"{e.index}:{e.name}": safe_report(e.adapter) for e in self.l2_adapters}
+        adapters_healthy = all(report["is_healthy"] for report in adapters.values())
+        children: dict[str, Any] = {
+            "l1_manager": self.l1,
+            "eviction_controller": self.eviction,
+            "store_controller": self.store,
+            "l2_eviction_controller": self.l2_eviction,
+        }
+        if self.prefetch is not None:
+            children["prefetch_controller"] = self.prefetch
+        return compose_status(
+            {
+                "l2_adapter_count": len(self.l2_adapters),
+                "l2_adapters": adapters,
+                "quota_count": len(self.quotas.list()),
+            },
+            children,
+            healthy=adapters_healthy and not self._closed,
+        )

@@ -1,0 +1,1 @@
+"""The HTTP admin plane: a Flask app factory, its route groups (blueprints) and a Waitress server."""

@@ -1,0 +1,132 @@
+"""The admin app factory: mounts every route group registered through the frontend hook."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from typing import Any
+
+from flask import Blueprint, Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from lmcache_core.errors import LMCacheError, PluginError
+from lmcache_frontends.admin.errors import INTERNAL_ERROR, json_error, status_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONTENT_LENGTH = 1 << 20
+"""Largest request body the admin API accepts (1 MiB); larger ones get a JSON 413."""
+
+
+def _json_default(obj: Any) -> Any:
+    # Status reports come from plugins too; an odd value must not turn /status into a 500.
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj).hex()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    try:
+        return DefaultJSONProvider.default(obj)
+    except TypeError:
+        return repr(obj)
+
+
+class AdminJSONProvider(DefaultJSONProvider):
+    """Flask's JSON with insertion order kept (status trees read top-down) and lenient values."""
+
+    sort_keys = False
+    default = staticmethod(_json_default)
+
+
+def create_app(services: Any, *, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> Flask:
+    """Build the admin Flask app over `services` (a `Services` or any object with the same
+    attributes: `engine` may be None while the engine is starting). Mounts the blueprint of
+    every route group in `services.frontends.http_routes`, in registration order."""
+    app = Flask("lmcache_frontends.admin")
+    app.json = AdminJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length
+    app.extensions["lmcache.services"] = services
+    _install_error_handlers(app)
+
+    @app.before_request
+    def _limit_body() -> None:
+        # Werkzeug enforces MAX_CONTENT_LENGTH only when a body is read; routes that ignore
+        # their body (clear-cache) must refuse an oversized one too.
+        length = request.content_length
+        if length is not None and length > max_content_length:
+            raise RequestEntityTooLarge()
+
+    for name, factory in services.frontends.http_routes.items():
+        blueprint = factory(services)
+        if not isinstance(blueprint, Blueprint):
+            raise PluginError(f"route group {name!r} returned {type(blueprint).__name__}, not a flask.Blueprint")
+        try:
+            app.register_blueprint(blueprint)
+        except ValueError as exc:  # two blueprints with one name
+            raise PluginError(f"route group {name!r}: {exc}") from exc
+    _refuse_duplicate_routes(app)
+    return app
+
+
+def _refuse_duplicate_routes(app: Flask) -> None:
+    # Werkzeug would silently serve the first of two identical rules; a plugin shadowing a
+    # built-in route (or another plugin's) must fail at start instead.
+    seen: dict[tuple[str, str], str] = {}
+    for rule in app.url_map.iter_rules():
+        for method in rule.methods or ():
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            key = (rule.rule, method)
+            if key in seen and seen[key] != rule.endpoint:
+                raise PluginError(
+                    f"route {method} {rule.rule} is defined twice (endpoints {seen[key]!r} and {rule.endpoint!r})"
+                )
+            seen[key] = rule.endpoint
+
+
+def _http_message(exc: HTTPException) -> str:
+    if isinstance(exc, NotFound):
+        return f"not found: {request.method} {request.path}"
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(m for m in exc.valid_methods or () if m not in ("HEAD", "OPTIONS")))
+        return f"method {request.method} not allowed on {request.path}" + (f" (allowed: {allowed})" if allowed else "")
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.max_content_length
+        return f"request body too large (limit {limit} bytes)" if limit else "request body too large"
+    return f"{(exc.name or 'error').lower()}: {exc.description}" if exc.description else (exc.name or "error").lower()
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> WerkzeugResponse:
+        response = exc.get_response()  # keeps headers such as Allow on a 405
+        body = json_error(exc.code or 500, _http_message(exc))
+        response.set_data(body.get_data())
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(LMCacheError)
+    def _domain_error(exc: LMCacheError) -> Response:
+        status = status_for(exc) or 500
+        if status == 500:
+            log.exception("admin request %s %s failed", request.method, request.path, exc_info=exc)
+            return json_error(status, INTERNAL_ERROR)
+        return json_error(status, str(exc))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> WerkzeugResponse:
+        if isinstance(exc, HTTPException):
+            return _http_error(exc)
+        mapped = status_for(exc)
+        if mapped is not None and mapped < 500:
+            return json_error(mapped, str(exc))
+        # Never a traceback in the body: log it, answer a fixed message.
+        log.error("admin request %s %s failed", request.method, request.path, exc_info=exc)
+        return json_error(500, INTERNAL_ERROR)
+

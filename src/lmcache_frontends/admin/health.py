@@ -1,0 +1,29 @@
+"""Liveness routes: `/` (static) and `/healthcheck` (+ the older `/api/healthcheck`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from lmcache_frontends.admin.errors import ENGINE_NOT_INITIALIZED, engine_not_initialized
+
+SERVICE_NAME = "LMCache HTTP API"
+
+
+def create_health_blueprint(services: Any) -> Blueprint:
+    """Routes for probes; they never call into the engine, so they answer even under load."""
+    bp = Blueprint("health", __name__)
+
+    @bp.get("/")
+    def root() -> Response:
+        return jsonify(status="ok", service=SERVICE_NAME)
+
+    @bp.get("/healthcheck")
+    @bp.get("/api/healthcheck")
+    def healthcheck() -> Response:
+        if services.engine is None:
+            return engine_not_initialized(status="unhealthy", reason=ENGINE_NOT_INITIALIZED)
+        return jsonify(status="healthy")
+
+    return bp

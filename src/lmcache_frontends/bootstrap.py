@@ -1,0 +1,192 @@
+"""The composition root: `bootstrap(config)` builds the whole server and returns `Services`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dependency_injector import providers
+
+from lmcache_adapters.plugin_manager import LMCachePluginManager
+from lmcache_core.engine import CacheEngine
+from lmcache_core.eviction.base import EvictionPolicy
+from lmcache_core.hashing import TokenHasher
+from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
+from lmcache_core.ports import Clock, L2Adapter, MemoryPool
+from lmcache_core.quota import QuotaManager
+from lmcache_core.storage_manager import StorageManager
+from lmcache_frontends.config import ServerConfig
+from lmcache_frontends.container import ApplicationContainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a running server is made of, as plain objects (what frontends receive).
+
+    `engine` (and `storage`) may be None while the engine is still starting: routes answer 503
+    in that state. `close()` stops everything in reverse order of construction; idempotent."""
+
+    config: ServerConfig
+    plugins: LMCachePluginManager
+    clock: Clock
+    frontends: FrontendRegistry
+    l2_registry: L2AdapterRegistry
+    memory_pool: MemoryPool | None = None
+    storage: StorageManager | None = None
+    engine: CacheEngine | None = None
+    started_at: float = 0.0
+    server_frontends: dict[str, Any] = field(default_factory=dict)
+    """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
+    _closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list, repr=False)
+    _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    def on_close(self, name: str, closer: Callable[[], None]) -> None:
+        """Run `closer` at close(), before everything registered earlier (LIFO)."""
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("services are already closed")
+            self._closers.append((name, closer))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop frontends, the engine, the storage manager, the adapters, then free L1 memory.
+        Each step's failure is logged and the rest still run."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            closers = list(reversed(self._closers))
+            self._closers.clear()
+        for name, closer in closers:
+            try:
+                closer()
+            except Exception:
+                log.exception("closing %s failed", name)
+
+
+@dataclass
+class StartingServices:
+    """What is known before the engine exists (configuration, plugins, route groups): the
+    admin API serves this state, answering 503 where the engine is needed."""
+
+    config: ServerConfig
+    plugins: LMCachePluginManager
+    frontends: FrontendRegistry
+    engine: None = None
+    storage: None = None
+    memory_pool: None = None
+    server_frontends: dict[str, Any] = field(default_factory=dict)
+
+
+class LiveServices:
+    """A stable handle for the admin app whose target moves from the starting state to the
+    running Services once bootstrap finishes (routes read it on every request)."""
+
+    def __init__(self, initial: StartingServices | Services) -> None:
+        object.__setattr__(self, "_target", initial)
+
+    def attach(self, services: Services) -> None:
+        object.__setattr__(self, "_target", services)
+
+    @property
+    def target(self) -> StartingServices | Services:
+        return self._target  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_target"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("LiveServices is read-only; attach() a new target instead")
+
+
+def bootstrap(
+    config: ServerConfig,
+    *,
+    plugins: LMCachePluginManager | None = None,
+    frontends: FrontendRegistry | None = None,
+    clock: Clock | None = None,
+    memory_pool: MemoryPool | None = None,
+    l2_adapters: Sequence[tuple[str, L2Adapter]] | None = None,
+    quotas: QuotaManager | None = None,
+    policy: EvictionPolicy | None = None,
+    hasher: TokenHasher | None = None,
+    start: bool = True,
+) -> Services:
+    """Build (and by default start) the whole server for `config`.
+
+    Every dependency can be passed in instead of built: a test starts a full stack with
+    `bootstrap(cfg, memory_pool=BytearrayMemoryPool(...), clock=ManualClock())`. Objects passed
+    in are owned by the returned Services from then on (its close() closes them). `l2_adapters`
+    replaces the adapters configured by --l2-adapter. Raises ConfigError (naming the flag or
+    field) for a configuration the plugins or components refuse; nothing is left running then."""
+    container = ApplicationContainer()
+    container.core.config.override(providers.Object(config))
+    if plugins is not None:
+        container.core.plugins.override(providers.Object(plugins))
+    if frontends is not None:
+        container.frontends.registry.override(providers.Object(frontends))
+    if clock is not None:
+        container.core.clock.override(providers.Object(clock))
+    if memory_pool is not None:
+        container.adapters.memory_pool.override(providers.Object(memory_pool))
+    if l2_adapters is not None:
+        container.adapters.l2_adapters.override(providers.Object(list(l2_adapters)))
+    if quotas is not None:
+        container.services.quotas.override(providers.Object(quotas))
+    if policy is not None:
+        container.services.policy.override(providers.Object(policy))
+    if hasher is not None:
+        container.services.hasher.override(providers.Object(hasher))
+
+    closers: list[tuple[str, Callable[[], None]]] = []
+    try:
+        the_clock: Clock = container.core.clock()
+        the_plugins: LMCachePluginManager = container.core.plugins()
+        the_frontends: FrontendRegistry = container.frontends.registry()
+        l2_registry: L2AdapterRegistry = container.adapters.l2_registry()
+        # Cheap, pure checks first (hash algorithm, quota file), then the adapters (validated
+        # as a whole before any is built), and only then the big L1 allocation.
+        the_hasher: TokenHasher = container.services.hasher()
+        container.services.quotas()
+        # (name, adapter) or (name, adapter, eviction settings); overrides may pass either.
+        adapters: list[tuple[Any, ...]] = container.adapters.l2_adapters()
+        for spec in adapters:
+            closers.append((f"L2 adapter {spec[0]}", spec[1].close))
+        pool: MemoryPool = container.adapters.memory_pool()
+        closers.append(("L1 memory pool", pool.close))
+        storage: StorageManager = container.services.storage()
+        closers.append(("storage manager", storage.close))
+        engine: CacheEngine = container.services.engine()
+        closers.append(("cache engine", engine.close))
+        if start:
+            engine.start()
+    except BaseException:
+        for name, closer in reversed(closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("closing %s after a failed start", name)
+        raise
+
+    log.debug("bootstrapped: hash=%s chunk=%d adapters=%d", the_hasher.hash_algorithm_name, config.chunk_size, len(adapters))
+    return Services(
+        config=config,
+        plugins=the_plugins,
+        clock=the_clock,
+        frontends=the_frontends,
+        l2_registry=l2_registry,
+        memory_pool=pool,
+        storage=storage,
+        engine=engine,
+        started_at=the_clock.time(),
+        _closers=closers,
+    )

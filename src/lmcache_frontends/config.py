@@ -1,0 +1,491 @@
+"""Server configuration: one frozen dataclass, loaded from flags > LMCACHE_* env > config file > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lmcache_core.errors import ConfigError
+
+ENV_PREFIX = "LMCACHE_"
+REDACTED = "***"
+
+HASH_ALGORITHMS = ("blake3", "xxh3", "sha256", "builtin")
+EVICTION_POLICIES = ("LRU", "IsolatedLRU", "noop")
+L2_PREFETCH_POLICIES = ("default", "retain")
+L2_STORE_POLICIES = ("default", "skip_l1")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Names of JSON fields inside --l2-adapter that /conf must not echo (S3 keys, tokens, ...).
+_SECRET_FIELD_RE = re.compile(r"secret|token|password|passwd|credential|access_key|private_key", re.I)
+
+# --------------------------------------------------------------------------- value checks
+# Each check takes the already-typed value and returns it (possibly normalised) or raises
+# ValueError with a message that completes "<flag> ...".
+
+
+def _port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number in 0..65535 (0 = pick a free port), got {value}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0 < value <= 1:
+        raise ValueError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _one_of(choices: Sequence[str], *, ignore_case: bool = False) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        for choice in choices:
+            if value == choice or (ignore_case and value.lower() == choice.lower()):
+                return choice
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _shm_suffix(value: str) -> str:
+    if "/" in value or "\x00" in value:
+        raise ValueError(f"must not contain '/' or NUL, got {value!r}")
+    return value
+
+
+def _l2_adapter_json(value: str) -> str:
+    # Structure only; the adapter registry checks kinds and fields at bootstrap.
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("must be a JSON object")
+    if not isinstance(obj.get("type"), str):
+        raise ValueError('needs a string "type" field')
+    return json.dumps(obj, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- option table
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one ServerConfig field is spelt on the command line, in the environment and in files."""
+
+    name: str
+    flag: str
+    env_var: str
+    kind: type
+    default: Any
+    help: str
+    section: str
+    metavar: str | None = None
+    check: Callable[[Any], Any] | None = None
+    optional: bool = False
+    repeatable: bool = False
+    secret: bool = False
+
+    @property
+    def file_keys(self) -> tuple[str, ...]:
+        """Keys accepted in a config file: the flag name with dashes or underscores, and the field name."""
+        dashed = self.flag[2:]
+        return tuple(dict.fromkeys((dashed, dashed.replace("-", "_"), self.name)))
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    section: str = "mp",
+    flag: str | None = None,
+    metavar: str | None = None,
+    check: Callable[[Any], Any] | None = None,
+    secret: bool = False,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "section": section, "flag": flag, "metavar": metavar, "check": check, "secret": secret},
+    )
+
+
+def _choices_metavar(choices: Sequence[str]) -> str:
+    return "{" + ",".join(choices) + "}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every setting of one lmcache-server process; validated on construction."""
+
+    host: str = _opt("127.0.0.1", "Address the ZeroMQ data-path socket binds.", check=_non_empty)
+    port: int = _opt(5555, "Port of the ZeroMQ data-path socket (0 = pick a free port).", check=_port)
+    chunk_size: int = _opt(256, "Tokens per KV chunk; only full chunks are cached.", check=_positive)
+    hash_algorithm: str = _opt(
+        "blake3",
+        "Chunk hash chain: blake3 (LMCache 0.5.0 compatible), xxh3 (faster, not shared with reference "
+        "servers), sha256, builtin (needs a fixed PYTHONHASHSEED).",
+        metavar=_choices_metavar(HASH_ALGORITHMS),
+        check=_one_of(HASH_ALGORITHMS, ignore_case=True),
+    )
+    max_workers: int = _opt(
+        4, "Worker threads of the ZeroMQ data path (takes effect once the data path is enabled).", check=_positive
+    )
+    worker_reap_timeout_seconds: float = _opt(
+        120.0, "Drop an engine worker's registrations when it has not pinged for this long.", check=_positive
+    )
+    http_host: str = _opt("127.0.0.1", "Address the HTTP admin server binds.", check=_non_empty)
+    http_port: int = _opt(8080, "Port of the HTTP admin server (0 = pick a free port).", check=_port)
+    state_dir: str | None = _opt(
+        None, "Directory for state that survives a restart (quotas). Unset = memory only.", check=_non_empty
+    )
+    shm_name: str | None = _opt(
+        None,
+        "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: the process id.",
+        check=_shm_suffix,
+    )
+    config_file: str | None = _opt(
+        None, "A JSON or TOML file with any of these options (lowest precedence after defaults).", flag="--config"
+    )
+    l1_size_gb: float = _opt(1.0, "Size of the L1 (CPU memory) pool in GiB.", section="storage_manager", check=_positive)
+    eviction_policy: str = _opt(
+        "LRU",
+        "L1 eviction policy: LRU, IsolatedLRU (one LRU per cache_salt, driven by quotas) or noop.",
+        section="storage_manager",
+        metavar=_choices_metavar(EVICTION_POLICIES),
+        check=_one_of(EVICTION_POLICIES, ignore_case=True),
+    )
+    eviction_trigger_watermark: float = _opt(
+        0.8, "Start evicting when L1 usage reaches this fraction.", section="storage_manager", check=_fraction
+    )
+    eviction_ratio: float = _opt(
+        0.2, "Fraction of L1 to free in one eviction cycle.", section="storage_manager", check=_fraction
+    )
+    eviction_interval_seconds: float = _opt(
+        1.0, "Period of the eviction controller thread.", section="storage_manager", check=_positive
+    )
+    l1_write_ttl_seconds: float = _opt(
+        600.0, "A write lock expires after this long (a crashed client cannot pin memory).",
+        section="storage_manager", check=_positive,
+    )
+    l1_read_ttl_seconds: float = _opt(
+        300.0, "A read lock expires after this long.", section="storage_manager", check=_positive
+    )
+    l2_adapters: tuple[str, ...] = _opt(
+        (),
+        'An L2 storage adapter as JSON, e.g. \'{"type": "fs", "base_path": "/data/kv"}\'; repeat for '
+        "several (the first is the primary).",
+        section="storage_manager",
+        flag="--l2-adapter",
+        metavar="JSON",
+        check=_l2_adapter_json,
+    )
+    l2_store_policy: str = _opt(
+        "default",
+        "default: keep objects in L1 after copying them to L2; skip_l1: drop them from L1 afterwards.",
+        section="storage_manager",
+        metavar=_choices_metavar(L2_STORE_POLICIES),
+        check=_one_of(L2_STORE_POLICIES),
+    )
+    l2_prefetch_max_in_flight: int = _opt(
+        8, "At most this many L2 prefetch jobs at once.", section="storage_manager", check=_positive
+    )
+    l2_prefetch_policy: str = _opt(
+        "default",
+        "default: objects prefetched from L2 are temporary in L1 (freed after their last read); "
+        "retain: they stay in L1 as ordinary objects.",
+        section="storage_manager",
+        metavar=_choices_metavar(L2_PREFETCH_POLICIES),
+        check=_one_of(L2_PREFETCH_POLICIES),
+    )
+    log_level: str = _opt(
+        "INFO",
+        "Log level of the server process.",
+        section="observability",
+        metavar=_choices_metavar(LOG_LEVELS),
+        check=_one_of(LOG_LEVELS, ignore_case=True),
+    )
+
+    def __post_init__(self) -> None:
+        # Direct construction (tests, library users) gets the same checks as the command line.
+        for spec in OPTIONS:
+            value = getattr(self, spec.name)
+            checked = _check(spec, value, spec.flag)
+            if checked is not value:
+                object.__setattr__(self, spec.name, checked)
+
+    @property
+    def l1_size_bytes(self) -> int:
+        return int(self.l1_size_gb * (1 << 30))
+
+    def to_public_dict(self) -> dict[str, dict[str, Any]]:
+        """The configuration as /conf shows it: grouped in sections, secrets shown as "***"."""
+        out: dict[str, dict[str, Any]] = {"mp": {}, "storage_manager": {}, "observability": {}}
+        for spec in OPTIONS:
+            value = getattr(self, spec.name)
+            if spec.secret:
+                value = REDACTED if value else value
+            elif spec.name == "l2_adapters":
+                value = [_redact_mapping(json.loads(raw)) for raw in value]
+            out.setdefault(spec.section, {})[spec.name] = value
+        return out
+
+
+def _redact_mapping(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if _SECRET_FIELD_RE.search(k) and v not in (None, "") else _redact_mapping(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_redact_mapping(v) for v in obj]
+    return obj
+
+
+def _build_options() -> tuple[OptionSpec, ...]:
+    specs = []
+    for f in fields(ServerConfig):
+        meta = f.metadata
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        annotation = str(f.type)  # a string: this module uses postponed annotations
+        kind: type
+        if annotation.startswith("float"):
+            kind = float
+        elif annotation.startswith("int"):
+            kind = int
+        else:
+            kind = str
+        specs.append(
+            OptionSpec(
+                name=f.name,
+                flag=flag,
+                env_var=ENV_PREFIX + flag[2:].upper().replace("-", "_"),
+                kind=kind,
+                default=default,
+                help=meta["help"],
+                section=meta["section"],
+                metavar=meta["metavar"],
+                check=meta["check"],
+                optional="None" in annotation,
+                repeatable=annotation.startswith("tuple"),
+                secret=meta["secret"],
+            )
+        )
+    return tuple(specs)
+
+
+OPTIONS: tuple[OptionSpec, ...] = _build_options()
+OPTIONS_BY_NAME: dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _coerce_scalar(spec: OptionSpec, value: Any) -> Any:
+    """Turn a string (flag, env) or a native file value into the option's type; ValueError if not."""
+    if value is None:
+        if spec.optional:
+            return None
+        raise ValueError("must be set")
+    if spec.kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                pass
+        raise ValueError(f"must be an integer, got {value!r}")
+    if spec.kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"must be a number, got {value!r}")
+    if isinstance(value, str):
+        return value
+    if spec.repeatable and isinstance(value, dict):
+        return json.dumps(value)
+    raise ValueError(f"must be a string, got {type(value).__name__}")
+
+
+def _check(spec: OptionSpec, value: Any, label: str) -> Any:
+    """Type-check and range-check a typed value; ConfigError names `label` (the flag, env var...)."""
+    try:
+        if spec.repeatable:
+            if not isinstance(value, tuple | list):
+                raise ValueError(f"must be a list, got {type(value).__name__}")
+            checked: list[Any] = []
+            for i, item in enumerate(value, start=1):
+                try:
+                    checked.append(spec.check(_coerce_scalar(spec, item)) if spec.check else item)
+                except ValueError as exc:
+                    raise ValueError(f"#{i} {exc}") from None
+            return tuple(checked) if checked != list(value) or not isinstance(value, tuple) else value
+        value = _coerce_scalar(spec, value)
+        if value is None or spec.check is None:
+            return value
+        return spec.check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{label} {exc}") from None
+
+
+def _env_value(spec: OptionSpec, raw: str) -> Any:
+    if not spec.repeatable:
+        return raw
+    # A repeatable option in one variable: a JSON object, or a JSON array of them.
+    stripped = raw.strip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{spec.env_var} is not valid JSON: {exc.msg} at char {exc.pos}") from None
+        return [json.dumps(item) if isinstance(item, dict) else item for item in items]
+    return [raw] if stripped else []
+
+
+def _file_value(spec: OptionSpec, value: Any) -> Any:
+    if spec.repeatable and not isinstance(value, list | tuple):
+        return [value]
+    return value
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a JSON or TOML config file (by suffix; .toml is TOML, anything else JSON)."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--config cannot read {str(p)!r}: {exc.strerror or exc}") from None
+    try:
+        if p.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(text.decode("utf-8"))
+        else:
+            data = json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config file {str(p)!r} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config file {str(p)!r} must hold an object/table of options")
+    return data
+
+
+def _options_from_file(path: str, data: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    by_key = {key: spec for spec in OPTIONS for key in spec.file_keys}
+    out: dict[str, tuple[Any, str]] = {}
+    for key, value in data.items():
+        spec = by_key.get(key)
+        if spec is None or spec.name == "config_file":
+            raise ConfigError(f"config file {path!r}: unknown option {key!r}")
+        if spec.name in out:
+            raise ConfigError(f"config file {path!r}: option {spec.flag} given twice")
+        out[spec.name] = (_file_value(spec, value), f"config file {path!r}: {key} ({spec.flag})")
+    return out
+
+
+# --------------------------------------------------------------------------- argparse
+
+
+class _ConfigArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise ConfigError (exit code 1 and one message, not 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every server flag to `parser` (defaults suppressed, so explicit flags can be told apart)."""
+    group = parser.add_argument_group("server options (each also from an LMCACHE_* env var)")
+    for spec in OPTIONS:
+        default_txt = "unset" if spec.default in (None, ()) else repr(spec.default)
+        kwargs: dict[str, Any] = {
+            "dest": spec.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{spec.help} [env {spec.env_var}; default {default_txt}]".replace("%", "%%"),
+            "metavar": spec.metavar or spec.flag[2:].upper().replace("-", "_"),
+        }
+        if spec.repeatable:
+            kwargs["action"] = "append"
+        group.add_argument(spec.flag, **kwargs)
+
+
+def build_parser(prog: str = "lmcache-server") -> argparse.ArgumentParser:
+    """The parser of `lmcache-server` (and of `lmcache server`)."""
+    parser = _ConfigArgumentParser(
+        prog=prog,
+        description="Run the LMCache KV-cache server: the L1/L2 storage stack and the HTTP admin API.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_arguments(parser)
+    return parser
+
+
+def config_from_namespace(
+    namespace: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Merge explicit flags (`namespace`, defaults suppressed) with env vars, the config file and
+    defaults, in that order of precedence; raise ConfigError naming the offending source."""
+    given = dict(vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace)
+    environ = os.environ if env is None else env
+
+    chosen: dict[str, tuple[Any, str]] = {}
+    for spec in OPTIONS:
+        if spec.name in given:
+            chosen[spec.name] = (given[spec.name], spec.flag)
+        elif spec.env_var in environ:
+            chosen[spec.name] = (_env_value(spec, environ[spec.env_var]), f"{spec.env_var} ({spec.flag})")
+
+    config_path = chosen.get("config_file", (None, ""))[0]
+    file_values: dict[str, tuple[Any, str]] = {}
+    if config_path:
+        file_values = _options_from_file(config_path, read_config_file(config_path))
+
+    values: dict[str, Any] = {}
+    for spec in OPTIONS:
+        if spec.name in chosen:
+            raw, label = chosen[spec.name]
+        elif spec.name in file_values:
+            raw, label = file_values[spec.name]
+        else:
+            continue
+        values[spec.name] = _check(spec, raw, label)
+    return ServerConfig(**values)
+
+
+def load_config(
+    argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None, prog: str = "lmcache-server"
+) -> ServerConfig:
+    """Parse `argv` (default: sys.argv[1:]) into a ServerConfig. Errors raise ConfigError;
+    `--help` exits through argparse as usual."""
+    namespace = build_parser(prog).parse_args(argv)
+    return config_from_namespace(namespace, env)

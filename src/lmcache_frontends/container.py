@@ -1,0 +1,218 @@
+"""The dependency-injector containers that wire the server (core, adapters, services, frontends).
+
+Only the composition root (`bootstrap`) uses them; blueprints and domain code receive plain
+objects and never import this module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from lmcache_adapters.l2.serde import make_codec, wrap_with_serde
+from lmcache_adapters.plugin_manager import LMCachePluginManager
+from lmcache_core.clock import SystemClock
+from lmcache_core.engine import CacheEngine
+from lmcache_core.errors import ConfigError
+from lmcache_core.eviction.base import EvictionPolicy
+from lmcache_core.hashing import TokenHasher
+from lmcache_core.l1.manager import L1Manager
+from lmcache_core.l2.eviction_controller import L2EvictionSettings
+from lmcache_core.plugin import L2AdapterRegistry
+from lmcache_core.ports import Clock, L2Adapter, MemoryPool
+from lmcache_core.quota import QuotaManager
+from lmcache_core.storage_manager import StorageManager
+from lmcache_frontends.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+QUOTA_STATE_FILE = "quotas.json"
+
+AdapterSpec = tuple[str, L2Adapter, dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What an L2 adapter factory receives as `services`: the server's settings and clock."""
+
+    config: ServerConfig
+    clock: Clock
+    index: int
+    name: str
+
+    @property
+    def state_dir(self) -> Path | None:
+        return Path(self.config.state_dir) if self.config.state_dir else None
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def create_memory_pool(config: ServerConfig) -> MemoryPool:
+    """The shared-memory L1 pool sized by --l1-size-gb (imports torch: only when really built)."""
+    from lmcache_adapters.memory.shm_pool import create_l1_pool
+
+    return create_l1_pool(config.l1_size_gb, shm_suffix=config.shm_name)
+
+
+def build_l2_adapters(
+    config: ServerConfig, registry: L2AdapterRegistry, clock: Clock
+) -> list[AdapterSpec]:
+    """Validate every --l2-adapter against the registry, then build them in order.
+
+    All configurations are checked before any adapter is built, so a typo in the second one
+    never leaves the first half-started; an adapter whose construction fails closes the ones
+    built before it. Errors are ConfigErrors naming the flag, its position and the field."""
+    parsed = []
+    for position, raw in enumerate(config.l2_adapters, start=1):
+        try:
+            spec, fields = registry.parse(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"--l2-adapter #{position}: {exc}") from None
+        name = fields.pop("name", None) or spec.kind
+        eviction = fields.pop("eviction", None)
+        serde = fields.pop("serde", None)
+        try:
+            if eviction is not None:
+                L2EvictionSettings.parse(name, eviction)
+            if serde is not None:
+                make_codec(serde)
+        except ConfigError as exc:
+            raise ConfigError(f"--l2-adapter #{position}: {exc}") from None
+        parsed.append((spec, name, fields, eviction, serde))
+
+    built: list[AdapterSpec] = []
+    try:
+        for index, (spec, name, fields, eviction, serde) in enumerate(parsed):
+            context = AdapterContext(config=config, clock=clock, index=index, name=name)
+            try:
+                adapter = spec.factory(dict(fields), context)
+                if serde is not None:
+                    adapter = wrap_with_serde(adapter, serde)
+            except ConfigError as exc:
+                raise ConfigError(f"--l2-adapter #{index + 1} ({spec.kind}): {exc}") from None
+            built.append((name, adapter, eviction))
+    except BaseException:
+        for name, adapter, _ in reversed(built):
+            try:
+                adapter.close()
+            except Exception:
+                log.exception("closing L2 adapter %s after a failed start", name)
+        raise
+    return built
+
+
+def create_quotas(config: ServerConfig) -> QuotaManager:
+    state = Path(config.state_dir) / QUOTA_STATE_FILE if config.state_dir else None
+    if state is not None:
+        try:
+            state.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--state-dir {config.state_dir!r} cannot be created: {exc.strerror or exc}") from None
+    return QuotaManager(state_path=state)
+
+
+def create_policy(config: ServerConfig, quotas: QuotaManager) -> EvictionPolicy:
+    from lmcache_core.eviction import make_policy
+
+    return make_policy(config.eviction_policy, quotas)
+
+
+def create_l1(pool: MemoryPool, config: ServerConfig, clock: Clock) -> L1Manager:
+    return L1Manager(
+        pool,
+        clock=clock,
+        write_ttl_seconds=config.l1_write_ttl_seconds,
+        read_ttl_seconds=config.l1_read_ttl_seconds,
+    )
+
+
+def create_storage(
+    l1: L1Manager,
+    policy: EvictionPolicy,
+    quotas: QuotaManager,
+    l2_adapters: list[AdapterSpec],
+    config: ServerConfig,
+    clock: Clock,
+) -> StorageManager:
+    from lmcache_core.eviction import make_policy
+
+    return StorageManager(
+        l1,
+        policy=policy,
+        quotas=quotas,
+        l2_adapters=l2_adapters,
+        clock=clock,
+        eviction_interval_seconds=config.eviction_interval_seconds,
+        trigger_watermark=config.eviction_trigger_watermark,
+        eviction_ratio=config.eviction_ratio,
+        l2_store_policy=config.l2_store_policy,
+        l2_prefetch_policy=config.l2_prefetch_policy,
+        l2_prefetch_max_in_flight=config.l2_prefetch_max_in_flight,
+        l2_policy_factory=lambda name: make_policy(name, quotas),
+    )
+
+
+def create_hasher(config: ServerConfig) -> TokenHasher:
+    return TokenHasher(algorithm=config.hash_algorithm, chunk_size=config.chunk_size)
+
+
+def _call(method: str) -> Callable[[Any], Any]:
+    return lambda obj: getattr(obj, method)()
+
+
+# --------------------------------------------------------------------------- containers
+
+
+class CoreContainer(containers.DeclarativeContainer):
+    """Configuration, clock and the plugin manager."""
+
+    config = providers.Dependency(instance_of=ServerConfig)
+    clock = providers.Singleton(SystemClock)
+    plugins = providers.Singleton(LMCachePluginManager, load_entrypoints=True)
+
+
+class AdaptersContainer(containers.DeclarativeContainer):
+    """The driven side: the L1 memory pool and the configured L2 adapters."""
+
+    core = providers.DependenciesContainer()
+
+    l2_registry = providers.Singleton(_call("l2_adapter_registry"), core.plugins)
+    memory_pool = providers.Singleton(create_memory_pool, core.config)
+    l2_adapters = providers.Singleton(build_l2_adapters, core.config, l2_registry, core.clock)
+
+
+class ServicesContainer(containers.DeclarativeContainer):
+    """The domain objects: quotas, eviction policy, L1, storage manager, hasher, engine."""
+
+    core = providers.DependenciesContainer()
+    adapters = providers.DependenciesContainer()
+
+    quotas = providers.Singleton(create_quotas, core.config)
+    policy = providers.Singleton(create_policy, core.config, quotas)
+    l1 = providers.Singleton(create_l1, adapters.memory_pool, core.config, core.clock)
+    storage = providers.Singleton(create_storage, l1, policy, quotas, adapters.l2_adapters, core.config, core.clock)
+    hasher = providers.Singleton(create_hasher, core.config)
+    engine = providers.Singleton(CacheEngine, storage, hasher, clock=core.clock)
+
+
+class FrontendsContainer(containers.DeclarativeContainer):
+    """The driving side: route groups and server frontends registered by plugins."""
+
+    core = providers.DependenciesContainer()
+
+    registry = providers.Singleton(_call("frontend_registry"), core.plugins)
+
+
+class ApplicationContainer(containers.DeclarativeContainer):
+    """The whole server; one instance per `bootstrap()` call (instances share no state)."""
+
+    core = providers.Container(CoreContainer)
+    adapters = providers.Container(AdaptersContainer, core=core)
+    services = providers.Container(ServicesContainer, core=core, adapters=adapters)
+    frontends = providers.Container(FrontendsContainer, core=core)
+

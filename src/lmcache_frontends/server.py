@@ -1,0 +1,205 @@
+"""`lmcache-server`: load the configuration, bootstrap, serve until SIGINT/SIGTERM, shut down cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from lmcache_core.errors import LMCacheError, PluginError
+from lmcache_frontends.config import ServerConfig, config_from_namespace, load_config
+
+if TYPE_CHECKING:
+    from lmcache_frontends.admin.server import AdminServer
+    from lmcache_frontends.bootstrap import Services
+
+log = logging.getLogger("lmcache_frontends.server")
+
+PROG = "lmcache-server"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_WATCH_INTERVAL_S = 0.5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lmcache-server` console script; returns the exit code."""
+    try:
+        config = load_config(argv, prog=PROG)
+    except LMCacheError as exc:
+        return _fail(PROG, exc)
+    return serve(config, prog=PROG)
+
+
+def main_from_namespace(namespace: argparse.Namespace, *, prog: str, env: Mapping[str, str] | None = None) -> int:
+    """Run the server from flags parsed elsewhere (`lmcache server`)."""
+    try:
+        config = config_from_namespace(namespace, env)
+    except LMCacheError as exc:
+        return _fail(prog, exc)
+    return serve(config, prog=prog)
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at `level` (a no-op for handlers when the host process configured logging)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+
+
+def serve(
+    config: ServerConfig,
+    *,
+    prog: str = PROG,
+    stop_event: threading.Event | None = None,
+    on_ready: Callable[[Services, AdminServer], None] | None = None,
+) -> int:
+    """Run the server for `config` until `stop_event` is set or SIGINT/SIGTERM arrives (when
+    called on the main thread). Returns 0 after a clean shutdown, 1 when it cannot start.
+
+    The admin API binds first and answers 503 (engine not initialized) while the stack is
+    built, as probes expect; a busy admin port fails before any L1 memory is allocated."""
+    # Imported here, not at the top: a bad flag should be reported without loading the stack.
+    from lmcache_adapters.plugin_manager import LMCachePluginManager
+    from lmcache_frontends.bootstrap import LiveServices, StartingServices, bootstrap
+
+    configure_logging(config.log_level)
+    stop = stop_event or threading.Event()
+    signals = _SignalHandlers(stop)
+    signals.install()
+    try:
+        try:
+            plugins = LMCachePluginManager(load_entrypoints=True)
+            frontends = plugins.frontend_registry()
+            live = LiveServices(StartingServices(config=config, plugins=plugins, frontends=frontends))
+            admin = _start_admin(live)
+        except (LMCacheError, OSError) as exc:
+            return _fail(prog, exc)
+        try:
+            services = bootstrap(config, plugins=plugins, frontends=frontends)
+        except (LMCacheError, OSError) as exc:  # bad config, plugin, /dev/shm: the operator's to fix
+            admin.stop()
+            return _fail(prog, exc)
+        except BaseException:
+            admin.stop()
+            raise
+        services.on_close("admin HTTP server", admin.stop)
+        live.attach(services)
+        try:
+            _start_server_frontends(services)
+        except (LMCacheError, OSError) as exc:
+            services.close()
+            return _fail(prog, exc)
+
+        log.info(_ready_line(prog, services, admin))
+        if on_ready is not None:
+            on_ready(services, admin)
+        exit_code = 0
+        while not stop.wait(_WATCH_INTERVAL_S):
+            if not admin.running:
+                log.error("the admin HTTP server stopped unexpectedly; shutting down")
+                exit_code = 1
+                break
+        log.info("shutting down%s", f" ({signals.received})" if signals.received else "")
+        services.close()
+        log.info("stopped")
+        return exit_code
+    finally:
+        signals.restore()
+
+
+def _start_admin(services: Any) -> AdminServer:
+    from lmcache_frontends.admin.app import create_app
+    from lmcache_frontends.admin.server import AdminServer
+
+    config = services.config
+    try:
+        admin = AdminServer(create_app(services), config.http_host, config.http_port)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve the admin API on {config.http_host}:{config.http_port} (--http-host/--http-port): "
+            f"{exc.strerror or exc}"
+        ) from exc
+    admin.start()
+    return admin
+
+
+def _start_server_frontends(services: Services) -> None:
+    """Start every long-running frontend plugins registered (the ZeroMQ data path); each is
+    stopped by services.close() before the engine (last started, first stopped)."""
+    engine = services.engine
+    for name, factory in services.frontends.servers.items():
+        try:
+            frontend = factory(services)
+            frontend.start()
+        except (LMCacheError, OSError):
+            raise
+        except Exception as exc:  # e.g. zmq.ZMQError for a busy --port: one line, not a traceback
+            log.debug("frontend %s failed to start", name, exc_info=True)
+            raise PluginError(f"frontend {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+        services.on_close(f"frontend {name}", frontend.stop)
+        if engine is not None:
+            engine.add_status_contributor(name, _frontend_status(name, frontend))
+        services.server_frontends[name] = frontend
+
+
+def _frontend_status(name: str, frontend: Any) -> Callable[[], dict[str, Any]]:
+    def contribute() -> dict[str, Any]:
+        report = frontend.report_status()
+        return {name: report, "is_healthy": bool(report.get("is_healthy", False))}
+
+    return contribute
+
+
+def _ready_line(prog: str, services: Services, admin: AdminServer) -> str:
+    frontends = services.server_frontends
+    parts = [f"admin {admin.url} (status: {admin.url}/status)"]
+    zmq = frontends.get("zmq")
+    parts.append(f"zmq {getattr(zmq, 'url', 'started')}" if zmq is not None else "zmq: not enabled")
+    parts.extend(f"{name} {getattr(fe, 'url', 'started')}" for name, fe in frontends.items() if name != "zmq")
+    pool = services.memory_pool
+    size_gib = pool.capacity_bytes / (1 << 30) if pool is not None else services.config.l1_size_gb
+    parts.append(f"l1 {round(size_gib, 3)} GiB")
+    return f"{prog} ready: " + " ".join(parts)
+
+
+def _fail(prog: str, exc: BaseException) -> int:
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 1
+
+
+class _SignalHandlers:
+    """SIGINT/SIGTERM set the stop event; a second one exits at once (a hung shutdown must
+    still be stoppable). Installed only on the main thread, where Python allows it."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._previous: dict[int, Any] = {}
+        self.received: str = ""
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set():
+            # Not via logging: the handler may run while the logging lock is held.
+            os.write(2, f"{PROG}: second {name} during shutdown, exiting now\n".encode())
+            os._exit(1)
+        self.received = name
+        self._stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Helpers for tests of frontends and route plugins: a full in-process stack in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcache_adapters.plugin_manager import LMCachePluginManager
+from lmcache_core.clock import ManualClock
+from lmcache_core.testing.memory import BytearrayMemoryPool
+from lmcache_frontends.bootstrap import Services, bootstrap
+from lmcache_frontends.config import ServerConfig
+
+DEFAULT_POOL_BYTES = 16 << 20
+
+
+def builtin_plugins(*extra: object) -> LMCachePluginManager:
+    """A plugin manager with the built-in plugins registered explicitly (no entry-point scan),
+    then each of `extra` (plugin objects with hookimpls) in order."""
+    import lmcache_adapters.plugin as builtin_adapters
+    import lmcache_frontends.plugin as builtin_frontends
+
+    plugins = LMCachePluginManager(load_entrypoints=False)
+    plugins.register(builtin_adapters, "builtin_l2_adapters")
+    plugins.register(builtin_frontends, "builtin_frontends")
+    for i, plugin in enumerate(extra):
+        plugins.register(plugin, f"extra_plugin_{i}")
+    return plugins
+
+
+def in_memory_stack(
+    config: ServerConfig | None = None, *, pool_bytes: int = DEFAULT_POOL_BYTES, **overrides: Any
+) -> Services:
+    """`bootstrap()` with a BytearrayMemoryPool, a ManualClock and the built-in plugins unless
+    `overrides` says otherwise. The caller closes the returned Services."""
+    overrides.setdefault("plugins", builtin_plugins())
+    overrides.setdefault("clock", ManualClock())
+    overrides.setdefault("memory_pool", BytearrayMemoryPool(pool_bytes))
+    return bootstrap(config or ServerConfig(), **overrides)
