@@ -7,7 +7,7 @@ import hashlib
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "NONE_HASH",
     "IncrementalHasher",
+    "TokenBytes",
     "TokenHasher",
     "none_hash_for",
 ]
@@ -120,12 +121,35 @@ def _bad_token_message(values: Iterable[Any]) -> str:
     return "token ids must be integers in [0, 2^32)"
 
 
+class TokenBytes(bytes):
+    """Token ids already validated and encoded as `token_bytes` returns them (big-endian uint32).
+
+    `token_bytes` passes these through without a copy, so a decoder that caches them saves the
+    conversion, and their (cached) hash lets sessions recognise a sequence seen before."""
+
+    __slots__ = ()
+
+    def __new__(cls, data: bytes | bytearray | memoryview = b"") -> TokenBytes:
+        obj = super().__new__(cls, data)
+        if len(obj) % _TOKEN_BYTES:
+            raise ValueError(f"token bytes must be a multiple of {_TOKEN_BYTES} long, got {len(obj)}")
+        return obj
+
+    @classmethod
+    def from_tokens(cls, tokens: Any) -> TokenBytes:
+        """Validate and encode `tokens` (anything `token_bytes` accepts)."""
+        return cls(token_bytes(tokens))
+
+
 def token_bytes(tokens: Any) -> bytes:
     """Validate token ids and return them as big-endian uint32 bytes (4 bytes per token).
 
     Accepts a list/tuple/iterable of ints, a numpy array of any integer dtype, or anything
-    numpy can view (`__array__` or `.numpy()`), e.g. a torch tensor. Raises ValueError for
-    anything else, naming the first value outside [0, 2^32) where there is one."""
+    numpy can view (`__array__` or `.numpy()`), e.g. a torch tensor, or TokenBytes (returned
+    as is). Raises ValueError for anything else, naming the first value outside [0, 2^32) where
+    there is one."""
+    if isinstance(tokens, TokenBytes):
+        return tokens
     if isinstance(tokens, np.ndarray):
         return _ndarray_bytes(tokens)
     if isinstance(tokens, list | tuple | range | array.array):
@@ -311,6 +335,14 @@ class IncrementalHasher:
             self._buf += data[keep_bytes:]
         self._hash_pending()
         return list(self._hashes)
+
+    def adopt(self, data: TokenBytes, hashes: Sequence[bytes]) -> None:
+        """Become the sequence `data` whose full-chunk hashes (from this hasher's algorithm,
+        e.g. remembered from another session) are `hashes`, without hashing again."""
+        if len(hashes) != len(data) // self._chunk_bytes:
+            raise ValueError(f"{len(hashes)} hashes for {len(data) // self._chunk_bytes} full chunks")
+        self._buf = bytearray(data)
+        self._hashes = list(hashes)
 
     def reset(self) -> None:
         """Forget every token and hash."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmcache_core.errors import InvalidKeyError
@@ -74,6 +74,10 @@ def validate_model_name(model_name: str) -> str:
     return model_name
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectKey:
     """Identity of one KV chunk for one rank. Frozen, hashable, validated on construction."""
@@ -84,7 +88,51 @@ class ObjectKey:
     object_group_id: int = 0
     cache_salt: str = ""
 
+    # Cached because L1 batch ops hash each key several times (dict, sets, LRU order); never
+    # compared, never pickled (str hashes differ between processes, see __reduce__).
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
     def __post_init__(self) -> None:
+        self._validate()
+        object.__setattr__(self, "_hash", hash(self._parts()))
+
+    def _parts(self) -> tuple[bytes, str, int, int, str]:
+        return (self.chunk_hash, self.model_name, self.kv_rank, self.object_group_id, self.cache_salt)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not ObjectKey:
+            return NotImplemented
+        o: ObjectKey = other  # type: ignore[assignment]
+        return self is o or (
+            self._hash == o._hash
+            and self.chunk_hash == o.chunk_hash
+            and self.kv_rank == o.kv_rank
+            and self.model_name == o.model_name
+            and self.object_group_id == o.object_group_id
+            and self.cache_salt == o.cache_salt
+        )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (ObjectKey, self._parts())
+
+    @classmethod
+    def trusted(cls, chunk_hash: bytes, model_name: str, kv_rank: int, cache_salt: str = "") -> ObjectKey:
+        """Build a key (object group 0) from parts the caller has ALREADY validated: a non-empty
+        bytes digest, `validate_model_name`/`validate_cache_salt`-checked strings and a packed
+        kv_rank. For hot paths that build many keys of one request; skips `__post_init__`."""
+        key: ObjectKey = _new(cls)
+        _set(key, "chunk_hash", chunk_hash)
+        _set(key, "model_name", model_name)
+        _set(key, "kv_rank", kv_rank)
+        _set(key, "object_group_id", 0)
+        _set(key, "cache_salt", cache_salt)
+        _set(key, "_hash", hash((chunk_hash, model_name, kv_rank, 0, cache_salt)))
+        return key
+
+    def _validate(self) -> None:
         if not isinstance(self.chunk_hash, bytes):
             raise InvalidKeyError(f"chunk_hash must be bytes, got {type(self.chunk_hash).__name__}")
         if not self.chunk_hash:

@@ -171,9 +171,29 @@ class StorageManager:
 
     # -- status ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _adapter_report(entry: L2AdapterEntry) -> dict[str, Any]:
+        """One entry of `l2_adapters`: a list in configuration order, each report tagged with
+        its index, label and `type` (what LMCache's status clients key on), plus the reference's
+        size field names next to ours."""
+        report = safe_report(entry.adapter)
+        out: dict[str, Any] = {
+            "is_healthy": report["is_healthy"],
+            "index": entry.index,
+            "name": entry.name,
+            "type": entry.type_name,
+            "primary": entry.primary,
+        }
+        out.update({k: v for k, v in report.items() if k not in out})
+        if "used_bytes" in report:
+            out.setdefault("current_size_bytes", report["used_bytes"])
+        if "capacity_bytes" in report:
+            out.setdefault("max_capacity_bytes", report["capacity_bytes"])
+        return out
+
     def report_status(self) -> dict[str, Any]:
-        adapters = {f"{e.index}:{e.name}": safe_report(e.adapter) for e in self.l2_adapters}
-        adapters_healthy = all(report["is_healthy"] for report in adapters.values())
+        adapters = [self._adapter_report(e) for e in self.l2_adapters]
+        adapters_healthy = all(report["is_healthy"] for report in adapters)
         children: dict[str, Any] = {
             "l1_manager": self.l1,
             "eviction_controller": self.eviction,

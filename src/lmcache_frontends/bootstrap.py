@@ -14,8 +14,9 @@ from lmcache_adapters.plugin_manager import LMCachePluginManager
 from lmcache_core.engine import CacheEngine
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
+from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry
 from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
-from lmcache_core.ports import Clock, L2Adapter, MemoryPool
+from lmcache_core.ports import Clock, L2Adapter, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
 from lmcache_frontends.config import ServerConfig
@@ -42,6 +43,11 @@ class Services:
     started_at: float = 0.0
     server_frontends: dict[str, Any] = field(default_factory=dict)
     """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
+    metrics: MetricsSink = field(default_factory=NullMetricsSink)
+    """Where every component reports metrics (the Prometheus sink behind /metrics)."""
+    periodic_threads: PeriodicThreadRegistry = field(default_factory=PeriodicThreadRegistry)
+    """Every periodic thread of the server (behind /periodic-threads and /status health);
+    modules that start their own (data-path reapers) add them with `register_periodic_thread`."""
     _closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list, repr=False)
     _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -56,6 +62,10 @@ class Services:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def register_periodic_thread(self, thread: PeriodicThread) -> None:
+        """Make a module's periodic thread visible in /periodic-threads and /status health."""
+        self.periodic_threads.register(thread)
 
     def close(self) -> None:
         """Stop frontends, the engine, the storage manager, the adapters, then free L1 memory.
@@ -85,6 +95,8 @@ class StartingServices:
     storage: None = None
     memory_pool: None = None
     server_frontends: dict[str, Any] = field(default_factory=dict)
+    metrics: None = None
+    periodic_threads: None = None
 
 
 class LiveServices:
@@ -119,6 +131,7 @@ def bootstrap(
     quotas: QuotaManager | None = None,
     policy: EvictionPolicy | None = None,
     hasher: TokenHasher | None = None,
+    metrics: MetricsSink | None = None,
     start: bool = True,
 ) -> Services:
     """Build (and by default start) the whole server for `config`.
@@ -146,6 +159,8 @@ def bootstrap(
         container.services.policy.override(providers.Object(policy))
     if hasher is not None:
         container.services.hasher.override(providers.Object(hasher))
+    if metrics is not None:
+        container.core.metrics.override(providers.Object(metrics))
 
     closers: list[tuple[str, Callable[[], None]]] = []
     try:
@@ -156,6 +171,7 @@ def bootstrap(
         # Cheap, pure checks first (hash algorithm, quota file), then the adapters (validated
         # as a whole before any is built), and only then the big L1 allocation.
         the_hasher: TokenHasher = container.services.hasher()
+        the_metrics: MetricsSink = container.core.metrics()
         container.services.quotas()
         # (name, adapter) or (name, adapter, eviction settings); overrides may pass either.
         adapters: list[tuple[Any, ...]] = container.adapters.l2_adapters()
@@ -167,6 +183,7 @@ def bootstrap(
         closers.append(("storage manager", storage.close))
         engine: CacheEngine = container.services.engine()
         closers.append(("cache engine", engine.close))
+        threads = _observe(config, storage, engine, the_metrics)
         if start:
             engine.start()
     except BaseException:
@@ -188,5 +205,41 @@ def bootstrap(
         storage=storage,
         engine=engine,
         started_at=the_clock.time(),
+        metrics=the_metrics,
+        periodic_threads=threads,
         _closers=closers,
     )
+
+
+def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine, metrics: MetricsSink) -> PeriodicThreadRegistry:
+    """Metrics and thread-health wiring: L1 chunk counters, scrape-time gauges, the periodic
+    thread registry and its contribution to /status health."""
+    from lmcache_adapters.metrics import L1MetricsListener, PrometheusMetricsSink, stack_source
+
+    threads = PeriodicThreadRegistry()
+    for thread in storage.periodic_threads():
+        threads.register(thread)
+    engine.add_status_contributor("periodic_threads", _threads_status(threads))
+    if isinstance(metrics, NullMetricsSink):
+        return threads  # metrics off: not even a listener on the L1 hot path
+    labels = getattr(metrics, "labels_enabled", config.metrics_labels == "on")
+    storage.l1.add_listener(L1MetricsListener(metrics, tenant_labels=bool(labels)))
+    if isinstance(metrics, PrometheusMetricsSink):
+        metrics.add_scrape_source("stack", stack_source(storage, engine, threads))
+    return threads
+
+
+def _threads_status(threads: PeriodicThreadRegistry) -> Callable[[], dict[str, Any]]:
+    def contribute() -> dict[str, Any]:
+        health = threads.health()
+        return {
+            "periodic_threads": {
+                "healthy": health["healthy"],
+                "total_count": len(threads.list()),
+                "unhealthy_count": health["unhealthy_count"],
+                "unhealthy_threads": health["unhealthy_threads"],
+            },
+            "is_healthy": health["healthy"],
+        }
+
+    return contribute

@@ -20,9 +20,11 @@ REDACTED = "***"
 
 HASH_ALGORITHMS = ("blake3", "xxh3", "sha256", "builtin")
 EVICTION_POLICIES = ("LRU", "IsolatedLRU", "noop")
+TRANSFER_MODES = ("auto", "engine_driven", "lmcache_driven")
 L2_PREFETCH_POLICIES = ("default", "retain")
 L2_STORE_POLICIES = ("default", "skip_l1")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False, "": False}
 
 # Names of JSON fields inside --l2-adapter that /conf must not echo (S3 keys, tokens, ...).
 _SECRET_FIELD_RE = re.compile(r"secret|token|password|passwd|credential|access_key|private_key", re.I)
@@ -63,6 +65,16 @@ def _one_of(choices: Sequence[str], *, ignore_case: bool = False) -> Callable[[s
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    return value
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _token(value: str) -> str:
+    # Never echo the value: the message ends up on stderr and in logs.
+    if len(value) < MIN_TOKEN_LENGTH or any(c.isspace() for c in value):
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters without whitespace (got {len(value)} characters)")
     return value
 
 
@@ -124,6 +136,7 @@ def _opt(
 ) -> Any:
     return field(
         default=default,
+        repr=not secret,  # a secret must not reach a log line through repr(config)
         metadata={"help": help, "section": section, "flag": flag, "metavar": metavar, "check": check, "secret": secret},
     )
 
@@ -147,10 +160,20 @@ class ServerConfig:
         check=_one_of(HASH_ALGORITHMS, ignore_case=True),
     )
     max_workers: int = _opt(
-        4, "Worker threads of the ZeroMQ data path (takes effect once the data path is enabled).", check=_positive
+        4, "Worker threads of the ZeroMQ data path (STORE/RETRIEVE/PREPARE/COMMIT, per-client affinity).", check=_positive
     )
     worker_reap_timeout_seconds: float = _opt(
         120.0, "Drop an engine worker's registrations when it has not pinged for this long.", check=_positive
+    )
+    supported_transfer_mode: str = _opt(
+        "auto",
+        "Transfer modes offered to engines: auto (both), engine_driven (shared-memory slots only), "
+        "lmcache_driven (server gathers/scatters the engine's shared KV tensors only).",
+        metavar=_choices_metavar(TRANSFER_MODES),
+        check=_one_of(TRANSFER_MODES),
+    )
+    session_ttl_seconds: float = _opt(
+        600.0, "A request's session (tokens, chunk hashes) expires after this long without END_SESSION.", check=_positive
     )
     http_host: str = _opt("127.0.0.1", "Address the HTTP admin server binds.", check=_non_empty)
     http_port: int = _opt(8080, "Port of the HTTP admin server (0 = pick a free port).", check=_port)
@@ -164,6 +187,37 @@ class ServerConfig:
     )
     config_file: str | None = _opt(
         None, "A JSON or TOML file with any of these options (lowest precedence after defaults).", flag="--config"
+    )
+    admin_token: str | None = _opt(
+        None, "Bearer token with the admin scope (every route). Prefer the env var or --token-file.",
+        check=_token, secret=True,
+    )
+    read_token: str | None = _opt(
+        None, "Bearer token with the read scope (status, conf, metrics, listings).", check=_token, secret=True
+    )
+    token_file: str | None = _opt(
+        None, "File of tokens, one 'name:scope:token' per line (scope read or admin); re-read on SIGHUP.",
+        check=_non_empty,
+    )
+    metrics_require_token: bool = _opt(False, "GET /metrics needs a read token (default: open, like the probes).")
+    allow_unauthenticated_admin: bool = _opt(
+        False, "Serve the admin API on a non-loopback --http-host without any token (refused otherwise)."
+    )
+    allow_unauthenticated_data_path: bool = _opt(
+        False, "Serve the ZeroMQ data path on a non-loopback --host without CURVE keys (refused otherwise)."
+    )
+    zmq_curve_secret_key_file: str | None = _opt(
+        None, "ZeroMQ CURVE certificate (secret) file of the data-path server; turns on CURVE encryption.",
+        check=_non_empty,
+    )
+    zmq_curve_authorized_keys: str | None = _opt(
+        None, "Directory of the CURVE public-key certificates of the engines allowed to connect.", check=_non_empty
+    )
+    audit_log: str | None = _opt(
+        None, "Append audit records (JSON lines) of state-changing admin calls to this file.", check=_non_empty
+    )
+    readyz_timeout_seconds: float = _opt(
+        2.0, "GET /readyz: deadline of each L2 adapter check.", check=_positive
     )
     l1_size_gb: float = _opt(1.0, "Size of the L1 (CPU memory) pool in GiB.", section="storage_manager", check=_positive)
     eviction_policy: str = _opt(
@@ -223,6 +277,22 @@ class ServerConfig:
         metavar=_choices_metavar(LOG_LEVELS),
         check=_one_of(LOG_LEVELS, ignore_case=True),
     )
+    env_unredacted: bool = _opt(
+        False, "GET /env shows values of variables whose names look secret (KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL).",
+        section="observability",
+    )
+    enable_run_script: bool = _opt(
+        False, "Serve POST /run_script (runs uploaded Python in the server process: remote code execution).",
+        section="observability",
+    )
+    metrics_labels: str = _opt(
+        "on", "Label metrics by model_name and cache_salt (off: bounded cardinality for large fleets).",
+        section="observability", metavar="{on,off}", check=_one_of(("on", "off"), ignore_case=True),
+    )
+    metrics_max_label_values: int = _opt(
+        1000, "Distinct values one metric label may take; later ones are reported as \"other\".",
+        section="observability", check=_positive,
+    )
 
     def __post_init__(self) -> None:
         # Direct construction (tests, library users) gets the same checks as the command line.
@@ -268,7 +338,9 @@ def _build_options() -> tuple[OptionSpec, ...]:
         default = f.default if f.default is not MISSING else None
         annotation = str(f.type)  # a string: this module uses postponed annotations
         kind: type
-        if annotation.startswith("float"):
+        if annotation.startswith("bool"):
+            kind = bool
+        elif annotation.startswith("float"):
             kind = float
         elif annotation.startswith("int"):
             kind = int
@@ -306,6 +378,12 @@ def _coerce_scalar(spec: OptionSpec, value: Any) -> Any:
         if spec.optional:
             return None
         raise ValueError("must be set")
+    if spec.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ValueError(f"must be true or false (1/0, yes/no, on/off), got {value!r}")
     if spec.kind is int:
         if isinstance(value, bool):
             raise ValueError(f"must be an integer, got {value!r}")
@@ -436,6 +514,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         }
         if spec.repeatable:
             kwargs["action"] = "append"
+        if spec.kind is bool:  # a switch: present = true (false comes from the env or a file)
+            del kwargs["metavar"]
+            kwargs.update(action="store_const", const=True)
         group.add_argument(spec.flag, **kwargs)
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dependency_injector import containers, providers
 
 from lmcache_adapters.l2.serde import make_codec, wrap_with_serde
+from lmcache_adapters.metrics import PrometheusMetricsSink
 from lmcache_adapters.plugin_manager import LMCachePluginManager
 from lmcache_core.clock import SystemClock
 from lmcache_core.engine import CacheEngine
@@ -23,7 +24,7 @@ from lmcache_core.hashing import TokenHasher
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l2.eviction_controller import L2EvictionSettings
 from lmcache_core.plugin import L2AdapterRegistry
-from lmcache_core.ports import Clock, L2Adapter, MemoryPool
+from lmcache_core.ports import Clock, L2Adapter, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
 from lmcache_frontends.config import ServerConfig
@@ -37,12 +38,14 @@ AdapterSpec = tuple[str, L2Adapter, dict[str, Any] | None]
 
 @dataclass(frozen=True)
 class AdapterContext:
-    """What an L2 adapter factory receives as `services`: the server's settings and clock."""
+    """What an L2 adapter factory receives as `services`: the server's settings, clock and
+    metrics sink."""
 
     config: ServerConfig
     clock: Clock
     index: int
     name: str
+    metrics: MetricsSink = field(default_factory=NullMetricsSink)
 
     @property
     def state_dir(self) -> Path | None:
@@ -59,8 +62,15 @@ def create_memory_pool(config: ServerConfig) -> MemoryPool:
     return create_l1_pool(config.l1_size_gb, shm_suffix=config.shm_name)
 
 
+def create_metrics_sink(config: ServerConfig) -> PrometheusMetricsSink:
+    """The server's Prometheus sink (its own registry), honouring --metrics-labels."""
+    return PrometheusMetricsSink(
+        labels_enabled=config.metrics_labels == "on", max_label_values=config.metrics_max_label_values
+    )
+
+
 def build_l2_adapters(
-    config: ServerConfig, registry: L2AdapterRegistry, clock: Clock
+    config: ServerConfig, registry: L2AdapterRegistry, clock: Clock, metrics: MetricsSink | None = None
 ) -> list[AdapterSpec]:
     """Validate every --l2-adapter against the registry, then build them in order.
 
@@ -88,7 +98,9 @@ def build_l2_adapters(
     built: list[AdapterSpec] = []
     try:
         for index, (spec, name, fields, eviction, serde) in enumerate(parsed):
-            context = AdapterContext(config=config, clock=clock, index=index, name=name)
+            context = AdapterContext(
+                config=config, clock=clock, index=index, name=name, metrics=metrics or NullMetricsSink()
+            )
             try:
                 adapter = spec.factory(dict(fields), context)
                 if serde is not None:
@@ -138,6 +150,7 @@ def create_storage(
     l2_adapters: list[AdapterSpec],
     config: ServerConfig,
     clock: Clock,
+    metrics: MetricsSink | None = None,
 ) -> StorageManager:
     from lmcache_core.eviction import make_policy
 
@@ -154,6 +167,7 @@ def create_storage(
         l2_prefetch_policy=config.l2_prefetch_policy,
         l2_prefetch_max_in_flight=config.l2_prefetch_max_in_flight,
         l2_policy_factory=lambda name: make_policy(name, quotas),
+        metrics=metrics,
     )
 
 
@@ -169,10 +183,11 @@ def _call(method: str) -> Callable[[Any], Any]:
 
 
 class CoreContainer(containers.DeclarativeContainer):
-    """Configuration, clock and the plugin manager."""
+    """Configuration, clock, metrics sink and the plugin manager."""
 
     config = providers.Dependency(instance_of=ServerConfig)
     clock = providers.Singleton(SystemClock)
+    metrics = providers.Singleton(create_metrics_sink, config)
     plugins = providers.Singleton(LMCachePluginManager, load_entrypoints=True)
 
 
@@ -183,7 +198,7 @@ class AdaptersContainer(containers.DeclarativeContainer):
 
     l2_registry = providers.Singleton(_call("l2_adapter_registry"), core.plugins)
     memory_pool = providers.Singleton(create_memory_pool, core.config)
-    l2_adapters = providers.Singleton(build_l2_adapters, core.config, l2_registry, core.clock)
+    l2_adapters = providers.Singleton(build_l2_adapters, core.config, l2_registry, core.clock, core.metrics)
 
 
 class ServicesContainer(containers.DeclarativeContainer):
@@ -195,7 +210,9 @@ class ServicesContainer(containers.DeclarativeContainer):
     quotas = providers.Singleton(create_quotas, core.config)
     policy = providers.Singleton(create_policy, core.config, quotas)
     l1 = providers.Singleton(create_l1, adapters.memory_pool, core.config, core.clock)
-    storage = providers.Singleton(create_storage, l1, policy, quotas, adapters.l2_adapters, core.config, core.clock)
+    storage = providers.Singleton(
+        create_storage, l1, policy, quotas, adapters.l2_adapters, core.config, core.clock, core.metrics
+    )
     hasher = providers.Singleton(create_hasher, core.config)
     engine = providers.Singleton(CacheEngine, storage, hasher, clock=core.clock)
 

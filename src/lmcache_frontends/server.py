@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmcache_core.errors import LMCacheError, PluginError
 from lmcache_frontends.config import ServerConfig, config_from_namespace, load_config
+from lmcache_frontends.safety import check_exposure, security_status
 
 if TYPE_CHECKING:
     from lmcache_frontends.admin.server import AdminServer
@@ -67,6 +68,12 @@ def serve(
     from lmcache_frontends.bootstrap import LiveServices, StartingServices, bootstrap
 
     configure_logging(config.log_level)
+    try:
+        security_warnings = check_exposure(config)  # before anything binds: nothing gets exposed
+    except LMCacheError as exc:
+        return _fail(prog, exc)
+    for warning in security_warnings:
+        log.warning("SECURITY: %s", warning)
     stop = stop_event or threading.Event()
     signals = _SignalHandlers(stop)
     signals.install()
@@ -88,6 +95,9 @@ def serve(
             raise
         services.on_close("admin HTTP server", admin.stop)
         live.attach(services)
+        if services.engine is not None:
+            block = security_status(security_warnings, config)
+            services.engine.add_status_contributor("security", lambda: block)
         try:
             _start_server_frontends(services)
         except (LMCacheError, OSError) as exc:
@@ -99,6 +109,11 @@ def serve(
             on_ready(services, admin)
         exit_code = 0
         while not stop.wait(_WATCH_INTERVAL_S):
+            if signals.reload_requested:  # SIGHUP: re-read token files here, not in the handler
+                signals.reload_requested = False
+                from lmcache_frontends.admin.auth import reload_token_files
+
+                reload_token_files()
             if not admin.running:
                 log.error("the admin HTTP server stopped unexpectedly; shutting down")
                 exit_code = 1
@@ -179,12 +194,19 @@ class _SignalHandlers:
         self._stop = stop
         self._previous: dict[int, Any] = {}
         self.received: str = ""
+        # A plain flag, not an Event: a handler must not take a lock the main thread may hold.
+        self.reload_requested = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
+        if hasattr(signal, "SIGHUP"):
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._handle_hup)
+
+    def _handle_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():

@@ -91,7 +91,7 @@ def test_the_server_uses_the_installed_adapter(installed: Path, tmp_path: Path, 
                 time.sleep(0.2)
         assert status is not None, "server never answered /status"
         adapters = status["storage_manager"]["l2_adapters"]
-        (report,) = adapters.values()
+        (report,) = adapters
         assert report["kind"] == "sqlite" and report["is_healthy"] is True
         assert report["path"] == str(db)
         assert db.exists()

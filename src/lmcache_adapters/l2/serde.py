@@ -8,6 +8,13 @@ did not store in this process (after a restart), asks the inner adapter's option
 
 Codecs: `zstd` (lossless, `level`), `zlib` (lossless, stdlib, `level`), `fp8` (lossy: bf16/fp16 KV
 down-cast to float8_e4m3fn with one float32 scale per object; `dtype` required).
+
+The header's codec id names the codec of each blob. A blob written by `submit_recode` (behind
+`lmcache kvcache compress`) also sets the RECODED flag in the header's flags byte (0 in every
+other blob, as before): a load decodes such a blob with the codec its header names (one used by
+a recode in this process, or a lossless codec rebuilt from its id), so one wrapper can hold blobs
+of several codecs. Any other blob must carry the configured codec's id. A blob nobody can decode
+is a miss, never raw or wrongly decoded bytes.
 """
 
 from __future__ import annotations
@@ -30,8 +37,12 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _MAGIC = b"LS"
-# magic(2) | codec id(u8) | reserved(u8) | original length(u64)
+# magic(2) | codec id(u8) | flags(u8, was reserved: always 0 before RECODED) | original length(u64)
 _HEAD = struct.Struct(">2sBBQ")
+_FLAG_RECODED = 0x01
+# In a RECODED fp8 blob, bits 1-2 of the flags name the original dtype, so it decodes anywhere.
+_FP8_DTYPE_BITS = {"bfloat16": 0x02, "float16": 0x04}
+_FP8_DTYPE_MASK = 0x06
 SERDE_HEADER_SIZE = _HEAD.size  # 12
 
 
@@ -175,6 +186,7 @@ class Fp8Codec:
 
 
 CODECS = ("fp8", "zlib", "zstd")
+_LOSSLESS_BY_ID: dict[int, Callable[[], Codec]] = {ZstdCodec.codec_id: ZstdCodec, ZlibCodec.codec_id: ZlibCodec}
 
 
 class SerdeL2Adapter:
@@ -187,6 +199,8 @@ class SerdeL2Adapter:
         self._lengths: dict[
             ObjectKey, int
         ] = {}  # stored blob length, for keys stored by this process
+        # Codecs other than the configured one that blobs of this wrapper may carry, by id.
+        self._extra_codecs: dict[int, Codec] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._encode_failures = 0
@@ -259,6 +273,11 @@ class SerdeL2Adapter:
     def submit_store(
         self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]
     ) -> Future[list[bool]]:
+        return self._store(keys, payloads, self.codec, 0)
+
+    def _store(
+        self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview], codec: Codec, flags: int
+    ) -> Future[list[bool]]:
         if len(keys) != len(payloads):
             raise ValueError(f"{len(keys)} keys but {len(payloads)} payloads")
         closed = self._closed_future()
@@ -272,14 +291,14 @@ class SerdeL2Adapter:
             for key, payload in zip(keys, payloads, strict=True):
                 view = memoryview(payload).cast("B")
                 try:
-                    body = self.codec.encode(view)
+                    body = codec.encode(view)
                 except Exception as exc:  # one bad payload fails its key, not the batch
-                    log.warning("serde %s: encoding %r failed: %s", self.codec.name, key, exc)
+                    log.warning("serde %s: encoding %r failed: %s", codec.name, key, exc)
                     with self._lock:
                         self._encode_failures += 1
                     blobs.append(None)
                     continue
-                blobs.append(_HEAD.pack(_MAGIC, self.codec.codec_id, 0, view.nbytes) + body)
+                blobs.append(_HEAD.pack(_MAGIC, codec.codec_id, flags, view.nbytes) + body)
                 with self._lock:
                     self._bytes_in += view.nbytes
                     self._bytes_out += SERDE_HEADER_SIZE + len(body)
@@ -367,19 +386,122 @@ class SerdeL2Adapter:
             target = memoryview(buffer).cast("B")
         except TypeError:
             return False
-        magic, codec_id, _reserved, length = _HEAD.unpack_from(blob, 0)
+        magic, codec_id, flags, length = _HEAD.unpack_from(blob, 0)
         if length != target.nbytes:
             return False  # the caller's buffer is the wrong size; the object is fine
         try:
-            if magic != _MAGIC or codec_id != self.codec.codec_id:
-                raise SerdeError(f"blob is not framed by codec {self.codec.name!r} (id {codec_id})")
-            self.codec.decode_into(blob[SERDE_HEADER_SIZE:], target)
+            if magic != _MAGIC:
+                codec = None
+            elif flags & _FLAG_RECODED:
+                codec = self._codec_for(codec_id, flags)
+            else:
+                codec = self.codec if codec_id == self.codec.codec_id else None
+            if codec is None:
+                raise SerdeError(f"blob is not framed by a codec this wrapper can decode (id {codec_id})")
+            codec.decode_into(blob[SERDE_HEADER_SIZE:], target)
         except SerdeError as exc:
             log.warning("serde %s: decoding %r failed: %s", self.codec.name, key, exc)
             with self._lock:
                 self._decode_failures += 1
             return False
         return True
+
+    # ------------------------------------------------------------------ codecs / recode
+
+    def _codec_for(self, codec_id: int, flags: int) -> Codec | None:
+        """The codec that decodes RECODED blobs framed with `codec_id` and `flags`, or None."""
+        if codec_id == Fp8Codec.codec_id:
+            dtype = next((d for d, bits in _FP8_DTYPE_BITS.items() if bits == flags & _FP8_DTYPE_MASK), None)
+            if dtype is None:
+                return None
+            for candidate in (self.codec, self._extra_codecs.get(codec_id)):
+                if isinstance(candidate, Fp8Codec) and candidate.dtype_name == dtype:
+                    return candidate
+            return Fp8Codec(dtype)
+        if codec_id == self.codec.codec_id:
+            return self.codec
+        with self._lock:
+            codec = self._extra_codecs.get(codec_id)
+        if codec is None and codec_id in _LOSSLESS_BY_ID:
+            # Lossless decoding needs no parameters: blobs recoded before a restart stay readable.
+            try:
+                codec = _LOSSLESS_BY_ID[codec_id]()
+            except ConfigError:
+                return None
+            with self._lock:
+                codec = self._extra_codecs.setdefault(codec_id, codec)
+        return codec
+
+    def can_hold(self, codec: Codec) -> str | None:
+        """None when blobs of `codec` can live next to this wrapper's others (each still decodes
+        with the codec that wrote it), else why not."""
+        if codec.lossless:
+            return None
+        if isinstance(codec, Fp8Codec) and codec.dtype_name in _FP8_DTYPE_BITS:
+            return None
+        return f"codec {codec.name!r} cannot be named per object in the serde header"
+
+    def submit_recode(
+        self, keys: Sequence[ObjectKey], codec: Codec
+    ) -> Future[list[tuple[int, int] | None]]:
+        """Re-store stored objects framed by `codec`: load each blob, decode it with the codec its
+        header names, encode with `codec`, store. Per key: (blob bytes before, after), or None
+        when the key is missing or failed (its old blob is then left as it was). ValueError when
+        `can_hold(codec)` refuses."""
+        reason = self.can_hold(codec)
+        if reason is not None:
+            raise ValueError(reason)
+        keys = list(keys)
+        out: Future[list[tuple[int, int] | None]] = Future()
+        if self._closed:
+            out.set_exception(NotInitializedError("serde L2 wrapper is closed"))
+            return out
+        if codec.codec_id != self.codec.codec_id:
+            with self._lock:
+                self._extra_codecs[codec.codec_id] = codec
+
+        def start() -> None:
+            lengths = self._known_lengths(keys)
+            todo = [i for i, n in enumerate(lengths) if n is not None and n >= SERDE_HEADER_SIZE]
+            if not todo:
+                out.set_result([None] * len(keys))
+                return
+            scratch = {i: bytearray(lengths[i]) for i in todo}  # type: ignore[arg-type]
+            loaded = self.inner.submit_load([keys[i] for i in todo], [memoryview(scratch[i]) for i in todo])
+
+            def reencode(results: list[bool]) -> None:
+                raw: dict[int, bytearray] = {}
+                for i, ok in zip(todo, results, strict=True):
+                    if not ok:
+                        continue
+                    blob = memoryview(scratch[i])
+                    original = bytearray(_HEAD.unpack_from(blob, 0)[3])
+                    if self._decode(keys[i], blob, memoryview(original)):
+                        raw[i] = original
+                if not raw:
+                    out.set_result([None] * len(keys))
+                    return
+                order = sorted(raw)
+                flags = _FLAG_RECODED
+                if isinstance(codec, Fp8Codec):
+                    flags |= _FP8_DTYPE_BITS[codec.dtype_name]
+                stored = self._store([keys[i] for i in order], [memoryview(raw[i]) for i in order], codec, flags)
+
+                def report(results: list[bool]) -> None:
+                    with self._lock:
+                        after = {i: self._lengths.get(keys[i]) for i, ok in zip(order, results, strict=True) if ok}
+                    final: list[tuple[int, int] | None] = [None] * len(keys)
+                    for i, n in after.items():
+                        if n is not None:
+                            final[i] = (len(scratch[i]), n)
+                    out.set_result(final)
+
+                self._then(stored, report, out)
+
+            self._then(loaded, reencode, out)
+
+        self._spawn(start, out)
+        return out
 
     # ------------------------------------------------------------------ passthrough
 

@@ -6,6 +6,7 @@ import logging
 import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lmcache_core.keys import ObjectKey
@@ -24,6 +25,23 @@ allocation does not fit (wired to the eviction controller's policy)."""
 # A write that does not fit asks the reclaimer this many times at most: freed bytes may sit in
 # slots of another size class, so one round is not always enough, but the loop must be bounded.
 _MAX_RECLAIM_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class L1ObjectInfo:
+    """What `L1Manager.inspect` tells about one resident object (for the per-request CLI)."""
+
+    size: int
+    readable: bool
+    write_locked: bool
+    read_lock_count: int
+    temporary: bool
+    pinned_until: float | None
+    """Monotonic deadline of its pin (inf: until unpinned); None when not pinned."""
+
+    @property
+    def locked(self) -> bool:
+        return self.write_locked or self.read_lock_count > 0
 
 
 class _L1Object:
@@ -117,6 +135,9 @@ class L1Manager:
       in a pending-free table until their locks are released (the `finish_*` call answers
       KEY_NOT_EXIST) or expire. While a key is pending, `reserve_write` of that key answers
       KEY_NOT_WRITABLE, so a late `finish_*` can never land on a newer object of the same key.
+    - A pinned object (`pin`) is skipped by eviction (`evict`, the reclaimer) and by
+      `clear(force=False)` until it is unpinned or its pin's TTL passes; `delete`, `clear(force=True)`
+      and a rewrite still reach it (explicit operator or client actions win over a pin).
     """
 
     def __init__(
@@ -149,6 +170,9 @@ class L1Manager:
         self._temporary: set[ObjectKey] = set()
         # Keys the reclaimer must not evict (existing objects a reserve_write is about to rewrite).
         self._protected: set[ObjectKey] = set()
+        # Pinned keys -> monotonic deadline (inf = until unpinned); kept small by the admission
+        # rule in pin(), so status and expiry walk only this dict, never the table.
+        self._pins: dict[ObjectKey, float] = {}
         self._bytes_by_salt: dict[str, int] = {}
         self._object_bytes = 0
         self._expired_locks_total = 0
@@ -346,22 +370,35 @@ class L1Manager:
             results: list[tuple[OpResult, MemoryHandle | None]] = []
             seen: set[ObjectKey] = set()
             reserved: list[ObjectKey] = []
+            # Hot loop (128+ keys per LOOKUP): locals bound once; the stored key (obj.key) is
+            # used from here on so later set/dict/LRU lookups hit on identity, skipping __eq__.
+            get, add_seen, add_locked = self._objects.get, seen.add, self._read_locked.add
+            append, append_reserved = results.append, reserved.append
+            missing, unreadable, wrong = (
+                (OpResult.KEY_NOT_EXIST, None),
+                (OpResult.KEY_NOT_READABLE, None),
+                (OpResult.KEY_IN_WRONG_STATE, None),
+            )
+            success = OpResult.SUCCESS
             for key in keys:
-                if key in seen:
-                    results.append((OpResult.KEY_IN_WRONG_STATE, None))
+                # One hash per key for the duplicate check (ObjectKey.__hash__ is Python code).
+                before = len(seen)
+                add_seen(key)
+                if len(seen) == before:
+                    append(wrong)
                     continue
-                seen.add(key)
-                obj = self._objects.get(key)
+                obj = get(key)
                 if obj is None:
-                    results.append((OpResult.KEY_NOT_EXIST, None))
+                    append(missing)
                 elif not obj.readable(now):
-                    results.append((OpResult.KEY_NOT_READABLE, None))
+                    append(unreadable)
                 else:
                     obj.read_lock.lock(holders, now)
                     obj.last_access = now
-                    self._read_locked.add(key)
-                    reserved.append(key)
-                    results.append((OpResult.SUCCESS, obj.handle))
+                    stored = obj.key
+                    add_locked(stored)
+                    append_reserved(stored)
+                    append((success, obj.handle))
             self._emit("on_l1_keys_read_reserved", reserved)
             return results
 
@@ -374,11 +411,13 @@ class L1Manager:
             seen: set[ObjectKey] = set()
             finished: list[ObjectKey] = []
             spent: list[_L1Object] = []
+            add_seen = seen.add
             for key in keys:
-                if key in seen:
+                before = len(seen)
+                add_seen(key)
+                if len(seen) == before:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
                     continue
-                seen.add(key)
                 pending = self._pending.get(key) if self._pending else None
                 if pending is not None:
                     pending.read_lock.unlock(count, now)
@@ -391,6 +430,7 @@ class L1Manager:
                 elif not obj.read_lock.unlock(count, now):
                     results.append(OpResult.KEY_IN_WRONG_STATE)
                 else:
+                    key = obj.key  # identity hits in the sets and listeners below
                     finished.append(key)
                     results.append(OpResult.SUCCESS)
                     if obj.read_lock.count(now) == 0:
@@ -450,7 +490,13 @@ class L1Manager:
                         continue
                     seen.add(key)
                     obj = self._objects.get(key)
-                    if obj is None or obj.temporary or key in self._protected or obj.locked(now):
+                    if (
+                        obj is None
+                        or obj.temporary
+                        or key in self._protected
+                        or obj.locked(now)
+                        or self._pinned(key, now)
+                    ):
                         continue
                     # Detach at once so a repeated or later key cannot pick the same object.
                     self._detach(obj)
@@ -507,7 +553,7 @@ class L1Manager:
                 if model_name is not None and key.model_name != model_name:
                     continue
                 locked = obj.locked(now)
-                if locked and not force:
+                if not force and (locked or self._pinned(key, now)):
                     continue
                 self._detach(obj)
                 if locked:
@@ -519,6 +565,117 @@ class L1Manager:
                 "on_l1_keys_removed", [o.key for o in removed], [o.size for o in removed], "clear"
             )
             return len(removed)
+
+    # -- pins -----------------------------------------------------------------------------
+
+    def pin(
+        self,
+        keys: Sequence[ObjectKey],
+        ttl_seconds: float | None = None,
+        *,
+        max_pinned_bytes: int | None = None,
+    ) -> list[OpResult]:
+        """Keep readable objects in L1 against eviction for `ttl_seconds` (None: until
+        `unpin`); pinning an already pinned key refreshes its deadline. Per key: KEY_NOT_EXIST
+        (not resident), KEY_NOT_READABLE (write not finished), KEY_IN_WRONG_STATE (temporary or
+        repeated in the batch). Admission is all-or-nothing: when the pinned bytes would exceed
+        `max_pinned_bytes`, nothing is pinned and each pinnable key answers OUT_OF_MEMORY."""
+        if ttl_seconds is not None and not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be > 0 or None, got {ttl_seconds!r}")
+        with self._lock:
+            now = self._clock.monotonic()
+            self._expire_pins(now)
+            results: list[OpResult] = []
+            seen: set[ObjectKey] = set()
+            chosen: list[tuple[int, _L1Object]] = []
+            for key in keys:
+                if key in seen:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                seen.add(key)
+                obj = self._objects.get(key)
+                if obj is None:
+                    results.append(OpResult.KEY_NOT_EXIST)
+                elif obj.temporary:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                elif not obj.readable(now):
+                    results.append(OpResult.KEY_NOT_READABLE)
+                else:
+                    chosen.append((len(results), obj))
+                    results.append(OpResult.SUCCESS)
+            if max_pinned_bytes is not None and chosen:
+                added = sum(o.size for _, o in chosen if o.key not in self._pins)
+                if self._pinned_bytes() + added > max_pinned_bytes:
+                    for i, _ in chosen:
+                        results[i] = OpResult.OUT_OF_MEMORY
+                    return results
+            deadline = float("inf") if ttl_seconds is None else now + float(ttl_seconds)
+            for _, obj in chosen:
+                self._pins[obj.key] = deadline
+            return results
+
+    def unpin(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
+        """Release pins. Per key: SUCCESS, KEY_NOT_EXIST (not resident) or KEY_IN_WRONG_STATE
+        (resident but not pinned, or repeated in the batch)."""
+        with self._lock:
+            self._expire_pins(self._clock.monotonic())
+            results: list[OpResult] = []
+            seen: set[ObjectKey] = set()
+            for key in keys:
+                if key in seen:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                seen.add(key)
+                if self._pins.pop(key, None) is not None:
+                    results.append(OpResult.SUCCESS)
+                elif key in self._objects:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                else:
+                    results.append(OpResult.KEY_NOT_EXIST)
+            return results
+
+    def inspect(self, keys: Sequence[ObjectKey]) -> list[L1ObjectInfo | None]:
+        """Per key, the state of its resident object (None when absent); one lock hold."""
+        with self._lock:
+            now = self._clock.monotonic()
+            out: list[L1ObjectInfo | None] = []
+            for key in keys:
+                obj = self._objects.get(key)
+                if obj is None:
+                    out.append(None)
+                    continue
+                out.append(
+                    L1ObjectInfo(
+                        size=obj.size,
+                        readable=obj.readable(now),
+                        write_locked=obj.write_lock.is_locked(now),
+                        read_lock_count=obj.read_lock.count(now),
+                        temporary=obj.temporary,
+                        pinned_until=self._pins[key] if self._pinned(key, now) else None,
+                    )
+                )
+            return out
+
+    def pin_deadline(self, key: ObjectKey) -> float | None:
+        """Monotonic time at which the pin of `key` lapses (inf: until unpinned); None when not
+        pinned."""
+        with self._lock:
+            deadline = self._pins.get(key)
+            if deadline is None or deadline <= self._clock.monotonic():
+                return None
+            return deadline
+
+    def pinned_count(self) -> int:
+        """Live pins (O(pinned))."""
+        with self._lock:
+            self._expire_pins(self._clock.monotonic())
+            return len(self._pins)
+
+    def pinned_bytes(self) -> int:
+        """Bytes of pinned objects (O(pinned))."""
+        with self._lock:
+            self._expire_pins(self._clock.monotonic())
+            return self._pinned_bytes()
 
     # -- queries --------------------------------------------------------------------------
 
@@ -577,10 +734,13 @@ class L1Manager:
     def report_status(self) -> dict[str, Any]:
         """`is_healthy`, `total_object_count`, `write_locked_count`, `read_locked_count`,
         `temporary_count`, `memory_used_bytes`, `memory_total_bytes`, `memory_usage_ratio`,
-        `write_ttl_seconds`, `read_ttl_seconds`, `pending_free_count`, `pool` (the pool's report)."""
+        `write_ttl_seconds`, `read_ttl_seconds`, `pending_free_count`, `pinned_count`,
+        `pinned_bytes`, `pool` (the pool's report)."""
         with self._lock:
             self._expire(self._clock.monotonic())
             fields: dict[str, Any] = {
+                "pinned_count": len(self._pins),
+                "pinned_bytes": self._pinned_bytes(),
                 "total_object_count": len(self._objects),
                 "write_locked_count": len(self._write_locked),
                 "read_locked_count": len(self._read_locked),
@@ -632,6 +792,8 @@ class L1Manager:
         self._write_locked.discard(key)
         self._read_locked.discard(key)
         self._temporary.discard(key)
+        if self._pins:
+            self._pins.pop(key, None)
 
     def _drop(self, objs: list[_L1Object], reason: str) -> None:
         """Detach and free unlocked objects, then tell the listeners."""
@@ -643,6 +805,18 @@ class L1Manager:
         if reason == "aborted":
             self._aborted_total += len(objs)
         self._emit("on_l1_keys_removed", [o.key for o in objs], [o.size for o in objs], reason)
+
+    def _pinned(self, key: ObjectKey, now: float) -> bool:
+        deadline = self._pins.get(key) if self._pins else None
+        return deadline is not None and now < deadline
+
+    def _pinned_bytes(self) -> int:
+        return sum(self._objects[k].size for k in self._pins if k in self._objects)
+
+    def _expire_pins(self, now: float) -> None:
+        if self._pins:
+            for key in [k for k, deadline in self._pins.items() if deadline <= now]:
+                del self._pins[key]
 
     def _free_pending_if_unlocked(self, obj: _L1Object, now: float) -> None:
         if not obj.locked(now):
@@ -747,6 +921,7 @@ class L1Manager:
             expired += obj.write_lock.expired(now) + obj.read_lock.expired(now)
             self._free_pending_if_unlocked(obj, now)
         self._expired_locks_total += expired
+        self._expire_pins(now)
         self._drop(list(aborted.values()), "aborted")
         self._drop(stale, "temporary")
         return expired

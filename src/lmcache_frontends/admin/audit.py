@@ -1,25 +1,189 @@
-"""Audit log lines for state-changing admin calls: who, what, when, outcome."""
+"""Audit records for state-changing admin calls: who, what, when, outcome, as one JSON line each."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
-from flask import request
+from flask import g, has_request_context, request
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from lmcache_core.errors import ConfigError
 
 audit_log = logging.getLogger("lmcache.audit")
 
+REDACTED = "***"
+ANONYMOUS = "anonymous"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Parameter names whose values never reach an audit record (a token pasted into a query string).
+_SECRET_PARAM_RE = re.compile(r"secret|token|password|passwd|credential|authorization|api[_-]?key|access_key", re.I)
+# Bodies larger than this are summarised by size only: the audit line stays one short line.
+_MAX_BODY_BYTES = 16 << 10
+_MAX_VALUE_CHARS = 512
+
+_PENDING = "lmcache_audit_notes"
+_STARTED = "lmcache_audit_started"
+PRINCIPAL = "lmcache_principal"
+"""`flask.g` attribute holding the authenticated token's name (set by the auth hook)."""
+
+
+def redact(value: Any, *, depth: int = 0) -> Any:
+    """`value` with the values of secret-looking keys replaced and long strings cut."""
+    if depth > 8:
+        return "..."
+    if isinstance(value, Mapping):
+        return {
+            str(k): (REDACTED if _SECRET_PARAM_RE.search(str(k)) else redact(v, depth=depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v, depth=depth + 1) for v in value[:64]]
+    if isinstance(value, str) and len(value) > _MAX_VALUE_CHARS:
+        return value[:_MAX_VALUE_CHARS] + "..."
+    return value
+
+
+class AuditTrail:
+    """Where audit records go: the `lmcache.audit` logger, and a JSON-lines file when configured.
+
+    The file is opened, appended and closed per record (admin calls are rare), so every line
+    is on disk when the call returns and logrotate needs no reopen signal."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if path is not None:
+            try:
+                with open(path, "a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"--audit-log cannot open {path!r} for appending: {exc.strerror or exc}") from None
+
+    def emit(self, record: Mapping[str, Any]) -> None:
+        """Write one record to the log and the file; a failing file write is logged, not raised."""
+        line = json.dumps(record, default=str, separators=(",", ":"))
+        # The log gets key=value text for people (and greps); the record rides along as
+        # `extra` for structured handlers, and the file gets the JSON line.
+        audit_log.info("%s", format_record(record), extra={"audit": dict(record)})
+        if self.path is None:
+            return
+        try:
+            with self._lock, open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+        except OSError:
+            audit_log.exception("cannot append to the audit log %s", self.path)
+
+
+def format_record(record: Mapping[str, Any]) -> str:
+    """`audit action=... outcome=... who=... route=METHOD /rule status=... duration_ms=... k=v...`."""
+    head = ["audit", f"action={record.get('action')}", f"outcome={record.get('outcome')}", f"who={record.get('who')}"]
+    head.append(f"route={record.get('method')} {record.get('route') or record.get('path')}")
+    for key in ("status", "duration_ms", "remote"):
+        if record.get(key) is not None:
+            head.append(f"{key}={record[key]}")
+    details = record.get("details") or {}
+    head.extend(f"{k}={v!r}" for k, v in details.items())
+    if record.get("params"):
+        head.append("params=" + json.dumps(record["params"], default=str, separators=(",", ":")))
+    return " ".join(head)
+
+
+_LOG_ONLY = AuditTrail()
+
 
 def audit(action: str, outcome: str, **details: Any) -> None:
-    """Log one line for a state-changing call made in the current request."""
-    who = request.remote_addr or "-"
-    extra = " ".join(f"{k}={v!r}" for k, v in details.items() if v is not None)
-    audit_log.info(
-        "audit who=%s action=%s route=%s %s outcome=%s%s",
-        who,
-        action,
-        request.method,
-        request.path,
-        outcome,
-        f" {extra}" if extra else "",
-    )
+    """Note what a state-changing route did. Under the app-wide audit hook (the auth route
+    group) the note joins the request's one record; otherwise a record is written at once."""
+    note = {"action": action, "outcome": outcome, **{k: v for k, v in details.items() if v is not None}}
+    pending = getattr(g, _PENDING, None) if has_request_context() else None
+    if pending is not None:
+        pending.append(note)
+        return
+    record = _base_record()
+    note = redact(note)
+    record["action"] = note.pop("action")
+    record["outcome"] = note.pop("outcome")
+    if note:
+        record["details"] = note
+    _LOG_ONLY.emit(record)
+
+
+def begin_request() -> None:
+    """Start collecting notes for this request (called first thing by the app-wide hook)."""
+    setattr(g, _PENDING, [])
+    setattr(g, _STARTED, time.perf_counter())
+
+
+def finish_request(trail: AuditTrail, response: WerkzeugResponse, *, required_scope: str | None) -> None:
+    """Write the request's record when it changed (or tried to change) state, used an
+    admin-scope route, or was refused by authentication."""
+    notes: list[dict[str, Any]] = getattr(g, _PENDING, None) or []
+    status = response.status_code
+    denied = status in (401, 403) and getattr(g, "lmcache_auth_denied", False)
+    if not (request.method not in SAFE_METHODS or required_scope == "admin" or notes or denied):
+        return
+    record = _base_record()
+    started = getattr(g, _STARTED, None)
+    record["status"] = status
+    record["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 3) if started is not None else None
+    if denied:
+        record["action"] = "auth"
+        record["outcome"] = "denied: unauthenticated" if status == 401 else "denied: insufficient scope"
+    elif notes:
+        last = redact(notes[-1])
+        record["action"] = last.pop("action")
+        record["outcome"] = last.pop("outcome")
+        if last:
+            record["details"] = last
+    else:
+        record["action"] = request.endpoint or "unmatched"
+        record["outcome"] = "ok" if status < 400 else f"error {status}"
+    trail.emit(record)
+
+
+def _base_record() -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "ts": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "who": getattr(g, PRINCIPAL, None) or ANONYMOUS,
+        "remote": request.remote_addr or "-",
+        "method": request.method,
+        "route": request.url_rule.rule if request.url_rule is not None else None,
+        "path": request.path,
+        "params": _params(),
+        "request_id": getattr(g, "lmcache_request_id", None),
+    }
+
+
+def _params() -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if request.view_args:
+        params.update(request.view_args)
+    for key in request.args:
+        values = request.args.getlist(key)
+        params[key] = values[0] if len(values) == 1 else values
+    length = request.content_length or 0
+    # Only bodies the route already parsed, or small JSON ones: the record must not re-read
+    # (or trip the size limit on) an upload.
+    if "files" in request.__dict__ and request.files:
+        params["files"] = {name: f.filename for name, f in request.files.items()}
+    elif request.is_json and 0 < length <= _MAX_BODY_BYTES:
+        try:
+            body = request.get_json(silent=True)
+        except Exception:  # a body the route never read and the server cut short
+            body = None
+        if body is not None:
+            params["body"] = body
+        else:
+            params["body_bytes"] = length
+    elif length > 0:
+        params["body_bytes"] = length
+    return redact(params)  # type: ignore[no-any-return]

@@ -16,6 +16,7 @@ from lmcache_frontends.admin.errors import (
     engine_not_initialized,
     json_error,
 )
+from lmcache_frontends.admin.openapi import CACHE_OPENAPI
 from lmcache_frontends.admin.params import optional_model_name, optional_salt
 
 log = logging.getLogger(__name__)
@@ -48,4 +49,5 @@ def create_cache_blueprint(services: Any) -> Blueprint:
         audit("clear-cache", "ok", cache_salt=cache_salt, model_name=model_name, removed_objects=removed)
         return jsonify(status="ok")
 
+    bp.openapi = CACHE_OPENAPI  # type: ignore[attr-defined]
     return bp

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from lmcache_frontends.admin.errors import ENGINE_NOT_INITIALIZED, engine_not_initialized
+from lmcache_frontends.admin.openapi import HEALTH_OPENAPI
 
 SERVICE_NAME = "LMCache HTTP API"
 
@@ -26,4 +27,5 @@ def create_health_blueprint(services: Any) -> Blueprint:
             return engine_not_initialized(status="unhealthy", reason=ENGINE_NOT_INITIALIZED)
         return jsonify(status="healthy")
 
+    bp.openapi = HEALTH_OPENAPI  # type: ignore[attr-defined]
     return bp

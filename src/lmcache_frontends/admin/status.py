@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from lmcache_core.status import safe_report
 from lmcache_frontends import version
 from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.openapi import STATUS_OPENAPI
 
 CONFIGS_NOT_INITIALIZED = "configs not initialized"
 
@@ -49,4 +50,5 @@ def create_status_blueprint(services: Any) -> Blueprint:
     def commit_id() -> Response:
         return jsonify(version.commit_id())
 
+    bp.openapi = STATUS_OPENAPI  # type: ignore[attr-defined]
     return bp

@@ -1,4 +1,8 @@
-"""`lmcache`: the command-line entry point; each subcommand is one entry of SUBCOMMANDS."""
+"""`lmcache`: the command-line entry point; each subcommand is one entry of SUBCOMMANDS.
+
+argparse (stdlib) rather than click: the server's flags are already argparse (shared with
+`lmcache-server`), the CLI must run with no dependency beyond the server's own, and nested
+subcommands, env-var defaults and exit-code control are all we need."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lmcache_core.errors import ConfigError
 from lmcache_frontends import version
@@ -47,6 +51,39 @@ def _run_server(namespace: argparse.Namespace) -> int:
     return main_from_namespace(namespace, prog="lmcache server")
 
 
+def _configure_status(parser: argparse.ArgumentParser) -> None:
+    from lmcache_frontends.cli.commands import configure_status
+
+    configure_status(parser)
+
+
+def _configure_common(parser: argparse.ArgumentParser) -> None:
+    from lmcache_frontends.cli.commands import add_common_options
+
+    add_common_options(parser)
+
+
+def _configure_quota(parser: argparse.ArgumentParser) -> None:
+    from lmcache_frontends.cli.commands import configure_quota
+
+    configure_quota(parser)
+
+
+def _configure_kvcache(parser: argparse.ArgumentParser) -> None:
+    from lmcache_frontends.cli.commands import configure_kvcache
+
+    configure_kvcache(parser)
+
+
+def _runner(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(namespace: argparse.Namespace) -> int:
+        from lmcache_frontends.cli import commands
+
+        return int(getattr(commands, name)(namespace))
+
+    return run
+
+
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "server",
@@ -56,10 +93,32 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         # Suppressed defaults let the server tell explicit flags from env vars and files.
         argument_default=argparse.SUPPRESS,
     ),
+    Subcommand("status", "show the server's status tree (--json for the raw document)", _configure_status, _runner("RUN_STATUS")),
+    Subcommand("describe", "a one-screen summary of the server", _configure_common, _runner("RUN_DESCRIBE")),
+    Subcommand("ping", "check health and round-trip time", _configure_common, _runner("RUN_PING")),
+    Subcommand("quota", "per-cache_salt budgets: set | get | delete | list", _configure_quota, _runner("RUN_QUOTA")),
+    Subcommand(
+        "kvcache",
+        "per-request cache control: clear | info | pin | unpin | compress",
+        _configure_kvcache,
+        _runner("RUN_KVCACHE"),
+    ),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_bench(sub: Any, real: bool) -> None:
+    # The bench needs torch; load it only when `lmcache bench` runs, so the other commands
+    # start fast. `lmcache --help` still lists it.
+    if real:
+        from lmcache_frontends.cli.bench import add_bench_parser, run_bench
+
+        parser = add_bench_parser(sub)
+        parser.set_defaults(_run=run_bench)
+    else:
+        sub.add_parser("bench", help="benchmarks against a running server (lmcache bench server)")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = CLIArgumentParser(prog="lmcache", description="LMCache KV-cache server tools.")
     parser.add_argument("--version", action="version", version=f"lmcache {version.combined_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CLIArgumentParser)
@@ -72,13 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.configure(sp)
         sp.set_defaults(_run=command.run)
+    args = list(sys.argv[1:] if argv is None else argv)
+    _add_bench(sub, real=bool(args) and args[0] == "bench")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lmcache` console script; returns the exit code."""
     try:
-        namespace = build_parser().parse_args(argv)
+        namespace = build_parser(argv).parse_args(argv)
     except ConfigError as exc:
         print(f"lmcache: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -87,3 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmcache: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

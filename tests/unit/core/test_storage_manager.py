@@ -266,7 +266,8 @@ def test_status_tree_is_complete_and_serialisable(make_manager: Any) -> None:
     assert status["is_healthy"] is True
     for child in ("l1_manager", "eviction_controller", "store_controller", "prefetch_controller"):
         assert status[child]["is_healthy"] is True, child
-    assert status["l2_adapters"]["0:mock"]["is_healthy"] is True
+    (adapter,) = status["l2_adapters"]
+    assert adapter["is_healthy"] is True and adapter["type"] == "MockL2Adapter" and adapter["index"] == 0
 
 
 def test_close_drains_pending_write_backs(make_manager: Any) -> None:

@@ -325,7 +325,11 @@ def test_a_route_factory_must_return_a_blueprint(services: Services) -> None:
 def test_builtin_route_groups_come_from_the_entry_point() -> None:
     plugins = LMCachePluginManager(load_entrypoints=True)
     assert "builtin_frontends" in plugins.entry_points()
-    assert list(plugins.frontend_registry().http_routes)[:3] == ["health", "status", "cache"]
+    registry = plugins.frontend_registry()
+    for group in ("health", "status", "cache", "l2", "quota", "observability", "openapi"):
+        assert registry.sources[f"http:{group}"] == "builtin_frontends", group
+    assert registry.sources["http:kvcache_check"] == "builtin_data_path"
+    assert registry.sources["server:zmq"] == "builtin_data_path"
 
 
 # --------------------------------------------------------------------------- bootstrap

@@ -1,0 +1,6 @@
+"""Metrics adapters: the Prometheus implementation of the core's MetricsSink port."""
+
+from lmcache_adapters.metrics.prometheus import DEFAULT_MAX_LABEL_VALUES, PrometheusMetricsSink
+from lmcache_adapters.metrics.sources import L1MetricsListener, stack_source
+
+__all__ = ["DEFAULT_MAX_LABEL_VALUES", "L1MetricsListener", "PrometheusMetricsSink", "stack_source"]

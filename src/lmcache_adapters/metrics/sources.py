@@ -1,0 +1,134 @@
+"""Where the metrics come from: an L1 listener for chunk counters and scrape-time readers of
+components' own counters (L1/L2 usage, in-flight work, sessions, instances, thread health)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from lmcache_core import metric_names as mn
+from lmcache_core.keys import ObjectKey
+from lmcache_core.l1.listener import L1Listener
+from lmcache_core.periodic import PeriodicThreadRegistry
+from lmcache_core.ports import MetricsSink
+from lmcache_core.storage_manager import StorageManager
+
+from .prometheus import ScrapeSample
+
+log = logging.getLogger(__name__)
+
+
+class L1MetricsListener(L1Listener):
+    """Counts L1 chunks written, read (hits) and evicted, by model and tenant. It runs under the
+    L1 lock, so it only groups keys and increments counters."""
+
+    def __init__(self, metrics: MetricsSink, *, tenant_labels: bool = True) -> None:
+        self._metrics = metrics
+        self._tenant_labels = tenant_labels
+
+    def _count(self, family: mn.MetricFamily, keys: Sequence[ObjectKey]) -> None:
+        if not self._tenant_labels:
+            self._metrics.inc(family.name, len(keys))
+            return
+        groups: dict[tuple[str, str], int] = {}
+        for key in keys:
+            group = (key.model_name, key.cache_salt)
+            groups[group] = groups.get(group, 0) + 1
+        for (model_name, cache_salt), count in groups.items():
+            self._metrics.inc(family.name, count, model_name=model_name, cache_salt=cache_salt)
+
+    def on_l1_keys_write_finished(self, keys: Sequence[ObjectKey], sizes: Sequence[int]) -> None:
+        self._count(mn.L1_CHUNKS_WRITTEN, keys)
+
+    def on_l1_keys_read_reserved(self, keys: Sequence[ObjectKey]) -> None:
+        self._count(mn.L1_CHUNKS_READ, keys)
+
+    def on_l1_keys_removed(self, keys: Sequence[ObjectKey], sizes: Sequence[int], reason: str) -> None:
+        if reason == "evict":
+            self._count(mn.L1_CHUNKS_EVICTED, keys)
+
+
+def _field(status: Mapping[str, Any], name: str) -> Any:
+    """A status field at the top level, else in a contributor's nested report (the data path
+    reports its sessions under its own name); None when absent everywhere."""
+    for key, value in status.items():
+        if key != "storage_manager" and isinstance(value, Mapping) and name in value:
+            nested = value[name]
+            if nested:
+                return nested
+    return status.get(name)
+
+
+def storage_samples(storage: StorageManager) -> Iterator[ScrapeSample]:
+    """L1 usage and objects, per-adapter L2 usage, write-back queue and in-flight work."""
+    used, total = storage.l1.usage_bytes()
+    yield mn.L1_USAGE_BYTES.name, {}, used
+    yield mn.L1_CAPACITY_BYTES.name, {}, total
+    yield mn.L1_USAGE_RATIO.name, {}, (used / total if total else 0.0)
+    yield mn.L1_OBJECTS.name, {}, storage.l1.object_count()
+    l1_status = storage.l1.report_status()
+    yield mn.L1_ALLOCATION_FAILURES.name, {}, l1_status.get("out_of_memory_total", 0)
+    for entry in storage.l2_adapters:
+        try:
+            usage = entry.adapter.usage()
+        except Exception:
+            log.debug("usage() of L2 adapter %s failed during a scrape", entry.name, exc_info=True)
+            continue
+        yield mn.L2_USAGE_BYTES.name, {"adapter": entry.name}, usage.used_bytes
+        if usage.capacity_bytes is not None:
+            yield mn.L2_CAPACITY_BYTES.name, {"adapter": entry.name}, usage.capacity_bytes
+    store = storage.store.report_status()
+    yield mn.L2_STORES_IN_FLIGHT.name, {}, store.get("in_flight_keys", 0)
+    yield mn.L2_STORE_QUEUE.name, {}, store.get("queue_size", 0)
+    if storage.prefetch is not None:
+        prefetch = storage.prefetch.report_status()
+        yield mn.L2_LOADS_IN_FLIGHT.name, {}, prefetch.get("in_flight_jobs", 0)
+    else:
+        yield mn.L2_LOADS_IN_FLIGHT.name, {}, 0
+
+
+def engine_samples(engine: Any, storage: StorageManager | None) -> Iterator[ScrapeSample]:
+    """Active sessions, prefetch jobs and registered instances from the engine's status fields
+    (contributed by the data path); prefetch jobs fall back to the storage manager's count."""
+    contributed = _contributed_fields(engine)
+    yield mn.ACTIVE_SESSIONS.name, {}, float(contributed.get("active_sessions") or 0)
+    jobs = float(contributed.get("active_prefetch_jobs") or 0)
+    if storage is not None and storage.prefetch is not None:
+        jobs = max(jobs, float(storage.prefetch.active_jobs()))
+    yield mn.PREFETCH_JOBS.name, {}, jobs
+    workers = contributed.get("workers")
+    gpu_ids = contributed.get("registered_gpu_ids")
+    instances = len(workers) if isinstance(workers, Mapping) else len(gpu_ids or ())
+    yield mn.REGISTERED_INSTANCES.name, {}, instances
+
+
+def _contributed_fields(engine: Any) -> dict[str, Any]:
+    if engine is None:
+        return {}
+    status = engine.report_status()
+    return {name: _field(status, name) for name in ("active_sessions", "active_prefetch_jobs", "workers", "registered_gpu_ids")}
+
+
+def thread_samples(registry: PeriodicThreadRegistry) -> Iterator[ScrapeSample]:
+    yield mn.PERIODIC_THREADS_UNHEALTHY.name, {}, registry.health()["unhealthy_count"]
+
+
+def stack_source(
+    storage: StorageManager | None, engine: Any, threads: PeriodicThreadRegistry | None
+) -> Callable[[], list[ScrapeSample]]:
+    """One scrape source over a whole server stack."""
+
+    def read() -> list[ScrapeSample]:
+        samples: list[ScrapeSample] = []
+        if storage is not None:
+            samples.extend(storage_samples(storage))
+        try:
+            samples.extend(engine_samples(engine, storage))
+        except Exception:
+            log.debug("engine status unavailable during a scrape", exc_info=True)
+        if threads is not None:
+            samples.extend(thread_samples(threads))
+        return samples
+
+    return read

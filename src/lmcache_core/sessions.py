@@ -1,0 +1,206 @@
+"""Sessions: per-request token sequences with incrementally computed chunk hashes, and a TTL reaper."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmcache_core.hashing import IncrementalHasher, TokenBytes, TokenHasher
+from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
+from lmcache_core.ports import Clock
+
+DEFAULT_SESSION_TTL_SECONDS = 600.0
+DEFAULT_MAX_ENDED_SESSIONS = 4096
+# Token sequences (as TokenBytes) whose hashes a new session may adopt instead of hashing again.
+DEFAULT_MAX_KNOWN_SEQUENCES = 64
+
+
+@dataclass
+class Session:
+    """One request's state: the hash chain of its tokens, its namespace and when it was last used."""
+
+    request_id: str
+    model_name: str
+    world_size: int
+    cache_salt: str
+    hasher: IncrementalHasher
+    created_at: float
+    last_used: float
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """What is remembered about a request after its session ended (for the per-request CLI)."""
+
+    request_id: str
+    model_name: str
+    world_size: int
+    cache_salt: str
+    chunk_hashes: tuple[bytes, ...]
+    ended_at: float
+    reason: str
+
+    def keys(self) -> list[ObjectKey]:
+        """Chunk-major keys of every rank of the request."""
+        ranks = [kv_rank_for(self.world_size, r) for r in range(self.world_size)]
+        # Validate the namespace once instead of once per key.
+        validate_model_name(self.model_name)
+        validate_cache_salt(self.cache_salt)
+        trusted = ObjectKey.trusted
+        return [trusted(h, self.model_name, rank, self.cache_salt) for h in self.chunk_hashes for rank in ranks]
+
+
+class SessionManager:
+    """Request id -> Session. Hashes are computed once per new chunk of a session (engines resend
+    the whole sequence on every call). Sessions expire `ttl_seconds` after their last use and
+    `reap()` really removes them; a bounded, most-recent-first record of ended requests stays
+    behind. Thread-safe."""
+
+    def __init__(
+        self,
+        hasher: TokenHasher,
+        *,
+        clock: Clock,
+        ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
+        max_ended: int = DEFAULT_MAX_ENDED_SESSIONS,
+        max_known_sequences: int = DEFAULT_MAX_KNOWN_SEQUENCES,
+    ) -> None:
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds!r}")
+        if max_ended < 0:
+            raise ValueError(f"max_ended must be >= 0, got {max_ended!r}")
+        self._hasher = hasher
+        self._clock = clock
+        self._ttl = float(ttl_seconds)
+        self._max_ended = max_ended
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._ended: OrderedDict[str, EndedSession] = OrderedDict()
+        self._max_known = max(0, int(max_known_sequences))
+        self._known: OrderedDict[TokenBytes, tuple[bytes, ...]] = OrderedDict()
+        self.adopted_total = 0
+        self._expired_total = 0
+        self._ended_total = 0
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self._ttl
+
+    @property
+    def hasher(self) -> TokenHasher:
+        return self._hasher
+
+    def chunk_hashes(
+        self,
+        request_id: str,
+        token_ids: Sequence[int] | Any,
+        *,
+        model_name: str,
+        world_size: int,
+        cache_salt: str = "",
+    ) -> list[bytes]:
+        """Hashes of every full chunk of `token_ids` (the whole sequence from token 0), using and
+        refreshing the session `request_id`; only chunks not hashed before are hashed."""
+        now = self._clock.monotonic()
+        with self._lock:
+            session = self._sessions.get(request_id)
+            if session is None or (session.model_name, session.world_size, session.cache_salt) != (
+                model_name,
+                world_size,
+                cache_salt,
+            ):
+                session = Session(
+                    request_id, model_name, world_size, cache_salt, self._hasher.incremental(), now, now
+                )
+                self._sessions[request_id] = session
+            session.last_used = now
+        known = None
+        if isinstance(token_ids, TokenBytes) and self._max_known:
+            with self._lock:
+                known = self._known.get(token_ids)
+                if known is not None:
+                    self._known.move_to_end(token_ids)
+        # Hash outside the manager lock so sessions of other requests proceed in parallel.
+        with session.lock:
+            if known is not None and session.hasher.num_tokens == 0:
+                # Another request sent the same tokens (hashes depend on the tokens only).
+                session.hasher.adopt(token_ids, known)
+                self.adopted_total += 1
+                return list(known)
+            hashes = session.hasher.update_to(token_ids)
+        if known is None and isinstance(token_ids, TokenBytes) and self._max_known:
+            with self._lock:
+                self._known[token_ids] = tuple(hashes)
+                while len(self._known) > self._max_known:
+                    self._known.popitem(last=False)
+        return hashes
+
+    def get(self, request_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(request_id)
+
+    def end(self, request_id: str) -> EndedSession | None:
+        """End a session; returns its record (None for an unknown id)."""
+        with self._lock:
+            session = self._sessions.pop(request_id, None)
+            if session is None:
+                return None
+            self._ended_total += 1
+            return self._record(session, "ended")
+
+    def reap(self) -> list[EndedSession]:
+        """Remove sessions unused for `ttl_seconds`; returns their records."""
+        now = self._clock.monotonic()
+        with self._lock:
+            expired = [s for s in self._sessions.values() if now - s.last_used >= self._ttl]
+            records = []
+            for session in expired:
+                del self._sessions[session.request_id]
+                records.append(self._record(session, "expired"))
+            self._expired_total += len(expired)
+            return records
+
+    def recent(self, request_id: str) -> EndedSession | None:
+        """The record of a recently ended (or expired) request, if still remembered."""
+        with self._lock:
+            return self._ended.get(request_id)
+
+    def active_count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def report_status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "is_healthy": True,
+                "active_sessions": len(self._sessions),
+                "remembered_ended_sessions": len(self._ended),
+                "ended_sessions_total": self._ended_total,
+                "expired_sessions_total": self._expired_total,
+                "session_ttl_seconds": self._ttl,
+            }
+
+    def _record(self, session: Session, reason: str) -> EndedSession:
+        # Called with self._lock held; the session is already out of the table, so its hasher
+        # is only touched by a caller that fetched it before, which holds session.lock.
+        with session.lock:
+            hashes = tuple(session.hasher.hashes)
+        record = EndedSession(
+            session.request_id,
+            session.model_name,
+            session.world_size,
+            session.cache_salt,
+            hashes,
+            self._clock.time(),
+            reason,
+        )
+        if self._max_ended:
+            self._ended.pop(session.request_id, None)
+            self._ended[session.request_id] = record
+            while len(self._ended) > self._max_ended:
+                self._ended.popitem(last=False)
+        return record

@@ -1,0 +1,297 @@
+"""L2 management routes: `GET /l2/adapters`, `DELETE /l2`, `GET /l2/keys`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from lmcache_core.errors import InvalidKeyError, NotFoundError
+from lmcache_core.keys import ObjectKey
+from lmcache_core.l2.entry import L2AdapterEntry
+from lmcache_core.ports import ListingNotSupportedError
+from lmcache_frontends.admin.audit import audit
+from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.openapi import (
+    error_responses,
+    json_body,
+    json_response,
+    obj,
+    query_param,
+)
+from lmcache_frontends.admin.params import optional_model_name, optional_salt, single
+
+log = logging.getLogger(__name__)
+
+MAX_DELETE_BATCH = 10_000
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 5000
+NO_L2_ADAPTERS = "no L2 adapters configured"
+
+# Field -> accepted JSON types of one EncodedObjectKey (shape checks give 422, invariants 400).
+_KEY_FIELDS: dict[str, tuple[type, ...]] = {
+    "chunk_hash_hex": (str,),
+    "model_name": (str,),
+    "kv_rank": (int,),
+    "object_group_id": (int,),
+    "cache_salt": (str,),
+}
+_REQUIRED_KEY_FIELDS = ("chunk_hash_hex", "model_name", "kv_rank")
+
+
+class _BodyShapeError(ValueError):
+    """The body does not have the documented shape (HTTP 422)."""
+
+
+def parse_delete_body(body: Any) -> list[ObjectKey]:
+    """The keys of a `DELETE /l2` body. _BodyShapeError (422) for a wrong shape or field type,
+    InvalidKeyError (400) for a key that breaks an ObjectKey invariant or a batch over the cap."""
+    if not isinstance(body, dict):
+        raise _BodyShapeError("request body must be a JSON object {\"keys\": [EncodedObjectKey, ...]}")
+    unknown = sorted(set(body) - {"keys"})
+    if unknown:
+        raise _BodyShapeError(f"unknown body field(s): {', '.join(unknown)}")
+    raw_keys = body.get("keys")
+    if not isinstance(raw_keys, list):
+        raise _BodyShapeError("body field 'keys' is required and must be a list")
+    if len(raw_keys) > MAX_DELETE_BATCH:
+        raise InvalidKeyError(f"too many keys in one request (limit={MAX_DELETE_BATCH}, got={len(raw_keys)})")
+    for i, raw in enumerate(raw_keys):
+        if not isinstance(raw, dict):
+            raise _BodyShapeError(f"keys[{i}] must be an object")
+        unknown = sorted(set(raw) - set(_KEY_FIELDS))
+        if unknown:
+            raise _BodyShapeError(f"keys[{i}]: unknown field(s): {', '.join(unknown)}")
+        for name in _REQUIRED_KEY_FIELDS:
+            if name not in raw:
+                raise _BodyShapeError(f"keys[{i}]: missing field {name}")
+        for name, types in _KEY_FIELDS.items():
+            if name in raw and (isinstance(raw[name], bool) or not isinstance(raw[name], types)):
+                raise _BodyShapeError(f"keys[{i}].{name} must be {'a string' if types == (str,) else 'an integer'}")
+    keys: list[ObjectKey] = []
+    for i, raw in enumerate(raw_keys):
+        try:
+            keys.append(ObjectKey.from_json(raw))
+        except InvalidKeyError as exc:
+            raise InvalidKeyError(f"keys[{i}]: {exc}") from None
+    return keys
+
+
+def _page_size(args: Any) -> int:
+    raw = single(args, "page_size")
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        raise _BodyShapeError(f"page_size must be an integer, got {raw!r}") from None
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise _BodyShapeError(f"page_size must be in [1, {MAX_PAGE_SIZE}], got {value}")
+    return value
+
+
+def create_l2_blueprint(services: Any) -> Blueprint:
+    """Routes to enumerate L2 adapters, purge keys from one and list what one holds."""
+    bp = Blueprint("l2", __name__)
+
+    def _select(storage: Any) -> L2AdapterEntry | Response:
+        if not storage.l2_adapters:
+            return json_error(503, NO_L2_ADAPTERS)
+        try:
+            selector = single(request.args, "adapter")
+        except InvalidKeyError as exc:
+            return json_error(400, str(exc))
+        try:
+            entry: L2AdapterEntry = storage.find_adapter(selector)
+        except NotFoundError as exc:
+            return json_error(404, str(exc))
+        return entry
+
+    @bp.get("/l2/adapters")
+    def l2_adapters() -> Response:
+        engine = services.engine
+        if engine is None:
+            return engine_not_initialized()
+        return jsonify(
+            adapters=[
+                {"index": e.index, "type_name": e.type_name, "primary": e.index == 0, "name": e.name}
+                for e in engine.storage.l2_adapters
+            ]
+        )
+
+    @bp.delete("/l2")
+    def delete_l2() -> Response:
+        engine = services.engine
+        if engine is None:
+            audit("l2-delete", "refused: engine not initialized")
+            return engine_not_initialized()
+        selected = _select(engine.storage)
+        if isinstance(selected, Response):
+            audit("l2-delete", f"refused: {selected.status_code}", adapter=request.args.get("adapter"))
+            return selected
+        body = request.get_json(silent=True)
+        if body is None and request.get_data():
+            audit("l2-delete", "rejected: invalid JSON body", adapter=selected.type_name)
+            return json_error(422, "request body is not valid JSON")
+        try:
+            keys = parse_delete_body(body)
+        except _BodyShapeError as exc:
+            audit("l2-delete", "rejected", adapter=selected.type_name, reason=str(exc))
+            return json_error(422, str(exc))
+        except InvalidKeyError as exc:
+            audit("l2-delete", "rejected", adapter=selected.type_name, reason=str(exc))
+            return json_error(400, str(exc))
+        response: dict[str, Any] = {"requested": len(keys), "adapter": selected.type_name}
+        try:
+            results = engine.storage.delete_from_l2(selected, keys)
+        except Exception as exc:
+            # The documented contract: an adapter failure is a 200 with ok=false, not a 500.
+            log.warning("DELETE /l2 on %s failed: %s", selected.name, exc, exc_info=True)
+            audit("l2-delete", "failed", adapter=selected.type_name, requested=len(keys), reason=str(exc))
+            response.update(ok=False, error=str(exc) or type(exc).__name__)
+            return jsonify(response)
+        deleted = sum(1 for ok in results if ok)
+        audit("l2-delete", "ok", adapter=selected.type_name, requested=len(keys), deleted=deleted)
+        response.update(ok=True, deleted=deleted)
+        return jsonify(response)
+
+    @bp.get("/l2/keys")
+    def l2_keys() -> Response:
+        engine = services.engine
+        if engine is None:
+            return engine_not_initialized()
+        selected = _select(engine.storage)
+        if isinstance(selected, Response):
+            return selected
+        try:
+            page_size = _page_size(request.args)
+        except _BodyShapeError as exc:
+            return json_error(422, str(exc))
+        except InvalidKeyError as exc:
+            return json_error(400, str(exc))
+        try:
+            model_name = optional_model_name(request.args)
+            cache_salt = optional_salt(request.args)
+            page_token = single(request.args, "page_token") or None
+        except InvalidKeyError as exc:
+            return json_error(400, str(exc))
+        try:
+            page = selected.adapter.list_keys(page_size, page_token, model_name=model_name, cache_salt=cache_salt)
+        except ListingNotSupportedError as exc:
+            return json_error(501, f"L2 adapter {selected.type_name!r} does not support listing: {exc}")
+        except ValueError as exc:  # a page token the adapter did not issue
+            return json_error(400, f"invalid page_token: {exc}")
+        sizes = getattr(page, "sizes", None)
+        entries = [
+            {"key": key.to_json(), "size_bytes": sizes[i] if sizes is not None and i < len(sizes) else None}
+            for i, key in enumerate(page.keys)
+        ]
+        return jsonify(adapter=selected.type_name, entries=entries, next_page_token=page.next_page_token)
+
+    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
+    return bp
+
+
+# ---------------------------------------------------------------------- OpenAPI
+
+_ENCODED_KEY = obj(
+    {
+        "chunk_hash_hex": {"type": "string", "description": "Chunk hash, lowercase hex, even length"},
+        "model_name": {"type": "string", "description": "Non-empty, no `@`"},
+        "kv_rank": {"type": "integer"},
+        "object_group_id": {"type": "integer", "default": 0},
+        "cache_salt": {"type": "string", "default": ""},
+    },
+    required=_REQUIRED_KEY_FIELDS,
+)
+_ADAPTER_PARAM = query_param("adapter", "Adapter selector: type_name (or name / kind) from GET /l2/adapters; default: the primary")
+
+_OPENAPI: dict[str, Any] = {
+    "/l2/adapters": {
+        "get": {
+            "summary": "Every configured L2 adapter, in configuration order",
+            "tags": ["l2"],
+            "responses": {
+                "200": json_response(
+                    "Adapters (an empty list when none is configured)",
+                    obj(
+                        {
+                            "adapters": {
+                                "type": "array",
+                                "items": obj(
+                                    {
+                                        "index": {"type": "integer"},
+                                        "type_name": {"type": "string"},
+                                        "primary": {"type": "boolean"},
+                                        "name": {"type": "string"},
+                                    }
+                                ),
+                            }
+                        }
+                    ),
+                ),
+                **error_responses(503),
+            },
+        }
+    },
+    "/l2": {
+        "delete": {
+            "summary": "Delete keys from one L2 adapter (locked keys skipped)",
+            "tags": ["l2"],
+            "parameters": [_ADAPTER_PARAM],
+            "requestBody": json_body(
+                obj({"keys": {"type": "array", "maxItems": MAX_DELETE_BATCH, "items": _ENCODED_KEY}}, extra=False)
+            ),
+            "responses": {
+                "200": json_response(
+                    "The request reached the adapter; `ok` tells the outcome",
+                    obj(
+                        {
+                            "requested": {"type": "integer"},
+                            "adapter": {"type": "string"},
+                            "ok": {"type": "boolean"},
+                            "deleted": {"type": "integer"},
+                            "error": {"type": "string"},
+                        },
+                        required=["requested", "adapter", "ok"],
+                    ),
+                ),
+                **error_responses(400, 404, 413, 422, 503),
+            },
+        }
+    },
+    "/l2/keys": {
+        "get": {
+            "summary": "One page of the keys resident in one L2 adapter",
+            "tags": ["l2"],
+            "parameters": [
+                _ADAPTER_PARAM,
+                query_param("model_name", "Only keys of this model"),
+                query_param("cache_salt", "Only keys of this tenant (`_default` = the empty salt)"),
+                query_param(
+                    "page_size",
+                    f"Entries per page, 1..{MAX_PAGE_SIZE}",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
+                ),
+                query_param("page_token", "Opaque cursor from the previous page's next_page_token"),
+            ],
+            "responses": {
+                "200": json_response(
+                    "One page",
+                    obj(
+                        {
+                            "adapter": {"type": "string"},
+                            "entries": {
+                                "type": "array",
+                                "items": obj({"key": _ENCODED_KEY, "size_bytes": {"type": "integer", "nullable": True}}),
+                            },
+                            "next_page_token": {"type": "string", "nullable": True},
+                        }
+                    ),
+                ),
+                **error_responses(400, 404, 422, 501, 503),
+            },
+        }
+    },
+}

@@ -1,0 +1,381 @@
+"""Engine client library: speaks LMCache 0.5.0's multiprocess protocol to an lmcache server."""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import torch
+import zmq
+
+from lmcache_core.lookup import RequestKey
+from lmcache_frontends.zmq.protocol import (
+    EXT_DEVICE_IPC_WRAPPER,
+    NO_RESPONSE,
+    RequestType,
+    decode,
+    encode,
+    key_to_wire,
+)
+
+__all__ = ["EngineDrivenContext", "LMCacheClient", "RequestKey", "make_key", "share_cpu_tensor"]
+
+CPU_STUB_EVENT = b"stub_ipc_handle"
+_SHM_DIR = "/dev/shm"
+
+
+def make_key(
+    model_name: str,
+    token_ids: Sequence[int],
+    request_id: str,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    world_size: int = 1,
+    worker_id: int | None = None,
+    cache_salt: str = "",
+) -> RequestKey:
+    """A key over `[start, end)` of `token_ids` (the whole sequence from token 0). `end`
+    defaults to the last full chunk boundary the caller passes (it must be a chunk multiple)."""
+    return RequestKey(
+        model_name=model_name,
+        world_size=world_size,
+        worker_id=worker_id,
+        token_ids=list(token_ids),
+        start=start,
+        end=len(token_ids) if end is None else end,
+        request_id=request_id,
+        cache_salt=cache_salt,
+    )
+
+
+def _with_worker(key: RequestKey, worker_id: int | None) -> RequestKey:
+    if key.worker_id == worker_id:
+        return key
+    return RequestKey(key.model_name, key.world_size, worker_id, key.token_ids, key.start, key.end,
+                      key.request_id, key.cache_salt)
+
+
+@dataclass
+class EngineDrivenContext:
+    """An engine-driven registration: the server's L1 pool mapped into this process."""
+
+    instance_id: int
+    shm_name: str
+    pool_size: int
+    pool: torch.Tensor | None
+    object_shape: list[int]
+    dtype: torch.dtype
+
+    @property
+    def pickle_mode(self) -> bool:
+        return self.pool is None
+
+    def raw_slot(self, slot: dict[str, Any]) -> torch.Tensor:
+        """The slot's bytes as a uint8 tensor over the pool (zero copy)."""
+        assert self.pool is not None
+        return self.pool[slot["offset"] : slot["offset"] + slot["length"]]
+
+    def slot_tensor(self, slot: dict[str, Any]) -> torch.Tensor:
+        """A zero-copy tensor over one slot of the pool."""
+        assert self.pool is not None
+        raw = self.pool[slot["offset"] : slot["offset"] + slot["length"]]
+        return raw.view(getattr(torch, slot["dtype"])).view(slot["shape"])
+
+
+def share_cpu_tensor(shape: Sequence[int], dtype: torch.dtype, shm_name: str) -> tuple[torch.Tensor, bytes]:
+    """Create a CPU tensor in a new POSIX shm segment and the Ext1 body that registers it
+    (a `CpuShmTensorWrapper` pickle). The caller unlinks `/dev/shm/<shm_name>` when done."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    nbytes = max(1, math.prod(shape) * itemsize)
+    path = os.path.join(_SHM_DIR, shm_name.strip("/"))
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+        mapping = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    tensor = torch.frombuffer(mapping, dtype=torch.uint8).view(dtype).view(tuple(shape))
+    stride = list(tensor.stride())
+    state = {
+        "shm_name": "/" + shm_name.strip("/"),
+        "nbytes": nbytes,
+        "handle": None,
+        "dtype": dtype,
+        "shape": list(shape),
+        "stride": stride,
+        "storage_offset": 0,
+        "device_uuid": "cpu",
+    }
+    return tensor, _wrapper_pickle("lmcache.v1.platform.cpu.shm", "CpuShmTensorWrapper", state)
+
+
+def _wrapper_pickle(module: str, name: str, state: dict[str, Any]) -> bytes:
+    # NEWOBJ(class) + BUILD(state), naming the class by its 0.5.0 path without importing it.
+    body = pickle.dumps(state, protocol=4)
+    assert body[:2] == b"\x80\x04" and body[-1:] == b"."
+    body = body[2:-1]
+    if body[:1] == b"\x95":  # FRAME opcode + 8-byte length: optional, dropped
+        body = body[9:]
+
+    def short_unicode(s: str) -> bytes:
+        raw = s.encode()
+        return b"\x8c" + bytes([len(raw)]) + raw
+
+    head = b"\x80\x04" + short_unicode(module) + short_unicode(name) + b"\x93" + b")" + b"\x81"
+    return head + body + b"b."
+
+
+class LMCacheClient:
+    """One DEALER connection. Calls are synchronous and thread-safe (one in flight at a time).
+
+    Typical engine-driven use: `register_engine_driven(...)`, then per request `lookup` →
+    `wait_for_lookup` → `retrieve_engine_driven` (hits) → `store_engine_driven` (misses) →
+    `end_session`. See docs/data-path.md for a runnable example."""
+
+    def __init__(self, url: str = "tcp://127.0.0.1:5555", *, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(url)
+        self._uid = 0
+        self._lock = threading.Lock()
+        self._chunk_size: int | None = None
+        self._mappings: list[mmap.mmap] = []
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> LMCacheClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- raw calls ---------------------------------------------------------------------
+
+    def call(self, rtype: RequestType, *payloads: Any, timeout: float | None = None) -> Any:
+        """Send one request and return its decoded response (None for types without one).
+        Raises TimeoutError when no reply arrives in time."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        with self._lock:
+            uid = self._uid
+            self._uid += 1
+            uid_frame = encode(uid)
+            self._sock.send_multipart([uid_frame, encode(int(rtype)), *[encode(p) for p in payloads]])
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+                    raise TimeoutError(f"{rtype.name}: no reply from {self.url} in time")
+                frames = self._sock.recv_multipart()
+                if len(frames) < 2 or frames[0] != uid_frame:
+                    continue  # a late reply to an earlier, timed-out call
+                if rtype in NO_RESPONSE or len(frames) < 3:
+                    return None
+                return decode(frames[2])
+
+    # -- control -----------------------------------------------------------------------
+
+    def get_chunk_size(self) -> int:
+        if self._chunk_size is None:
+            self._chunk_size = int(self.call(RequestType.GET_CHUNK_SIZE))
+        return self._chunk_size
+
+    def ping(self, instance_id: int | None = None) -> bool:
+        return bool(self.call(RequestType.PING, instance_id))
+
+    def noop(self) -> str:
+        return str(self.call(RequestType.NOOP))
+
+    def clear(self) -> None:
+        self.call(RequestType.CLEAR)
+
+    # -- lookup & sessions -------------------------------------------------------------
+
+    def lookup(self, key: RequestKey, tp_size: int = 1) -> None:
+        """Start a lookup (and L2 prefetch) job under `key.request_id`."""
+        self.call(RequestType.LOOKUP, key_to_wire(_with_worker(key, None)), tp_size)
+
+    def query_prefetch_status(self, request_id: str) -> int | None:
+        return self.call(RequestType.QUERY_PREFETCH_STATUS, request_id)
+
+    def wait_prefetch_status(self, request_id: str, timeout: float = 5.0) -> int | None:
+        return self.call(RequestType.WAIT_PREFETCH_STATUS, request_id, float(timeout), timeout=timeout + self.timeout)
+
+    def wait_for_lookup(self, request_id: str, timeout: float = 5.0) -> int:
+        """Hit chunks of the lookup job (blocks until its prefetch finished, or 0 on timeout)."""
+        hits = self.wait_prefetch_status(request_id, timeout)
+        return 0 if hits is None else int(hits)
+
+    def lookup_hits(self, request_id: str) -> int | None:
+        return self.call(RequestType.QUERY_PREFETCH_LOOKUP_HITS, request_id)
+
+    def free_lookup_locks(self, key: RequestKey, tp_size: int = 1) -> None:
+        self.call(RequestType.FREE_LOOKUP_LOCKS, key_to_wire(key), tp_size)
+
+    def end_session(self, request_id: str) -> None:
+        self.call(RequestType.END_SESSION, request_id)
+
+    # -- engine-driven -----------------------------------------------------------------
+
+    def register_engine_driven(
+        self,
+        instance_id: int,
+        *,
+        model_name: str,
+        num_layers: int,
+        hidden_dim_size: int,
+        dtype: torch.dtype = torch.float16,
+        world_size: int = 1,
+        block_size: int = 16,
+        use_mla: bool = False,
+    ) -> EngineDrivenContext:
+        """Register a CPU engine; maps the server's L1 pool (empty name = pickle mode)."""
+        dtype_str = str(dtype).removeprefix("torch.")
+        reply = self.call(
+            RequestType.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT,
+            {
+                "instance_id": instance_id,
+                "model_name": model_name,
+                "world_size": world_size,
+                "block_size": block_size,
+                "num_layers": num_layers,
+                "hidden_dim_size": hidden_dim_size,
+                "dtype_str": dtype_str,
+                "use_mla": use_mla,
+            },
+        )
+        chunk = self.get_chunk_size()
+        shape = [num_layers, chunk, hidden_dim_size] if use_mla else [2, num_layers, chunk, hidden_dim_size]
+        pool = None
+        if reply["shm_name"]:
+            fd = os.open(os.path.join(_SHM_DIR, reply["shm_name"]), os.O_RDWR)
+            try:
+                mapping = mmap.mmap(fd, reply["pool_size"])
+            finally:
+                os.close(fd)
+            self._mappings.append(mapping)
+            pool = torch.frombuffer(mapping, dtype=torch.uint8)
+        return EngineDrivenContext(instance_id, reply["shm_name"], reply["pool_size"], pool, shape, dtype)
+
+    def unregister_engine_driven(self, instance_id: int) -> None:
+        self.call(RequestType.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, instance_id)
+
+    def store_engine_driven(self, ctx: EngineDrivenContext, key: RequestKey, chunks: Sequence[torch.Tensor]) -> bool:
+        """Store one tensor per chunk of `[key.start, key.end)` (each of `ctx.object_shape`);
+        chunks the server already holds are skipped. True when the commit succeeded."""
+        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        iid = ctx.instance_id
+        if ctx.pickle_mode:
+            data = pickle.dumps([c.detach().cpu().contiguous() for c in chunks])
+            return bool(self.call(RequestType.COMMIT_STORE, wire, iid, data))
+        reply = self.call(RequestType.PREPARE_STORE, wire, iid)
+        context = reply.get("context", {})
+        for slot, index in zip(context.get("slots", []), context.get("chunk_indices", []), strict=True):
+            ctx.slot_tensor(slot).copy_(chunks[index].view(slot["shape"]))
+        return bool(self.call(RequestType.COMMIT_STORE, wire, iid, b""))
+
+    def store_engine_driven_with(
+        self, ctx: EngineDrivenContext, key: RequestKey, fill: Callable[[int, torch.Tensor], None]
+    ) -> bool:
+        """Zero-copy store: `fill(chunk_index, slot)` writes chunk `chunk_index` (relative to
+        `key.start`) into `slot`, a uint8 tensor over the server's L1 object. Shared-memory mode only."""
+        if ctx.pickle_mode:
+            raise RuntimeError("the server chose pickle mode; use store_engine_driven")
+        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        reply = self.call(RequestType.PREPARE_STORE, wire, ctx.instance_id)
+        context = reply.get("context", {})
+        try:
+            for slot, index in zip(context.get("slots", []), context.get("chunk_indices", []), strict=True):
+                fill(index, ctx.raw_slot(slot))
+        finally:
+            # Always commit (an empty commit is harmless) so the reservation never waits for its TTL.
+            committed = bool(self.call(RequestType.COMMIT_STORE, wire, ctx.instance_id, b""))
+        return committed or not context.get("slots")
+
+    def retrieve_engine_driven_with(
+        self, ctx: EngineDrivenContext, key: RequestKey, drain: Callable[[int, torch.Tensor], None]
+    ) -> bool:
+        """Zero-copy retrieve: `drain(chunk_index, slot)` reads each chunk from the server's L1
+        object. False when the chunks are not (all) in L1."""
+        if ctx.pickle_mode:
+            raise RuntimeError("the server chose pickle mode; use retrieve_engine_driven")
+        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        reply = self.call(RequestType.PREPARE_RETRIEVE, wire, ctx.instance_id)
+        try:
+            if not reply.get("success"):
+                return False
+            for index, slot in enumerate(reply["context"]["slots"]):
+                drain(index, ctx.raw_slot(slot))
+            return True
+        finally:
+            self.call(RequestType.COMMIT_RETRIEVE, wire, ctx.instance_id)
+
+    def retrieve_engine_driven(self, ctx: EngineDrivenContext, key: RequestKey) -> list[torch.Tensor] | None:
+        """The chunks of `[key.start, key.end)` (a LOOKUP must have locked them); None on a miss."""
+        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        reply = self.call(RequestType.PREPARE_RETRIEVE, wire, ctx.instance_id)
+        try:
+            if not reply.get("success"):
+                return None
+            if ctx.pickle_mode:
+                from lmcache_adapters.transfer.unpickler import load_cpu_tensors
+
+                return load_cpu_tensors(reply["data"])
+            return [ctx.slot_tensor(slot).clone() for slot in reply["context"]["slots"]]
+        finally:
+            if not ctx.pickle_mode:
+                self.call(RequestType.COMMIT_RETRIEVE, wire, ctx.instance_id)
+
+    # -- server-driven -----------------------------------------------------------------
+
+    def register_kv_cache(
+        self,
+        instance_id: int,
+        wrappers: Sequence[bytes],
+        *,
+        model_name: str,
+        world_size: int = 1,
+        engine_type: str = "vllm",
+        layout_hints: dict[str, Any] | None = None,
+        engine_group_infos: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Share per-layer KV tensors (Ext1 bodies from `share_cpu_tensor` or CUDA IPC wrappers)."""
+        self.call(
+            RequestType.REGISTER_KV_CACHE,
+            instance_id,
+            [msgpack.ExtType(EXT_DEVICE_IPC_WRAPPER, w) for w in wrappers],
+            model_name,
+            world_size,
+            engine_type,
+            dict(layout_hints or {}),
+            list(engine_group_infos),
+        )
+
+    def unregister_kv_cache(self, instance_id: int) -> None:
+        self.call(RequestType.UNREGISTER_KV_CACHE, instance_id)
+
+    def store(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
+              event: bytes = CPU_STUB_EVENT) -> bool:
+        """Server-driven store: the server gathers `block_ids` (one list per group) into L1."""
+        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        reply = self.call(RequestType.STORE, wire, instance_id, [list(b) for b in block_ids], event)
+        return bool(reply[1])
+
+    def retrieve(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
+                 skip_first_n_tokens: int = 0, event: bytes = CPU_STUB_EVENT) -> bool:
+        """Server-driven retrieve: the server scatters the chunks into `block_ids`."""
+        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        reply = self.call(RequestType.RETRIEVE, wire, instance_id, [list(b) for b in block_ids], event,
+                          skip_first_n_tokens)
+        return bool(reply[1])

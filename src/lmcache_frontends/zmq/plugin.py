@@ -1,0 +1,42 @@
+"""Registers the ZeroMQ data path and `GET /kvcache/check` through the frontend hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcache_adapters.plugin import hookimpl
+from lmcache_core.plugin import FrontendRegistry
+
+
+def create_zmq_server(services: Any) -> Any:
+    """The data-path server for `services` (started by the composition root)."""
+    from lmcache_frontends.zmq.curve import load_curve_config
+    from lmcache_frontends.zmq.server import ZmqDataPathServer
+
+    config = services.config
+    if services.engine is None or services.memory_pool is None:
+        raise RuntimeError("the ZeroMQ data path needs a started engine and L1 pool")
+    return ZmqDataPathServer(
+        services.engine,
+        services.memory_pool,
+        clock=services.clock,
+        host=config.host,
+        port=config.port,
+        max_workers=int(getattr(config, "max_workers", 4)),
+        worker_reap_timeout_seconds=float(getattr(config, "worker_reap_timeout_seconds", 120.0)),
+        session_ttl_seconds=float(getattr(config, "session_ttl_seconds", 600.0)),
+        supported_transfer_mode=str(getattr(config, "supported_transfer_mode", "auto")),
+        curve=load_curve_config(config),
+    )
+
+
+def create_kvcache_check(services: Any) -> Any:
+    from lmcache_frontends.zmq.check import create_kvcache_check_blueprint
+
+    return create_kvcache_check_blueprint(services)
+
+
+@hookimpl
+def lmcache_register_frontends(registry: FrontendRegistry) -> None:
+    registry.add_server("zmq", create_zmq_server)
+    registry.add_http_routes("kvcache_check", create_kvcache_check)

@@ -1,0 +1,193 @@
+"""LMCache 0.5.0's multiprocess wire protocol: request types, payload counts, msgpack framing."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from lmcache_core.errors import InvalidKeyError
+from lmcache_core.hashing import TokenBytes
+from lmcache_core.lookup import RequestKey
+
+EXT_DEVICE_IPC_WRAPPER = 1
+
+
+class RequestType(IntEnum):
+    """Request type numbers of LMCache 0.5.0 (22-36: CacheBlend and P2P, not served)."""
+
+    REGISTER_KV_CACHE = 1
+    UNREGISTER_KV_CACHE = 2
+    STORE = 3
+    RETRIEVE = 4
+    LOOKUP = 5
+    QUERY_PREFETCH_STATUS = 6
+    WAIT_PREFETCH_STATUS = 7
+    QUERY_PREFETCH_LOOKUP_HITS = 8
+    FREE_LOOKUP_LOCKS = 9
+    END_SESSION = 10
+    REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT = 11
+    UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT = 12
+    PREPARE_STORE = 13
+    COMMIT_STORE = 14
+    PREPARE_RETRIEVE = 15
+    COMMIT_RETRIEVE = 16
+    CLEAR = 17
+    GET_CHUNK_SIZE = 18
+    PING = 19
+    REPORT_BLOCK_ALLOCATION = 20
+    NOOP = 21
+
+
+PAYLOAD_COUNTS: dict[RequestType, int] = {
+    RequestType.REGISTER_KV_CACHE: 7,
+    RequestType.UNREGISTER_KV_CACHE: 1,
+    RequestType.STORE: 4,
+    RequestType.RETRIEVE: 5,
+    RequestType.LOOKUP: 2,
+    RequestType.QUERY_PREFETCH_STATUS: 1,
+    RequestType.WAIT_PREFETCH_STATUS: 2,
+    RequestType.QUERY_PREFETCH_LOOKUP_HITS: 1,
+    RequestType.FREE_LOOKUP_LOCKS: 2,
+    RequestType.END_SESSION: 1,
+    RequestType.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: 1,
+    RequestType.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: 1,
+    RequestType.PREPARE_STORE: 2,
+    RequestType.COMMIT_STORE: 3,
+    RequestType.PREPARE_RETRIEVE: 2,
+    RequestType.COMMIT_RETRIEVE: 2,
+    RequestType.CLEAR: 0,
+    RequestType.GET_CHUNK_SIZE: 0,
+    RequestType.PING: 1,
+    RequestType.REPORT_BLOCK_ALLOCATION: 3,
+    RequestType.NOOP: 0,
+}
+
+# Types whose declared result is None: the reply is [identity, uid, type] with no response frame.
+NO_RESPONSE: frozenset[RequestType] = frozenset(
+    {
+        RequestType.REGISTER_KV_CACHE,
+        RequestType.UNREGISTER_KV_CACHE,
+        RequestType.LOOKUP,
+        RequestType.FREE_LOOKUP_LOCKS,
+        RequestType.END_SESSION,
+        RequestType.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT,
+        RequestType.CLEAR,
+        RequestType.REPORT_BLOCK_ALLOCATION,
+    }
+)
+
+KEY_FIELDS = ("model_name", "world_size", "worker_id", "token_ids", "start", "end", "request_id", "cache_salt")
+REGISTER_ED_FIELDS = (
+    "instance_id", "model_name", "world_size", "block_size", "num_layers", "hidden_dim_size", "dtype_str", "use_mla",
+)
+
+
+class ProtocolError(ValueError):
+    """A frame that does not decode into what its request type declares."""
+
+
+def encode(obj: Any) -> bytes:
+    """One frame, as msgspec encodes it: smallest ints, float64, bin for bytes, maps in order."""
+    return msgpack.packb(obj, use_bin_type=True, default=_default)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def decode(frame: bytes) -> Any:
+    """One frame; Ext type 1 stays an ExtType (its pickle is only read by the allow-list)."""
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from None
+
+
+def _int(value: Any, name: str, *, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{name} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_key(obj: Any) -> RequestKey:
+    """An `IPCCacheServerKey` map -> RequestKey (unknown fields ignored, cache_salt defaults)."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("key must be a map")
+    try:
+        tokens = obj["token_ids"]
+        # TokenBytes: the array as KeyFrameDecoder hands it over, already validated.
+        if not isinstance(tokens, list | TokenBytes):
+            raise ProtocolError("token_ids must be an array")
+        return RequestKey(
+            model_name=_str(obj["model_name"], "model_name"),
+            world_size=_int(obj["world_size"], "world_size"),
+            worker_id=_int(obj["worker_id"], "worker_id", allow_none=True),
+            token_ids=tokens,
+            start=_int(obj["start"], "start"),
+            end=_int(obj["end"], "end"),
+            request_id=_str(obj["request_id"], "request_id"),
+            cache_salt=_str(obj.get("cache_salt", ""), "cache_salt"),
+        )
+    except KeyError as exc:
+        raise ProtocolError(f"key is missing field {exc.args[0]}") from None
+    except InvalidKeyError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+def key_to_wire(key: RequestKey) -> dict[str, Any]:
+    """RequestKey -> the 8-field map, in wire order."""
+    tokens = key.token_ids
+    if isinstance(tokens, TokenBytes):
+        tokens = np.frombuffer(tokens, dtype=">u4").tolist()
+    elif not isinstance(tokens, list):
+        tokens = [int(t) for t in tokens]
+    return {
+        "model_name": key.model_name,
+        "world_size": key.world_size,
+        "worker_id": key.worker_id,
+        "token_ids": tokens,
+        "start": key.start,
+        "end": key.end,
+        "request_id": key.request_id,
+        "cache_salt": key.cache_salt,
+    }
+
+
+# Request types whose first payload is an IPCCacheServerKey.
+KEY_FIRST_TYPES: frozenset[RequestType] = frozenset(
+    {
+        RequestType.STORE,
+        RequestType.RETRIEVE,
+        RequestType.LOOKUP,
+        RequestType.FREE_LOOKUP_LOCKS,
+        RequestType.PREPARE_STORE,
+        RequestType.COMMIT_STORE,
+        RequestType.PREPARE_RETRIEVE,
+        RequestType.COMMIT_RETRIEVE,
+    }
+)
+
+
+def parse_type(frame: bytes) -> RequestType:
+    value = decode(frame)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError("request type must be an integer")
+    try:
+        return RequestType(value)
+    except ValueError:
+        raise ProtocolError(f"unknown request type {value}") from None

@@ -1,0 +1,753 @@
+"""The ZeroMQ data-path server: a ROUTER speaking LMCache 0.5.0's multiprocess protocol."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import torch
+import zmq
+
+from lmcache_adapters.transfer.layout import KVCacheLayout
+from lmcache_adapters.transfer.unpickler import dumps_cpu_tensors, load_cpu_tensors, load_wrapper
+from lmcache_core.engine import CacheEngine
+from lmcache_core.keys import ObjectKey
+from lmcache_core.lookup import DataPath, RequestKey
+from lmcache_core.ports import Clock, MemoryHandle, MemoryPool
+from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
+from lmcache_frontends.zmq.curve import CurveConfig, apply_server_curve, start_authenticator
+from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
+from lmcache_frontends.zmq.protocol import (
+    EXT_DEVICE_IPC_WRAPPER,
+    KEY_FIRST_TYPES,
+    NO_RESPONSE,
+    PAYLOAD_COUNTS,
+    REGISTER_ED_FIELDS,
+    ProtocolError,
+    RequestType,
+    decode,
+    encode,
+    parse_key,
+    parse_type,
+)
+
+log = logging.getLogger(__name__)
+
+# A registration that never pinged is reaped this long after its last activity (0.5.0: 3600 s).
+NEVER_PINGED_REAP_SECONDS = 3600.0
+HOUSEKEEPING_PERIOD_SECONDS = 1.0
+_POLL_MS = 100
+_MAX_WAIT_SECONDS = 300.0
+
+R = RequestType
+# Handled on worker threads with per-client affinity (each client's transfers stay FIFO).
+TRANSFER_TYPES = frozenset({R.STORE, R.RETRIEVE, R.PREPARE_STORE, R.COMMIT_STORE, R.PREPARE_RETRIEVE, R.COMMIT_RETRIEVE})
+# Blocking requests go to their own thread so the socket thread never waits.
+BLOCKING_TYPES = frozenset({R.WAIT_PREFETCH_STATUS})
+
+
+class NoReply(Exception):
+    """The request gets no reply (0.5.0 answers nothing in these cases either)."""
+
+
+@dataclass
+class Instance:
+    """One engine worker's registration (engine-driven context or shared KV tensors)."""
+
+    instance_id: int
+    mode: str  # "engine_driven" | "lmcache_driven"
+    model_name: str
+    world_size: int
+    registered_at: float
+    last_seen: float
+    pinged: bool = False
+    object_size: int = 0
+    slot_shape: list[int] = field(default_factory=list)
+    dtype_str: str = ""
+    dtype: torch.dtype | None = None
+    layout: KVCacheLayout | None = None
+    engine_type: str = ""
+    reply: dict[str, Any] | None = None
+    pending_writes: dict[tuple[Any, ...], list[ObjectKey]] = field(default_factory=dict)
+    pending_reads: dict[tuple[Any, ...], list[ObjectKey]] = field(default_factory=dict)
+
+
+def _failure_value(rtype: RequestType, payloads: list[Any]) -> Any:
+    """The type's own failure answer (None: none exists, stay silent)."""
+    if rtype in (R.STORE, R.RETRIEVE):
+        handle = payloads[3] if len(payloads) > 3 and isinstance(payloads[3], bytes) else b""
+        return [handle, False]
+    if rtype is R.PREPARE_STORE:
+        return {"context": {"slots": [], "chunk_indices": []}}
+    if rtype is R.PREPARE_RETRIEVE:
+        return {"success": False, "data": b"", "context": {}}
+    if rtype is R.COMMIT_STORE:
+        return False
+    if rtype is R.COMMIT_RETRIEVE:
+        return True
+    if rtype in (R.QUERY_PREFETCH_STATUS, R.WAIT_PREFETCH_STATUS, R.QUERY_PREFETCH_LOOKUP_HITS):
+        return 0
+    if rtype is R.PING:
+        return False
+    return None
+
+
+class ZmqDataPathServer:
+    """ROUTER socket on `host:port`. Small requests run on the socket thread; transfers on
+    `max_workers` threads chosen by client identity; WAIT_PREFETCH_STATUS on its own thread.
+    A bad frame, unknown type or failing handler is logged and never stops the loop."""
+
+    def __init__(
+        self,
+        engine: CacheEngine,
+        memory_pool: MemoryPool,
+        *,
+        clock: Clock,
+        host: str = "127.0.0.1",
+        port: int = 5555,
+        max_workers: int = 4,
+        worker_reap_timeout_seconds: float = 120.0,
+        session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
+        supported_transfer_mode: str = "auto",
+        curve: CurveConfig | None = None,
+    ) -> None:
+        if supported_transfer_mode not in ("auto", "engine_driven", "lmcache_driven"):
+            raise ValueError(f"supported_transfer_mode must be auto, engine_driven or lmcache_driven, not {supported_transfer_mode!r}")
+        self.engine = engine
+        self.pool = memory_pool
+        self.clock = clock
+        self.host = host
+        self.port = port
+        self.max_workers = max(1, int(max_workers))
+        self.reap_timeout = float(worker_reap_timeout_seconds)
+        self.transfer_mode = supported_transfer_mode
+        self.sessions = SessionManager(engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds)
+        self.data_path = DataPath(
+            engine.storage.l1, self.sessions, clock=clock, prefetcher=getattr(engine.storage, "prefetch", None)
+        )
+        self.chunk_size = engine.chunk_size
+        self.key_decoder = KeyFrameDecoder()
+        self._lock = threading.Lock()
+        self._instances: dict[int, Instance] = {}
+        self._ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._queues: list[queue.Queue[Any]] = []
+        self._reply_addr = f"inproc://lmcache-replies-{id(self)}"
+        self._ready = threading.Event()
+        self._bind_error: BaseException | None = None
+        self.bound_port: int | None = None
+        self.curve = curve
+        self._zap: Any = None
+        self.loop_heartbeat = 0.0
+        """time.monotonic() of the socket loop's latest turn (GET /readyz checks it is recent)."""
+        self.requests_total = 0
+        self.dropped_total = 0
+        self.failed_total = 0
+        self.reaped_instances_total = 0
+        self._handlers: dict[RequestType, Callable[[list[Any]], Any]] = {
+            R.REGISTER_KV_CACHE: self._register_kv_cache,
+            R.UNREGISTER_KV_CACHE: self._unregister,
+            R.STORE: self._store,
+            R.RETRIEVE: self._retrieve,
+            R.LOOKUP: self._lookup,
+            R.QUERY_PREFETCH_STATUS: self._query,
+            R.WAIT_PREFETCH_STATUS: self._wait,
+            R.QUERY_PREFETCH_LOOKUP_HITS: self._lookup_hits,
+            R.FREE_LOOKUP_LOCKS: self._free_lookup_locks,
+            R.END_SESSION: self._end_session,
+            R.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: self._register_ed,
+            R.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: self._unregister,
+            R.CLEAR: self._clear,
+            R.GET_CHUNK_SIZE: lambda p: self.chunk_size,
+            R.PING: self._ping,
+            R.REPORT_BLOCK_ALLOCATION: lambda p: None,
+            R.NOOP: lambda p: "OK",
+        }
+        if supported_transfer_mode != "lmcache_driven":
+            self._handlers.update(
+                {
+                    R.PREPARE_STORE: self._prepare_store,
+                    R.COMMIT_STORE: self._commit_store,
+                    R.PREPARE_RETRIEVE: self._prepare_retrieve,
+                    R.COMMIT_RETRIEVE: self._commit_retrieve,
+                }
+            )
+        if supported_transfer_mode == "engine_driven":
+            for rtype in (R.REGISTER_KV_CACHE, R.STORE, R.RETRIEVE):
+                del self._handlers[rtype]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind and start the threads; raises if the port cannot be bound."""
+        for i in range(self.max_workers):
+            q: queue.Queue[Any] = queue.Queue()
+            self._queues.append(q)
+            self._spawn(f"lmcache-zmq-worker-{i}", self._worker_loop, q)
+        self._blocking_queue: queue.Queue[Any] = queue.Queue()
+        self._spawn("lmcache-zmq-blocking", self._worker_loop, self._blocking_queue)
+        self._zap = start_authenticator(self._ctx, self.curve)
+        self._spawn("lmcache-zmq-socket", self._socket_loop)
+        if not self._ready.wait(30.0) or self._bind_error is not None:
+            self.stop()
+            raise RuntimeError(f"cannot bind tcp://{self.host}:{self.port}: {self._bind_error}")
+        self._spawn("lmcache-zmq-housekeeping", self._housekeeping_loop)
+        self.engine.add_status_contributor("data_path", self._status_fields)
+        log.info("ZeroMQ data path listening on tcp://%s:%s", self.host, self.bound_port)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop the threads, drop every registration (pending writes discarded). Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for q in self._queues:
+            q.put(None)
+        if hasattr(self, "_blocking_queue"):
+            self._blocking_queue.put(None)
+        for t in self._threads:
+            t.join(timeout=10.0)
+        with self._lock:
+            ids = list(self._instances)
+        for iid in ids:
+            self._drop_instance(iid, "server stopping")
+        self.engine.remove_status_contributor("data_path")
+        if self._zap is not None:
+            self._zap.stop()
+        self._ctx.term()
+
+    # ------------------------------------------------------------------ socket loop
+
+    def _socket_loop(self) -> None:
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        pull = self._ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.LINGER, 0)
+        try:
+            apply_server_curve(router, self.curve)
+            if self.port == 0:
+                self.bound_port = router.bind_to_random_port(f"tcp://{self.host}")
+            else:
+                router.bind(f"tcp://{self.host}:{self.port}")
+                self.bound_port = self.port
+            pull.bind(self._reply_addr)
+        except Exception as exc:
+            self._bind_error = exc
+            router.close()
+            pull.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                self.loop_heartbeat = time.monotonic()
+                events = dict(poller.poll(_POLL_MS))
+                if pull in events:
+                    # Drain worker replies first: they are the latency-critical transfers.
+                    for _ in range(1000):
+                        try:
+                            frames = pull.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        router.send_multipart(frames)
+                if router in events:
+                    for _ in range(1000):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        reply = self._on_request(frames)
+                        if reply is not None:
+                            router.send_multipart(reply)
+        except Exception:
+            log.exception("ZeroMQ socket loop crashed")
+        finally:
+            router.close()
+            pull.close()
+
+    def _on_request(self, frames: list[bytes]) -> list[bytes] | None:
+        """Decode and dispatch one request; returns the reply of an inline request."""
+        self.requests_total += 1
+        if len(frames) < 3:
+            self.dropped_total += 1
+            log.warning("dropping a message of %d frames (need identity, uid, type)", len(frames))
+            return None
+        identity, uid, type_frame = frames[0], frames[1], frames[2]
+        try:
+            rtype = parse_type(type_frame)
+        except ProtocolError as exc:
+            self.dropped_total += 1
+            log.warning("dropping a request: %s", exc)
+            return None
+        handler = self._handlers.get(rtype)
+        if handler is None:
+            self.dropped_total += 1
+            log.warning("no handler for %s under transfer mode %s; dropped", rtype.name, self.transfer_mode)
+            return None
+        job = (identity, uid, type_frame, rtype, frames[3:])
+        if rtype in TRANSFER_TYPES:
+            self._queues[zlib.crc32(identity) % len(self._queues)].put(job)
+            return None
+        if rtype in BLOCKING_TYPES:
+            self._blocking_queue.put(job)
+            return None
+        return self._handle(*job)
+
+    def _handle(
+        self, identity: bytes, uid: bytes, type_frame: bytes, rtype: RequestType, raw: list[bytes]
+    ) -> list[bytes] | None:
+        head = [identity, uid, type_frame]
+        payloads: list[Any] = []
+        try:
+            if len(raw) != PAYLOAD_COUNTS[rtype]:
+                raise ProtocolError(f"{rtype.name} takes {PAYLOAD_COUNTS[rtype]} payloads, got {len(raw)}")
+            if rtype in KEY_FIRST_TYPES:
+                first = self.key_decoder.decode(raw[0])
+                payloads = [decode(raw[0]) if first is None else first] + [decode(f) for f in raw[1:]]
+            else:
+                payloads = [decode(f) for f in raw]
+            result = self._handlers[rtype](payloads)
+        except NoReply as exc:
+            self.failed_total += 1
+            log.warning("%s: %s (no reply)", rtype.name, exc)
+            return None
+        except Exception as exc:
+            self.failed_total += 1
+            if isinstance(exc, ProtocolError | ValueError):
+                log.warning("%s failed: %s", rtype.name, exc)
+            else:
+                log.exception("%s failed", rtype.name)
+            if rtype in NO_RESPONSE:
+                return head
+            failure = _failure_value(rtype, payloads)
+            if failure is None:
+                return None
+            return head + [encode(failure)]
+        if rtype in NO_RESPONSE:
+            return head
+        return head + [encode(result)]
+
+    def _worker_loop(self, q: queue.Queue[Any]) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        if not self._ready.wait(30.0) or self._bind_error is not None:
+            push.close()
+            return
+        push.connect(self._reply_addr)
+        try:
+            while True:
+                job = q.get()
+                if job is None:
+                    return
+                try:
+                    reply = self._handle(*job)
+                except Exception:  # _handle already catches; this guards the thread itself
+                    log.exception("worker failed")
+                    continue
+                if reply is not None:
+                    push.send_multipart(reply)
+        finally:
+            push.close()
+
+    # ------------------------------------------------------------------ liveness
+
+    def _housekeeping_loop(self) -> None:
+        while not self._stop.wait(HOUSEKEEPING_PERIOD_SECONDS):
+            try:
+                self.housekeeping()
+            except Exception:
+                log.exception("data-path housekeeping failed")
+
+    def housekeeping(self) -> None:
+        """Reap silent workers, expired sessions and abandoned lookup jobs."""
+        now = self.clock.monotonic()
+        with self._lock:
+            doomed = [
+                inst.instance_id
+                for inst in self._instances.values()
+                if now - inst.last_seen >= (self.reap_timeout if inst.pinged else max(self.reap_timeout, NEVER_PINGED_REAP_SECONDS))
+            ]
+        for iid in doomed:
+            self._drop_instance(iid, "reaped: no ping")
+            self.reaped_instances_total += 1
+        self.data_path.reap()
+
+    def _touch(self, iid: int) -> Instance:
+        with self._lock:
+            inst = self._instances.get(iid)
+            if inst is None:
+                raise NoReply(f"unknown instance_id {iid}")
+            inst.last_seen = self.clock.monotonic()
+            return inst
+
+    def _drop_instance(self, iid: int, reason: str) -> bool:
+        with self._lock:
+            inst = self._instances.pop(iid, None)
+        if inst is None:
+            return False
+        # A prepared write never committed holds incomplete data: discard it, never publish it.
+        for keys in inst.pending_writes.values():
+            self.data_path.abort(keys)
+        for keys in inst.pending_reads.values():
+            self.data_path.release_read(keys)
+        self.data_path.unregister_layout(inst.model_name, inst.world_size)
+        log.info("instance %d (%s) removed: %s", iid, inst.mode, reason)
+        return True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _object_tensor(self, handle: MemoryHandle) -> torch.Tensor:
+        view = getattr(self.pool, "tensor_view", None)
+        if view is not None:
+            return view(handle)
+        return torch.frombuffer(self.pool.view(handle), dtype=torch.uint8)
+
+    @staticmethod
+    def _iid(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError("instance_id must be an integer")
+        return value
+
+    def _transfer_key(self, raw_key: Any) -> tuple[RequestKey, list[ObjectKey], list[bytes]]:
+        key = parse_key(raw_key)
+        if key.worker_id is None:
+            raise NoReply("worker_id is required for transfers")
+        hashes = self.data_path.range_hashes(key)
+        return key, self.data_path.keys_of(key, hashes, key.worker_id), hashes
+
+    def _shm_available(self) -> bool:
+        return bool(getattr(self.pool, "shm_name", "")) and self.transfer_mode != "lmcache_driven"
+
+    # ------------------------------------------------------------------ registration
+
+    def _register_ed(self, p: list[Any]) -> dict[str, Any]:
+        meta = p[0]
+        if not isinstance(meta, dict) or any(f not in meta for f in REGISTER_ED_FIELDS):
+            raise NoReply("REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT needs the 8 context fields")
+        iid = self._iid(meta["instance_id"])
+        with self._lock:
+            known = self._instances.get(iid)
+            if known is not None and known.reply is not None:
+                known.last_seen = self.clock.monotonic()
+                return known.reply
+        dtype_str = meta["dtype_str"]
+        dtype = getattr(torch, dtype_str, None) if isinstance(dtype_str, str) and not dtype_str.startswith("_") else None
+        if not isinstance(dtype, torch.dtype):
+            raise NoReply(f"dtype_str {dtype_str!r} is not a torch dtype")
+        model, ws = meta["model_name"], meta["world_size"]
+        layers, hidden = meta["num_layers"], meta["hidden_dim_size"]
+        for name, value in (("world_size", ws), ("num_layers", layers), ("hidden_dim_size", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise NoReply(f"{name} must be a positive integer")
+        if not isinstance(model, str) or not model or "@" in model:
+            raise NoReply("bad model_name")
+        shape = [layers, self.chunk_size, hidden] if meta["use_mla"] else [2, layers, self.chunk_size, hidden]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        object_size = math.prod(shape) * itemsize
+        if self._shm_available():
+            reply = {"shm_name": self.pool.shm_name, "pool_size": self.pool.capacity_bytes}  # type: ignore[attr-defined]
+        else:
+            reply = {"shm_name": "", "pool_size": 0}
+        now = self.clock.monotonic()
+        inst = Instance(iid, "engine_driven", model, ws, now, now, object_size=object_size, slot_shape=shape,
+                        dtype_str=dtype_str, dtype=dtype, reply=reply)
+        with self._lock:
+            old = self._instances.get(iid)
+        if old is not None:
+            self._drop_instance(iid, "re-registered")
+        self.data_path.register_layout(model, ws, object_size)
+        with self._lock:
+            self._instances[iid] = inst
+        return reply
+
+    def _register_kv_cache(self, p: list[Any]) -> None:
+        iid = self._iid(p[0])
+        with self._lock:
+            known = self._instances.get(iid)
+            if known is not None:
+                known.last_seen = self.clock.monotonic()
+                return None
+        kv_caches, model, ws, engine_type, hints, groups = p[1:7]
+        if not isinstance(kv_caches, list) or not kv_caches:
+            raise NoReply("kv_caches must be a non-empty array")
+        if not isinstance(hints, dict):
+            raise NoReply("layout_hints must be a map")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise NoReply("engine_group_infos must be an array of maps")
+        if not isinstance(model, str) or not model or "@" in model or isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
+            raise NoReply("bad model_name or world_size")
+        tensors = []
+        for ext in kv_caches:
+            if not isinstance(ext, msgpack.ExtType) or ext.code != EXT_DEVICE_IPC_WRAPPER:
+                raise NoReply("kv_caches entries must be Ext type 1 tensor handles")
+            tensors.append(load_wrapper(ext.data).to_tensor())
+        layout = KVCacheLayout(tensors, self.chunk_size, layout_hints=hints, engine_group_infos=groups)
+        now = self.clock.monotonic()
+        inst = Instance(iid, "lmcache_driven", model, ws, now, now, object_size=layout.object_size, layout=layout,
+                        engine_type=str(engine_type))
+        self.data_path.register_layout(model, ws, layout.object_size)
+        with self._lock:
+            self._instances[iid] = inst
+        log.info("registered KV cache of instance %d: %s", iid, layout.describe())
+        return None
+
+    def _unregister(self, p: list[Any]) -> None:
+        iid = self._iid(p[0])
+        if not self._drop_instance(iid, "unregistered"):
+            log.warning("unregister of unknown instance_id %d", iid)
+        return None
+
+    def _ping(self, p: list[Any]) -> bool:
+        iid = p[0]
+        if iid is not None:
+            with self._lock:
+                inst = self._instances.get(iid) if isinstance(iid, int) else None
+                if inst is not None:
+                    inst.pinged = True
+                    inst.last_seen = self.clock.monotonic()
+        return True
+
+    # ------------------------------------------------------------------ lookup & sessions
+
+    def _lookup(self, p: list[Any]) -> None:
+        key = parse_key(p[0])
+        tp = p[1] if isinstance(p[1], int) and not isinstance(p[1], bool) and p[1] > 0 else 1
+        self.data_path.lookup(key, tp)
+        return None
+
+    def _query(self, p: list[Any]) -> int | None:
+        return self.data_path.query(str(p[0]))[1]
+
+    def _wait(self, p: list[Any]) -> int | None:
+        timeout = p[1] if isinstance(p[1], int | float) and not isinstance(p[1], bool) else 0.0
+        return self.data_path.wait(str(p[0]), min(max(0.0, float(timeout)), _MAX_WAIT_SECONDS))
+
+    def _lookup_hits(self, p: list[Any]) -> int | None:
+        return self.data_path.lookup_hits(str(p[0]))
+
+    def _free_lookup_locks(self, p: list[Any]) -> None:
+        tp = p[1] if isinstance(p[1], int) and not isinstance(p[1], bool) and p[1] > 0 else 1
+        self.data_path.free_lookup_locks(parse_key(p[0]), tp)
+        return None
+
+    def _end_session(self, p: list[Any]) -> None:
+        if isinstance(p[0], str):
+            self.data_path.end_session(p[0])
+        return None
+
+    def _clear(self, p: list[Any]) -> None:
+        self.engine.storage.clear_l1(force=True)
+        return None
+
+    # ------------------------------------------------------------------ engine-driven
+
+    def _slot(self, inst: Instance, handle: MemoryHandle) -> dict[str, Any]:
+        return {"offset": handle.offset, "length": inst.object_size, "shape": inst.slot_shape, "dtype": inst.dtype_str}
+
+    def _prepare_store(self, p: list[Any]) -> dict[str, Any]:
+        inst = self._touch(self._iid(p[1]))
+        if inst.mode != "engine_driven":
+            raise NoReply("PREPARE_STORE needs an engine-driven context")
+        key, keys, hashes = self._transfer_key(p[0])
+        if not self._shm_available():
+            return {"context": {}}
+        reserved = self.data_path.reserve_new(keys, inst.object_size)
+        if reserved:
+            ident = key.identity(hashes[-1] if hashes else None)
+            with self._lock:
+                inst.pending_writes.setdefault(ident, []).extend(keys[i] for i, _ in reserved)
+        return {"context": {"slots": [self._slot(inst, h) for _, h in reserved], "chunk_indices": [i for i, _ in reserved]}}
+
+    def _commit_store(self, p: list[Any]) -> bool:
+        inst = self._touch(self._iid(p[1]))
+        key, keys, hashes = self._transfer_key(p[0])
+        data = p[2]
+        if not isinstance(data, bytes):
+            raise ProtocolError("cpu_data must be bin")
+        if not data:
+            ident = key.identity(hashes[-1] if hashes else None)
+            with self._lock:
+                pending = inst.pending_writes.pop(ident, None)
+            if pending is None:
+                return False
+            return self.data_path.commit(pending)
+        # Pickle mode: the chunks travel in the message.
+        tensors = load_cpu_tensors(data)
+        reserved = self.data_path.reserve_new(keys, inst.object_size)
+        written, failed = [], []
+        for i, handle in reserved:
+            src = tensors[i] if i < len(tensors) else None
+            if src is None or src.numel() * src.element_size() != inst.object_size:
+                failed.append(keys[i])
+                continue
+            self._object_tensor(handle).copy_(src.contiguous().view(-1).view(torch.uint8))
+            written.append(keys[i])
+        self.data_path.abort(failed)
+        return self.data_path.commit(written) and not failed
+
+    def _prepare_retrieve(self, p: list[Any]) -> dict[str, Any]:
+        inst = self._touch(self._iid(p[1]))
+        key, keys, hashes = self._transfer_key(p[0])
+        handles = self.data_path.acquire_for_read(keys, inst.object_size)
+        if handles is None:
+            return {"success": False, "data": b"", "context": {}}
+        if not self._shm_available():
+            try:
+                assert inst.dtype is not None
+                chunks = [self._object_tensor(h).view(inst.dtype).view(inst.slot_shape).clone() for h in handles]
+            finally:
+                self.data_path.release_read(keys)
+            return {"success": True, "data": dumps_cpu_tensors(chunks), "context": {}}
+        ident = key.identity(hashes[-1] if hashes else None)
+        with self._lock:
+            old = inst.pending_reads.pop(ident, None)
+            inst.pending_reads[ident] = keys
+        if old is not None:
+            self.data_path.release_read(old)
+        return {"success": True, "data": b"", "context": {"slots": [self._slot(inst, h) for h in handles]}}
+
+    def _commit_retrieve(self, p: list[Any]) -> bool:
+        inst = self._touch(self._iid(p[1]))
+        key, _keys, hashes = self._transfer_key(p[0])
+        ident = key.identity(hashes[-1] if hashes else None)
+        with self._lock:
+            pending = inst.pending_reads.pop(ident, None)
+        if pending is not None:
+            self.data_path.release_read(pending)
+        return True
+
+    # ------------------------------------------------------------------ LMCache-driven
+
+    def _layout_of(self, iid: int) -> tuple[Instance, KVCacheLayout]:
+        inst = self._touch(iid)
+        if inst.layout is None:
+            raise NoReply(f"instance {iid} registered no KV tensors")
+        return inst, inst.layout
+
+    @staticmethod
+    def _block_ids(value: Any) -> list[list[int]]:
+        if not isinstance(value, list) or not all(isinstance(g, list) for g in value):
+            raise ProtocolError("gpu_block_ids must be an array of int arrays")
+        return value
+
+    def _wait_client_event(self, layout: KVCacheLayout, handle: Any) -> None:
+        if layout.device.type == "cuda" and isinstance(handle, bytes) and len(handle) == 64:
+            event = torch.cuda.Event.from_ipc_handle(layout.device, handle)
+            event.wait(torch.cuda.current_stream(layout.device))
+
+    def _server_event(self, layout: KVCacheLayout, client_handle: bytes) -> bytes:
+        if layout.device.type != "cuda":
+            return client_handle  # the CPU stub: both sides ignore its content
+        event = torch.cuda.Event(interprocess=True)
+        event.record(torch.cuda.current_stream(layout.device))
+        return bytes(event.ipc_handle())
+
+    def _store(self, p: list[Any]) -> list[Any]:
+        inst, layout = self._layout_of(self._iid(p[1]))
+        key, keys, _ = self._transfer_key(p[0])
+        block_ids, handle = self._block_ids(p[2]), p[3] if isinstance(p[3], bytes) else b""
+        nchunks = len(keys)
+        if not layout.check_block_ids(block_ids, nchunks):
+            return [handle, False]
+        self._wait_client_event(layout, handle)
+        reserved = self.data_path.reserve_new(keys, inst.object_size)
+        done = [keys[i] for i, _ in reserved]
+        try:
+            layout.gather(block_ids, [i for i, _ in reserved], [self._object_tensor(h) for _, h in reserved])
+        except BaseException:
+            self.data_path.abort(done)
+            raise
+        self.data_path.commit(done)
+        return [self._server_event(layout, handle), True]
+
+    def _retrieve(self, p: list[Any]) -> list[Any]:
+        inst, layout = self._layout_of(self._iid(p[1]))
+        key, keys, _ = self._transfer_key(p[0])
+        block_ids, handle, skip = self._block_ids(p[2]), p[3] if isinstance(p[3], bytes) else b"", p[4]
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise ProtocolError("skip_first_n_tokens must be a non-negative integer")
+        if not layout.check_block_ids(block_ids, len(keys)):
+            return [handle, False]
+        handles = self.data_path.acquire_for_read(keys, inst.object_size)
+        if handles is None:
+            return [handle, False]
+        try:
+            self._wait_client_event(layout, handle)
+            layout.scatter(block_ids, list(range(len(keys))), [self._object_tensor(h) for h in handles], skip)
+        finally:
+            self.data_path.release_read(keys)
+        return [self._server_event(layout, handle), True]
+
+    # ------------------------------------------------------------------ status & checks
+
+    @property
+    def url(self) -> str:
+        """The bound endpoint, e.g. tcp://127.0.0.1:5555."""
+        return f"tcp://{self.host}:{self.bound_port if self.bound_port is not None else self.port}"
+
+    def instances(self) -> dict[int, Instance]:
+        """A snapshot of the registrations (for /kvcache/check)."""
+        with self._lock:
+            return dict(self._instances)
+
+    def _status_fields(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        with self._lock:
+            insts = list(self._instances.values())
+        return {
+            "active_sessions": self.sessions.active_count(),
+            "active_prefetch_jobs": self.data_path.active_job_count(),
+            "registered_gpu_ids": sorted(i.instance_id for i in insts if i.mode == "lmcache_driven"),
+            "cache_context_meta": {
+                str(i.instance_id): (
+                    i.layout.describe()
+                    if i.layout is not None
+                    else {"mode": "engine_driven", "model_name": i.model_name, "world_size": i.world_size,
+                          "object_shape": i.slot_shape, "dtype": i.dtype_str, "object_size": i.object_size}
+                )
+                for i in insts
+            },
+            "workers": {
+                str(i.instance_id): {
+                    "mode": i.mode,
+                    "model_name": i.model_name,
+                    "pinged": i.pinged,
+                    "seconds_since_seen": round(now - i.last_seen, 3),
+                    "pending_writes": len(i.pending_writes),
+                    "pending_reads": len(i.pending_reads),
+                }
+                for i in insts
+            },
+        }
+
+    def report_status(self) -> dict[str, Any]:
+        alive = all(t.is_alive() for t in self._threads) and not self._stop.is_set()
+        return {
+            "is_healthy": alive and self._bind_error is None,
+            "endpoint": f"tcp://{self.host}:{self.bound_port}",
+            "threads_alive": alive,
+            "max_workers": self.max_workers,
+            "supported_transfer_mode": self.transfer_mode,
+            "requests_total": self.requests_total,
+            "dropped_total": self.dropped_total,
+            "failed_total": self.failed_total,
+            "reaped_instances_total": self.reaped_instances_total,
+            "sessions": self.sessions.report_status(),
+            "lookup": self.data_path.report_status(),
+        }

@@ -1,0 +1,154 @@
+"""KV transfer: layout detection, gather/scatter round trips, the allow-list unpickler, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import uuid
+
+import pytest
+import torch
+
+from lmcache_adapters.transfer.layout import (
+    KVCacheLayout,
+    KVFormat,
+    UnsupportedLayoutError,
+    detect_format,
+    parse_block_ids,
+)
+from lmcache_adapters.transfer.tensors import CpuShmTensorWrapper
+from lmcache_adapters.transfer.unpickler import (
+    UnpicklingRejectedError,
+    dumps_cpu_tensors,
+    load_cpu_tensors,
+    load_wrapper,
+    restricted_loads,
+)
+from lmcache_frontends.client import share_cpu_tensor
+
+C, BS, NB, NH, HS, L = 32, 8, 24, 2, 4, 3
+
+
+def layers(shape: tuple[int, ...], dtype: torch.dtype = torch.float16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(shape, generator=g).to(dtype) for _ in range(L)]
+
+
+@pytest.mark.parametrize(
+    ("shape", "hint", "fmt"),
+    [
+        ((2, NB, BS, NH, HS), "NHD", KVFormat.TWO_NB_BS_NH_HS),
+        ((2, NB, NH, BS, HS), "HND", KVFormat.TWO_NB_NH_BS_HS),
+        ((NB, 2, BS, NH, HS), "NHD", KVFormat.NB_TWO_BS_NH_HS),
+        ((NB, 2, NH, BS, HS), "HND", KVFormat.NB_TWO_NH_BS_HS),
+        ((NB, BS, HS), "NHD", KVFormat.NB_BS_HS),
+    ],
+)
+def test_gather_scatter_round_trip_every_format(shape: tuple[int, ...], hint: str, fmt: KVFormat) -> None:
+    src = layers(shape)
+    assert detect_format(src[0], hint) is fmt
+    layout = KVCacheLayout(src, C, layout_hints={"kv_layout": hint})
+    bpc = C // BS
+    ids = [5, 9, 1, 0, 17, 3, 22, 8]  # two chunks of 4 scattered blocks
+    objs = [torch.zeros(layout.object_size, dtype=torch.uint8) for _ in range(2)]
+    layout.gather([ids], [0, 1], objs)
+    dst = [torch.zeros_like(t) for t in src]
+    back = KVCacheLayout(dst, C, layout_hints={"kv_layout": hint})
+    back.scatter([ids], [0, 1], objs)
+    axis = 0 if fmt in (KVFormat.NB_TWO_BS_NH_HS, KVFormat.NB_TWO_NH_BS_HS, KVFormat.NB_BS_HS) else 1
+    idx = torch.tensor(ids)
+    for s, d in zip(src, dst, strict=True):
+        assert torch.equal(s.index_select(axis, idx), d.index_select(axis, idx))
+    untouched = torch.tensor([i for i in range(NB) if i not in ids])
+    assert all(int(d.index_select(axis, untouched).abs().sum()) == 0 for d in dst)
+    assert len(ids) == 2 * bpc
+
+
+def test_object_is_kv_2ltd_for_nhd() -> None:
+    src = layers((2, NB, BS, NH, HS))
+    layout = KVCacheLayout(src, C)
+    ids = list(range(4, 8))
+    obj = torch.zeros(layout.object_size, dtype=torch.uint8)
+    layout.gather([ids], [0], [obj])
+    view = obj.view(torch.float16).view(2, L, C, NH * HS)
+    # element [k, l, t, h*HS+d] is token t (block t//BS, slot t%BS), head h, dim d
+    k, layer, t, h, d = 1, 2, 13, 1, 3
+    assert view[k, layer, t, h * HS + d] == src[layer][k, ids[t // BS], t % BS, h, d]
+
+
+def test_scatter_skips_leading_blocks() -> None:
+    src = layers((2, NB, BS, NH, HS))
+    layout = KVCacheLayout(src, C)
+    ids = list(range(8))
+    objs = [torch.zeros(layout.object_size, dtype=torch.uint8) for _ in range(2)]
+    layout.gather([ids], [0, 1], objs)
+    dst = [torch.zeros_like(t) for t in src]
+    KVCacheLayout(dst, C).scatter([ids], [0, 1], objs, skip_tokens=5 * BS + 3)
+    for s, d in zip(src, dst, strict=True):
+        assert int(d[:, :5].abs().sum()) == 0
+        assert torch.equal(d[:, 5:8], s[:, 5:8])
+
+
+def test_unsupported_shapes_are_rejected() -> None:
+    with pytest.raises(UnsupportedLayoutError):
+        KVCacheLayout([torch.zeros(NB, NH, BS, 2 * HS)], C)
+    with pytest.raises(UnsupportedLayoutError):
+        KVCacheLayout([torch.zeros(2, NB, 24, NH, HS)], C)  # chunk not a multiple of the block
+
+
+def test_checksums_match_md5_of_selected_blocks() -> None:
+    src = layers((2, NB, BS, NH, HS), torch.bfloat16)
+    layout = KVCacheLayout(src, C)
+    ids, ranges = parse_block_ids("[0,5]")
+    assert ids == list(range(6)) and ranges == [[0, 5]]
+    sums = layout.checksums(ids, 4)
+    expect0 = hashlib.md5()
+    for t in src:
+        expect0.update(t[:, 0:4].float().contiguous().numpy().tobytes())
+    assert len(sums) == 2 and sums[0] == expect0.hexdigest()
+    lw = layout.checksums(ids, 4, layerwise=True)
+    assert set(lw) == {"layer_0", "layer_1", "layer_2"}
+    assert lw["layer_0"][1] == hashlib.md5(src[0][:, 4:6].float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def test_parse_block_ids_mixed_and_malformed() -> None:
+    assert parse_block_ids("0,[2,5],8")[0] == [0, 2, 3, 4, 5, 8]
+    for bad in ("", "a", "[3,1]", "[1,2,3]", "-1", "true"):
+        with pytest.raises(ValueError):
+            parse_block_ids(bad)
+
+
+class Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo pwned",))
+
+
+def test_unpickler_rejects_everything_not_allowed() -> None:
+    with pytest.raises(UnpicklingRejectedError):
+        restricted_loads(pickle.dumps(Evil()))
+    with pytest.raises(UnpicklingRejectedError):
+        restricted_loads(pickle.dumps(torch.zeros(2)))  # tensors only in pickle-mode payloads
+    with pytest.raises(UnpicklingRejectedError):
+        load_wrapper(pickle.dumps({"shm_name": "x"}))
+
+
+def test_cpu_shm_wrapper_round_trip_is_zero_copy() -> None:
+    name = f"lmcache_test_{uuid.uuid4().hex[:8]}"
+    try:
+        tensor, body = share_cpu_tensor((2, NB, BS, NH, HS), torch.float16, name)
+        wrapper = load_wrapper(body)
+        assert isinstance(wrapper, CpuShmTensorWrapper)
+        mapped = wrapper.to_tensor()
+        tensor[1, 3] = 7.0
+        assert float(mapped[1, 3, 0, 0, 0]) == 7.0
+        mapped[0, 0] = 2.0
+        assert float(tensor[0, 0, 1, 1, 1]) == 2.0
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+
+
+def test_pickle_mode_tensors_round_trip() -> None:
+    tensors = [torch.arange(12, dtype=torch.float16).view(3, 4), torch.ones(5, dtype=torch.bfloat16)]
+    back = load_cpu_tensors(dumps_cpu_tensors(tensors))
+    assert all(torch.equal(a, b) for a, b in zip(tensors, back, strict=True))

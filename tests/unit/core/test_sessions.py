@@ -1,0 +1,89 @@
+"""SessionManager: incremental hashing, TTL expiry and the record of ended requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmcache_core.clock import ManualClock
+from lmcache_core.hashing import TokenHasher
+from lmcache_core.sessions import SessionManager
+
+
+class CountingHasher(TokenHasher):
+    """Counts how many chunks were hashed, to prove nothing is rehashed."""
+
+    def __init__(self, *a: object, **k: object) -> None:
+        super().__init__(*a, **k)  # type: ignore[arg-type]
+        self.chunks_hashed = 0
+
+    def hash_token_bytes(self, data, prev=None):  # type: ignore[no-untyped-def]
+        out = super().hash_token_bytes(data, prev)
+        self.chunks_hashed += len(out)
+        return out
+
+
+def make(ttl: float = 600.0, max_ended: int = 8) -> tuple[SessionManager, CountingHasher, ManualClock]:
+    clock = ManualClock()
+    hasher = CountingHasher("blake3", chunk_size=4)
+    return SessionManager(hasher, clock=clock, ttl_seconds=ttl, max_ended=max_ended), hasher, clock
+
+
+def test_growing_sequence_hashes_only_new_chunks_and_matches_one_shot() -> None:
+    sm, hasher, _ = make()
+    tokens = list(range(40))
+    first = sm.chunk_hashes("r", tokens[:17], model_name="m", world_size=1)
+    assert len(first) == 4 and hasher.chunks_hashed == 4
+    again = sm.chunk_hashes("r", tokens[:17], model_name="m", world_size=1)
+    assert again == first and hasher.chunks_hashed == 4
+    full = sm.chunk_hashes("r", tokens, model_name="m", world_size=1)
+    assert hasher.chunks_hashed == 10
+    assert full == TokenHasher("blake3", chunk_size=4).chunk_hashes(tokens)
+
+
+def test_reference_chain_value_for_bench_sequence() -> None:
+    sm = SessionManager(TokenHasher("blake3", 256), clock=ManualClock())
+    hashes = sm.chunk_hashes("req-0-cold", [0] + [9906] * 512, model_name="test-model", world_size=1)
+    assert hashes[0].hex().startswith("d65391f7") and hashes[0].hex().endswith("9a336f")
+    assert hashes[1].hex().startswith("4d033f8a") and hashes[1].hex().endswith("ea4b64")
+
+
+def test_sessions_expire_after_ttl_and_are_really_removed() -> None:
+    sm, _, clock = make(ttl=10.0)
+    sm.chunk_hashes("old", list(range(8)), model_name="m", world_size=1)
+    clock.advance(6)
+    sm.chunk_hashes("young", list(range(8)), model_name="m", world_size=1)
+    clock.advance(5)
+    reaped = sm.reap()
+    assert [r.request_id for r in reaped] == ["old"]
+    assert sm.get("old") is None and sm.get("young") is not None
+    assert sm.active_count() == 1
+    assert sm.recent("old") is not None and sm.recent("old").reason == "expired"
+
+
+def test_use_refreshes_ttl() -> None:
+    sm, _, clock = make(ttl=10.0)
+    sm.chunk_hashes("r", [1, 2, 3, 4], model_name="m", world_size=1)
+    clock.advance(9)
+    sm.chunk_hashes("r", [1, 2, 3, 4], model_name="m", world_size=1)
+    clock.advance(9)
+    assert sm.reap() == []
+
+
+def test_ended_sessions_are_remembered_with_their_keys_and_bounded() -> None:
+    sm, _, _ = make(max_ended=3)
+    for i in range(5):
+        sm.chunk_hashes(f"r{i}", list(range(8)), model_name="m", world_size=2, cache_salt="t")
+        assert sm.end(f"r{i}") is not None
+    assert sm.end("r4") is None
+    assert sm.recent("r0") is None and sm.recent("r1") is None
+    rec = sm.recent("r4")
+    assert rec is not None
+    keys = rec.keys()
+    assert len(keys) == 4  # 2 chunks x 2 ranks, chunk-major
+    assert [k.kv_rank for k in keys] == [0x02000200, 0x02010201, 0x02000200, 0x02010201]
+    assert all(k.cache_salt == "t" for k in keys)
+
+
+def test_invalid_ttl_rejected() -> None:
+    with pytest.raises(ValueError):
+        SessionManager(TokenHasher(), clock=ManualClock(), ttl_seconds=0)
