@@ -73,7 +73,7 @@ CHUNKS_PER_FAMILY = 4
 SALTS = ("alice", "bob", "")
 BUCKET = "soak-kv"
 ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
-CLIENT_TIMEOUT_S = 5.0
+CLIENT_TIMEOUT_S = 4.0
 LOOKUP_WAIT_S = 5.0
 OPERATOR_PERIOD_S = 0.25
 HEALTH_PERIOD_S = 0.5
@@ -185,7 +185,8 @@ def store_controller(admin: str) -> dict[str, Any] | None:
     status, body = http("GET", f"{admin}/status")
     if status != 200 or not isinstance(body, dict):
         return None
-    return body["storage_manager"]["store_controller"]
+    ctrl: dict[str, Any] = body["storage_manager"]["store_controller"]
+    return ctrl
 
 
 def adapter_healthy(admin: str) -> bool:
@@ -224,7 +225,7 @@ class Server:
 
     def stop(self) -> int:
         self.expected_exit.set()
-        return self.proc.stop(signal.SIGTERM, timeout=20)
+        return int(self.proc.stop(signal.SIGTERM, timeout=20))
 
 
 class Fleet:
@@ -251,7 +252,9 @@ class Fleet:
         server = Server(proc, "", "", shm)
         self.started.append(server)
         line = proc.wait_for_line(READY_RE, START_TIMEOUT_S).string
-        server.admin = READY_RE.search(line).group(1)  # type: ignore[union-attr]
+        ready = READY_RE.search(line)
+        assert ready is not None
+        server.admin = ready.group(1)
         match = ZMQ_RE.search(line)
         if match is None:
             raise RuntimeError(f"no zmq URL in the ready line: {line}")
@@ -691,10 +694,10 @@ def run(params: SoakParams) -> dict[str, Any]:
                     # restart at once, as a supervisor would; the clients still talk to the dead one
                     second = fleet.start(fs_adapter)
                     recovery["kill9_to_ready_s"] = time.monotonic() - killed_at
+                    probe_ok = round_trip(second.zmq, workload, stats, PROBE_FAMILY_BASE, "alice", "probe")
+                    recovery["kill9_to_first_round_trip_s"] = (time.monotonic() - killed_at) if probe_ok else None
 
             with monitored(second, stats, params.health_deadline_s, "restart", health):
-                probe_ok = round_trip(second.zmq, workload, stats, PROBE_FAMILY_BASE, "alice", "probe")
-                recovery["kill9_to_first_round_trip_s"] = (time.monotonic() - killed_at) if probe_ok else None
                 listed_after = l2_listing(second.admin) or set()
                 missing = acked - listed_after
                 for salt, h in sorted(missing)[:10]:
@@ -762,7 +765,7 @@ def run(params: SoakParams) -> dict[str, Any]:
                 moto.stop()
 
     counts = stats.counts
-    ops = {name: counts[name] for name in ("lookups", "hit_chunks", "retrieves", "retrieved_chunks",
+    ops: dict[str, Any] = {name: counts[name] for name in ("lookups", "hit_chunks", "retrieves", "retrieved_chunks",
                                           "retrieve_misses", "stores", "stored_chunks", "store_failures",
                                           "admin_calls", "admin_errors", "l2_keys_deleted_by_operator")}
     ops["admin_calls_by_action"] = {k.removeprefix("admin_"): v for k, v in counts.items()

@@ -29,7 +29,7 @@ def _load_soak() -> ModuleType:
 @pytest.mark.timeout(150)
 def test_short_soak_serves_no_corrupt_chunk_loses_no_acknowledged_write_and_never_crashes() -> None:
     soak = _load_soak()
-    report = soak.run(soak.SoakParams(duration_s=16.0, clients=3, families=24))
+    report = soak.run(soak.SoakParams(duration_s=10.0, clients=3, families=16))
     text = soak.render(report)
     ops = report["operations"]
 

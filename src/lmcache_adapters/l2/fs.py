@@ -30,6 +30,7 @@ from lmcache_adapters.l2.integrity import (
     encode_header,
     verify,
 )
+from lmcache_adapters.l2.listing import check_page_args, page_of
 from lmcache_core.errors import ConfigError, InvalidKeyError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import COMMON_FIELDS, ConfigField, config_field
@@ -547,24 +548,16 @@ class FSL2Adapter:
         model_name: str | None = None,
         cache_salt: str | None = None,
     ) -> KeyPage:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        keys: list[ObjectKey] = []
+        check_page_args(page_size, page_token)
         with self._lock:
-            start = 0 if page_token is None else bisect.bisect_right(self._names, page_token)
-            i = start
-            for i in range(start, len(self._names)):
-                key = self._entries[self._names[i]].key
-                if model_name is not None and key.model_name != model_name:
-                    continue
-                if cache_salt is not None and key.cache_salt != cache_salt:
-                    continue
-                keys.append(key)
-                if len(keys) == page_size:
-                    break
-            more = len(keys) == page_size and i + 1 < len(self._names)
-            token = self._names[i] if more else None
-        return KeyPage(keys=keys, next_page_token=token)
+            return page_of(
+                self._names,
+                lambda name: self._entries[name].key,
+                page_size,
+                page_token,
+                model_name=model_name,
+                cache_salt=cache_salt,
+            )
 
     def usage(self) -> L2Usage:
         with self._lock:

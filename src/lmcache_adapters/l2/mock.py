@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from lmcache_adapters.l2.listing import check_page_args, page_of
 from lmcache_core.errors import ConfigError, NotInitializedError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import COMMON_FIELDS, ConfigField, config_field
@@ -121,33 +121,12 @@ class MockL2Adapter:
         """Keys in storage-name order; the page token is the last listed key's storage name.
 
         Raises ValueError for a page_size < 1 or a page token that is not a storage name."""
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size must be an integer >= 1, got {page_size!r}")
-        if page_token is not None:
-            if not isinstance(page_token, str):
-                raise ValueError("page_token must be a string")
-            try:
-                ObjectKey.from_storage_name(page_token)
-            except ValueError:
-                raise ValueError(f"malformed page_token {page_token!r}") from None
+        check_page_args(page_size, page_token)
         with self._lock:
             names = self._sorted_names_locked()
-            name_to_key = self._name_to_key
-            start = 0 if page_token is None else bisect.bisect_right(names, page_token)
-            out: list[ObjectKey] = []
-            more = False
-            for index in range(start, len(names)):
-                key = name_to_key[names[index]]
-                if model_name is not None and key.model_name != model_name:
-                    continue
-                if cache_salt is not None and key.cache_salt != cache_salt:
-                    continue
-                if len(out) == page_size:
-                    more = True
-                    break
-                out.append(key)
-        next_token = out[-1].to_storage_name() if more else None
-        return KeyPage(keys=out, next_page_token=next_token)
+            return page_of(
+                names, self._name_to_key.__getitem__, page_size, page_token, model_name=model_name, cache_salt=cache_salt
+            )
 
     def usage(self) -> L2Usage:
         """Bytes held, the configured capacity, and bytes per cache_salt (salts holding nothing omitted)."""

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 PREFETCH_POLICIES = ("default", "retain")
 
+IN_L1 = -1
+"""Owner marker of a key served from L1 rather than loaded from an adapter."""
+
 LoadedCallback = Callable[[L2AdapterEntry, list[ObjectKey]], None]
 SkipWriteBack = Callable[[Sequence[ObjectKey]], None]
 
@@ -195,7 +198,11 @@ class PrefetchController:
         for i in range(len(job.keys)):
             owner = next((e.index for e in self.adapters if bitmaps[e.index][i]), None)
             if owner is None:
-                break
+                # A chunk missing from L2 but back in L1 (stored again meanwhile) does not end
+                # the prefix: it is read-locked in L1 below instead of being loaded.
+                if not self.l1.is_readable(job.keys[i]):
+                    break
+                owner = IN_L1
             owners.append(owner)
         run = len(owners) - len(owners) % job.group_size
         owners = owners[:run]
@@ -267,7 +274,9 @@ class PrefetchController:
         reserved = set(job._reserved)
         for i, owner in enumerate(owners):
             key = job.keys[i]
-            if key in reserved:
+            # An IN_L1 key that had to be reserved afresh was evicted since the lookup: no
+            # adapter holds it, so it stays unloaded and ends the run.
+            if key in reserved and owner != IN_L1:
                 by_adapter.setdefault(owner, []).append(key)
         if not by_adapter:
             self._finish_load(job, {}, len(owners))

@@ -17,8 +17,9 @@ from lmcache_frontends.admin.errors import INTERNAL_ERROR, json_error, status_fo
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONTENT_LENGTH = 1 << 20
-"""Largest request body the admin API accepts (1 MiB); larger ones get a JSON 413."""
+DEFAULT_MAX_CONTENT_LENGTH = 8 << 20
+"""Largest request body the admin API accepts (8 MiB: a `DELETE /l2` of the documented 10000
+full-width keys with long model names and salts fits); larger ones get a JSON 413."""
 
 
 def _json_default(obj: Any) -> Any:
@@ -48,7 +49,7 @@ def create_app(services: Any, *, max_content_length: int = DEFAULT_MAX_CONTENT_L
     """Build the admin Flask app over `services` (a `Services` or any object with the same
     attributes: `engine` may be None while the engine is starting). Mounts the blueprint of
     every route group in `services.frontends.http_routes`, in registration order."""
-    app = Flask("lmcache_frontends.admin")
+    app = Flask("lmcache_frontends.admin", static_folder=None)  # no /static route on an API server
     app.json = AdminJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
     app.extensions["lmcache.services"] = services

@@ -29,7 +29,7 @@ class AdminServer:
         port: int = 8080,
         *,
         threads: int = DEFAULT_THREADS,
-        max_request_body_size: int = 8 << 20,
+        max_request_body_size: int = 16 << 20,  # above the app limit, so Flask answers 413 as JSON
         drain_timeout_s: float = 3.0,
     ) -> None:
         self._map: dict[int, Any] = {}

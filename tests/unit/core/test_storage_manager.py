@@ -288,3 +288,21 @@ def test_delete_from_l2_tells_the_eviction_policy(make_manager: Any) -> None:
     entry = sm.find_adapter(None)
     assert sm.delete_from_l2(entry, keys[:2]) == [True, True]
     assert sm.report_status()["l2_eviction_controller"]["adapters"]["0:a"]["tracked_keys"] == 1
+
+
+def test_a_chunk_back_in_l1_does_not_end_the_l2_prefix(make_manager: Any) -> None:
+    a = MockL2Adapter()
+    keys = [key(i) for i in range(4)]
+    for k in (keys[0], keys[1], keys[3]):  # keys[2] is not in L2 ...
+        a.submit_store([k], [memoryview(payload(int.from_bytes(k.chunk_hash, "big")))]).result(5)
+    sm = make_manager([("a", a)])
+    put(sm.l1, [keys[2]])  # ... but it is in L1
+    assert sm.store.drain(5)
+    a.delete([keys[2]])  # written back by the store controller: remove it from L2 again
+    job = sm.prefetch.submit(keys, object_size=OBJ)
+    assert job.wait(5) and job.loaded_count == 4
+    for k in keys:
+        view = sm.l1.view(k)
+        assert view is not None and bytes(view) == payload(int.from_bytes(k.chunk_hash, "big"))
+    sm.l1.finish_read(keys)
+    assert sm.l1.object_count() == 1  # the three temporaries are freed, the L1 object stays

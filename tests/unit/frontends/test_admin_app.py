@@ -237,7 +237,7 @@ def test_wrong_method_is_a_json_405_with_allow_header(client: FlaskClient) -> No
 
 def test_oversized_body_is_a_json_413_and_clears_nothing(client: FlaskClient, services: Services) -> None:
     _put(services, _key(1))
-    response = client.post("/clear-cache", data=b"x" * ((1 << 20) + 1))
+    response = client.post("/clear-cache", data=b"x" * ((8 << 20) + 1))
     assert response.status_code == 413 and response.mimetype == "application/json"
     assert "too large" in response.get_json()["error"]
     assert services.storage.l1.object_count() == 1

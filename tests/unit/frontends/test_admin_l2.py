@@ -123,8 +123,11 @@ def test_delete_rejects_bad_bodies_with_the_documented_codes(client: FlaskClient
 
 
 def test_delete_of_exactly_the_cap_is_accepted_and_bad_json_is_422(client: FlaskClient) -> None:
-    # Compact keys: 10000 full-width keys (~1.7 MB) exceed the app's 1 MiB body limit (413).
-    keys = [{"chunk_hash_hex": f"{i:04x}", "model_name": "m", "kv_rank": 0} for i in range(10_000)]
+    # Full-width keys with a long model name and salt (~3.5 MB) fit the body limit.
+    keys = [
+        {"chunk_hash_hex": f"{i:064x}", "model_name": "org/" + "m" * 120, "kv_rank": 16777472, "cache_salt": "s" * 128}
+        for i in range(10_000)
+    ]
     assert client.delete("/l2", json={"keys": keys}).get_json()["requested"] == 10_000
     response = client.delete("/l2", data="{nope", content_type="application/json")
     assert response.status_code == 422 and "error" in response.get_json()
