@@ -105,7 +105,7 @@ class ObjectKey:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not ObjectKey:
             return NotImplemented
-        o: ObjectKey = other  # type: ignore[assignment]
+        o: ObjectKey = other
         return self is o or (
             self._hash == o._hash
             and self.chunk_hash == o.chunk_hash

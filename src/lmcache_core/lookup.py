@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lmcache_core.errors import InvalidKeyError
+from lmcache_core.hashing import TokenBytes
 from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult, WriteMode
-from lmcache_core.ports import Clock, MemoryHandle
+from lmcache_core.metric_names import LOOKUP_HIT_TOKENS, LOOKUP_REQUESTS, LOOKUP_TOKENS
+from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
 from lmcache_core.sessions import SessionManager
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,16 @@ DEFAULT_JOB_TTL_SECONDS = 600.0
 # Recent key lists (engines look the same request up repeatedly, then store and retrieve it):
 # reusing the same ObjectKey objects also makes L1 table lookups hit on identity.
 _KEY_CACHE_ENTRIES = 256
+
+
+def _token_count(tokens: Any) -> int:
+    """How many token ids `tokens` holds (TokenBytes carry 4 bytes per token); 0 when unknown."""
+    if isinstance(tokens, TokenBytes):
+        return len(tokens) // 4
+    try:
+        return len(tokens)
+    except TypeError:
+        return 0
 
 
 class PrefetchJobLike(Protocol):
@@ -107,6 +119,8 @@ class LookupJob:
     prefetch: PrefetchJobLike | None
     created_at: float
     l2_hits_known: bool = field(default=False)
+    model_name: str = ""
+    cache_salt: str = ""
 
     @property
     def done(self) -> bool:
@@ -140,8 +154,10 @@ class DataPath:
         clock: Clock,
         prefetcher: PrefetcherLike | None = None,
         job_ttl_seconds: float = DEFAULT_JOB_TTL_SECONDS,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.l1 = l1
+        self.metrics: MetricsSink = metrics if metrics is not None else NullMetricsSink()
         self.sessions = sessions
         self.chunk_size = sessions.hasher.chunk_size
         self._clock = clock
@@ -256,6 +272,7 @@ class DataPath:
         if object_size is None:
             job = LookupJob(key.request_id, ws, 0, 0, None, now)
             self._put_job(job)
+            self._report_lookup(key, _token_count(key.token_ids) // self.chunk_size, 0)
             return job
         hashes = self.chunk_hashes(key)
         keys = self.keys_of(key, hashes)
@@ -281,11 +298,23 @@ class DataPath:
                 )
             except Exception:
                 log.exception("L2 prefetch submit failed; answering with the L1 prefix only")
-        job = LookupJob(key.request_id, ws, lead // ws, len(hashes), prefetch, now)
+        job = LookupJob(
+            key.request_id, ws, lead // ws, len(hashes), prefetch, now,
+            model_name=key.model_name, cache_salt=key.cache_salt,
+        )
         self._put_job(job)
         with self._lock:
             self.lookups_total += 1
+        self._report_lookup(key, len(hashes), lead // ws)
         return job
+
+    def _report_lookup(self, key: RequestKey, chunks: int, l1_chunks: int) -> None:
+        # One report per request, never per key: this is the LOOKUP hot path.
+        c = self.chunk_size
+        labels = {"model_name": key.model_name, "cache_salt": key.cache_salt}
+        self.metrics.inc(LOOKUP_REQUESTS.name, 1, **labels)
+        self.metrics.inc(LOOKUP_TOKENS.name, chunks * c, **labels)
+        self.metrics.inc(LOOKUP_HIT_TOKENS.name, l1_chunks * c, tier="l1", **labels)
 
     def _put_job(self, job: LookupJob) -> None:
         with self._lock:
@@ -303,7 +332,14 @@ class DataPath:
             del self._jobs[request_id]
             hits = job.hit_chunks()
             self.lookup_hit_chunks_total += hits
-            return True, hits
+        # Counted here, where the job is consumed (once: it was just forgotten), because only
+        # now is the number of chunks the prefetch made readable final.
+        if job.prefetch is not None:
+            self.metrics.inc(
+                LOOKUP_HIT_TOKENS.name, (hits - job.l1_chunks) * self.chunk_size,
+                tier="l2", model_name=job.model_name, cache_salt=job.cache_salt,
+            )
+        return True, hits
 
     def wait(self, request_id: str, timeout: float) -> int | None:
         """WAIT_PREFETCH_STATUS: like query, blocking up to `timeout` seconds; None = timed out."""
@@ -380,7 +416,11 @@ class DataPath:
 
     def commit(self, keys: Sequence[ObjectKey]) -> bool:
         """Make written objects readable; True when every one was."""
-        return all(r.ok for r in self.l1.finish_write(keys)) if keys else True
+        return self.commit_count(keys) == len(keys)
+
+    def commit_count(self, keys: Sequence[ObjectKey]) -> int:
+        """Make written objects readable; returns how many were (the newly stored chunks)."""
+        return sum(r.ok for r in self.l1.finish_write(keys)) if keys else 0
 
     def abort(self, keys: Sequence[ObjectKey]) -> None:
         """Discard reserved objects whose data will never be complete."""

@@ -126,7 +126,7 @@ class SessionManager:
                     self._known.move_to_end(token_ids)
         # Hash outside the manager lock so sessions of other requests proceed in parallel.
         with session.lock:
-            if known is not None and session.hasher.num_tokens == 0:
+            if known is not None and isinstance(token_ids, TokenBytes) and session.hasher.num_tokens == 0:
                 # Another request sent the same tokens (hashes depend on the tokens only).
                 session.hasher.adopt(token_ids, known)
                 self.adopted_total += 1

@@ -1,13 +1,17 @@
 """/metrics end to end: a real server subprocess, and a counted store/read/evict run whose counters
-must agree with what the test did."""
+must agree with what the test did; a bench run over the ZeroMQ data path whose data-path counters
+agree with the bench's own counts."""
 
 from __future__ import annotations
 
 import json
+import re
+import time
 import urllib.request
 from collections.abc import Callable
 from email.message import Message
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess
 
@@ -15,6 +19,9 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.results import OpResult
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.server import AdminServer
+from lmcache_frontends.cli.bench import FILL_TOKEN, MODEL
+from lmcache_frontends.cli.main import main as lmcache_main
+from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
 
@@ -35,9 +42,15 @@ def parse(body: bytes) -> Samples:
     return out
 
 
-def total(samples: Samples, name: str) -> float:
-    """Sum of a family over all its label sets."""
-    return sum(v for (n, _), v in samples.items() if n == name)
+def total(samples: Samples, name: str, **match: str) -> float:
+    """Sum of a family over all its label sets (those carrying every `match` label)."""
+    return sum(
+        v for (n, labels), v in samples.items()
+        if n == name and all((k, want) in labels for k, want in match.items())
+    )
+
+
+ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
 
 
 def test_real_server_exposes_parsable_metrics_and_thread_registry(start_server: Callable[..., ServerProcess]) -> None:
@@ -102,3 +115,74 @@ def test_counters_agree_with_a_counted_store_read_evict_run() -> None:
     finally:
         admin.stop()
         stack.close()
+
+
+@pytest.mark.timeout(60)
+def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
+    start_server: Callable[..., ServerProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 2 MiB chunks (256 tokens x 4 layers x 2 x 512 x fp16) through a 32 MiB L1: 12 sequences of
+    # 4 chunks overflow it three times, so the early sequences are only in the mock L2 afterwards.
+    server = start_server("--l2-adapter", '{"type": "mock"}')
+    rpc = next(m.group(1) for line in server.stderr_lines if (m := ZMQ_RE.search(line)))
+    sequences, num_tokens, layers, hidden = 12, 1024, 4, 8 * 64
+    rc = lmcache_main(["bench", "server", "--rpc-url", rpc, "--url", server.url, "--num-tokens", str(num_tokens),
+                       "--kvcache-shape-spec", f"(2,256,16,8,64):float16:{layers}", "--end", str(sequences),
+                       "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0, report
+    assert report["checksum_pass"] == sequences and report["skipped"] == 0 and report["errors"] == 0
+
+    with LMCacheClient(rpc, timeout=10.0) as client:
+        chunk = client.get_chunk_size()
+        nchunks = (1 + num_tokens) // chunk
+        seq_tokens = nchunks * chunk
+        lat = report["latency_ms"]
+        # Every sequence: a cold lookup (miss, not retrieved: retrieves == sequences), a store of all
+        # its chunks, a warm lookup hitting all of them (its checksum passed) and one retrieve.
+        assert lat["lookup"]["count"] == 2 * sequences
+        assert lat["store"]["count"] == lat["retrieve"]["count"] == sequences
+        bench = parse(fetch(server.url + "/metrics")[2])
+        assert total(bench, "lmcache_mp_lookup_requests_total", model_name=MODEL) == 2 * sequences
+        assert total(bench, "lmcache_mp_lookup_tokens_total") == 2 * sequences * seq_tokens
+        assert total(bench, "lmcache_mp_lookup_hit_tokens_total") == sequences * seq_tokens
+        assert total(bench, "lmcache_mp_store_requests_total") == sequences
+        assert total(bench, "lmcache_mp_stored_tokens_total", model_name=MODEL) == sequences * seq_tokens
+        assert total(bench, "lmcache_mp_retrieve_requests_total") == sequences
+        assert total(bench, "lmcache_mp_retrieved_tokens_total") == sequences * seq_tokens
+        assert total(bench, "lmcache_mp_store_throughput_gbps_count") == sequences
+        assert total(bench, "lmcache_mp_retrieve_throughput_gbps_count") == sequences
+        assert total(bench, "lmcache_mp_store_throughput_gbps_sum") > 0
+
+        # Replay every sequence: the evicted ones come back through the L2 prefetch.
+        client.register_engine_driven(7, model_name=MODEL, num_layers=layers, hidden_dim_size=hidden)
+        try:
+            observed = 0
+            for n in range(sequences):
+                tokens = [n] + [FILL_TOKEN] * num_tokens
+                key = make_key(MODEL, tokens, f"replay-{n}", end=seq_tokens)
+                client.lookup(key)
+                hits = client.wait_for_lookup(key.request_id, timeout=10.0)
+                observed += hits
+                client.free_lookup_locks(key)
+                client.end_session(key.request_id)
+        finally:
+            client.unregister_engine_driven(7)
+    after = parse(fetch(server.url + "/metrics")[2])
+    hit = "lmcache_mp_lookup_hit_tokens_total"
+    assert total(after, "lmcache_mp_lookup_requests_total") == 3 * sequences
+    assert total(after, hit) - total(bench, hit) == observed * chunk
+    assert total(after, hit, tier="l2") - total(bench, hit, tier="l2") > 0  # sequence 0 was evicted
+    assert total(after, hit, tier="l1") - total(bench, hit, tier="l1") > 0  # the last one was not
+
+    # Evictions: the L1 counter and the eviction controller's own total agree (read between two
+    # equal /status snapshots, as the eviction thread may run meanwhile).
+    deadline = time.monotonic() + 10.0
+    while True:
+        before = json.loads(fetch(server.url + "/status")[2])["storage_manager"]["eviction_controller"]
+        evicted = total(parse(fetch(server.url + "/metrics")[2]), "lmcache_mp_l1_chunks_evicted_total")
+        again = json.loads(fetch(server.url + "/status")[2])["storage_manager"]["eviction_controller"]
+        if before["evicted_objects_total"] == again["evicted_objects_total"] or time.monotonic() > deadline:
+            break
+    assert evicted == again["evicted_objects_total"] > 0
+    assert server.stop() == 0

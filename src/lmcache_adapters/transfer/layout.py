@@ -82,6 +82,13 @@ class KVGroup:
         raw = obj[self.byte_offset : self.byte_offset + self.nbytes]
         return raw.view(self.dtype).view(self.kv, len(self.layers), self.chunk_size, self.num_heads * self.head_size)
 
+    def chunk_views(self, obj: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per layer, the object's `[kv, bpc, BS, NH, HS]` view of one chunk of blocks
+        (token-major in every format; HND tensors are transposed to it)."""
+        bpc = self.blocks_per_chunk
+        region = self.region(obj).view(self.kv, len(self.layers), bpc, self.block_size, self.num_heads, self.head_size)
+        return region.unbind(1)
+
 
 class KVCacheLayout:
     """An engine's registered paged KV cache (one tensor per layer) and its L1 object layout
@@ -175,35 +182,22 @@ class KVCacheLayout:
         self, block_ids: Sequence[Sequence[int]], chunk_positions: Sequence[int], objects: Sequence[torch.Tensor]
     ) -> None:
         """Copy the blocks of chunk `chunk_positions[j]` (position in the request's block lists)
-        into `objects[j]` (uint8 tensors of `object_size` bytes)."""
+        into `objects[j]` (uint8 tensors of `object_size` bytes). One torch call per layer and
+        chunk, K and V together."""
         on_cpu = self.device.type == "cpu"
         for g, ids in zip(self.groups, block_ids, strict=True):
             bpc = g.blocks_per_chunk
-            index: torch.Tensor | None = None
+            index = self._index(ids)
             for pos, obj in zip(chunk_positions, objects, strict=True):
-                lo = pos * bpc
-                runs = _runs(ids, lo, lo + bpc)
-                idx = None
-                if runs is None:
-                    if index is None:
-                        index = self._index(ids)
-                    idx = index[lo : lo + bpc]
-                region = g.region(obj)
-                for li, view in enumerate(g.views):
-                    for k in range(g.kv):
-                        out = region[k, li].view(bpc, g.block_size, g.num_heads, g.head_size)
-                        if g.hnd:
-                            for at, first, n in runs or ((0, -1, bpc),):
-                                src = view[k].narrow(0, first, n) if idx is None else view[k].index_select(0, idx)
-                                out.narrow(0, at, n).copy_(src.transpose(1, 2), non_blocking=not on_cpu)
-                        elif idx is None:
-                            # Contiguous blocks: plain strided copies run at memcpy speed.
-                            for at, first, n in runs or ():
-                                out.narrow(0, at, n).copy_(view[k].narrow(0, first, n), non_blocking=not on_cpu)
-                        elif on_cpu:
-                            torch.index_select(view[k], 0, idx, out=out)
-                        else:
-                            out.copy_(view[k].index_select(0, idx), non_blocking=True)
+                idx = index[pos * bpc : (pos + 1) * bpc]
+                for out, view in zip(g.chunk_views(obj), g.views, strict=True):
+                    if g.hnd:
+                        out.copy_(view.index_select(1, idx).transpose(2, 3), non_blocking=not on_cpu)
+                    elif on_cpu:
+                        # Whole blocks at memcpy speed, straight into the L1 object.
+                        torch.index_select(view, 1, idx, out=out)
+                    else:
+                        out.copy_(view.index_select(1, idx), non_blocking=True)
         if not on_cpu:
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -225,28 +219,28 @@ class KVCacheLayout:
                 first = max(0, skip_blocks - pos * bpc)
                 if first >= bpc:
                     continue
-                lo = pos * bpc + first
-                runs = _runs(ids, lo, (pos + 1) * bpc)
+                lo, hi = pos * bpc + first, (pos + 1) * bpc
+                runs = _runs(ids, lo, hi)
                 idx = None
                 if runs is None:
                     if index is None:
                         index = self._index(ids)
-                    idx = index[lo : (pos + 1) * bpc]
-                region = g.region(obj)
-                for li, view in enumerate(g.views):
-                    for k in range(g.kv):
-                        src = region[k, li].view(bpc, g.block_size, g.num_heads, g.head_size)[first:]
-                        if g.hnd:
-                            src = src.transpose(1, 2)
-                        if idx is None:
-                            # index_copy_ runs far below memcpy speed on CPU; contiguous runs
-                            # of blocks are plain strided copies instead.
-                            for at, start, n in runs or ():
-                                view[k].narrow(0, start, n).copy_(src.narrow(0, at, n), non_blocking=not on_cpu)
-                            continue
-                        if not on_cpu:
-                            src = src.to(self.device, non_blocking=True)
-                        view[k].index_copy_(0, idx, src)
+                    idx = index[lo:hi]
+                for src, view in zip(g.chunk_views(obj), g.views, strict=True):
+                    if first:
+                        src = src[:, first:]
+                    if g.hnd:
+                        src = src.transpose(2, 3)
+                    if idx is None:
+                        # index_copy_ runs far below memcpy speed on CPU; runs of
+                        # consecutive blocks are plain copies instead.
+                        for at, start, n in runs or ():
+                            part = src if n == src.shape[1] else src.narrow(1, at, n)
+                            view.narrow(1, start, n).copy_(part, non_blocking=not on_cpu)
+                        continue
+                    if not on_cpu:
+                        src = src.to(self.device, non_blocking=True)
+                    view.index_copy_(1, idx, src)
         if not on_cpu:
             torch.cuda.current_stream(self.device).synchronize()
 

@@ -22,11 +22,13 @@ def create_zmq_server(services: Any) -> Any:
         clock=services.clock,
         host=config.host,
         port=config.port,
-        max_workers=int(getattr(config, "max_workers", 4)),
-        worker_reap_timeout_seconds=float(getattr(config, "worker_reap_timeout_seconds", 120.0)),
-        session_ttl_seconds=float(getattr(config, "session_ttl_seconds", 600.0)),
-        supported_transfer_mode=str(getattr(config, "supported_transfer_mode", "auto")),
+        max_workers=config.max_workers,
+        worker_reap_timeout_seconds=config.worker_reap_timeout_seconds,
+        session_ttl_seconds=config.session_ttl_seconds,
+        supported_transfer_mode=config.supported_transfer_mode,
+        transfer_threads=config.transfer_threads,
         curve=load_curve_config(config),
+        metrics=getattr(services, "metrics", None),
     )
 
 

@@ -21,7 +21,16 @@ from lmcache_adapters.transfer.unpickler import dumps_cpu_tensors, load_cpu_tens
 from lmcache_core.engine import CacheEngine
 from lmcache_core.keys import ObjectKey
 from lmcache_core.lookup import DataPath, RequestKey
-from lmcache_core.ports import Clock, MemoryHandle, MemoryPool
+from lmcache_core.metric_names import (
+    RETRIEVE_REQUESTS,
+    RETRIEVE_THROUGHPUT_GBPS,
+    RETRIEVED_TOKENS,
+    STORE_REQUESTS,
+    STORE_THROUGHPUT_GBPS,
+    STORED_TOKENS,
+    MetricFamily,
+)
+from lmcache_core.ports import Clock, MemoryHandle, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
 from lmcache_frontends.zmq.curve import CurveConfig, apply_server_curve, start_authenticator
 from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
@@ -78,6 +87,9 @@ class Instance:
     reply: dict[str, Any] | None = None
     pending_writes: dict[tuple[Any, ...], list[ObjectKey]] = field(default_factory=dict)
     pending_reads: dict[tuple[Any, ...], list[ObjectKey]] = field(default_factory=dict)
+    # time.perf_counter() of the PREPARE of each pending transfer (the engine copies in between).
+    write_started: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    read_started: dict[tuple[Any, ...], float] = field(default_factory=dict)
 
 
 def _failure_value(rtype: RequestType, payloads: list[Any]) -> Any:
@@ -118,6 +130,8 @@ class ZmqDataPathServer:
         session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
         supported_transfer_mode: str = "auto",
         curve: CurveConfig | None = None,
+        transfer_threads: int = 1,
+        metrics: MetricsSink | None = None,
     ) -> None:
         if supported_transfer_mode not in ("auto", "engine_driven", "lmcache_driven"):
             raise ValueError(f"supported_transfer_mode must be auto, engine_driven or lmcache_driven, not {supported_transfer_mode!r}")
@@ -129,9 +143,12 @@ class ZmqDataPathServer:
         self.max_workers = max(1, int(max_workers))
         self.reap_timeout = float(worker_reap_timeout_seconds)
         self.transfer_mode = supported_transfer_mode
+        self.transfer_threads = max(1, int(transfer_threads))
+        self.metrics: MetricsSink = metrics if metrics is not None else NullMetricsSink()
         self.sessions = SessionManager(engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds)
         self.data_path = DataPath(
-            engine.storage.l1, self.sessions, clock=clock, prefetcher=getattr(engine.storage, "prefetch", None)
+            engine.storage.l1, self.sessions, clock=clock, prefetcher=getattr(engine.storage, "prefetch", None),
+            metrics=self.metrics,
         )
         self.chunk_size = engine.chunk_size
         self.key_decoder = KeyFrameDecoder()
@@ -344,6 +361,11 @@ class ZmqDataPathServer:
         return head + [encode(result)]
 
     def _worker_loop(self, q: queue.Queue[Any]) -> None:
+        # Per thread (OpenMP's thread count is per calling thread): a transfer is hundreds of
+        # ~0.5 MiB copies, and a multi-threaded copy that size waits at a barrier for a sibling
+        # thread; on a busy host that wait dominates (measured 0.5 GB/s with 2 threads against
+        # 3 GB/s with 1). Parallelism comes from the workers instead.
+        torch.set_num_threads(self.transfer_threads)
         push = self._ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         if not self._ready.wait(30.0) or self._bind_error is not None:
@@ -433,6 +455,20 @@ class ZmqDataPathServer:
 
     def _shm_available(self) -> bool:
         return bool(getattr(self.pool, "shm_name", "")) and self.transfer_mode != "lmcache_driven"
+
+    def _count_request(self, family: MetricFamily, key: RequestKey) -> None:
+        self.metrics.inc(family.name, 1, model_name=key.model_name, cache_salt=key.cache_salt)
+
+    def _report_moved(
+        self, tokens: MetricFamily, throughput: MetricFamily, key: RequestKey, chunks: int, object_size: int,
+        started: float | None,
+    ) -> None:
+        """One request's moved chunks: their tokens, and the throughput since `started`."""
+        self.metrics.inc(tokens.name, chunks * self.chunk_size, model_name=key.model_name, cache_salt=key.cache_salt)
+        if chunks and started is not None:
+            seconds = time.perf_counter() - started
+            if seconds > 0:
+                self.metrics.observe(throughput.name, chunks * object_size / seconds / 1e9)
 
     # ------------------------------------------------------------------ registration
 
@@ -567,11 +603,14 @@ class ZmqDataPathServer:
         key, keys, hashes = self._transfer_key(p[0])
         if not self._shm_available():
             return {"context": {}}
+        self._count_request(STORE_REQUESTS, key)
+        started = time.perf_counter()
         reserved = self.data_path.reserve_new(keys, inst.object_size)
         if reserved:
             ident = key.identity(hashes[-1] if hashes else None)
             with self._lock:
                 inst.pending_writes.setdefault(ident, []).extend(keys[i] for i, _ in reserved)
+                inst.write_started.setdefault(ident, started)
         return {"context": {"slots": [self._slot(inst, h) for _, h in reserved], "chunk_indices": [i for i, _ in reserved]}}
 
     def _commit_store(self, p: list[Any]) -> bool:
@@ -584,10 +623,15 @@ class ZmqDataPathServer:
             ident = key.identity(hashes[-1] if hashes else None)
             with self._lock:
                 pending = inst.pending_writes.pop(ident, None)
+                started = inst.write_started.pop(ident, None)
             if pending is None:
                 return False
-            return self.data_path.commit(pending)
-        # Pickle mode: the chunks travel in the message.
+            stored = self.data_path.commit_count(pending)
+            self._report_moved(STORED_TOKENS, STORE_THROUGHPUT_GBPS, key, stored, inst.object_size, started)
+            return stored == len(pending)
+        # Pickle mode: the chunks travel in the message (the whole store is this one request).
+        self._count_request(STORE_REQUESTS, key)
+        started = time.perf_counter()
         tensors = load_cpu_tensors(data)
         reserved = self.data_path.reserve_new(keys, inst.object_size)
         written, failed = [], []
@@ -599,11 +643,15 @@ class ZmqDataPathServer:
             self._object_tensor(handle).copy_(src.contiguous().view(-1).view(torch.uint8))
             written.append(keys[i])
         self.data_path.abort(failed)
-        return self.data_path.commit(written) and not failed
+        stored = self.data_path.commit_count(written)
+        self._report_moved(STORED_TOKENS, STORE_THROUGHPUT_GBPS, key, stored, inst.object_size, started)
+        return stored == len(written) and not failed
 
     def _prepare_retrieve(self, p: list[Any]) -> dict[str, Any]:
         inst = self._touch(self._iid(p[1]))
         key, keys, hashes = self._transfer_key(p[0])
+        self._count_request(RETRIEVE_REQUESTS, key)
+        started = time.perf_counter()
         handles = self.data_path.acquire_for_read(keys, inst.object_size)
         if handles is None:
             return {"success": False, "data": b"", "context": {}}
@@ -613,11 +661,14 @@ class ZmqDataPathServer:
                 chunks = [self._object_tensor(h).view(inst.dtype).view(inst.slot_shape).clone() for h in handles]
             finally:
                 self.data_path.release_read(keys)
-            return {"success": True, "data": dumps_cpu_tensors(chunks), "context": {}}
+            data = dumps_cpu_tensors(chunks)
+            self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(keys), inst.object_size, started)
+            return {"success": True, "data": data, "context": {}}
         ident = key.identity(hashes[-1] if hashes else None)
         with self._lock:
             old = inst.pending_reads.pop(ident, None)
             inst.pending_reads[ident] = keys
+            inst.read_started[ident] = started
         if old is not None:
             self.data_path.release_read(old)
         return {"success": True, "data": b"", "context": {"slots": [self._slot(inst, h) for h in handles]}}
@@ -628,8 +679,11 @@ class ZmqDataPathServer:
         ident = key.identity(hashes[-1] if hashes else None)
         with self._lock:
             pending = inst.pending_reads.pop(ident, None)
+            started = inst.read_started.pop(ident, None)
         if pending is not None:
             self.data_path.release_read(pending)
+            # The engine copied the chunks out between PREPARE and this COMMIT.
+            self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(pending), inst.object_size, started)
         return True
 
     # ------------------------------------------------------------------ LMCache-driven
@@ -661,11 +715,13 @@ class ZmqDataPathServer:
     def _store(self, p: list[Any]) -> list[Any]:
         inst, layout = self._layout_of(self._iid(p[1]))
         key, keys, _ = self._transfer_key(p[0])
+        self._count_request(STORE_REQUESTS, key)
         block_ids, handle = self._block_ids(p[2]), p[3] if isinstance(p[3], bytes) else b""
         nchunks = len(keys)
         if not layout.check_block_ids(block_ids, nchunks):
             return [handle, False]
         self._wait_client_event(layout, handle)
+        started = time.perf_counter()
         reserved = self.data_path.reserve_new(keys, inst.object_size)
         done = [keys[i] for i, _ in reserved]
         try:
@@ -673,12 +729,14 @@ class ZmqDataPathServer:
         except BaseException:
             self.data_path.abort(done)
             raise
-        self.data_path.commit(done)
+        stored = self.data_path.commit_count(done)
+        self._report_moved(STORED_TOKENS, STORE_THROUGHPUT_GBPS, key, stored, inst.object_size, started)
         return [self._server_event(layout, handle), True]
 
     def _retrieve(self, p: list[Any]) -> list[Any]:
         inst, layout = self._layout_of(self._iid(p[1]))
         key, keys, _ = self._transfer_key(p[0])
+        self._count_request(RETRIEVE_REQUESTS, key)
         block_ids, handle, skip = self._block_ids(p[2]), p[3] if isinstance(p[3], bytes) else b"", p[4]
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise ProtocolError("skip_first_n_tokens must be a non-negative integer")
@@ -687,11 +745,13 @@ class ZmqDataPathServer:
         handles = self.data_path.acquire_for_read(keys, inst.object_size)
         if handles is None:
             return [handle, False]
+        started = time.perf_counter()
         try:
             self._wait_client_event(layout, handle)
             layout.scatter(block_ids, list(range(len(keys))), [self._object_tensor(h) for h in handles], skip)
         finally:
             self.data_path.release_read(keys)
+        self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(keys), inst.object_size, started)
         return [self._server_event(layout, handle), True]
 
     # ------------------------------------------------------------------ status & checks

@@ -152,3 +152,29 @@ def test_pickle_mode_tensors_round_trip() -> None:
     tensors = [torch.arange(12, dtype=torch.float16).view(3, 4), torch.ones(5, dtype=torch.bfloat16)]
     back = load_cpu_tensors(dumps_cpu_tensors(tensors))
     assert all(torch.equal(a, b) for a, b in zip(tensors, back, strict=True))
+
+
+@pytest.mark.parametrize("hint", ["NHD", "HND"])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        list(range(3, 35)),  # one run per chunk: plain copies
+        [*range(20, 28), *range(0, 8), *range(30, 46)],  # two runs in chunk 0, one in chunk 1
+        [31, 2, 17, 5, 9, 36, 0, 22, 13, 27, 4, 11, 38, 7, 19, 1, *range(40, 56)],  # > 4 runs: indexed copy
+    ],
+)
+@pytest.mark.parametrize("skip", [0, 2 * 5 + 1, 2 * 20])
+def test_scatter_of_runs_and_fragments_matches_the_blocks(hint: str, ids: list[int], skip: int) -> None:
+    bs, nb, chunk = 2, 64, 32  # 16 blocks per chunk
+    shape = (2, nb, bs, NH, HS) if hint == "NHD" else (2, nb, NH, bs, HS)
+    src = layers(shape)
+    layout = KVCacheLayout(src, chunk, layout_hints={"kv_layout": hint})
+    objs = [torch.zeros(layout.object_size, dtype=torch.uint8) for _ in range(2)]
+    layout.gather([ids], [0, 1], objs)
+    dst = [torch.zeros_like(t) for t in src]
+    KVCacheLayout(dst, chunk, layout_hints={"kv_layout": hint}).scatter([ids], [0, 1], objs, skip_tokens=skip)
+    written = ids[skip // bs :]
+    left = [i for i in range(nb) if i not in written]
+    for s, d in zip(src, dst, strict=True):
+        assert torch.equal(d[:, written], s[:, written])
+        assert int(d[:, left].abs().sum()) == 0

@@ -379,3 +379,31 @@ def test_extend_rejects_bad_tokens_without_changing_state() -> None:
     with pytest.raises(ValueError):
         inc.extend([4, -1])
     assert inc.num_tokens == 3
+
+
+def test_token_bytes_pass_through_untouched_and_validate_length() -> None:
+    from lmcache_core.hashing import TokenBytes
+
+    data = TokenBytes.from_tokens([1, 2**32 - 1, 0])
+    assert data == token_bytes([1, 2**32 - 1, 0])
+    assert token_bytes(data) is data
+    assert TokenHasher().chunk_hashes(TokenBytes.from_tokens(BENCH_SEQ0)) == TokenHasher().chunk_hashes(BENCH_SEQ0)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        TokenBytes(b"\x00\x00\x01")
+    with pytest.raises(ValueError):
+        TokenBytes.from_tokens([2**32])
+
+
+def test_adopt_takes_over_hashes_and_later_growth_hashes_only_new_chunks() -> None:
+    from lmcache_core.hashing import TokenBytes
+
+    hasher = TokenHasher("blake3", chunk_size=4)
+    tokens = list(range(10))
+    source = hasher.incremental()
+    hashes = source.update_to(tokens)
+    target = hasher.incremental()
+    target.adopt(TokenBytes.from_tokens(tokens), hashes)
+    assert target.hashes == hashes and target.num_tokens == 10
+    assert target.update_to(tokens + [7, 7]) == hasher.chunk_hashes(tokens + [7, 7])
+    with pytest.raises(ValueError, match="full chunks"):
+        hasher.incremental().adopt(TokenBytes.from_tokens(tokens), hashes[:1])

@@ -294,3 +294,25 @@ def test_pack_kv_rank_rejects_naming_part(args: tuple[Any, ...], field: str) -> 
 def test_unpack_kv_rank_rejects(bad: Any) -> None:
     with pytest.raises(InvalidKeyError, match="kv_rank"):
         unpack_kv_rank(bad)
+
+
+def test_trusted_keys_equal_validated_ones_and_hash_alike() -> None:
+    checked = ObjectKey(HASH, "org/model", RANK, 0, "tenant")
+    trusted = ObjectKey.trusted(HASH, "org/model", RANK, "tenant")
+    assert trusted == checked and hash(trusted) == hash(checked)
+    assert {checked: 1}[trusted] == 1
+    assert trusted.to_storage_name() == checked.to_storage_name()
+    assert trusted != ObjectKey.trusted(HASH, "org/model", RANK, "other")
+    assert trusted != ObjectKey(HASH, "org/model", RANK, 1, "tenant")
+    assert trusted != (HASH, "org/model", RANK, 0, "tenant")
+
+
+def test_keys_pickle_and_copy_without_carrying_the_cached_hash() -> None:
+    import copy
+    import pickle
+
+    original = ObjectKey(HASH, "m", RANK, 2, "s")
+    for clone in (pickle.loads(pickle.dumps(original)), copy.copy(original), copy.deepcopy(original)):
+        assert clone == original and hash(clone) == hash(original)
+    # The cached hash is rebuilt on load (str hashes differ between processes).
+    assert b"_hash" not in pickle.dumps(original)

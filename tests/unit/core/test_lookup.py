@@ -168,3 +168,21 @@ def test_objects_of_another_layout_size_are_misses() -> None:
     assert dp.query("r") == (True, 0)
     k = key(TOKENS, "r", end=2 * C, worker=0)
     assert dp.acquire_for_read(dp.keys_of(k, dp.range_hashes(k), 0), 2 * OBJ) is None
+
+
+def test_keys_of_shares_key_objects_but_never_the_list() -> None:
+    dp, _, _ = make()
+    k = key(TOKENS, "r")
+    hashes = dp.chunk_hashes(k)
+    first = dp.keys_of(k, hashes)
+    second = dp.keys_of(key(TOKENS, "other"), hashes)
+    assert first == second and first is not second
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    first.clear()  # a caller mutating its list does not touch the next caller's
+    assert dp.keys_of(k, hashes) == second
+    # Same length and last hash but another prefix: compared in full, never reused.
+    forged = [b"\x01" * 32] + hashes[1:]
+    assert [x.chunk_hash for x in dp.keys_of(k, forged)] == forged
+    # Another namespace gets its own keys.
+    salted = RequestKey("m", 1, None, TOKENS, 0, 4 * C, "r", cache_salt="t")
+    assert {x.cache_salt for x in dp.keys_of(salted, hashes)} == {"t"}

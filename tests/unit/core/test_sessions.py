@@ -87,3 +87,37 @@ def test_ended_sessions_are_remembered_with_their_keys_and_bounded() -> None:
 def test_invalid_ttl_rejected() -> None:
     with pytest.raises(ValueError):
         SessionManager(TokenHasher(), clock=ManualClock(), ttl_seconds=0)
+
+
+def test_a_new_request_with_a_known_sequence_adopts_its_hashes() -> None:
+    from lmcache_core.hashing import TokenBytes
+
+    sessions, hasher, _ = make()
+    tokens = TokenBytes.from_tokens(list(range(4 * 8 + 1)))
+    first = sessions.chunk_hashes("a", tokens, model_name="m", world_size=1)
+    assert hasher.chunks_hashed == 8
+    again = sessions.chunk_hashes("b", tokens, model_name="m", world_size=1)
+    assert again == first and hasher.chunks_hashed == 8 and sessions.adopted_total == 1
+    # The adopted session keeps growing incrementally and ends with its keys.
+    longer = TokenBytes.from_tokens(list(range(4 * 9)))
+    expected = TokenHasher("blake3", chunk_size=4).chunk_hashes(longer)
+    assert sessions.chunk_hashes("b", longer, model_name="m", world_size=1) == expected
+    assert hasher.chunks_hashed == 8 + 1  # only the new ninth chunk
+    record = sessions.end("b")
+    assert record is not None and len(record.keys()) == 9
+    # Plain lists are never matched against known sequences (no conversion cost to compare).
+    sessions.chunk_hashes("c", list(range(4 * 8 + 1)), model_name="m", world_size=1)
+    assert sessions.adopted_total == 1
+
+
+def test_known_sequences_are_bounded() -> None:
+    from lmcache_core.hashing import TokenBytes
+
+    clock = ManualClock()
+    hasher = CountingHasher("blake3", chunk_size=4)
+    sessions = SessionManager(hasher, clock=clock, max_known_sequences=1)
+    a, b = TokenBytes.from_tokens([1] * 8), TokenBytes.from_tokens([2] * 8)
+    sessions.chunk_hashes("1", a, model_name="m", world_size=1)
+    sessions.chunk_hashes("2", b, model_name="m", world_size=1)
+    sessions.chunk_hashes("3", a, model_name="m", world_size=1)  # evicted: hashed again
+    assert hasher.chunks_hashed == 6 and sessions.adopted_total == 0

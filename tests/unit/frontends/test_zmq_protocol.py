@@ -205,3 +205,32 @@ def test_silent_worker_is_reaped_and_its_uncommitted_write_discarded() -> None:
     finally:
         srv.stop()
         services.close()
+
+
+def test_long_prompts_take_the_cached_key_path_with_identical_answers(
+    server: ZmqDataPathServer, client: LMCacheClient
+) -> None:
+    import torch
+
+    ctx = client.register_engine_driven(12, model_name="long", num_layers=1, hidden_dim_size=8)
+    # Mixed msgpack widths (1, 2, 3 and 5 bytes), 256 chunks of 16 plus a partial one: a key
+    # frame over the decoder's 4 KiB threshold.
+    tokens = [(i * 2654435761) % (1 << 32) if i % 7 == 0 else i % 70000 for i in range(256 * 16 + 5)]
+    chunks = [torch.full(ctx.object_shape, float(i % 1000)).half() for i in range(256)]
+    assert client.store_engine_driven(ctx, make_key("long", tokens, "w", end=256 * 16, worker_id=0), chunks)
+    hits_before, adopted_before = server.key_decoder.hits, server.sessions.adopted_total
+    for rid in ("a", "b", "a"):
+        client.lookup(make_key("long", tokens, rid))
+        assert client.wait_for_lookup(rid) == 256
+    assert server.key_decoder.hits >= hits_before + 3
+    assert server.sessions.adopted_total >= adopted_before + 1  # "b" reused "a"'s hashes
+    got = client.retrieve_engine_driven(ctx, make_key("long", tokens, "a", start=16 * 10, end=16 * 12, worker_id=0))
+    assert got is not None and [float(t.flatten()[0]) for t in got] == [10.0, 11.0]
+    # Another prompt with the same length but a different token misses past the change.
+    other = list(tokens)
+    other[16 * 5 + 3] += 1
+    client.lookup(make_key("long", other, "c"))
+    assert client.wait_for_lookup("c") == 5
+    for rid in ("a", "b", "c"):
+        client.end_session(rid)
+    client.unregister_engine_driven(12)

@@ -1,0 +1,107 @@
+"""KeyFrameDecoder: recently seen token arrays skip the msgpack int decode, never changing results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmcache_core.hashing import TokenBytes, token_bytes
+from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
+from lmcache_frontends.zmq.protocol import ProtocolError, decode, encode, parse_key
+
+# Every width msgpack uses for a non-negative int below 2^32, mixed.
+TOKEN = st.one_of(
+    st.integers(0, 0x7F), st.integers(0x80, 0xFF), st.integers(0x100, 0xFFFF), st.integers(0x10000, 2**32 - 1)
+)
+
+
+def key_map(tokens: Any, **over: Any) -> dict[str, Any]:
+    m = {
+        "model_name": "m",
+        "world_size": 1,
+        "worker_id": None,
+        "token_ids": tokens,
+        "start": 0,
+        "end": 0,
+        "request_id": "r",
+        "cache_salt": "",
+    }
+    m.update(over)
+    return m
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(TOKEN, min_size=1, max_size=40), st.integers(4200, 4400))
+def test_decoded_key_equals_the_normal_decoder(sample: list[int], n: int) -> None:
+    # Large enough to be cached (a frame over 4 KiB even with 1-byte tokens); widths mixed in any order by the sample.
+    tokens = (sample * (n // len(sample) + 1))[:n]
+    frame = encode(key_map(tokens, end=n))
+    dec = KeyFrameDecoder()
+    normal = decode(frame)
+    for _ in range(2):  # a miss, then a hit
+        fast = dec.decode(frame)
+        assert fast is not None
+        assert isinstance(fast["token_ids"], TokenBytes)
+        assert np.frombuffer(fast["token_ids"], ">u4").tolist() == normal["token_ids"] == tokens
+        assert {k: v for k, v in fast.items() if k != "token_ids"} == {
+            k: v for k, v in normal.items() if k != "token_ids"
+        }
+        fast_key, normal_key = parse_key(fast), parse_key(normal)
+        assert fast_key.identity(None) == normal_key.identity(None)
+        assert token_bytes(fast_key.token_ids) == token_bytes(normal_key.token_ids)
+    assert (dec.misses, dec.hits) == (1, 1)
+
+
+def test_a_hit_returns_the_same_token_bytes_object_across_request_ids() -> None:
+    dec = KeyFrameDecoder()
+    tokens = list(range(5000))
+    a = dec.decode(encode(key_map(tokens, request_id="a")))
+    b = dec.decode(encode(key_map(tokens, request_id="b")))
+    assert a is not None and b is not None
+    assert a["token_ids"] is b["token_ids"]  # what lets sessions recognise the sequence
+    assert (a["request_id"], b["request_id"]) == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [-1] + [5] * 2000,  # negative
+        [5] * 2000 + [2**32],  # too large (uint64)
+        [5] * 2000 + [1.5],  # not an int
+        [5] * 2000 + ["x"],
+        [5] * 2000 + [None],
+    ],
+)
+def test_invalid_tokens_fall_back_to_the_normal_path(tokens: list[Any]) -> None:
+    frame = encode(key_map(tokens))
+    assert KeyFrameDecoder().decode(frame) is None
+
+
+def test_frames_it_does_not_handle_fall_back() -> None:
+    dec = KeyFrameDecoder()
+    big = list(range(2000))
+    assert dec.decode(encode(key_map(list(range(10))))) is None  # too small to be worth it
+    assert dec.decode(encode([big])) is None  # not a map
+    assert dec.decode(encode(key_map({"a": big}))) is None  # token_ids not an array
+    assert dec.decode(encode(key_map(big)) + b"\x00") is None  # trailing bytes
+    assert dec.decode(encode(key_map(big))[:-3]) is None  # truncated
+    assert dec.decode(msgpack.packb({"model_name": "m", "x": big})) is None  # no token_ids
+    # The normal path still reports these exactly as before.
+    with pytest.raises(ProtocolError):
+        decode(encode(key_map(big)) + b"\x00")
+
+
+def test_cache_is_bounded_lru() -> None:
+    dec = KeyFrameDecoder(max_entries=2)
+    frames = [encode(key_map(list(range(i, i + 2000)))) for i in range(3)]
+    for f in frames:
+        assert dec.decode(f) is not None
+    assert len(dec) == 2
+    dec.decode(frames[0])  # evicted: a miss again
+    assert dec.misses == 4 and dec.hits == 0
+    assert KeyFrameDecoder(max_entries=0).decode(frames[0]) is None
