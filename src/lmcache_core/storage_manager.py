@@ -58,7 +58,7 @@ class StorageManager:
         managed = []
         for i, spec in enumerate(l2_adapters):
             name, adapter = spec[0], spec[1]
-            eviction = spec[2] if len(spec) > 2 else None  # type: ignore[misc]
+            eviction = spec[2] if len(spec) > 2 else None
             entry = L2AdapterEntry(i, name, adapter_type_name(adapter), adapter, dict(eviction) if eviction else None)
             self.l2_adapters.append(entry)
             if eviction:

@@ -22,11 +22,25 @@ class TestSerdeZstdOverMockContract(L2AdapterContract):
         yield adapter
         adapter.close()
 
+    @pytest.fixture
+    def capacity_limited_adapter(self) -> Iterator[SerdeL2Adapter]:
+        # The inner adapter's capacity bounds what the wrapper stores (compressed bytes).
+        adapter = wrap_with_serde(MockL2Adapter(capacity_bytes=40_000), {"type": "zstd", "level": 3})
+        yield adapter
+        adapter.close()
+
 
 class TestSerdeZlibOverMockContract(L2AdapterContract):
     @pytest.fixture
     def adapter(self) -> Iterator[SerdeL2Adapter]:
         adapter = wrap_with_serde(MockL2Adapter(max_workers=4), {"type": "zlib", "level": 1})
+        yield adapter
+        adapter.close()
+
+    @pytest.fixture
+    def capacity_limited_adapter(self) -> Iterator[SerdeL2Adapter]:
+        # The inner adapter's capacity bounds what the wrapper stores (compressed bytes).
+        adapter = wrap_with_serde(MockL2Adapter(capacity_bytes=40_000), {"type": "zlib", "level": 1})
         yield adapter
         adapter.close()
 
@@ -39,6 +53,12 @@ class TestSerdeZstdOverFSContract(L2AdapterContract):
     @pytest.fixture
     def adapter(self, tmp_path: Path) -> Iterator[SerdeL2Adapter]:
         adapter = wrap_with_serde(FSL2Adapter(str(tmp_path / "l2")), {"type": "zstd"})
+        yield adapter
+        adapter.close()
+
+    @pytest.fixture
+    def capacity_limited_adapter(self, tmp_path: Path) -> Iterator[SerdeL2Adapter]:
+        adapter = wrap_with_serde(FSL2Adapter(str(tmp_path / "l2-small"), capacity_bytes=40_000), {"type": "zstd"})
         yield adapter
         adapter.close()
 
@@ -60,6 +80,12 @@ class TestSerdeFp8OverMockContract(L2AdapterContract):
         )
         yield adapter
         adapter.close()
+
+    @pytest.fixture
+    def capacity_limited_adapter(self) -> Iterator[SerdeL2Adapter]:
+        # fp8 halves every payload, so 8 objects sized for the contract's check all fit the inner
+        # capacity; the capacity rule itself is the inner adapter's (tested over zstd/zlib above).
+        pytest.skip("fp8 halves payloads: the contract's capacity sizing does not apply (covered by zstd/zlib)")
 
     def assert_payload_equal(self, original: memoryview, loaded: memoryview | bytearray) -> None:
         assert len(loaded) == original.nbytes

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import torch
-from s3_server import MotoServer, moto_server
 from serverproc import ServerProcess
 
 from lmcache_core.keys import ObjectKey
 from lmcache_frontends.client import LMCacheClient, make_key
+from s3_server import MotoServer, moto_server
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lmcache_sqlite.adapter import SqliteL2Adapter
 
 from lmcache_adapters.testing import L2AdapterContract
 from lmcache_core.keys import ObjectKey
-from lmcache_sqlite.adapter import SqliteL2Adapter
 
 
 class TestSqliteContract(L2AdapterContract):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class OpResult(str, Enum):
+class OpResult(StrEnum):
     """Outcome of one key in a batch operation."""
 
     SUCCESS = "SUCCESS"
@@ -21,7 +21,7 @@ class OpResult(str, Enum):
         return self is OpResult.SUCCESS
 
 
-class WriteMode(str, Enum):
+class WriteMode(StrEnum):
     """Which keys `reserve_write` may reserve.
 
     NEW: only keys that do not exist (existing ones answer KEY_IN_WRONG_STATE);

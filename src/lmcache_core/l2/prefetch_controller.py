@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -189,7 +190,7 @@ class PrefetchController:
                 failed: Future[list[bool]] = Future()
                 failed.set_exception(exc)
                 fut = failed
-            fut.add_done_callback(lambda f, e=entry: on_lookup(e, f))
+            fut.add_done_callback(functools.partial(on_lookup, entry))
 
     def _plan(self, job: PrefetchJob, bitmaps: dict[int, list[bool]]) -> None:
         with self._lock:
@@ -333,7 +334,7 @@ class PrefetchController:
                     failed = Future()
                     failed.set_exception(exc)
                     fut = failed
-            fut.add_done_callback(lambda f, e=entry, ks=keys: on_load(e, ks, f))
+            fut.add_done_callback(functools.partial(on_load, entry, keys))
 
     def _finish_load(self, job: PrefetchJob, loaded: dict[ObjectKey, bool], planned: int) -> None:
         with self._lock:

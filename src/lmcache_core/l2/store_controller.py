@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -200,7 +201,7 @@ class StoreController(L1Listener):
                 failed: Future[list[bool]] = Future()
                 failed.set_exception(exc)
                 future = failed
-            future.add_done_callback(lambda f, e=entry: self._on_done(state, e, f))
+            future.add_done_callback(functools.partial(self._on_done, state, entry))
 
     def _on_done(self, state: _Batch, entry: L2AdapterEntry, future: Future[list[bool]]) -> None:
         try:
