@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -14,36 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr
+from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr, server_command
 
 from lmcache_frontends.client import LMCacheClient, make_key
 
 pytestmark = pytest.mark.e2e
 
 ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
-_PLUGIN = "lmcache_frontends.zmq.plugin"
-# Until the data path's entry point is installed, register its plugin the way the entry point would.
-_LAUNCH = f"""
-import sys
-from lmcache_adapters import plugin_manager as pm
-_init = pm.LMCachePluginManager.__init__
-def init(self, *a, **k):
-    _init(self, *a, **k)
-    import {_PLUGIN} as plugin
-    try:
-        self.register(plugin, "builtin_data_path")
-    except Exception:
-        pass
-pm.LMCachePluginManager.__init__ = init
-from lmcache_frontends.server import main
-sys.exit(main())
-"""
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, str]]:
-    installed = any(ep.value == _PLUGIN for ep in importlib.metadata.entry_points(group="lmcache"))
-    cmd = ["lmcache-server"] if installed else [sys.executable, "-c", _LAUNCH]
+    cmd = server_command()
     args = cmd + ["--http-port", "0", "--port", "0", "--l1-size-gb", "0.03125", "--chunk-size", "64",
                   "--shm-name", f"e2e_cli_{uuid.uuid4().hex[:10]}",
                   "--l2-adapter", '{"type": "mock", "serde": {"type": "zlib"}}']

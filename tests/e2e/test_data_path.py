@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import urllib.request
 import uuid
@@ -16,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import zmq
-from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr
+from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr, server_command
 
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 from lmcache_frontends.zmq.protocol import encode
@@ -24,33 +22,11 @@ from lmcache_frontends.zmq.protocol import encode
 pytestmark = pytest.mark.e2e
 
 ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
-_PLUGIN = "lmcache_frontends.zmq.plugin"
-
-# Until the entry point `builtin_data_path` is installed, register the plugin the same way it would be.
-_LAUNCH = f"""
-import sys
-from lmcache_adapters import plugin_manager as pm
-_init = pm.LMCachePluginManager.__init__
-def init(self, *a, **k):
-    _init(self, *a, **k)
-    import {_PLUGIN} as plugin
-    try:
-        self.register(plugin, "builtin_data_path")
-    except Exception:  # already registered
-        pass
-pm.LMCachePluginManager.__init__ = init
-from lmcache_frontends.server import main
-sys.exit(main())
-"""
-
-
-def _entry_point_installed() -> bool:
-    return any(ep.value == _PLUGIN for ep in importlib.metadata.entry_points(group="lmcache"))
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[ServerProcess, str]]:
-    cmd = ["lmcache-server"] if _entry_point_installed() else [sys.executable, "-c", _LAUNCH]
+    cmd = server_command()
     args = cmd + ["--http-port", "0", "--port", "0", "--l1-size-gb", "0.03125", "--chunk-size", "64",
                   "--shm-name", f"e2e_dp_{uuid.uuid4().hex[:10]}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}

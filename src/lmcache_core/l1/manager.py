@@ -315,28 +315,7 @@ class L1Manager:
         """Drop write-locked objects whose write will never complete (never made readable)."""
         with self._lock:
             now = self._clock.monotonic()
-            results: list[OpResult] = []
-            seen: set[ObjectKey] = set()
-            aborted: list[_L1Object] = []
-            for key in keys:
-                if key in seen:
-                    results.append(OpResult.KEY_IN_WRONG_STATE)
-                    continue
-                seen.add(key)
-                pending = self._pending.get(key) if self._pending else None
-                if pending is not None:
-                    pending.write_lock.unlock(1, now)
-                    self._free_pending_if_unlocked(pending, now)
-                    results.append(OpResult.KEY_NOT_EXIST)
-                    continue
-                obj = self._objects.get(key)
-                if obj is None:
-                    results.append(OpResult.KEY_NOT_EXIST)
-                elif not obj.write_lock.unlock(1, now):
-                    results.append(OpResult.KEY_IN_WRONG_STATE)
-                else:
-                    aborted.append(obj)
-                    results.append(OpResult.SUCCESS)
+            results, aborted = self._release_write_locks(keys, now)
             self._drop(aborted, "aborted")
             return results
 
@@ -826,8 +805,21 @@ class L1Manager:
     def _finish_write_locked(
         self, keys: Sequence[ObjectKey], now: float
     ) -> tuple[list[OpResult], list[_L1Object]]:
+        results, done = self._release_write_locks(keys, now)
+        for obj in done:
+            self._write_locked.discard(obj.key)
+            obj.ready = True
+            obj.last_access = now
+        return results, done
+
+    def _release_write_locks(
+        self, keys: Sequence[ObjectKey], now: float
+    ) -> tuple[list[OpResult], list[_L1Object]]:
+        """Release one write lock per key (finish or abort). Returns the per-key results and the
+        objects whose lock was released; a force-cleared (pending) key answers KEY_NOT_EXIST and
+        its memory is freed once unlocked; a repeated key answers KEY_IN_WRONG_STATE."""
         results: list[OpResult] = []
-        done: list[_L1Object] = []
+        released: list[_L1Object] = []
         seen: set[ObjectKey] = set()
         for key in keys:
             if key in seen:
@@ -846,12 +838,9 @@ class L1Manager:
             elif not obj.write_lock.unlock(1, now):
                 results.append(OpResult.KEY_IN_WRONG_STATE)
             else:
-                self._write_locked.discard(key)
-                obj.ready = True
-                obj.last_access = now
-                done.append(obj)
+                released.append(obj)
                 results.append(OpResult.SUCCESS)
-        return results, done
+        return results, released
 
     def _allocate_all(
         self, sizes: list[int], protect: list[ObjectKey]
