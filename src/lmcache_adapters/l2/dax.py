@@ -20,6 +20,12 @@ from typing import Any, TypeVar
 import numpy as np
 import xxhash
 
+from lmcache_adapters.l2.batch import (
+    acquire_lock_count,
+    check_lengths,
+    failed_future,
+    release_lock_count,
+)
 from lmcache_adapters.l2.integrity import (
     HEADER_SIZE,
     IntegrityError,
@@ -392,7 +398,7 @@ class DaxL2Adapter:
 
     def submit_store(self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]) -> Future[list[bool]]:
         """Store each payload in a free slot (overwrite: new slot, then the old one is freed)."""
-        _check_lengths(keys, payloads, "payloads")
+        check_lengths(keys, payloads, "payloads")
         return self._submit(self._store, list(keys), list(payloads))
 
     def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
@@ -401,7 +407,7 @@ class DaxL2Adapter:
 
     def submit_load(self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]) -> Future[list[bool]]:
         """Copy each object into its buffer and verify it; a corrupt object is a miss and is freed."""
-        _check_lengths(keys, buffers, "buffers")
+        check_lengths(keys, buffers, "buffers")
         return self._submit(self._load, list(keys), list(buffers))
 
     # ------------------------------------------------------------------ synchronous operations
@@ -410,11 +416,7 @@ class DaxL2Adapter:
         """Drop one lock count per key; unknown or unlocked keys are ignored."""
         with self._lock:
             for key in keys:
-                count = self._locks.get(key, 0)
-                if count > 1:
-                    self._locks[key] = count - 1
-                elif count == 1:
-                    del self._locks[key]
+                release_lock_count(self._locks, key)
 
     def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
         """Remove unlocked keys; False for locked or absent ones. A draining device that becomes
@@ -746,14 +748,14 @@ class DaxL2Adapter:
     def _submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
         with self._lock:
             if self._closed:
-                return _failed(NotInitializedError(f"L2 adapter {self.name!r} (dax) is closed"))
+                return failed_future(NotInitializedError(f"L2 adapter {self.name!r} (dax) is closed"))
             self._pending += 1
         try:
             future = self._executor.submit(fn, *args)
         except RuntimeError:
             with self._lock:
                 self._pending -= 1
-            return _failed(NotInitializedError(f"L2 adapter {self.name!r} (dax) is closed"))
+            return failed_future(NotInitializedError(f"L2 adapter {self.name!r} (dax) is closed"))
         future.add_done_callback(self._operation_done)
         return future
 
@@ -835,7 +837,7 @@ class DaxL2Adapter:
                 loc = self._index.get(key)
                 hit = loc is not None and loc.device.state in _READABLE
                 if hit:
-                    self._locks[key] = self._locks.get(key, 0) + 1
+                    acquire_lock_count(self._locks, key)
                 hits.append(hit)
         return hits
 
@@ -1550,14 +1552,3 @@ def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     return value
-
-
-def _check_lengths(keys: Sequence[ObjectKey], views: Sequence[memoryview], what: str) -> None:
-    if len(keys) != len(views):
-        raise ValueError(f"got {len(keys)} keys but {len(views)} {what}")
-
-
-def _failed(exc: BaseException) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_exception(exc)
-    return future

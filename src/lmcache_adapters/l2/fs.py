@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from lmcache_adapters.l2.batch import acquire_lock_count, release_lock_count
 from lmcache_adapters.l2.integrity import (
     HEADER_SIZE,
     IntegrityError,
@@ -388,7 +389,7 @@ class FSL2Adapter:
                 hits = [n in self._entries for n in names]
                 for n, hit in zip(names, hits, strict=True):
                     if hit:
-                        self._locks[n] = self._locks.get(n, 0) + 1
+                        acquire_lock_count(self._locks, n)
         out.set_result(hits)  # the index is in memory: answering inline never blocks on I/O
         return out
 
@@ -407,12 +408,7 @@ class FSL2Adapter:
     def unlock(self, keys: Sequence[ObjectKey]) -> None:
         with self._lock:
             for key in keys:
-                name = key.to_storage_name()
-                count = self._locks.get(name, 0)
-                if count > 1:
-                    self._locks[name] = count - 1
-                elif count == 1:
-                    del self._locks[name]
+                release_lock_count(self._locks, key.to_storage_name())
 
     def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
         out: list[bool] = []

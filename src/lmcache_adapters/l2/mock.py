@@ -7,6 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from lmcache_adapters.l2.batch import (
+    acquire_lock_count,
+    check_lengths,
+    failed_future,
+    release_lock_count,
+)
 from lmcache_adapters.l2.listing import check_page_args, page_of
 from lmcache_core.errors import ConfigError, NotInitializedError
 from lmcache_core.keys import ObjectKey
@@ -73,7 +79,7 @@ class MockL2Adapter:
 
     def submit_store(self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]) -> Future[list[bool]]:
         """Store each payload (copied on a worker thread); per key False when it does not fit."""
-        _check_lengths(keys, payloads, "payloads")
+        check_lengths(keys, payloads, "payloads")
         keys, payloads = list(keys), list(payloads)
         return self._submit(self._store, keys, payloads)
 
@@ -83,7 +89,7 @@ class MockL2Adapter:
 
     def submit_load(self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]) -> Future[list[bool]]:
         """Copy stored bytes into the buffers; False for a missing key or a buffer of another length."""
-        _check_lengths(keys, buffers, "buffers")
+        check_lengths(keys, buffers, "buffers")
         return self._submit(self._load, list(keys), list(buffers))
 
     # ------------------------------------------------------------------ synchronous operations
@@ -92,11 +98,7 @@ class MockL2Adapter:
         """Drop one lock count per key; unknown or unlocked keys are ignored."""
         with self._lock:
             for key in keys:
-                count = self._locks.get(key, 0)
-                if count > 1:
-                    self._locks[key] = count - 1
-                elif count == 1:
-                    del self._locks[key]
+                release_lock_count(self._locks, key)
 
     def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
         """Remove unlocked keys; False for locked or absent ones."""
@@ -162,7 +164,7 @@ class MockL2Adapter:
 
     def _submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
         if self._closed.is_set():
-            return _failed(self._closed_error())
+            return failed_future(self._closed_error())
         with self._lock:
             self._pending += 1
         try:
@@ -170,7 +172,7 @@ class MockL2Adapter:
         except RuntimeError:  # the executor shut down between the check and the submit
             with self._lock:
                 self._pending -= 1
-            return _failed(self._closed_error())
+            return failed_future(self._closed_error())
         future.add_done_callback(self._operation_done)
         return future
 
@@ -219,7 +221,7 @@ class MockL2Adapter:
             for key in keys:
                 hit = key in self._objects
                 if hit:
-                    self._locks[key] = self._locks.get(key, 0) + 1
+                    acquire_lock_count(self._locks, key)
                 hits.append(hit)
         return hits
 
@@ -287,11 +289,6 @@ def _check_int(field_name: str, value: Any, *, minimum: int, maximum: int | None
         raise ConfigError(f"{field_name} must be an integer {bounds}, got {value!r}")
 
 
-def _check_lengths(keys: Sequence[ObjectKey], views: Sequence[memoryview], what: str) -> None:
-    if len(keys) != len(views):
-        raise ValueError(f"got {len(keys)} keys but {len(views)} {what}")
-
-
 def _to_bytes(payload: memoryview) -> bytes:
     # One copy on the worker thread: the caller's view is only valid until the Future completes.
     return bytes(payload)
@@ -308,9 +305,3 @@ def _copy_into(buffer: memoryview, blob: bytes) -> bool:
         return False
     view[:] = blob
     return True
-
-
-def _failed(exc: BaseException) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_exception(exc)
-    return future

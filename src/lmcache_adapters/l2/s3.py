@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, TypeVar
 
+from lmcache_adapters.l2.batch import acquire_lock_count, release_lock_count
 from lmcache_adapters.l2.integrity import HEADER_SIZE, IntegrityError, frame, unframe
 from lmcache_core.clock import SystemClock
 from lmcache_core.errors import ConfigError, InvalidKeyError, LMCacheError
@@ -599,15 +600,11 @@ class S3L2Adapter:
 
     def _lock_key(self, key: ObjectKey) -> None:
         with self._lock:
-            self._locks[key] = self._locks.get(key, 0) + 1
+            acquire_lock_count(self._locks, key)
 
     def _unlock_key(self, key: ObjectKey) -> None:
         with self._lock:
-            count = self._locks.get(key, 0)
-            if count <= 1:
-                self._locks.pop(key, None)
-            else:
-                self._locks[key] = count - 1
+            release_lock_count(self._locks, key)
 
     def unlock(self, keys: Sequence[ObjectKey]) -> None:
         for key in keys:

@@ -35,12 +35,9 @@ def _span_elements(shape: Any, stride: Any, storage_offset: int) -> int:
     return storage_offset + 1 + sum((s - 1) * st for s, st in zip(shape, stride, strict=True))
 
 
-class CpuShmTensorWrapper:
-    """A CPU tensor in a client-created POSIX shm segment (`--mode cpu --transfer-mode
-    lmcache_driven`). Mapped read-write and zero-copy over the client's pages."""
+class _SharedTensorWrapper:
+    """What every wrapper pickle carries: tensor geometry restored from a plain state dict."""
 
-    shm_name: str
-    nbytes: int
     dtype: torch.dtype
     shape: tuple[int, ...]
     stride: tuple[int, ...]
@@ -52,6 +49,19 @@ class CpuShmTensorWrapper:
             raise ValueError("wrapper state must be a dict")
         self.__dict__.update(state)
 
+    def _check_geometry(self) -> None:
+        self.shape = tuple(self.shape)
+        self.stride = tuple(self.stride)
+        _check_geometry(self.shape, self.stride, self.storage_offset, self.dtype)
+
+
+class CpuShmTensorWrapper(_SharedTensorWrapper):
+    """A CPU tensor in a client-created POSIX shm segment (`--mode cpu --transfer-mode
+    lmcache_driven`). Mapped read-write and zero-copy over the client's pages."""
+
+    shm_name: str
+    nbytes: int
+
     def validate(self) -> None:
         name = getattr(self, "shm_name", None)
         if not isinstance(name, str) or not name.strip("/") or "/" in name.strip("/") or "\0" in name:
@@ -59,9 +69,7 @@ class CpuShmTensorWrapper:
         nbytes = getattr(self, "nbytes", None)
         if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
             raise ValueError("nbytes must be a positive integer")
-        self.shape = tuple(self.shape)
-        self.stride = tuple(self.stride)
-        _check_geometry(self.shape, self.stride, self.storage_offset, self.dtype)
+        self._check_geometry()
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         if _span_elements(self.shape, self.stride, self.storage_offset) * itemsize > nbytes:
             raise ValueError("tensor geometry exceeds the shared segment")
@@ -81,25 +89,13 @@ class CpuShmTensorWrapper:
         return typed.as_strided(self.shape, self.stride, self.storage_offset)
 
 
-class CudaIPCWrapper:
+class CudaIPCWrapper(_SharedTensorWrapper):
     """A CUDA tensor shared with `storage._share_cuda_()` (vLLM on GPU, `bench --mode gpu`)."""
 
     handle: Any
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    storage_offset: int
-    device_uuid: str
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict):
-            raise ValueError("wrapper state must be a dict")
-        self.__dict__.update(state)
 
     def validate(self) -> None:
-        self.shape = tuple(self.shape)
-        self.stride = tuple(self.stride)
-        _check_geometry(self.shape, self.stride, self.storage_offset, self.dtype)
+        self._check_geometry()
         handle = getattr(self, "handle", None)
         if not isinstance(handle, tuple) or len(handle) != 8:
             raise ValueError("CUDA IPC handle must be the 8-tuple of storage._share_cuda_()")
@@ -123,9 +119,7 @@ class RawCudaIPCWrapper(CudaIPCWrapper):
     """TRT-LLM's raw cudaIpcMemHandle variant (64 reserved bytes instead of a torch handle)."""
 
     def validate(self) -> None:
-        self.shape = tuple(self.shape)
-        self.stride = tuple(self.stride)
-        _check_geometry(self.shape, self.stride, self.storage_offset, self.dtype)
+        self._check_geometry()
         raw = getattr(self, "_ipc_handle_reserved", None)
         if not isinstance(raw, bytes) or len(raw) != 64:
             raise ValueError("_ipc_handle_reserved must be 64 bytes")

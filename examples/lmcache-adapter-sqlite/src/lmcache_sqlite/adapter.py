@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from lmcache_adapters.l2.batch import acquire_lock_count, release_lock_count
 from lmcache_adapters.l2.integrity import IntegrityError, frame, unframe
 from lmcache_core.errors import ConfigError, InvalidKeyError
 from lmcache_core.keys import ObjectKey
@@ -42,7 +43,7 @@ class SqliteL2Adapter:
         self.capacity_bytes = capacity_bytes
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._locks: Counter[ObjectKey] = Counter()
+        self._locks: dict[ObjectKey, int] = {}
         self._closed = False
         self._checksum_failures = 0
         try:
@@ -111,7 +112,7 @@ class SqliteL2Adapter:
             hit = conn.execute("SELECT 1 FROM objects WHERE name = ?", (key.to_storage_name(),)).fetchone()
             if hit:
                 with self._lock:
-                    self._locks[key] += 1
+                    acquire_lock_count(self._locks, key)
             out.append(bool(hit))
         return out
 
@@ -145,10 +146,7 @@ class SqliteL2Adapter:
     def unlock(self, keys: Sequence[ObjectKey]) -> None:
         with self._lock:
             for key in keys:
-                if self._locks.get(key, 0) > 1:
-                    self._locks[key] -= 1
-                else:
-                    self._locks.pop(key, None)
+                release_lock_count(self._locks, key)
 
     def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
         conn = self._conn()
