@@ -228,11 +228,19 @@ class DataPath:
     def keys_of(self, key: RequestKey, hashes: Sequence[bytes], rank: int | None = None) -> list[ObjectKey]:
         """Chunk-major ObjectKeys of `hashes`, for one rank or (None) every rank (a new list;
         the keys themselves are shared with earlier calls for the same chunks)."""
+        return self._keys(key.model_name, key.world_size, key.cache_salt, hashes, rank)
+
+    def _keys(
+        self, model_name: str, world_size: int, cache_salt: str, hashes: Sequence[bytes], rank: int | None
+    ) -> list[ObjectKey]:
+        # The same key objects for the same chunks on every call: L1's tables then match them
+        # on identity instead of comparing fields in Python (`ObjectKey.__eq__`).
         if not hashes:
             return []
-        if key.world_size == 1:
+        if world_size == 1:
             rank = 0  # every rank and rank 0 are the same keys: share them with stores
-        ident = (key.model_name, key.world_size, rank, key.cache_salt, len(hashes), hashes[-1])
+        hashes = hashes if isinstance(hashes, list) else list(hashes)
+        ident = (model_name, world_size, rank, cache_salt, len(hashes), hashes[-1])
         with self._lock:
             cached = self._key_cache.get(ident)
             if cached is not None:
@@ -240,19 +248,20 @@ class DataPath:
         # Compared in full so a reused list never rests on the last hash alone.
         if cached is not None and cached[0] == hashes:
             return list(cached[1])
-        keys = self._build_keys(key, hashes, rank)
+        keys = self._build_keys(model_name, world_size, cache_salt, hashes, rank)
         with self._lock:
-            self._key_cache[ident] = (list(hashes), keys)
+            self._key_cache[ident] = (hashes.copy(), keys)
             while len(self._key_cache) > _KEY_CACHE_ENTRIES:
                 self._key_cache.popitem(last=False)
         return list(keys)
 
-    def _build_keys(self, key: RequestKey, hashes: Sequence[bytes], rank: int | None) -> list[ObjectKey]:
-        ws = key.world_size
+    @staticmethod
+    def _build_keys(
+        model: str, ws: int, salt: str, hashes: Sequence[bytes], rank: int | None
+    ) -> list[ObjectKey]:
         ranks = [kv_rank_for(ws, r) for r in range(ws)] if rank is None else [kv_rank_for(ws, rank)]
-        model, salt = key.model_name, key.cache_salt
-        # Every part was validated already (the RequestKey checked model and salt, kv_rank_for the
-        # rank, the hasher made the digests), so the per-key validation is skipped.
+        # Every part was validated already (a RequestKey or session checked model and salt,
+        # kv_rank_for the rank, the hasher made the digests), so per-key validation is skipped.
         trusted = ObjectKey.trusted
         return [trusted(h, model, kr, salt) for h in hashes for kr in ranks]
 
@@ -279,15 +288,16 @@ class DataPath:
         extra = self.extra_locks(tp_size, ws)
         results = self.l1.reserve_read(keys, extra) if keys else []
         lead = 0
+        success = OpResult.SUCCESS
         for status, handle in results:
             # An object of another size under the same key was stored under an earlier layout
             # of this model name: it cannot be served to this engine, so it is a miss.
-            if status is not OpResult.SUCCESS or handle is None or handle.nbytes != object_size:
+            if status is not success or handle is None or handle.nbytes != object_size:
                 break
             lead += 1
         lead -= lead % ws
         # Locks past the leading run (holes, a partial chunk) are useless to the engine.
-        stray = [k for i, (k, (status, _)) in enumerate(zip(keys, results, strict=True)) if i >= lead and status.ok]
+        stray = [k for k, (status, _) in zip(keys[lead:], results[lead:], strict=True) if status.ok]
         if stray:
             self.l1.finish_read(stray, 1 + extra)
         prefetch = None
@@ -374,7 +384,7 @@ class DataPath:
         record = self.sessions.end(request_id)
         if record is None:
             return False
-        keys = record.keys()
+        keys = self._keys(record.model_name, record.world_size, record.cache_salt, record.chunk_hashes, None)
         if keys:
             self.l1.touch(keys)
         return True

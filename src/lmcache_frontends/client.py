@@ -8,6 +8,7 @@ import os
 import pickle
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import msgpack
 import torch
 import zmq
 
+from lmcache_core.hashing import TokenBytes
 from lmcache_core.lookup import RequestKey
 from lmcache_frontends.zmq.protocol import (
     EXT_DEVICE_IPC_WRAPPER,
@@ -23,12 +25,14 @@ from lmcache_frontends.zmq.protocol import (
     RequestType,
     decode,
     encode,
-    key_to_wire,
+    encode_key,
+    encode_token_array,
 )
 
 __all__ = ["EngineDrivenContext", "LMCacheClient", "RequestKey", "make_key", "share_cpu_tensor"]
 
 CPU_STUB_EVENT = b"stub_ipc_handle"
+_TOKEN_ARRAY_CACHE = 16
 _SHM_DIR = "/dev/shm"
 
 
@@ -43,15 +47,18 @@ def make_key(
     worker_id: int | None = None,
     cache_salt: str = "",
 ) -> RequestKey:
-    """A key over `[start, end)` of `token_ids` (the whole sequence from token 0). `end`
-    defaults to the last full chunk boundary the caller passes (it must be a chunk multiple)."""
+    """A key over `[start, end)` of `token_ids` (the whole sequence from token 0: a list, a
+    numpy array or a tensor of ids in [0, 2^32)). `end` defaults to the number of tokens (it must
+    be a chunk multiple). The ids are validated and encoded once here (ValueError for a bad
+    one); every request that sends the key reuses them."""
+    tokens = TokenBytes.from_tokens(token_ids)
     return RequestKey(
         model_name=model_name,
         world_size=world_size,
         worker_id=worker_id,
-        token_ids=list(token_ids),
+        token_ids=tokens,
         start=start,
-        end=len(token_ids) if end is None else end,
+        end=len(tokens) // 4 if end is None else end,
         request_id=request_id,
         cache_salt=cache_salt,
     )
@@ -152,6 +159,8 @@ class LMCacheClient:
         self._lock = threading.Lock()
         self._chunk_size: int | None = None
         self._mappings: list[mmap.mmap] = []
+        self._token_arrays: OrderedDict[TokenBytes, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def close(self) -> None:
         self._sock.close()
@@ -163,6 +172,26 @@ class LMCacheClient:
         self.close()
 
     # -- raw calls ---------------------------------------------------------------------
+
+    def _key_frame(self, key: RequestKey, worker_id: int | None) -> bytes:
+        """The key's frame for `worker_id`. A request sends the same tokens several times
+        (lookup, retrieve, store, free), so the encoded token arrays of the last few token
+        sequences are kept."""
+        key = _with_worker(key, worker_id)
+        tokens = key.token_ids
+        if not isinstance(tokens, TokenBytes):
+            return encode_key(key)
+        with self._cache_lock:
+            array = self._token_arrays.get(tokens)
+            if array is not None:
+                self._token_arrays.move_to_end(tokens)
+        if array is None:
+            array = encode_token_array(tokens)
+            with self._cache_lock:
+                self._token_arrays[tokens] = array
+                while len(self._token_arrays) > _TOKEN_ARRAY_CACHE:
+                    self._token_arrays.popitem(last=False)
+        return encode_key(key, array)
 
     def call(self, rtype: RequestType, *payloads: Any, timeout: float | None = None) -> Any:
         """Send one request and return its decoded response (None for types without one).
@@ -204,7 +233,7 @@ class LMCacheClient:
 
     def lookup(self, key: RequestKey, tp_size: int = 1) -> None:
         """Start a lookup (and L2 prefetch) job under `key.request_id`."""
-        self.call(RequestType.LOOKUP, key_to_wire(_with_worker(key, None)), tp_size)
+        self.call(RequestType.LOOKUP, self._key_frame(key, None), tp_size)
 
     def query_prefetch_status(self, request_id: str) -> int | None:
         return self.call(RequestType.QUERY_PREFETCH_STATUS, request_id)
@@ -221,7 +250,7 @@ class LMCacheClient:
         return self.call(RequestType.QUERY_PREFETCH_LOOKUP_HITS, request_id)
 
     def free_lookup_locks(self, key: RequestKey, tp_size: int = 1) -> None:
-        self.call(RequestType.FREE_LOOKUP_LOCKS, key_to_wire(key), tp_size)
+        self.call(RequestType.FREE_LOOKUP_LOCKS, self._key_frame(key, key.worker_id), tp_size)
 
     def end_session(self, request_id: str) -> None:
         self.call(RequestType.END_SESSION, request_id)
@@ -274,7 +303,7 @@ class LMCacheClient:
     def store_engine_driven(self, ctx: EngineDrivenContext, key: RequestKey, chunks: Sequence[torch.Tensor]) -> bool:
         """Store one tensor per chunk of `[key.start, key.end)` (each of `ctx.object_shape`);
         chunks the server already holds are skipped. True when the commit succeeded."""
-        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        wire = self._key_frame(key, key.worker_id or 0)
         iid = ctx.instance_id
         if ctx.pickle_mode:
             data = pickle.dumps([c.detach().cpu().contiguous() for c in chunks])
@@ -292,7 +321,7 @@ class LMCacheClient:
         `key.start`) into `slot`, a uint8 tensor over the server's L1 object. Shared-memory mode only."""
         if ctx.pickle_mode:
             raise RuntimeError("the server chose pickle mode; use store_engine_driven")
-        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        wire = self._key_frame(key, key.worker_id or 0)
         reply = self.call(RequestType.PREPARE_STORE, wire, ctx.instance_id)
         context = reply.get("context", {})
         try:
@@ -310,7 +339,7 @@ class LMCacheClient:
         object. False when the chunks are not (all) in L1."""
         if ctx.pickle_mode:
             raise RuntimeError("the server chose pickle mode; use retrieve_engine_driven")
-        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        wire = self._key_frame(key, key.worker_id or 0)
         reply = self.call(RequestType.PREPARE_RETRIEVE, wire, ctx.instance_id)
         try:
             if not reply.get("success"):
@@ -323,7 +352,7 @@ class LMCacheClient:
 
     def retrieve_engine_driven(self, ctx: EngineDrivenContext, key: RequestKey) -> list[torch.Tensor] | None:
         """The chunks of `[key.start, key.end)` (a LOOKUP must have locked them); None on a miss."""
-        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        wire = self._key_frame(key, key.worker_id or 0)
         reply = self.call(RequestType.PREPARE_RETRIEVE, wire, ctx.instance_id)
         try:
             if not reply.get("success"):
@@ -368,14 +397,14 @@ class LMCacheClient:
     def store(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
               event: bytes = CPU_STUB_EVENT) -> bool:
         """Server-driven store: the server gathers `block_ids` (one list per group) into L1."""
-        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        wire = self._key_frame(key, key.worker_id or 0)
         reply = self.call(RequestType.STORE, wire, instance_id, [list(b) for b in block_ids], event)
         return bool(reply[1])
 
     def retrieve(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
                  skip_first_n_tokens: int = 0, event: bytes = CPU_STUB_EVENT) -> bool:
         """Server-driven retrieve: the server scatters the chunks into `block_ids`."""
-        wire = key_to_wire(_with_worker(key, key.worker_id or 0))
+        wire = self._key_frame(key, key.worker_id or 0)
         reply = self.call(RequestType.RETRIEVE, wire, instance_id, [list(b) for b in block_ids], event,
                           skip_first_n_tokens)
         return bool(reply[1])

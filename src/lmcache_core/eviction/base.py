@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from lmcache_core.keys import ObjectKey
@@ -24,6 +24,11 @@ class EvictionPolicy(Protocol):
 
     def on_accessed(self, key: ObjectKey) -> None:
         """An object was read or touched."""
+        ...
+
+    def on_accessed_many(self, keys: Sequence[ObjectKey]) -> None:
+        """`on_accessed` for each key in order, as one operation (the LOOKUP hot path reports
+        128+ keys at a time: one lock round trip instead of one per key)."""
         ...
 
     def on_removed(self, key: ObjectKey) -> None:

@@ -32,12 +32,10 @@ class PolicyListener(L1Listener):
             self.policy.on_added(key, size)
 
     def on_l1_keys_read_reserved(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self.policy.on_accessed(key)
+        self.policy.on_accessed_many(keys)
 
     def on_l1_keys_touched(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self.policy.on_accessed(key)
+        self.policy.on_accessed_many(keys)
 
     def on_l1_keys_removed(
         self, keys: Sequence[ObjectKey], sizes: Sequence[int], reason: str

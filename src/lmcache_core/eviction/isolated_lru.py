@@ -6,7 +6,7 @@ import heapq
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lmcache_core.keys import ObjectKey
@@ -64,6 +64,17 @@ class IsolatedLRUPolicy:
                 return
             size, _ = lru.order.pop(key)
             lru.order[key] = (size, next(self._seq))
+
+    def on_accessed_many(self, keys: Sequence[ObjectKey]) -> None:
+        with self._lock:
+            salts, seq = self._salts, self._seq
+            for key in keys:
+                lru = salts.get(key.cache_salt)
+                if lru is None:
+                    continue
+                entry = lru.order.pop(key, None)
+                if entry is not None:
+                    lru.order[key] = (entry[0], next(seq))
 
     def on_removed(self, key: ObjectKey) -> None:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lmcache_core.keys import ObjectKey
@@ -31,6 +31,16 @@ class LRUPolicy:
         with self._lock:
             if key in self._order:
                 self._order.move_to_end(key)
+
+    def on_accessed_many(self, keys: Sequence[ObjectKey]) -> None:
+        with self._lock:
+            order = self._order
+            move = order.move_to_end
+            for key in keys:
+                try:
+                    move(key)
+                except KeyError:
+                    pass  # not tracked (already removed)
 
     def on_removed(self, key: ObjectKey) -> None:
         with self._lock:

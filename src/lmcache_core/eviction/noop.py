@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lmcache_core.keys import ObjectKey
@@ -17,6 +17,9 @@ class NoopPolicy:
         return None
 
     def on_accessed(self, key: ObjectKey) -> None:
+        return None
+
+    def on_accessed_many(self, keys: Sequence[ObjectKey]) -> None:
         return None
 
     def on_removed(self, key: ObjectKey) -> None:

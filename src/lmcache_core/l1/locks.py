@@ -14,7 +14,10 @@ class TTLLock:
     `unlock()` from a slow holder is answered False instead of corrupting a newer lock.
 
     Not thread-safe on its own: the L1 manager serialises access under its lock. Methods take an
-    optional `now` so a batch operation reads the clock once."""
+    optional `now` so a batch operation reads the clock once. The manager's read-lock batch
+    loops (`reserve_read`, `finish_read`) apply these same rules to `_count`/`_deadline` inline,
+    to save a call per key on the LOOKUP path; a change to the rules here must be made there too
+    (tests/unit/core/test_l1_locks.py and test_l1_manager.py cover both)."""
 
     __slots__ = ("_clock", "_count", "_deadline", "_ttl")
 
@@ -35,40 +38,55 @@ class TTLLock:
         """Monotonic time at which the current holders are presumed dead."""
         return self._deadline
 
-    def _now(self, now: float | None) -> float:
-        return self._clock.monotonic() if now is None else now
+    # Each method below is one Python call with its expiry check inlined: L1 batch operations
+    # call them once per key on the LOOKUP hot path (128+ keys per request).
 
     def expired(self, now: float | None = None) -> bool:
         """True when holders remain but the deadline has passed (does not reset the count)."""
-        return self._count > 0 and self._now(now) >= self._deadline
-
-    def _reset_if_expired(self, now: float) -> None:
-        if self._count > 0 and now >= self._deadline:
-            self._count = 0
+        if now is None:
+            now = self._clock.monotonic()
+        return self._count > 0 and now >= self._deadline
 
     def count(self, now: float | None = None) -> int:
         """Live holders (0 once expired)."""
-        self._reset_if_expired(self._now(now))
+        if self._count > 0:
+            if now is None:
+                now = self._clock.monotonic()
+            if now >= self._deadline:
+                self._count = 0
         return self._count
 
     def is_locked(self, now: float | None = None) -> bool:
-        return self.count(now) > 0
+        if self._count <= 0:
+            return False
+        if now is None:
+            now = self._clock.monotonic()
+        if now >= self._deadline:
+            self._count = 0
+            return False
+        return True
 
     def lock(self, count: int = 1, now: float | None = None) -> None:
         """Add `count` (>= 1) holders and refresh the deadline for all of them."""
         if count < 1:
             raise ValueError(f"lock count must be >= 1, got {count}")
-        t = self._now(now)
-        self._reset_if_expired(t)
+        if now is None:
+            now = self._clock.monotonic()
+        if self._count > 0 and now >= self._deadline:
+            self._count = 0
         self._count += count
-        self._deadline = t + self._ttl
+        self._deadline = now + self._ttl
 
     def unlock(self, count: int = 1, now: float | None = None) -> bool:
         """Remove `count` (>= 1) holders. False (and no change) when fewer are held, including
         when the lock has expired."""
         if count < 1:
             raise ValueError(f"unlock count must be >= 1, got {count}")
-        self._reset_if_expired(self._now(now))
+        if self._count > 0:
+            if now is None:
+                now = self._clock.monotonic()
+            if now >= self._deadline:
+                self._count = 0
         if count > self._count:
             return False
         self._count -= count

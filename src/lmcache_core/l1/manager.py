@@ -55,6 +55,7 @@ class _L1Object:
         "read_lock",
         "ready",
         "size",
+        "stamp",
         "temporary",
         "write_lock",
     )
@@ -81,6 +82,9 @@ class _L1Object:
         self.read_lock = TTLLock(read_ttl, clock)
         self.created_at = now
         self.last_access = now
+        # Set by a batch operation to its own token: a second sight of the object in the same
+        # batch is a duplicate key (cheaper than hashing every key into a "seen" set).
+        self.stamp: object = None
 
     def locked(self, now: float) -> bool:
         return self.write_lock.is_locked(now) or self.read_lock.is_locked(now)
@@ -347,12 +351,16 @@ class L1Manager:
         with self._lock:
             now = self._clock.monotonic()
             results: list[tuple[OpResult, MemoryHandle | None]] = []
-            seen: set[ObjectKey] = set()
             reserved: list[ObjectKey] = []
-            # Hot loop (128+ keys per LOOKUP): locals bound once; the stored key (obj.key) is
-            # used from here on so later set/dict/LRU lookups hit on identity, skipping __eq__.
-            get, add_seen, add_locked = self._objects.get, seen.add, self._read_locked.add
+            # Hot loop (128+ keys per LOOKUP). Locals are bound once, and the TTL locks' state
+            # is read and updated inline (same rules as TTLLock.is_locked/lock, no call per
+            # key). A duplicate is recognised by a per-call stamp on the object, so a found
+            # key is hashed once; the stored key (obj.key) is used from here on so later
+            # set/dict/LRU lookups hit on identity, skipping __eq__.
+            stamp = object()
+            get, add_locked = self._objects.get, self._read_locked.add
             append, append_reserved = results.append, reserved.append
+            missing_seen: set[ObjectKey] = set()
             missing, unreadable, wrong = (
                 (OpResult.KEY_NOT_EXIST, None),
                 (OpResult.KEY_NOT_READABLE, None),
@@ -360,24 +368,30 @@ class L1Manager:
             )
             success = OpResult.SUCCESS
             for key in keys:
-                # One hash per key for the duplicate check (ObjectKey.__hash__ is Python code).
-                before = len(seen)
-                add_seen(key)
-                if len(seen) == before:
-                    append(wrong)
-                    continue
                 obj = get(key)
                 if obj is None:
-                    append(missing)
-                elif not obj.readable(now):
+                    before = len(missing_seen)
+                    missing_seen.add(key)
+                    append(missing if len(missing_seen) != before else wrong)
+                    continue
+                if obj.stamp is stamp:
+                    append(wrong)
+                    continue
+                obj.stamp = stamp
+                wl = obj.write_lock
+                if not obj.ready or (wl._count > 0 and now < wl._deadline):
                     append(unreadable)
-                else:
-                    obj.read_lock.lock(holders, now)
-                    obj.last_access = now
-                    stored = obj.key
-                    add_locked(stored)
-                    append_reserved(stored)
-                    append((success, obj.handle))
+                    continue
+                rl = obj.read_lock
+                if rl._count > 0 and now >= rl._deadline:
+                    rl._count = 0  # expired: its holders are presumed dead
+                rl._count += holders
+                rl._deadline = now + rl._ttl
+                obj.last_access = now
+                stored = obj.key
+                add_locked(stored)
+                append_reserved(stored)
+                append((success, obj.handle))
             self._emit("on_l1_keys_read_reserved", reserved)
             return results
 
@@ -387,35 +401,51 @@ class L1Manager:
         with self._lock:
             now = self._clock.monotonic()
             results: list[OpResult] = []
-            seen: set[ObjectKey] = set()
             finished: list[ObjectKey] = []
             spent: list[_L1Object] = []
-            add_seen = seen.add
+            # Hot loop: as in reserve_read, lock state inline (TTLLock.unlock's rules) and
+            # duplicates recognised by a per-call stamp.
+            stamp = object()
+            append, append_finished = results.append, finished.append
+            get, discard_locked = self._objects.get, self._read_locked.discard
+            pending_table = self._pending
+            missing_seen: set[ObjectKey] = set()
+            success, wrong, missing = OpResult.SUCCESS, OpResult.KEY_IN_WRONG_STATE, OpResult.KEY_NOT_EXIST
             for key in keys:
-                before = len(seen)
-                add_seen(key)
-                if len(seen) == before:
-                    results.append(OpResult.KEY_IN_WRONG_STATE)
-                    continue
-                pending = self._pending.get(key) if self._pending else None
+                pending = pending_table.get(key) if pending_table else None
                 if pending is not None:
+                    if pending.stamp is stamp:
+                        append(wrong)
+                        continue
+                    pending.stamp = stamp
                     pending.read_lock.unlock(count, now)
                     self._free_pending_if_unlocked(pending, now)
-                    results.append(OpResult.KEY_NOT_EXIST)
+                    append(missing)
                     continue
-                obj = self._objects.get(key)
+                obj = get(key)
                 if obj is None:
-                    results.append(OpResult.KEY_NOT_EXIST)
-                elif not obj.read_lock.unlock(count, now):
-                    results.append(OpResult.KEY_IN_WRONG_STATE)
-                else:
-                    key = obj.key  # identity hits in the sets and listeners below
-                    finished.append(key)
-                    results.append(OpResult.SUCCESS)
-                    if obj.read_lock.count(now) == 0:
-                        self._read_locked.discard(key)
-                        if obj.temporary and not obj.write_lock.is_locked(now):
-                            spent.append(obj)
+                    before = len(missing_seen)
+                    missing_seen.add(key)
+                    append(missing if len(missing_seen) != before else wrong)
+                    continue
+                if obj.stamp is stamp:
+                    append(wrong)
+                    continue
+                obj.stamp = stamp
+                rl = obj.read_lock
+                if rl._count > 0 and now >= rl._deadline:
+                    rl._count = 0  # expired: a late unlock is answered "wrong state"
+                if count > rl._count:
+                    append(wrong)
+                    continue
+                rl._count -= count
+                key = obj.key  # identity hits in the sets and listeners below
+                append_finished(key)
+                append(success)
+                if rl._count == 0:
+                    discard_locked(key)
+                    if obj.temporary and not obj.write_lock.is_locked(now):
+                        spent.append(obj)
             self._emit("on_l1_keys_read_finished", finished)
             self._drop(spent, "temporary")
             return results
@@ -501,17 +531,19 @@ class L1Manager:
             results: list[OpResult] = []
             seen: set[ObjectKey] = set()
             touched: list[ObjectKey] = []
+            add_seen, get = seen.add, self._objects.get
             for key in keys:
-                if key in seen:
+                before = len(seen)
+                add_seen(key)
+                if len(seen) == before:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
                     continue
-                seen.add(key)
-                obj = self._objects.get(key)
+                obj = get(key)
                 if obj is None:
                     results.append(OpResult.KEY_NOT_EXIST)
                 else:
                     obj.last_access = now
-                    touched.append(key)
+                    touched.append(obj.key)  # identity hits in the listeners' tables
                     results.append(OpResult.SUCCESS)
             self._emit("on_l1_keys_touched", touched)
             return results

@@ -109,8 +109,7 @@ class L2EvictionController:
         m = self._managed.get(entry.index)
         if m is None:
             return
-        for key in keys:
-            m.policy.on_accessed(key)
+        m.policy.on_accessed_many(keys)
 
     def on_deleted(self, entry: L2AdapterEntry, keys: Sequence[ObjectKey]) -> None:
         """Keys removed from an adapter by someone else (DELETE /l2)."""

@@ -89,9 +89,70 @@ class ProtocolError(ValueError):
     """A frame that does not decode into what its request type declares."""
 
 
+class EncodedFrame(bytes):
+    """A payload already encoded as one msgpack frame; `encode` passes it through unchanged."""
+
+    __slots__ = ()
+
+
 def encode(obj: Any) -> bytes:
     """One frame, as msgspec encodes it: smallest ints, float64, bin for bytes, maps in order."""
+    if isinstance(obj, EncodedFrame):
+        return obj
     return msgpack.packb(obj, use_bin_type=True, default=_default)
+
+
+# One token on the wire in fixed width: msgpack's uint32 tag (0xce) + 4 big-endian bytes.
+# Both fields are copied as raw bytes ("<u4" on both sides: no byte swap on any host).
+WIRE_TOKEN = np.dtype([("tag", "u1"), ("value", "<u4")])
+UINT32_TAG = 0xCE
+
+
+def array_header(n: int) -> bytes:
+    """The msgpack header of an n-element array."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_token_array(tokens: TokenBytes) -> bytes:
+    """The msgpack array of `tokens`, every id as a uint32 (`ce` + 4 bytes): valid msgpack that
+    any decoder reads as the same ints (the spec allows non-minimal widths; msgspec and
+    msgpack-python accept them), built with one numpy copy instead of one Python int per token.
+    A server that knows the form (ours: `zmq.fastkey`) decodes it the same way."""
+    n = len(tokens) // 4
+    records = np.empty(n, dtype=WIRE_TOKEN)
+    records["tag"] = UINT32_TAG
+    records["value"] = np.frombuffer(tokens, dtype="<u4")
+    return array_header(n) + records.tobytes()
+
+
+_KEY_MAP_HEADER = b"\x88"  # a map of the 8 key fields
+
+
+def encode_key(key: RequestKey, token_array: bytes | None = None) -> EncodedFrame:
+    """The `IPCCacheServerKey` frame of `key` (fields in wire order), its token ids in the
+    fixed-width form of `encode_token_array` (pass `token_array` when it is at hand already)."""
+    if token_array is None:
+        tokens = key.token_ids if isinstance(key.token_ids, TokenBytes) else TokenBytes.from_tokens(key.token_ids)
+        token_array = encode_token_array(tokens)
+    pack = msgpack.Packer(use_bin_type=True).pack
+    parts = [_KEY_MAP_HEADER]
+    for name, value in (
+        ("model_name", key.model_name),
+        ("world_size", key.world_size),
+        ("worker_id", key.worker_id),
+        ("token_ids", None),
+        ("start", key.start),
+        ("end", key.end),
+        ("request_id", key.request_id),
+        ("cache_salt", key.cache_salt),
+    ):
+        parts.append(pack(name))
+        parts.append(token_array if name == "token_ids" else pack(value))
+    return EncodedFrame(b"".join(parts))
 
 
 def _default(obj: Any) -> Any:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from lmcache_core.hashing import TokenBytes, token_bytes
 from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
-from lmcache_frontends.zmq.protocol import ProtocolError, decode, encode, parse_key
+from lmcache_frontends.client import make_key
+from lmcache_frontends.zmq.protocol import ProtocolError, decode, encode, encode_key, encode_token_array, parse_key
 
 # Every width msgpack uses for a non-negative int below 2^32, mixed.
 TOKEN = st.one_of(
@@ -54,7 +55,69 @@ def test_decoded_key_equals_the_normal_decoder(sample: list[int], n: int) -> Non
         fast_key, normal_key = parse_key(fast), parse_key(normal)
         assert fast_key.identity(None) == normal_key.identity(None)
         assert token_bytes(fast_key.token_ids) == token_bytes(normal_key.token_ids)
-    assert (dec.misses, dec.hits) == (1, 1)
+    if all(t >= 0x10000 for t in tokens):
+        # Every id took msgpack's uint32 form: the fixed-width reader handles it, no cache.
+        assert (dec.fixed_width, dec.misses, dec.hits) == (2, 0, 0)
+    else:
+        assert (dec.fixed_width, dec.misses, dec.hits) == (0, 1, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(TOKEN, min_size=1, max_size=40), st.integers(1000, 1100), st.sampled_from(["", "tenant-a"]))
+def test_fixed_width_key_frames_decode_like_the_normal_decoder(sample: list[int], n: int, salt: str) -> None:
+    tokens = (sample * (n // len(sample) + 1))[:n]
+    key = make_key("model/©token_ids", tokens, "req", end=0, worker_id=0, cache_salt=salt)
+    frame = encode_key(key)
+    normal = decode(frame)  # any msgpack decoder reads the fixed-width form
+    assert normal["token_ids"] == tokens
+    dec = KeyFrameDecoder()
+    fast = dec.decode(frame)
+    assert fast is not None and dec.fixed_width == 1 and (dec.misses, dec.hits) == (0, 0)
+    assert np.frombuffer(fast["token_ids"], ">u4").tolist() == tokens
+    assert {k: v for k, v in fast.items() if k != "token_ids"} == {k: v for k, v in normal.items() if k != "token_ids"}
+    assert list(fast) == list(normal)  # field order kept
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_token_ids_anywhere_in_the_map(position: str) -> None:
+    tokens = list(range(70000, 71000))
+    fields = key_map(fixed_width_stub := None)
+    del fields["token_ids"]
+    items = list(fields.items())
+    items = [("token_ids", fixed_width_stub), *items] if position == "first" else [*items, ("token_ids", None)]
+    parts = [b"\x88"]
+    for name, value in items:
+        parts.append(msgpack.packb(name))
+        parts.append(encode_token_array(TokenBytes.from_tokens(tokens)) if name == "token_ids" else msgpack.packb(value))
+    frame = b"".join(parts)
+    fast = KeyFrameDecoder().decode(frame)
+    assert fast is not None and fast == {**decode(frame), "token_ids": fast["token_ids"]}
+    assert np.frombuffer(fast["token_ids"], ">u4").tolist() == tokens
+
+
+def test_a_field_name_inside_a_string_value_is_not_taken_for_the_field() -> None:
+    tokens = list(range(2000))
+    # The model name holds the exact bytes of the "token_ids" field name (as a str8 value).
+    frame = encode(key_map(tokens, model_name="x\xa9token_ids" * 3))
+    fast = KeyFrameDecoder().decode(frame)
+    normal = decode(frame)
+    assert fast is None or (fast["model_name"] == normal["model_name"] and fast["start"] == normal["start"])
+    frame = encode_key(make_key("m\xa9token_ids", tokens, "r", end=0))
+    fast = KeyFrameDecoder().decode(frame)
+    assert fast is not None and fast["model_name"] == "m\xa9token_ids"
+
+
+def test_damaged_fixed_width_arrays_fall_back() -> None:
+    frame = bytearray(encode_key(make_key("m", list(range(2000)), "r", end=0)))
+    at = frame.find(b"\xa9token_ids") + 10
+    assert frame[at] == 0xDC and frame[at + 3] == 0xCE
+    wrong_tag = bytearray(frame)
+    wrong_tag[at + 3 + 5 * 7] = 0xCD  # one tag changed: the array no longer parses the same way
+    assert KeyFrameDecoder(max_entries=0).decode(bytes(wrong_tag)) is None
+    with pytest.raises(ProtocolError):
+        decode(bytes(wrong_tag))  # and the normal path reports it
+    assert KeyFrameDecoder().decode(bytes(frame[:-1])) is None  # truncated
+    assert KeyFrameDecoder().decode(bytes(frame) + b"\x00") is None  # trailing bytes
 
 
 def test_a_hit_returns_the_same_token_bytes_object_across_request_ids() -> None:

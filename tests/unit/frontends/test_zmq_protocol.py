@@ -15,7 +15,7 @@ from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.zmq.protocol import RequestType, decode, encode, key_to_wire, parse_key
+from lmcache_frontends.zmq.protocol import RequestType, decode, encode, encode_key, key_to_wire, parse_key
 from lmcache_frontends.zmq.server import ZmqDataPathServer
 
 CAPTURES = Path("/work/shared/protocol-captures")
@@ -78,7 +78,11 @@ def test_key_encoding_is_byte_exact() -> None:
     )
     key = make_key("m", [1, 2, 3], "r1", end=3)
     assert encode(key_to_wire(key)) == expect
-    assert parse_key(decode(expect)) == key
+    assert key_to_wire(parse_key(decode(expect))) == key_to_wire(key)
+    # Our client's frame: the same map, token ids in fixed width (ce + 4 bytes each).
+    fixed = encode_key(key)
+    assert fixed == expect.replace(bytes.fromhex("93010203"), bytes.fromhex("93ce00000001ce00000002ce00000003"))
+    assert decode(fixed) == decode(expect)
 
 
 def test_captured_lookup_key_head_matches() -> None:
@@ -218,12 +222,18 @@ def test_long_prompts_take_the_cached_key_path_with_identical_answers(
     tokens = [(i * 2654435761) % (1 << 32) if i % 7 == 0 else i % 70000 for i in range(256 * 16 + 5)]
     chunks = [torch.full(ctx.object_shape, float(i % 1000)).half() for i in range(256)]
     assert client.store_engine_driven(ctx, make_key("long", tokens, "w", end=256 * 16, worker_id=0), chunks)
-    hits_before, adopted_before = server.key_decoder.hits, server.sessions.adopted_total
+    dec = server.key_decoder
+    fixed_before, hits_before, adopted_before = dec.fixed_width, dec.hits, server.sessions.adopted_total
     for rid in ("a", "b", "a"):
-        client.lookup(make_key("long", tokens, rid))
+        client.lookup(make_key("long", tokens, rid))  # our client: fixed-width token arrays
         assert client.wait_for_lookup(rid) == 256
-    assert server.key_decoder.hits >= hits_before + 3
+    assert dec.fixed_width >= fixed_before + 3
     assert server.sessions.adopted_total >= adopted_before + 1  # "b" reused "a"'s hashes
+    # A reference client's frames (smallest int widths) of the same prompt: the repeat cache.
+    for _ in range(2):
+        client.call(RequestType.LOOKUP, key_to_wire(make_key("long", tokens, "d")), 1)
+        assert client.wait_for_lookup("d") == 256
+    assert dec.hits >= hits_before + 1
     got = client.retrieve_engine_driven(ctx, make_key("long", tokens, "a", start=16 * 10, end=16 * 12, worker_id=0))
     assert got is not None and [float(t.flatten()[0]) for t in got] == [10.0, 11.0]
     # Another prompt with the same length but a different token misses past the change.
@@ -231,6 +241,6 @@ def test_long_prompts_take_the_cached_key_path_with_identical_answers(
     other[16 * 5 + 3] += 1
     client.lookup(make_key("long", other, "c"))
     assert client.wait_for_lookup("c") == 5
-    for rid in ("a", "b", "c"):
+    for rid in ("a", "b", "c", "d"):
         client.end_session(rid)
     client.unregister_engine_driven(12)
