@@ -1,37 +1,45 @@
-"""Data-path benchmark: STORE/RETRIEVE GB/s vs a plain torch memcpy of the same bytes (same run),
-and the LOOKUP round trip of a 32k-token prompt (128 chunks, all hits) with blake3 and xxh3.
+"""Data-path benchmark: STORE/RETRIEVE GB/s and latency vs a plain torch memcpy of the same bytes
+(same run), and the LOOKUP round trip of a 32k-token prompt (128 chunks, all hits) with blake3
+and xxh3; optionally the same workload against the reference server (LMCache 0.5.0).
 
-Runs an in-process server on loopback (ZeroMQ over TCP) and our client:
+Every server is a real process (`lmcache-server` on loopback; the reference through
+`../shared/peer/reference.sh` when `--reference` is given); this process is the engine, using
+our client library. Figures are medians (p50) and p99 over the repetitions:
 
-    python benchmarks/bench_data_path.py [--chunks 4] [--reps 5] [--lookup-reps 300]
+    python benchmarks/bench_data_path.py [--chunks 4] [--reps 9] [--lookup-reps 400] [--reference]
+
+Also printed, as the floor of any round trip on the machine: NOOP (an empty request) against
+the same server.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from lmcache_adapters.memory.shm_pool import SharedMemoryPool
-from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
-from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.zmq.server import ZmqDataPathServer
 
 CHUNK = 256
 BS, NH, HS, LAYERS = 16, 8, 128, 32  # fp16: 2 x 32 x 256 x 1024 x 2 B = 32 MiB per chunk
-
-
-def start(hash_algorithm: str, pool_bytes: int, transfer_threads: int = 1) -> tuple[object, ZmqDataPathServer]:
-    pool = SharedMemoryPool(pool_bytes, shm_suffix=f"bench_{uuid.uuid4().hex[:8]}", prefault="sync", pin_memory=False)
-    services = bootstrap(ServerConfig(port=0, http_port=0, hash_algorithm=hash_algorithm), memory_pool=pool)
-    server = ZmqDataPathServer(services.engine, pool, clock=services.clock, port=0, max_workers=2,
-                               transfer_threads=transfer_threads)
-    server.start()
-    return services, server
+LOOKUP_TOKENS, LOOKUP_CHUNKS = 32 * 1024, 128
+REFERENCE_SH = Path(__file__).resolve().parents[2] / "shared" / "peer" / "reference.sh"
+REFERENCE_VENV = Path(os.environ.get("VENV", Path.home() / ".cache" / "lmcache-reference" / "venv"))
+READY = re.compile(r"ready: admin (http://\S+) ")
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -39,110 +47,246 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def bench_transfer(chunks: int, reps: int, transfer_threads: int) -> None:
-    default_threads = torch.get_num_threads()
-    services, server = start("blake3", (chunks * 32 + 64) << 20, transfer_threads)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+
+
+@contextlib.contextmanager
+def our_server(hash_algorithm: str, l1_gb: float, transfer_threads: int) -> Iterator[Server]:
+    port = free_port()
+    exe = shutil.which("lmcache-server") or str(Path(sys.executable).with_name("lmcache-server"))
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--http-port", "0", "--hash-algorithm", hash_algorithm,
+         "--l1-size-gb", str(l1_gb), "--transfer-threads", str(transfer_threads)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            ready = READY.search(line)
+            if ready:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("lmcache-server did not start")
+        else:
+            raise RuntimeError(f"lmcache-server exited with {proc.wait()}")
+        wait_prefaulted(ready.group(1))
+        # Keep draining stderr so the server never blocks on a full pipe.
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+        yield Server(f"ours ({hash_algorithm})", f"tcp://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def wait_prefaulted(admin_url: str, timeout: float = 120.0) -> None:
+    """Wait until the L1 pool's pages are all faulted in (it pre-faults in the background): a
+    first write into cold shared memory runs at a fraction of memcpy speed."""
+    deadline = time.monotonic() + timeout
+
+    def states(node: object) -> Iterator[object]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "prefault":
+                    yield value
+                yield from states(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from states(value)
+
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{admin_url}/status", timeout=10) as reply:
+            found = list(states(json.load(reply)))
+        if found and all(state in ("done", "none") for state in found):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the L1 pool did not finish pre-faulting")
+
+
+@contextlib.contextmanager
+def reference_server(l1_gb: float) -> Iterator[Server]:
+    zmq_port, http_port = free_port(), free_port()
+    env = {**os.environ, "ZMQ_PORT": str(zmq_port), "HTTP_PORT": str(http_port), "L1_GB": str(int(max(1, l1_gb)))}
+    subprocess.run(["bash", str(REFERENCE_SH), "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield Server("reference 0.5.0", f"tcp://127.0.0.1:{zmq_port}")
+    finally:
+        subprocess.run(["bash", str(REFERENCE_SH), "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# -- transfer ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TransferResult:
+    store: list[float]
+    retrieve: list[float]
+    memcpy: list[float]
+    nbytes: int
+
+    def gbps(self, samples: list[float]) -> float:
+        return self.nbytes / pct(samples, 0.5) / 1e9
+
+
+def bench_transfer(server: Server, chunks: int, reps: int, kv_layout: str) -> TransferResult:
     nb = chunks * CHUNK // BS
+    shape = (2, nb, BS, NH, HS) if kv_layout == "NHD" else (2, nb, NH, BS, HS)
     names = [f"lmcache_bench_{uuid.uuid4().hex[:8]}_{i}" for i in range(LAYERS)]
     try:
-        shared = [share_cpu_tensor((2, nb, BS, NH, HS), torch.float16, n) for n in names]
+        shared = [share_cpu_tensor(shape, torch.float16, n) for n in names]
         for t, _ in shared:
             t.copy_(torch.randn(t.shape).half())
+        originals = [t.clone() for t, _ in shared]
         nbytes = sum(t.numel() * 2 for t, _ in shared)
         src = torch.empty(nbytes, dtype=torch.uint8).random_()
         dst = torch.empty(nbytes, dtype=torch.uint8)
         dst.copy_(src)
-        with LMCacheClient(server.url, timeout=60) as client:
-            client.register_kv_cache(0, [w for _, w in shared], model_name="bench",
-                                     layout_hints={"kv_layout": "NHD"})
+        out = TransferResult([], [], [], nbytes)
+        with LMCacheClient(server.url, timeout=120) as client:
+            client.register_kv_cache(0, [w for _, w in shared], model_name="bench", layout_hints={"kv_layout": kv_layout})
             blocks = [list(range(nb))]
-            store_t, retr_t, copy_t, copy1_t = [], [], [], []
             for rep in range(reps):
-                tokens = [rep] + [9906] * (chunks * CHUNK)
+                tokens = [rep + 1] + [9906] * (chunks * CHUNK)
                 client.clear()
+                store_key = make_key("bench", tokens, f"s{rep}", end=chunks * CHUNK, worker_id=0)
+                out.store.append(timed(lambda k=store_key: client.store(k, 0, blocks)))
+                for t, _ in shared:
+                    t.zero_()
+                lookup_key = make_key("bench", tokens, f"r{rep}", end=chunks * CHUNK)
+                client.lookup(lookup_key)
+                hits = client.wait_for_lookup(f"r{rep}", timeout=30)
+                assert hits == chunks, f"{server.name}: {hits} of {chunks} chunks found after STORE"
+                retrieve_key = make_key("bench", tokens, f"r{rep}", end=chunks * CHUNK, worker_id=0)
                 t0 = time.perf_counter()
-                assert client.store(make_key("bench", tokens, f"s{rep}", end=chunks * CHUNK, worker_id=0), 0, blocks)
-                store_t.append(time.perf_counter() - t0)
-                client.lookup(make_key("bench", tokens, f"r{rep}", end=chunks * CHUNK))
-                assert client.wait_for_lookup(f"r{rep}") == chunks
-                t0 = time.perf_counter()
-                assert client.retrieve(make_key("bench", tokens, f"r{rep}", end=chunks * CHUNK, worker_id=0), 0, blocks)
-                retr_t.append(time.perf_counter() - t0)
-                # Both thread counts set explicitly: the default, and what the server's transfer
-                # workers use (`transfer_threads`), so each ratio compares like with like.
-                for threads, samples in ((default_threads, copy_t), (server.transfer_threads, copy1_t)):
-                    torch.set_num_threads(threads)
-                    t0 = time.perf_counter()
-                    dst.copy_(src)
-                    samples.append(time.perf_counter() - t0)
-                torch.set_num_threads(default_threads)
+                ok = client.retrieve(retrieve_key, 0, blocks)
+                out.retrieve.append(time.perf_counter() - t0)
+                assert ok, f"{server.name}: RETRIEVE failed"
+                assert all(torch.equal(t, o) for (t, _), o in zip(shared, originals, strict=True)), "data differs"
+                client.end_session(f"s{rep}")
+                client.end_session(f"r{rep}")
+                out.memcpy.append(timed(lambda: dst.copy_(src)))
             client.unregister_kv_cache(0)
-        gb = nbytes / 1e9
-        memcpy = gb / statistics.median(copy_t)
-        memcpy1 = gb / statistics.median(copy1_t)
-        store = gb / statistics.median(store_t)
-        retrieve = gb / statistics.median(retr_t)
-        print(f"transfer: {chunks} x 32 MiB chunks per call, {reps} reps (medians, STORE/RETRIEVE include the ZeroMQ round trip)")
-        print(f"  torch memcpy   {memcpy:6.2f} GB/s   ({default_threads} threads, torch's default here)")
-        print(f"  torch memcpy   {memcpy1:6.2f} GB/s   ({server.transfer_threads} thread(s), as the transfer workers copy)")
-        for name, rate in (("STORE", store), ("RETRIEVE", retrieve)):
-            print(f"  {name:14s} {rate:6.2f} GB/s   ratio {rate / memcpy:.2f} x memcpy, {rate / memcpy1:.2f} x same-threads memcpy")
+        return out
     finally:
-        import os
-
         for n in names:
-            if os.path.exists(f"/dev/shm/{n}"):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"/dev/shm/{n}")
-        server.stop()
-        services.close()  # type: ignore[attr-defined]
 
 
-def bench_lookup(hash_algorithm: str, reps: int) -> None:
-    services, server = start(hash_algorithm, 64 << 20)
-    try:
-        with LMCacheClient(server.url, timeout=30) as client:
-            ctx = client.register_engine_driven(0, model_name="bench", num_layers=1, hidden_dim_size=8)
-            tokens = list(range(1, 32 * 1024 + 1))
-            chunks = [torch.zeros(ctx.object_shape, dtype=torch.float16)] * 128
-            assert client.store_engine_driven(ctx, make_key("bench", tokens, "w", worker_id=0), chunks)
-            results = {}
-            for label, same_request in (("same request id (session hashes reused)", True),
-                                        ("new request id, same tokens (hashes adopted)", False)):
-                samples = []
-                for i in range(reps):
-                    rid = "req" if same_request else f"req-{i}"
-                    key = make_key("bench", tokens, rid)
-                    t0 = time.perf_counter()
-                    client.lookup(key)
-                    hits = client.query_prefetch_status(rid)
-                    samples.append(time.perf_counter() - t0)
-                    assert hits == 128, hits
-                    client.free_lookup_locks(key)
-                    if not same_request:
-                        client.end_session(rid)
-                results[label] = samples
-            client.unregister_engine_driven(0)
-        print(f"lookup round trip, 32k tokens / 128 chunks all hits, hash {hash_algorithm} ({reps} reps, LOOKUP + QUERY):")
-        for label, s in results.items():
-            print(f"  {label:48s} p50 {pct(s, 0.5) * 1e3:6.3f} ms   p99 {pct(s, 0.99) * 1e3:6.3f} ms")
-    finally:
-        server.stop()
-        services.close()  # type: ignore[attr-defined]
+def print_transfer(results: dict[str, TransferResult], chunks: int, kv_layout: str) -> None:
+    print(f"transfer, server-driven (shared CPU KV tensors, {kv_layout}): {chunks} x 32 MiB chunks per call, "
+          f"torch memcpy with {torch.get_num_threads()} threads (torch's default) in the same loop")
+    for name, r in results.items():
+        memcpy = r.gbps(r.memcpy)
+        print(f"  {name}: memcpy {memcpy:5.2f} GB/s")
+        for label, samples in (("STORE", r.store), ("RETRIEVE", r.retrieve)):
+            rate = r.gbps(samples)
+            print(f"    {label:9s} {rate:5.2f} GB/s = {rate / memcpy:.2f} x memcpy   "
+                  f"latency p50 {pct(samples, 0.5) * 1e3:7.1f} ms  p99 {pct(samples, 0.99) * 1e3:7.1f} ms")
+    if len(results) == 2:
+        ours, ref = results.values()
+        for label, a, b in (("STORE", ours.store, ref.store), ("RETRIEVE", ours.retrieve, ref.retrieve)):
+            print(f"  {label} latency ours / reference: {pct(a, 0.5) / pct(b, 0.5):.2f}")
+
+
+# -- lookup -----------------------------------------------------------------------------------
+
+
+def bench_lookup(server: Server, reps: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"make_key": [], "LOOKUP": [], "LOOKUP+QUERY": [], "LOOKUP+QUERY (new request id)": [],
+                                   "NOOP": []}
+    with LMCacheClient(server.url, timeout=30) as client:
+        ctx = client.register_engine_driven(7, model_name="lookup-bench", num_layers=1, hidden_dim_size=8)
+        tokens = list(range(1, LOOKUP_TOKENS + 1))
+        chunks = [torch.zeros(ctx.object_shape, dtype=torch.float16)] * LOOKUP_CHUNKS
+        assert client.store_engine_driven(ctx, make_key("lookup-bench", tokens, "w", worker_id=0), chunks)
+        for i in range(reps + 20):  # the first 20 warm up
+            for label, rid in (("LOOKUP+QUERY", "req"), ("LOOKUP+QUERY (new request id)", f"req-{i}")):
+                t0 = time.perf_counter()
+                key = make_key("lookup-bench", tokens, rid)
+                t1 = time.perf_counter()
+                client.lookup(key)
+                t2 = time.perf_counter()
+                hits = client.query_prefetch_status(rid)
+                t3 = time.perf_counter()
+                assert hits == LOOKUP_CHUNKS, f"{server.name}: {hits} hits"
+                client.free_lookup_locks(key)
+                if rid != "req":
+                    client.end_session(rid)
+                if i >= 20:
+                    out[label].append(t3 - t1)
+                    if rid == "req":
+                        out["make_key"].append(t1 - t0)
+                        out["LOOKUP"].append(t2 - t1)
+            if i >= 20:
+                out["NOOP"].append(timed(client.noop))
+        client.end_session("req")
+        client.unregister_engine_driven(7)
+    return out
+
+
+def print_lookup(name: str, r: dict[str, list[float]]) -> None:
+    print(f"  {name}:")
+    for label, samples in r.items():
+        note = {"make_key": " (client: list of 32k ints -> key, once per request, not in the round trips)",
+                "NOOP": " (an empty request: the round-trip floor)"}.get(label, "")
+        print(f"    {label:31s} p50 {pct(samples, 0.5) * 1e3:6.3f} ms   p99 {pct(samples, 0.99) * 1e3:6.3f} ms{note}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=4, help="32 MiB chunks per STORE/RETRIEVE call")
     parser.add_argument("--reps", type=int, default=9)
-    parser.add_argument("--lookup-reps", type=int, default=300)
-    parser.add_argument("--transfer-threads", type=int, default=1, help="intra-op threads of each transfer worker")
+    parser.add_argument("--lookup-reps", type=int, default=400)
+    parser.add_argument("--transfer-threads", type=int, default=0, help="our server's copy threads (0 = auto)")
     parser.add_argument("--skip-lookup", action="store_true")
+    parser.add_argument("--skip-transfer", action="store_true")
+    parser.add_argument("--reference", action="store_true", help="also run against the reference server")
     args = parser.parse_args()
-    bench_transfer(args.chunks, args.reps, args.transfer_threads)
+    if args.reference and not (REFERENCE_VENV / "bin" / "lmcache").exists():
+        sys.exit(f"--reference: no reference install at {REFERENCE_VENV} (run {REFERENCE_SH} install)")
+    l1_gb = max(1.0, args.chunks * 32 * 2 / 1024 + 0.5)
+    if not args.skip_transfer:
+        results: dict[str, TransferResult] = {}
+        with our_server("blake3", l1_gb, args.transfer_threads) as server:
+            results["ours"] = bench_transfer(server, args.chunks, args.reps, "NHD")
+        print_transfer(results, args.chunks, "NHD")
+        if args.reference:
+            # A CPU-only reference server reads every 5-D KV tensor as HND whatever the hint
+            # says: the side-by-side run uses HND tensors on both servers, so both transpose.
+            results = {}
+            with our_server("blake3", l1_gb, args.transfer_threads) as server:
+                results["ours"] = bench_transfer(server, args.chunks, args.reps, "HND")
+            with reference_server(l1_gb) as server:
+                results["reference"] = bench_transfer(server, args.chunks, args.reps, "HND")
+            print_transfer(results, args.chunks, "HND")
     if args.skip_lookup:
         return
+    print(f"lookup round trip, {LOOKUP_TOKENS} tokens / {LOOKUP_CHUNKS} chunks all hits, tcp loopback "
+          f"({args.lookup_reps} reps; 'same request id' unless noted):")
     for algo in ("blake3", "xxh3"):
-        bench_lookup(algo, args.lookup_reps)
+        with our_server(algo, 1.0, args.transfer_threads) as server:
+            print_lookup(server.name, bench_lookup(server, args.lookup_reps))
+    if args.reference:
+        with reference_server(1.0) as server:
+            print_lookup(server.name, bench_lookup(server, args.lookup_reps))
 
 
 if __name__ == "__main__":

@@ -121,13 +121,15 @@ class SessionManager:
         # Only a session's first sequence is looked up in (and added to) the table of known
         # ones: a session resending its tokens is answered from its own hasher, without hashing
         # the whole token array (~45 us for 32k tokens) for a table lookup.
-        fresh = isinstance(token_ids, TokenBytes) and self._max_known > 0 and session.hasher.num_tokens == 0
+        fresh: TokenBytes | None = None
+        if isinstance(token_ids, TokenBytes) and self._max_known > 0 and session.hasher.num_tokens == 0:
+            fresh = token_ids
         known = None
-        if fresh:
+        if fresh is not None:
             with self._lock:
-                known = self._known.get(token_ids)
+                known = self._known.get(fresh)
                 if known is not None:
-                    self._known.move_to_end(token_ids)
+                    self._known.move_to_end(fresh)
         # Hash outside the manager lock so sessions of other requests proceed in parallel.
         with session.lock:
             if known is not None and isinstance(token_ids, TokenBytes) and session.hasher.num_tokens == 0:
@@ -136,9 +138,9 @@ class SessionManager:
                 self.adopted_total += 1
                 return list(known)
             hashes = session.hasher.update_to(token_ids)
-        if fresh and known is None:
+        if fresh is not None and known is None:
             with self._lock:
-                self._known[token_ids] = tuple(hashes)
+                self._known[fresh] = tuple(hashes)
                 while len(self._known) > self._max_known:
                     self._known.popitem(last=False)
         return hashes

@@ -46,6 +46,12 @@ def _positive(value: float) -> float:
     return value
 
 
+def _copy_threads(value: int) -> int:
+    if not 0 <= value <= 64:
+        raise ValueError(f"must be in 0..64 (0 = the CPUs available, at most 4), got {value}")
+    return value
+
+
 def _fraction(value: float) -> float:
     if not 0 < value <= 1:
         raise ValueError(f"must be in (0, 1], got {value}")
@@ -173,10 +179,10 @@ class ServerConfig:
         check=_one_of(TRANSFER_MODES),
     )
     transfer_threads: int = _opt(
-        1,
-        "torch intra-op threads each data-path worker uses for a gather/scatter copy. 1 is steady under "
-        "load; 2+ is faster on an idle machine with spare cores.",
-        check=_positive,
+        0,
+        "Threads that copy one server-driven gather/scatter in parallel, whole layers each, one torch "
+        "thread apiece (0 = the CPUs available, at most 4; 1 = the data-path worker copies alone).",
+        check=_copy_threads,
     )
     session_ttl_seconds: float = _opt(
         600.0, "A request's session (tokens, chunk hashes) expires after this long without END_SESSION.", check=_positive

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import torch
+
+from lmcache_adapters.transfer.copy_pool import CopyPool
 
 
 class KVFormat(StrEnum):
@@ -179,27 +182,36 @@ class KVCacheLayout:
         return torch.as_tensor(ids, dtype=torch.long, device=self.device)
 
     def gather(
-        self, block_ids: Sequence[Sequence[int]], chunk_positions: Sequence[int], objects: Sequence[torch.Tensor]
+        self,
+        block_ids: Sequence[Sequence[int]],
+        chunk_positions: Sequence[int],
+        objects: Sequence[torch.Tensor],
+        pool: CopyPool | None = None,
     ) -> None:
         """Copy the blocks of chunk `chunk_positions[j]` (position in the request's block lists)
         into `objects[j]` (uint8 tensors of `object_size` bytes). One torch call per layer and
-        chunk, K and V together."""
+        chunk, K and V together; on CPU the layers are copied in parallel on `pool`."""
         on_cpu = self.device.type == "cpu"
+        copies: list[Callable[[], None]] = []
         for g, ids in zip(self.groups, block_ids, strict=True):
             bpc = g.blocks_per_chunk
-            index = self._index(ids)
-            for pos, obj in zip(chunk_positions, objects, strict=True):
-                idx = index[pos * bpc : (pos + 1) * bpc]
-                for out, view in zip(g.chunk_views(obj), g.views, strict=True):
-                    if g.hnd:
-                        out.copy_(view.index_select(1, idx).transpose(2, 3), non_blocking=not on_cpu)
-                    elif on_cpu:
-                        # Whole blocks at memcpy speed, straight into the L1 object.
-                        torch.index_select(view, 1, idx, out=out)
-                    else:
-                        out.copy_(view.index_select(1, idx), non_blocking=True)
-        if not on_cpu:
-            torch.cuda.current_stream(self.device).synchronize()
+            index: torch.Tensor | None = None
+            # Per chunk: runs of consecutive block ids (plain strided copies, the fastest on
+            # CPU) or, when fragmented, the chunk's index for one index_select.
+            indices: list[Any] = []
+            for pos in chunk_positions:
+                runs = _runs(ids, pos * bpc, (pos + 1) * bpc) if on_cpu else None
+                if runs is None:
+                    if index is None:
+                        index = self._index(ids)
+                    indices.append(index[pos * bpc : (pos + 1) * bpc])
+                else:
+                    indices.append(runs)
+            outs = [g.chunk_views(obj) for obj in objects]
+            for layer, view in enumerate(g.views):
+                pairs = [(out[layer], idx) for out, idx in zip(outs, indices, strict=True)]
+                copies.append(functools.partial(_gather_layer, view, pairs, g.hnd, on_cpu))
+        self._run(copies, pool, on_cpu)
 
     def scatter(
         self,
@@ -207,14 +219,19 @@ class KVCacheLayout:
         chunk_positions: Sequence[int],
         objects: Sequence[torch.Tensor],
         skip_tokens: int = 0,
+        pool: CopyPool | None = None,
     ) -> None:
         """Copy `objects[j]` into the blocks of chunk `chunk_positions[j]`, leaving the first
-        `skip_tokens // block_size` blocks of the request untouched."""
+        `skip_tokens // block_size` blocks of the request untouched. On CPU the layers are
+        copied in parallel on `pool`."""
         on_cpu = self.device.type == "cpu"
+        copies: list[Callable[[], None]] = []
         for g, ids in zip(self.groups, block_ids, strict=True):
             bpc = g.blocks_per_chunk
             skip_blocks = max(0, skip_tokens) // g.block_size
             index: torch.Tensor | None = None
+            # Per chunk: (its object views, first block to write, runs or an index).
+            plans: list[tuple[tuple[torch.Tensor, ...], int, list[tuple[int, int, int]] | None, Any]] = []
             for pos, obj in zip(chunk_positions, objects, strict=True):
                 first = max(0, skip_blocks - pos * bpc)
                 if first >= bpc:
@@ -226,21 +243,21 @@ class KVCacheLayout:
                     if index is None:
                         index = self._index(ids)
                     idx = index[lo:hi]
-                for src, view in zip(g.chunk_views(obj), g.views, strict=True):
-                    if first:
-                        src = src[:, first:]
-                    if g.hnd:
-                        src = src.transpose(2, 3)
-                    if idx is None:
-                        # index_copy_ runs far below memcpy speed on CPU; runs of
-                        # consecutive blocks are plain copies instead.
-                        for at, start, n in runs or ():
-                            part = src if n == src.shape[1] else src.narrow(1, at, n)
-                            view.narrow(1, start, n).copy_(part, non_blocking=not on_cpu)
-                        continue
-                    if not on_cpu:
-                        src = src.to(self.device, non_blocking=True)
-                    view.index_copy_(1, idx, src)
+                plans.append((g.chunk_views(obj), first, runs, idx))
+            if not plans:
+                continue
+            for layer, view in enumerate(g.views):
+                parts = [(srcs[layer], first, runs, idx) for srcs, first, runs, idx in plans]
+                copies.append(functools.partial(_scatter_layer, view, parts, g.hnd, on_cpu, self.device))
+        self._run(copies, pool, on_cpu)
+
+    def _run(self, copies: list[Callable[[], None]], pool: CopyPool | None, on_cpu: bool) -> None:
+        if on_cpu and pool is not None:
+            pool.run(copies)
+            return
+        # GPU copies are asynchronous on one stream already: issue them in order, then wait.
+        for copy in copies:
+            copy()
         if not on_cpu:
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -272,6 +289,51 @@ class KVCacheLayout:
                 h.update(chunks[c])
             out.append(h.hexdigest())
         return out
+
+
+def _gather_layer(view: torch.Tensor, pairs: Sequence[tuple[torch.Tensor, Any]], hnd: bool, on_cpu: bool) -> None:
+    """One layer's blocks into each chunk's object view (`pairs`: (object view, block index
+    tensor or runs of consecutive block ids))."""
+    for out, idx in pairs:
+        if isinstance(idx, list):
+            for at, start, n in idx:
+                part = out if n == out.shape[1] else out.narrow(1, at, n)
+                blocks = view.narrow(1, start, n)
+                # HND blocks are transposed to token-major in the same strided copy.
+                part.copy_(blocks.transpose(2, 3) if hnd else blocks)
+        elif hnd:
+            out.copy_(view.index_select(1, idx).transpose(2, 3), non_blocking=not on_cpu)
+        elif on_cpu:
+            # Whole blocks at memcpy speed, straight into the L1 object.
+            torch.index_select(view, 1, idx, out=out)
+        else:
+            out.copy_(view.index_select(1, idx), non_blocking=True)
+
+
+def _scatter_layer(
+    view: torch.Tensor,
+    parts: Sequence[tuple[torch.Tensor, int, list[tuple[int, int, int]] | None, Any]],
+    hnd: bool,
+    on_cpu: bool,
+    device: torch.device,
+) -> None:
+    """Each chunk's object view into one layer's blocks (`parts`: (object view, first block of
+    the chunk to write, runs of consecutive block ids or None, else the block index))."""
+    for src, first, runs, idx in parts:
+        if first:
+            src = src[:, first:]
+        if hnd:
+            src = src.transpose(2, 3)
+        if idx is None:
+            # index_copy_ runs far below memcpy speed on CPU; runs of consecutive blocks are
+            # plain copies instead.
+            for at, start, n in runs or ():
+                part = src if n == src.shape[1] else src.narrow(1, at, n)
+                view.narrow(1, start, n).copy_(part, non_blocking=not on_cpu)
+            continue
+        if not on_cpu:
+            src = src.to(device, non_blocking=True)
+        view.index_copy_(1, idx, src)
 
 
 # More runs than this per chunk: one indexed copy beats many small strided ones.

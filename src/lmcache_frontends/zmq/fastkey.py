@@ -10,7 +10,6 @@ import msgpack
 import numpy as np
 
 from lmcache_core.hashing import TokenBytes
-
 from lmcache_frontends.zmq.protocol import UINT32_TAG, WIRE_TOKEN
 
 __all__ = ["KeyFrameDecoder"]

@@ -16,6 +16,7 @@ import msgpack
 import torch
 import zmq
 
+from lmcache_adapters.transfer.copy_pool import CopyPool, default_copy_threads
 from lmcache_adapters.transfer.layout import KVCacheLayout
 from lmcache_adapters.transfer.unpickler import dumps_cpu_tensors, load_cpu_tensors, load_wrapper
 from lmcache_core.engine import CacheEngine
@@ -130,7 +131,7 @@ class ZmqDataPathServer:
         session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
         supported_transfer_mode: str = "auto",
         curve: CurveConfig | None = None,
-        transfer_threads: int = 1,
+        transfer_threads: int = 0,
         metrics: MetricsSink | None = None,
     ) -> None:
         if supported_transfer_mode not in ("auto", "engine_driven", "lmcache_driven"):
@@ -143,7 +144,10 @@ class ZmqDataPathServer:
         self.max_workers = max(1, int(max_workers))
         self.reap_timeout = float(worker_reap_timeout_seconds)
         self.transfer_mode = supported_transfer_mode
-        self.transfer_threads = max(1, int(transfer_threads))
+        self.transfer_threads = int(transfer_threads) if int(transfer_threads) > 0 else default_copy_threads()
+        # Shared by every worker: at most `transfer_threads` threads copy at once per transfer,
+        # each one layer at a time with one torch thread (see CopyPool).
+        self.copy_pool = CopyPool(self.transfer_threads)
         self.metrics: MetricsSink = metrics if metrics is not None else NullMetricsSink()
         self.sessions = SessionManager(engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds)
         self.data_path = DataPath(
@@ -242,6 +246,7 @@ class ZmqDataPathServer:
         for iid in ids:
             self._drop_instance(iid, "server stopping")
         self.engine.remove_status_contributor("data_path")
+        self.copy_pool.close()
         if self._zap is not None:
             self._zap.stop()
         self._ctx.term()
@@ -364,8 +369,8 @@ class ZmqDataPathServer:
         # Per thread (OpenMP's thread count is per calling thread): a transfer is hundreds of
         # ~0.5 MiB copies, and a multi-threaded copy that size waits at a barrier for a sibling
         # thread; on a busy host that wait dominates (measured 0.5 GB/s with 2 threads against
-        # 3 GB/s with 1). Parallelism comes from the workers instead.
-        torch.set_num_threads(self.transfer_threads)
+        # 3 GB/s with 1). Parallelism comes from the copy pool instead: whole layers per thread.
+        torch.set_num_threads(1)
         push = self._ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         if not self._ready.wait(30.0) or self._bind_error is not None:
@@ -725,7 +730,9 @@ class ZmqDataPathServer:
         reserved = self.data_path.reserve_new(keys, inst.object_size)
         done = [keys[i] for i, _ in reserved]
         try:
-            layout.gather(block_ids, [i for i, _ in reserved], [self._object_tensor(h) for _, h in reserved])
+            layout.gather(
+                block_ids, [i for i, _ in reserved], [self._object_tensor(h) for _, h in reserved], self.copy_pool
+            )
         except BaseException:
             self.data_path.abort(done)
             raise
@@ -748,7 +755,9 @@ class ZmqDataPathServer:
         started = time.perf_counter()
         try:
             self._wait_client_event(layout, handle)
-            layout.scatter(block_ids, list(range(len(keys))), [self._object_tensor(h) for h in handles], skip)
+            layout.scatter(
+                block_ids, list(range(len(keys))), [self._object_tensor(h) for h in handles], skip, self.copy_pool
+            )
         finally:
             self.data_path.release_read(keys)
         self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(keys), inst.object_size, started)

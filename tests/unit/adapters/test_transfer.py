@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import time
 import uuid
 
 import pytest
 import torch
 
+from lmcache_adapters.transfer.copy_pool import CopyPool
 from lmcache_adapters.transfer.layout import (
     KVCacheLayout,
     KVFormat,
@@ -178,3 +180,93 @@ def test_scatter_of_runs_and_fragments_matches_the_blocks(hint: str, ids: list[i
     for s, d in zip(src, dst, strict=True):
         assert torch.equal(d[:, written], s[:, written])
         assert int(d[:, left].abs().sum()) == 0
+
+
+def expected_object(src: list[torch.Tensor], ids: list[int], hnd: bool, chunk: int, bs: int) -> torch.Tensor:
+    """KV_2LTD written out block by block (the slow, obvious way): [kv, layer, token, NH*HS]."""
+    nh = src[0].shape[2] if hnd else src[0].shape[3]
+    out = torch.zeros(2, len(src), chunk, nh * HS, dtype=src[0].dtype)
+    for layer, t in enumerate(src):
+        for j, block in enumerate(ids):
+            blk = t[:, block]  # [kv, BS, NH, HS] or [kv, NH, BS, HS]
+            if hnd:
+                blk = blk.transpose(1, 2)
+            out[:, layer, j * bs : (j + 1) * bs] = blk.reshape(2, bs, nh * HS)
+    return out.view(-1).view(torch.uint8)
+
+
+@pytest.mark.parametrize("hint", ["NHD", "HND"])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        list(range(3, 35)),  # one run per chunk: strided copies
+        [*range(20, 28), *range(0, 8), *range(30, 46)],  # two runs in chunk 0, one in chunk 1
+        [31, 2, 17, 5, 9, 36, 0, 22, 13, 27, 4, 11, 38, 7, 19, 1, *range(40, 56)],  # > 4 runs: index_select
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_gathered_objects_match_block_by_block_copies(hint: str, ids: list[int], threads: int) -> None:
+    bs, nb, chunk = 2, 64, 32  # 16 blocks per chunk
+    shape = (2, nb, bs, NH, HS) if hint == "NHD" else (2, nb, NH, bs, HS)
+    src = layers(shape)
+    layout = KVCacheLayout(src, chunk, layout_hints={"kv_layout": hint})
+    objs = [torch.zeros(layout.object_size, dtype=torch.uint8) for _ in range(2)]
+    pool = CopyPool(threads)
+    try:
+        layout.gather([ids], [0, 1], objs, pool)
+        for j, obj in enumerate(objs):
+            assert torch.equal(obj, expected_object(src, ids[j * 16 : (j + 1) * 16], hint == "HND", chunk, bs))
+        dst = [torch.zeros_like(t) for t in src]
+        KVCacheLayout(dst, chunk, layout_hints={"kv_layout": hint}).scatter([ids], [0, 1], objs, 0, pool)
+        for s, d in zip(src, dst, strict=True):
+            assert torch.equal(d[:, ids], s[:, ids])
+    finally:
+        pool.close()
+
+
+def test_copy_pool_runs_every_copy_exactly_once_across_concurrent_transfers() -> None:
+    import threading
+
+    pool = CopyPool(3)
+    counts: dict[tuple[int, int], int] = {}
+    lock = threading.Lock()
+
+    def copy(t: int, i: int) -> None:
+        torch.ones(64 * 1024).mul_(2)  # releases the GIL like a real copy
+        with lock:
+            counts[(t, i)] = counts.get((t, i), 0) + 1
+
+    def transfer(t: int) -> None:
+        for _ in range(5):
+            pool.run([lambda i=i: copy(t, i) for i in range(40)])
+
+    workers = [threading.Thread(target=transfer, args=(t,)) for t in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    pool.close()
+    assert set(counts) == {(t, i) for t in range(4) for i in range(40)}
+    assert set(counts.values()) == {5}
+
+
+def test_copy_pool_reraises_the_first_error_and_stops_handing_out_copies() -> None:
+    pool = CopyPool(2)
+    ran: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("copy failed")
+
+    with pytest.raises(RuntimeError, match="copy failed"):
+        # Each later copy takes 2 ms: whichever thread takes `boom` fails long before the rest.
+        pool.run([boom] + [lambda i=i: (time.sleep(0.002), ran.append(i)) for i in range(100)])
+    assert len(ran) < 100  # the rest were not started after the failure
+    pool.run([lambda: ran.append(-1), lambda: ran.append(-2)])  # still usable
+    assert {-1, -2} <= set(ran)
+    pool.close()
+    pool.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.run([lambda: None, lambda: None])
+    pool_one = CopyPool(1)
+    pool_one.run([lambda: ran.append(-3)])  # one thread: runs inline, no helper threads
+    assert ran[-1] == -3 and pool_one._executor is None

@@ -11,9 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmcache_core.hashing import TokenBytes, token_bytes
-from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
 from lmcache_frontends.client import make_key
-from lmcache_frontends.zmq.protocol import ProtocolError, decode, encode, encode_key, encode_token_array, parse_key
+from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
+from lmcache_frontends.zmq.protocol import (
+    ProtocolError,
+    decode,
+    encode,
+    encode_key,
+    encode_token_array,
+    parse_key,
+)
 
 # Every width msgpack uses for a non-negative int below 2^32, mixed.
 TOKEN = st.one_of(

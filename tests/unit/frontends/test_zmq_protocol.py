@@ -15,7 +15,14 @@ from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.zmq.protocol import RequestType, decode, encode, encode_key, key_to_wire, parse_key
+from lmcache_frontends.zmq.protocol import (
+    RequestType,
+    decode,
+    encode,
+    encode_key,
+    key_to_wire,
+    parse_key,
+)
 from lmcache_frontends.zmq.server import ZmqDataPathServer
 
 CAPTURES = Path("/work/shared/protocol-captures")
