@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lmcache_adapters.transfer.layout import KVCacheLayout
+from lmcache_core.hashing import TokenBytes
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 
 _SPEC_RE = re.compile(r"^\((\d+),(\d+),(\d+),(\d+),(\d+)\):(\w+):(\d+)$")
@@ -212,8 +213,10 @@ def run_bench(args: argparse.Namespace) -> int:
 def _one_sequence(engine: _Engine, n: int, lat: dict[str, list[float]], moved: dict[str, int]) -> Any:
     """Cold pass (store misses) then warm pass (retrieve all); True when checksums matched."""
     c, bs = engine.chunk, engine.bs
-    tokens = [n] + [FILL_TOKEN] * engine.args.num_tokens
-    full = len(tokens) // c * c
+    token_list = [n] + [FILL_TOKEN] * engine.args.num_tokens
+    full = len(token_list) // c * c
+    # Validated and encoded once: every key of the request below reuses the bytes.
+    tokens = TokenBytes.from_tokens(token_list)
     nchunks, nblk = full // c, full // bs
     if nchunks == 0 or nblk > engine.nb:
         raise RuntimeError(f"{full} tokens do not fit the {engine.nb} blocks of the KV cache")
