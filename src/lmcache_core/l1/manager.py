@@ -93,6 +93,14 @@ class _L1Object:
         return self.ready and not self.write_lock.is_locked(now)
 
 
+def _missing_status(key: ObjectKey, seen: set[ObjectKey]) -> OpResult:
+    """A batch operation's answer for a key that is not in L1: KEY_NOT_EXIST the first time,
+    KEY_IN_WRONG_STATE for a repeat of it in the same batch (as for a repeated present key)."""
+    before = len(seen)
+    seen.add(key)
+    return OpResult.KEY_NOT_EXIST if len(seen) != before else OpResult.KEY_IN_WRONG_STATE
+
+
 def _validate_size(size: Any) -> int:
     if isinstance(size, bool):
         raise ValueError(f"object sizes must be integers > 0, got {size!r}")
@@ -361,18 +369,12 @@ class L1Manager:
             get, add_locked = self._objects.get, self._read_locked.add
             append, append_reserved = results.append, reserved.append
             missing_seen: set[ObjectKey] = set()
-            missing, unreadable, wrong = (
-                (OpResult.KEY_NOT_EXIST, None),
-                (OpResult.KEY_NOT_READABLE, None),
-                (OpResult.KEY_IN_WRONG_STATE, None),
-            )
+            unreadable, wrong = (OpResult.KEY_NOT_READABLE, None), (OpResult.KEY_IN_WRONG_STATE, None)
             success = OpResult.SUCCESS
             for key in keys:
                 obj = get(key)
                 if obj is None:
-                    before = len(missing_seen)
-                    missing_seen.add(key)
-                    append(missing if len(missing_seen) != before else wrong)
+                    append((_missing_status(key, missing_seen), None))
                     continue
                 if obj.stamp is stamp:
                     append(wrong)
@@ -424,9 +426,7 @@ class L1Manager:
                     continue
                 obj = get(key)
                 if obj is None:
-                    before = len(missing_seen)
-                    missing_seen.add(key)
-                    append(missing if len(missing_seen) != before else wrong)
+                    append(_missing_status(key, missing_seen))
                     continue
                 if obj.stamp is stamp:
                     append(wrong)
