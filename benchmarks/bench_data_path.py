@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -57,15 +58,18 @@ def free_port() -> int:
 class Server:
     name: str
     url: str
+    ipc_url: str | None = None
 
 
 @contextlib.contextmanager
 def our_server(hash_algorithm: str, l1_gb: float, transfer_threads: int) -> Iterator[Server]:
     port = free_port()
     exe = shutil.which("lmcache-server") or str(Path(sys.executable).with_name("lmcache-server"))
+    sock_dir = tempfile.mkdtemp(prefix="lmc-bench-", dir="/tmp")
+    ipc_path = os.path.join(sock_dir, "lmcache.sock")
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--http-port", "0", "--hash-algorithm", hash_algorithm,
-         "--l1-size-gb", str(l1_gb), "--transfer-threads", str(transfer_threads)],
+         "--l1-size-gb", str(l1_gb), "--transfer-threads", str(transfer_threads), "--ipc-path", ipc_path],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -84,10 +88,11 @@ def our_server(hash_algorithm: str, l1_gb: float, transfer_threads: int) -> Iter
         import threading
 
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-        yield Server(f"ours ({hash_algorithm})", f"tcp://127.0.0.1:{port}")
+        yield Server(f"ours ({hash_algorithm})", f"tcp://127.0.0.1:{port}", f"ipc://{ipc_path}")
     finally:
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def wait_prefaulted(admin_url: str, timeout: float = 120.0) -> None:
@@ -209,10 +214,11 @@ def print_transfer(results: dict[str, TransferResult], chunks: int, kv_layout: s
 # -- lookup -----------------------------------------------------------------------------------
 
 
-def bench_lookup(server: Server, reps: int) -> dict[str, list[float]]:
+def bench_lookup(url: str, reps: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"make_key": [], "LOOKUP": [], "LOOKUP+QUERY": [], "LOOKUP+QUERY (new request id)": [],
                                    "NOOP": []}
-    with LMCacheClient(server.url, timeout=30) as client:
+    with LMCacheClient(url, timeout=30) as client:
+        client.clear()  # a run before this one over the other endpoint stored the same chunks
         ctx = client.register_engine_driven(7, model_name="lookup-bench", num_layers=1, hidden_dim_size=8)
         tokens = list(range(1, LOOKUP_TOKENS + 1))
         chunks = [torch.zeros(ctx.object_shape, dtype=torch.float16)] * LOOKUP_CHUNKS
@@ -226,7 +232,7 @@ def bench_lookup(server: Server, reps: int) -> dict[str, list[float]]:
                 t2 = time.perf_counter()
                 hits = client.query_prefetch_status(rid)
                 t3 = time.perf_counter()
-                assert hits == LOOKUP_CHUNKS, f"{server.name}: {hits} hits"
+                assert hits == LOOKUP_CHUNKS, f"{url}: {hits} hits"
                 client.free_lookup_locks(key)
                 if rid != "req":
                     client.end_session(rid)
@@ -279,14 +285,16 @@ def main() -> None:
             print_transfer(results, args.chunks, "HND")
     if args.skip_lookup:
         return
-    print(f"lookup round trip, {LOOKUP_TOKENS} tokens / {LOOKUP_CHUNKS} chunks all hits, tcp loopback "
+    print(f"lookup round trip, {LOOKUP_TOKENS} tokens / {LOOKUP_CHUNKS} chunks all hits "
           f"({args.lookup_reps} reps; 'same request id' unless noted):")
     for algo in ("blake3", "xxh3"):
         with our_server(algo, 1.0, args.transfer_threads) as server:
-            print_lookup(server.name, bench_lookup(server, args.lookup_reps))
+            assert server.ipc_url is not None
+            print_lookup(f"{server.name}, ipc (--ipc-path)", bench_lookup(server.ipc_url, args.lookup_reps))
+            print_lookup(f"{server.name}, tcp loopback", bench_lookup(server.url, args.lookup_reps))
     if args.reference:
         with reference_server(1.0) as server:
-            print_lookup(server.name, bench_lookup(server, args.lookup_reps))
+            print_lookup(f"{server.name}, tcp loopback (it serves tcp only)", bench_lookup(server.url, args.lookup_reps))
 
 
 if __name__ == "__main__":

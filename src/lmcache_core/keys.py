@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from lmcache_core.errors import InvalidKeyError
@@ -74,63 +74,55 @@ def validate_model_name(model_name: str) -> str:
     return model_name
 
 
-_new = object.__new__
-_set = object.__setattr__
+_tuple_new = tuple.__new__
+_tuple_eq = tuple.__eq__
+_tuple_ne = tuple.__ne__
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectKey:
-    """Identity of one KV chunk for one rank. Frozen, hashable, validated on construction."""
+class ObjectKey(tuple[bytes, str, int, int, str]):
+    """Identity of one KV chunk for one rank. Immutable, hashable, validated on construction.
 
-    chunk_hash: bytes
-    model_name: str
-    kv_rank: int
-    object_group_id: int = 0
-    cache_salt: str = ""
+    A tuple underneath, so hashing and comparing run in C: L1's batch operations hash each key
+    several times (dict, sets, LRU order) for every chunk of every request. An ObjectKey only
+    ever equals another ObjectKey, never a plain tuple of the same parts."""
 
-    # Cached because L1 batch ops hash each key several times (dict, sets, LRU order); never
-    # compared, never pickled (str hashes differ between processes, see __reduce__).
-    _hash: int = field(init=False, repr=False, compare=False, default=0)
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        self._validate()
-        object.__setattr__(self, "_hash", hash(self._parts()))
+    chunk_hash: bytes = property(itemgetter(0))  # type: ignore[assignment]
+    model_name: str = property(itemgetter(1))  # type: ignore[assignment]
+    kv_rank: int = property(itemgetter(2))  # type: ignore[assignment]
+    object_group_id: int = property(itemgetter(3))  # type: ignore[assignment]
+    cache_salt: str = property(itemgetter(4))  # type: ignore[assignment]
 
-    def _parts(self) -> tuple[bytes, str, int, int, str]:
-        return (self.chunk_hash, self.model_name, self.kv_rank, self.object_group_id, self.cache_salt)
+    def __new__(
+        cls, chunk_hash: bytes, model_name: str, kv_rank: int, object_group_id: int = 0, cache_salt: str = ""
+    ) -> ObjectKey:
+        key = _tuple_new(cls, (chunk_hash, model_name, kv_rank, object_group_id, cache_salt))
+        key._validate()
+        return key
 
-    def __hash__(self) -> int:
-        return self._hash
+    __hash__ = tuple.__hash__
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not ObjectKey:
-            return NotImplemented
-        o: ObjectKey = other
-        return self is o or (
-            self._hash == o._hash
-            and self.chunk_hash == o.chunk_hash
-            and self.kv_rank == o.kv_rank
-            and self.model_name == o.model_name
-            and self.object_group_id == o.object_group_id
-            and self.cache_salt == o.cache_salt
-        )
+            # A plain tuple would otherwise compare by its items.
+            return False if isinstance(other, tuple) else NotImplemented
+        return _tuple_eq(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        if other.__class__ is not ObjectKey:
+            return True if isinstance(other, tuple) else NotImplemented
+        return _tuple_ne(self, other)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (ObjectKey, self._parts())
+        return (ObjectKey, tuple(self))
 
     @classmethod
     def trusted(cls, chunk_hash: bytes, model_name: str, kv_rank: int, cache_salt: str = "") -> ObjectKey:
         """Build a key (object group 0) from parts the caller has ALREADY validated: a non-empty
         bytes digest, `validate_model_name`/`validate_cache_salt`-checked strings and a packed
-        kv_rank. For hot paths that build many keys of one request; skips `__post_init__`."""
-        key: ObjectKey = _new(cls)
-        _set(key, "chunk_hash", chunk_hash)
-        _set(key, "model_name", model_name)
-        _set(key, "kv_rank", kv_rank)
-        _set(key, "object_group_id", 0)
-        _set(key, "cache_salt", cache_salt)
-        _set(key, "_hash", hash((chunk_hash, model_name, kv_rank, 0, cache_salt)))
-        return key
+        kv_rank. For hot paths that build many keys of one request; skips validation."""
+        return _tuple_new(cls, (chunk_hash, model_name, kv_rank, 0, cache_salt))
 
     def _validate(self) -> None:
         if not isinstance(self.chunk_hash, bytes):

@@ -286,20 +286,10 @@ class DataPath:
         hashes = self.chunk_hashes(key)
         keys = self.keys_of(key, hashes)
         extra = self.extra_locks(tp_size, ws)
-        results = self.l1.reserve_read(keys, extra) if keys else []
-        lead = 0
-        success = OpResult.SUCCESS
-        for status, handle in results:
-            # An object of another size under the same key was stored under an earlier layout
-            # of this model name: it cannot be served to this engine, so it is a miss.
-            if status is not success or handle is None or handle.nbytes != object_size:
-                break
-            lead += 1
-        lead -= lead % ws
-        # Locks past the leading run (holes, a partial chunk) are useless to the engine.
-        stray = [k for k, (status, _) in zip(keys[lead:], results[lead:], strict=True) if status.ok]
-        if stray:
-            self.l1.finish_read(stray, 1 + extra)
+        # Only the leading run of whole chunks (every rank) is locked: past a hole the engine
+        # cannot use a chunk. An object of another size under the same key was stored under an
+        # earlier layout of this model name: it cannot be served to this engine, so it is a miss.
+        lead = self.l1.reserve_read_prefix(keys, extra, nbytes=object_size, group=ws) if keys else 0
         prefetch = None
         if self._prefetcher is not None and lead < len(keys):
             try:

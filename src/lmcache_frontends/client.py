@@ -159,7 +159,7 @@ class LMCacheClient:
         self._lock = threading.Lock()
         self._chunk_size: int | None = None
         self._mappings: list[mmap.mmap] = []
-        self._token_arrays: OrderedDict[TokenBytes, bytes] = OrderedDict()
+        self._token_arrays: OrderedDict[int, tuple[TokenBytes, bytes]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def close(self) -> None:
@@ -174,23 +174,25 @@ class LMCacheClient:
     # -- raw calls ---------------------------------------------------------------------
 
     def _key_frame(self, key: RequestKey, worker_id: int | None) -> bytes:
-        """The key's frame for `worker_id`. A request sends the same tokens several times
-        (lookup, retrieve, store, free), so the encoded token arrays of the last few token
-        sequences are kept."""
+        """The key's frame for `worker_id`. A request sends the same key's tokens several times
+        (lookup, retrieve, store, free), so the encoded arrays of the last few token objects are
+        kept, found by identity: hashing 128 KB of tokens would cost more than encoding them."""
         key = _with_worker(key, worker_id)
         tokens = key.token_ids
         if not isinstance(tokens, TokenBytes):
             return encode_key(key)
         with self._cache_lock:
-            array = self._token_arrays.get(tokens)
-            if array is not None:
-                self._token_arrays.move_to_end(tokens)
-        if array is None:
-            array = encode_token_array(tokens)
-            with self._cache_lock:
-                self._token_arrays[tokens] = array
-                while len(self._token_arrays) > _TOKEN_ARRAY_CACHE:
-                    self._token_arrays.popitem(last=False)
+            # The entry holds the token object itself, so its id cannot be reused while cached.
+            entry = self._token_arrays.get(id(tokens))
+            if entry is not None and entry[0] is tokens:
+                self._token_arrays.move_to_end(id(tokens))
+                return encode_key(key, entry[1])
+        array = encode_token_array(tokens)
+        with self._cache_lock:
+            self._token_arrays[id(tokens)] = (tokens, array)
+            self._token_arrays.move_to_end(id(tokens))
+            while len(self._token_arrays) > _TOKEN_ARRAY_CACHE:
+                self._token_arrays.popitem(last=False)
         return encode_key(key, array)
 
     def call(self, rtype: RequestType, *payloads: Any, timeout: float | None = None) -> Any:

@@ -84,6 +84,30 @@ def _token(value: str) -> str:
     return value
 
 
+# sun_path holds 108 bytes with its terminating NUL on Linux.
+_MAX_IPC_PATH_BYTES = 107
+
+
+def _ipc_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    if "\x00" in value or value.endswith("/"):
+        raise ValueError(f"must be a file path without NUL, got {value!r}")
+    if len(value.encode()) > _MAX_IPC_PATH_BYTES:
+        raise ValueError(f"must be at most {_MAX_IPC_PATH_BYTES} bytes (a Unix socket path), got {len(value.encode())}")
+    return value
+
+
+def _file_mode(value: str) -> str:
+    try:
+        mode = int(value, 8)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be an octal permission mode such as 0600 or 0660, got {value!r}") from None
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise ValueError(f"must be a permission mode in 0600..0777 that keeps the owner's rw bits, got {value!r}")
+    return value
+
+
 def _shm_suffix(value: str) -> str:
     if "/" in value or "\x00" in value:
         raise ValueError(f"must not contain '/' or NUL, got {value!r}")
@@ -157,6 +181,17 @@ class ServerConfig:
 
     host: str = _opt("127.0.0.1", "Address the ZeroMQ data-path socket binds.", check=_non_empty)
     port: int = _opt(5555, "Port of the ZeroMQ data-path socket (0 = pick a free port).", check=_port)
+    ipc_path: str | None = _opt(
+        None,
+        "Also serve the ZeroMQ data path on this Unix-domain socket (engines on this host connect to "
+        "ipc://PATH, a shorter round trip than tcp loopback). A stale socket file is replaced; a live one "
+        "or any other file is refused.",
+        check=_ipc_path,
+    )
+    ipc_mode: str = _opt(
+        "0600", "Permissions (octal) of the --ipc-path socket file, e.g. 0660 for engines in the file's group.",
+        check=_file_mode,
+    )
     chunk_size: int = _opt(256, "Tokens per KV chunk; only full chunks are cached.", check=_positive)
     hash_algorithm: str = _opt(
         "blake3",

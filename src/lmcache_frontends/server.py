@@ -174,6 +174,8 @@ def _ready_line(prog: str, services: Services, admin: AdminServer) -> str:
     parts = [f"admin {admin.url} (status: {admin.url}/status)"]
     zmq = frontends.get("zmq")
     parts.append(f"zmq {getattr(zmq, 'url', 'started')}" if zmq is not None else "zmq: not enabled")
+    if getattr(zmq, "ipc_url", None):
+        parts.append(f"zmq-ipc {zmq.ipc_url}")
     parts.extend(f"{name} {getattr(fe, 'url', 'started')}" for name, fe in frontends.items() if name != "zmq")
     pool = services.memory_pool
     size_gib = pool.capacity_bytes / (1 << 30) if pool is not None else services.config.l1_size_gb

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -171,3 +171,38 @@ def test_our_bench_passes_every_checksum(server: tuple[ServerProcess, str], mode
     report = json.loads(capsys.readouterr().out)
     assert report["checksum_pass"] == 3 and report["pass_rate_percent"] == 100.0
     assert report["latency_ms"]["store"]["count"] == 3 and report["latency_ms"]["retrieve"]["count"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_ipc_endpoint_of_a_real_server(start_server: Callable[..., ServerProcess]) -> None:
+    import shutil
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="lmc-e2e-", dir="/tmp"))  # short: a socket path is <= 107 bytes
+    try:
+        path = sock_dir / "lmcache.sock"
+        proc = start_server("--ipc-path", str(path), "--chunk-size", "64")
+        line = next(ln for ln in proc.stderr_lines if READY_RE.search(ln))
+        assert f"zmq-ipc ipc://{path}" in line
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        status, body = _get(f"{proc.url}/status")
+        assert status == 200 and body["zmq"]["ipc_endpoint"] == f"ipc://{path}"
+        with LMCacheClient(f"ipc://{path}") as client:
+            ctx = client.register_engine_driven(3, model_name="ipc", num_layers=1, hidden_dim_size=16)
+            tokens = list(range(64 * 3))
+            chunks = [torch.randn(ctx.object_shape).half() for _ in range(3)]
+            assert client.store_engine_driven(ctx, make_key("ipc", tokens, "s", worker_id=0), chunks)
+            client.lookup(make_key("ipc", tokens, "r"))
+            assert client.wait_for_lookup("r") == 3
+            got = client.retrieve_engine_driven(ctx, make_key("ipc", tokens, "r", worker_id=0))
+            assert got is not None and all(torch.equal(a, b) for a, b in zip(chunks, got, strict=True))
+        # A second server on the same path is refused at startup, naming the problem.
+        second = start_server("--ipc-path", str(path), wait_ready=False)
+        assert second.proc.wait(START_TIMEOUT_S) == 1
+        assert "another server is listening" in second.stderr
+        assert proc.stop() == 0
+        assert not path.exists()  # removed at shutdown
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ pytestmark = [
 ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
 
 
-def run_reference_bench(server: ServerProcess, tmp_path: Path, *args: str) -> dict[str, Any]:
-    zmq_url = next(m.group(1) for line in server.stderr_lines if (m := ZMQ_RE.search(line)))
+def run_reference_bench(server: ServerProcess, tmp_path: Path, *args: str, rpc_url: str | None = None) -> dict[str, Any]:
+    zmq_url = rpc_url or next(m.group(1) for line in server.stderr_lines if (m := ZMQ_RE.search(line)))
     report = tmp_path / "bench.json"
     result = subprocess.run(
         [str(REFERENCE_LMCACHE), "bench", "server", "--mode", "cpu", "--rpc-url", zmq_url, "--url", server.url,
@@ -71,3 +73,20 @@ def test_reference_bench_passes_every_checksum(
     passed, total = _pass_rate(report)
     assert total > 0 and passed == total, report
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(400)
+def test_reference_bench_over_the_ipc_endpoint(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    sock_dir = Path(tempfile.mkdtemp(prefix="lmc-ref-", dir="/tmp"))  # short: a socket path is <= 107 bytes
+    try:
+        path = sock_dir / "lmcache.sock"
+        server = start_server("--l1-size-gb", "0.25", "--ipc-path", str(path))
+        report = run_reference_bench(
+            server, tmp_path, "--kvcache-shape-spec", "(2,256,16,4,64):float16:4", "--num-tokens", "1024",
+            "--start", "0", "--end", "8", rpc_url=f"ipc://{path}",
+        )
+        passed, total = _pass_rate(report)
+        assert total > 0 and passed == total, report
+        assert server.stop() == 0
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)

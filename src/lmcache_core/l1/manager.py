@@ -397,6 +397,50 @@ class L1Manager:
             self._emit("on_l1_keys_read_reserved", reserved)
             return results
 
+    def reserve_read_prefix(
+        self, keys: Sequence[ObjectKey], extra_count: int = 0, *, nbytes: int | None = None, group: int = 1
+    ) -> int:
+        """Take `1 + extra_count` read locks on the leading run of `keys` that are readable
+        (and, with `nbytes`, hold objects of exactly that size), stopping at the first key that
+        is not (missing, being written, another size, or a repeat); the run is cut to a
+        multiple of `group`. Returns its length. Nothing past the run is locked, not even for
+        a moment: what a LOOKUP needs, whose engine can only use a prefix."""
+        holders = 1 + _validate_count("extra_count", extra_count, 0)
+        group = _validate_count("group", group, 1)
+        with self._lock:
+            now = self._clock.monotonic()
+            # Hot loop, as in reserve_read: checks first (so no lock is taken and dropped for a
+            # partial group), lock state read inline, duplicates recognised by a per-call stamp.
+            stamp = object()
+            get = self._objects.get
+            run: list[_L1Object] = []
+            append = run.append
+            for key in keys:
+                obj = get(key)
+                if obj is None or obj.stamp is stamp or not obj.ready:
+                    break
+                obj.stamp = stamp
+                wl = obj.write_lock
+                if (wl._count > 0 and now < wl._deadline) or (nbytes is not None and obj.handle.nbytes != nbytes):
+                    break
+                append(obj)
+            del run[len(run) - len(run) % group :]
+            add_locked = self._read_locked.add
+            locked: list[ObjectKey] = []
+            append_locked = locked.append
+            for obj in run:
+                rl = obj.read_lock
+                if rl._count > 0 and now >= rl._deadline:
+                    rl._count = 0  # expired: its holders are presumed dead
+                rl._count += holders
+                rl._deadline = now + rl._ttl
+                obj.last_access = now
+                stored = obj.key
+                add_locked(stored)
+                append_locked(stored)
+            self._emit("on_l1_keys_read_reserved", locked)
+            return len(locked)
+
     def finish_read(self, keys: Sequence[ObjectKey], count: int = 1) -> list[OpResult]:
         """Release `count` read locks; a temporary object is freed after its last read."""
         count = _validate_count("count", count, 1)

@@ -15,7 +15,7 @@ from lmcache_frontends.zmq.protocol import UINT32_TAG, WIRE_TOKEN
 __all__ = ["KeyFrameDecoder"]
 
 DEFAULT_MAX_ENTRIES = 64
-# Arrays shorter than this decode faster than they hash: not worth caching.
+# Frames shorter than this decode faster through msgpack than through this class.
 _MIN_CACHED_BYTES = 4096
 
 
@@ -81,22 +81,31 @@ def _fields_before_tokens(frame: bytes) -> tuple[int, dict[str, Any], int] | Non
 
 
 class KeyFrameDecoder:
-    """Decodes `IPCCacheServerKey` maps. A fixed-width `token_ids` array (what our client sends)
-    is read with numpy in one pass; otherwise the msgpack bytes of a recently seen array map
-    straight to its `TokenBytes`, so the C decoder does not build one Python int per
-    token again (~2 ms for 32k tokens here) and the session's hash cache can recognise it.
+    """Decodes `IPCCacheServerKey` maps, with `token_ids` as TokenBytes.
 
-    A bounded LRU (`max_entries` arrays). Anything unusual (not a map, a non-array or invalid
-    `token_ids`, trailing bytes) answers None and the caller decodes normally, so errors are
-    exactly the normal decoder's. Thread-safe."""
+    Engines send the same token array again and again (LOOKUP, then FREE_LOOKUP_LOCKS, store and
+    retrieve of the same request, and new requests with the same prompt). A recently seen array
+    is recognised by a few sampled bytes and then confirmed by a byte-for-byte comparison with
+    the stored copy (one memcmp, no hashing of the array): the same TokenBytes object comes
+    back, so the session and key caches downstream also match it on identity. An array not seen
+    recently is read with numpy when it is in the fixed-width form our client writes, or
+    through msgpack otherwise (~2 ms of Python ints for 32k tokens), and remembered.
+
+    A bounded LRU (`max_entries` arrays; 0 turns recognition off, and then only fixed-width
+    arrays are handled). Anything unusual (not a map, a non-array or invalid `token_ids`,
+    trailing bytes) answers None and the caller decodes normally, so errors are exactly the
+    normal decoder's. Thread-safe."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._max = max(0, int(max_entries))
-        self._cache: OrderedDict[bytes, TokenBytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, ...], tuple[bytes, TokenBytes]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
+        """Arrays recognised as recently seen (no decoding at all)."""
         self.misses = 0
+        """Arrays decoded through msgpack (not fixed-width, not seen recently)."""
         self.fixed_width = 0
+        """Fixed-width arrays read with numpy (not seen recently)."""
 
     def decode(self, frame: bytes) -> dict[str, Any] | None:
         """The key map with `token_ids` as TokenBytes, or None (use the normal decoder).
@@ -111,20 +120,30 @@ class KeyFrameDecoder:
             if found is None:
                 return None
             count, out, start = found
-            fixed = fixed_width_tokens(frame, start)
-            if fixed is not None:
-                tokens, length = fixed
-                self.fixed_width += 1
+            sample = _sample(frame, start) if self._max else None
+            recent = self._recent(frame, start, sample) if sample is not None else None
+            if recent is not None:
+                tokens, length = recent
             else:
-                if not self._max or (not 0x90 <= frame[start] <= 0x9F and frame[start] not in (0xDC, 0xDD)):
-                    return None
-                span = _unpacker(memoryview(frame)[start:])
-                span.skip()
-                length = span.tell()
-                cached = self._tokens(frame[start : start + length])
-                if cached is None:
-                    return None
-                tokens = cached
+                fixed = fixed_width_tokens(frame, start)
+                region: bytes | None = None
+                if fixed is not None:
+                    tokens, length = fixed
+                    self.fixed_width += 1
+                else:
+                    if sample is None:
+                        return None
+                    span = _unpacker(memoryview(frame)[start:])
+                    span.skip()
+                    length = span.tell()
+                    region = frame[start : start + length]
+                    try:
+                        tokens = TokenBytes.from_tokens(msgpack.unpackb(region, raw=False, use_list=True))
+                    except ValueError:
+                        return None  # the normal path reports the bad token
+                    self.misses += 1
+                if sample is not None:
+                    self._remember(sample, frame[start : start + length] if region is None else region, tokens)
             out["token_ids"] = tokens
             rest = start + length
             tail = _unpacker(memoryview(frame)[rest:])
@@ -139,25 +158,57 @@ class KeyFrameDecoder:
         except Exception:
             return None
 
-    def _tokens(self, region: bytes) -> TokenBytes | None:
+    def _recent(self, frame: bytes, start: int, sample: tuple[bytes, ...]) -> tuple[TokenBytes, int] | None:
         with self._lock:
-            tokens = self._cache.get(region)
-            if tokens is not None:
-                self._cache.move_to_end(region)
-                self.hits += 1
-                return tokens
-            self.misses += 1
-        values = msgpack.unpackb(region, raw=False, use_list=True)
-        try:
-            tokens = TokenBytes.from_tokens(values)
-        except ValueError:
-            return None  # the normal path reports the bad token
+            entry = self._cache.get(sample)
+            if entry is None:
+                return None
+            region, tokens = entry
+            # The whole stored array, compared in place (memcmp): a sample match alone is
+            # never trusted.
+            if not frame.startswith(region, start):
+                return None
+            self._cache.move_to_end(sample)
+            self.hits += 1
+            return tokens, len(region)
+
+    def _remember(self, sample: tuple[bytes, ...], region: bytes, tokens: TokenBytes) -> None:
         with self._lock:
-            self._cache[region] = tokens
+            self._cache[sample] = (region, tokens)
+            self._cache.move_to_end(sample)
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
-        return tokens
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._cache)
+
+
+# Sampled bytes that pick the candidate array: its head (header and first tokens), a slice from
+# its middle and one near its end. Every element takes at least one byte, so an array of n
+# elements spans at least header + n bytes: the samples stay inside it whatever the widths.
+_HEAD_SAMPLE = 32
+_INNER_SAMPLE = 16
+_MIN_SAMPLED_ELEMENTS = 4 * _INNER_SAMPLE
+
+
+def _sample(frame: bytes, start: int) -> tuple[bytes, ...] | None:
+    """Sampled bytes of the array at `frame[start]`; None for arrays too short to sample."""
+    tag = frame[start]
+    if 0x90 <= tag <= 0x9F:
+        return None  # at most 15 elements
+    if tag == 0xDC:
+        n, header = int.from_bytes(frame[start + 1 : start + 3], "big"), 3
+    elif tag == 0xDD:
+        n, header = int.from_bytes(frame[start + 1 : start + 5], "big"), 5
+    else:
+        return None
+    if n < _MIN_SAMPLED_ELEMENTS or start + header + n > len(frame):
+        return None
+    body = start + header
+    mid, end = body + n // 2, body + n
+    return (
+        frame[start : start + _HEAD_SAMPLE],
+        frame[mid : mid + _INNER_SAMPLE],
+        frame[end - _INNER_SAMPLE : end],
+    )

@@ -22,6 +22,8 @@ def create_zmq_server(services: Any) -> Any:
         clock=services.clock,
         host=config.host,
         port=config.port,
+        ipc_path=config.ipc_path,
+        ipc_mode=int(config.ipc_mode, 8),
         max_workers=config.max_workers,
         worker_reap_timeout_seconds=config.worker_reap_timeout_seconds,
         session_ttl_seconds=config.session_ttl_seconds,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import queue
+import socket
+import stat
 import threading
 import time
 import zlib
@@ -113,6 +117,42 @@ def _failure_value(rtype: RequestType, payloads: list[Any]) -> Any:
     return None
 
 
+def bind_ipc(router: zmq.Socket[Any], path: str, mode: int) -> int:
+    """Bind `router` to ipc://`path` with permissions `mode`; returns the socket file's inode.
+
+    A socket file nobody listens on (a crashed server's) is replaced. A live one is refused:
+    ZeroMQ would silently take the path over from the server still using it. Any other kind of
+    file is refused too, never deleted."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"--ipc-path {path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: left behind by a server that did not shut down
+        except OSError as exc:
+            raise RuntimeError(f"cannot check --ipc-path {path}: {exc}") from None
+        else:
+            raise RuntimeError(f"--ipc-path {path}: another server is listening there")
+        finally:
+            probe.close()
+    try:
+        router.bind(f"ipc://{path}")
+    except zmq.ZMQError as exc:
+        raise RuntimeError(f"cannot bind ipc://{path}: {exc}") from None
+    # Right after bind, before any engine is told the path: the file is created under the
+    # process umask (umask itself is process-wide, so it is not changed around the bind).
+    os.chmod(path, mode)
+    return os.lstat(path).st_ino
+
+
 class ZmqDataPathServer:
     """ROUTER socket on `host:port`. Small requests run on the socket thread; transfers on
     `max_workers` threads chosen by client identity; WAIT_PREFETCH_STATUS on its own thread.
@@ -126,6 +166,8 @@ class ZmqDataPathServer:
         clock: Clock,
         host: str = "127.0.0.1",
         port: int = 5555,
+        ipc_path: str | None = None,
+        ipc_mode: int = 0o600,
         max_workers: int = 4,
         worker_reap_timeout_seconds: float = 120.0,
         session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
@@ -141,6 +183,9 @@ class ZmqDataPathServer:
         self.clock = clock
         self.host = host
         self.port = port
+        self.ipc_path = ipc_path
+        self.ipc_mode = ipc_mode
+        self._ipc_inode: int | None = None
         self.max_workers = max(1, int(max_workers))
         self.reap_timeout = float(worker_reap_timeout_seconds)
         self.transfer_mode = supported_transfer_mode
@@ -220,10 +265,10 @@ class ZmqDataPathServer:
         self._spawn("lmcache-zmq-socket", self._socket_loop)
         if not self._ready.wait(30.0) or self._bind_error is not None:
             self.stop()
-            raise RuntimeError(f"cannot bind tcp://{self.host}:{self.port}: {self._bind_error}")
+            raise RuntimeError(f"cannot serve the ZeroMQ data path: {self._bind_error}")
         self._spawn("lmcache-zmq-housekeeping", self._housekeeping_loop)
         self.engine.add_status_contributor("data_path", self._status_fields)
-        log.info("ZeroMQ data path listening on tcp://%s:%s", self.host, self.bound_port)
+        log.info("ZeroMQ data path listening on %s", " and ".join(self.endpoints))
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         t = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -263,13 +308,19 @@ class ZmqDataPathServer:
             if self.port == 0:
                 self.bound_port = router.bind_to_random_port(f"tcp://{self.host}")
             else:
-                router.bind(f"tcp://{self.host}:{self.port}")
+                try:
+                    router.bind(f"tcp://{self.host}:{self.port}")
+                except zmq.ZMQError as exc:
+                    raise RuntimeError(f"cannot bind tcp://{self.host}:{self.port}: {exc}") from None
                 self.bound_port = self.port
+            if self.ipc_path:
+                self._ipc_inode = bind_ipc(router, self.ipc_path, self.ipc_mode)
             pull.bind(self._reply_addr)
         except Exception as exc:
             self._bind_error = exc
             router.close()
             pull.close()
+            self._release_ipc_path()
             self._ready.set()
             return
         self._ready.set()
@@ -302,6 +353,15 @@ class ZmqDataPathServer:
         finally:
             router.close()
             pull.close()
+            self._release_ipc_path()
+
+    def _release_ipc_path(self) -> None:
+        """Remove our socket file (only ours: the inode we bound), once the socket is closed."""
+        if self.ipc_path and self._ipc_inode is not None:
+            with contextlib.suppress(OSError):
+                if os.lstat(self.ipc_path).st_ino == self._ipc_inode:
+                    os.unlink(self.ipc_path)
+            self._ipc_inode = None
 
     def _on_request(self, frames: list[bytes]) -> list[bytes] | None:
         """Decode and dispatch one request; returns the reply of an inline request."""
@@ -767,8 +827,18 @@ class ZmqDataPathServer:
 
     @property
     def url(self) -> str:
-        """The bound endpoint, e.g. tcp://127.0.0.1:5555."""
+        """The bound tcp endpoint, e.g. tcp://127.0.0.1:5555."""
         return f"tcp://{self.host}:{self.bound_port if self.bound_port is not None else self.port}"
+
+    @property
+    def ipc_url(self) -> str | None:
+        """The Unix-domain endpoint (ipc://PATH) with --ipc-path, else None."""
+        return f"ipc://{self.ipc_path}" if self.ipc_path else None
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every endpoint engines can connect to."""
+        return [self.url] + ([self.ipc_url] if self.ipc_url else [])
 
     def instances(self) -> dict[int, Instance]:
         """A snapshot of the registrations (for /kvcache/check)."""
@@ -810,6 +880,7 @@ class ZmqDataPathServer:
         return {
             "is_healthy": alive and self._bind_error is None,
             "endpoint": f"tcp://{self.host}:{self.bound_port}",
+            "ipc_endpoint": self.ipc_url,
             "threads_alive": alive,
             "max_workers": self.max_workers,
             "supported_transfer_mode": self.transfer_mode,

@@ -107,6 +107,12 @@ BAD_FLAGS = [
     ("--log-level", "LOUD"),
     ("--shm-name", "a/b"),
     ("--state-dir", ""),
+    ("--ipc-path", "relative/lmcache.sock"),
+    ("--ipc-path", "/run/" + "x" * 120),
+    ("--ipc-path", "/run/lmcache/"),
+    ("--ipc-mode", "rw"),
+    ("--ipc-mode", "0400"),
+    ("--ipc-mode", "1777"),
 ]
 
 
