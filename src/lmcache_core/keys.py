@@ -74,6 +74,19 @@ def validate_model_name(model_name: str) -> str:
     return model_name
 
 
+try:
+    # namedtuple's C field accessor: twice as fast as property(itemgetter(i)).
+    from collections import _tuplegetter  # type: ignore[attr-defined]
+
+    def _field(index: int, doc: str) -> Any:
+        return _tuplegetter(index, doc)
+
+except ImportError:  # pragma: no cover - other Python implementations
+
+    def _field(index: int, doc: str) -> Any:
+        return property(itemgetter(index), doc=doc)
+
+
 _tuple_new = tuple.__new__
 _tuple_eq = tuple.__eq__
 _tuple_ne = tuple.__ne__
@@ -88,11 +101,11 @@ class ObjectKey(tuple[bytes, str, int, int, str]):
 
     __slots__ = ()
 
-    chunk_hash: bytes = property(itemgetter(0))  # type: ignore[assignment]
-    model_name: str = property(itemgetter(1))  # type: ignore[assignment]
-    kv_rank: int = property(itemgetter(2))  # type: ignore[assignment]
-    object_group_id: int = property(itemgetter(3))  # type: ignore[assignment]
-    cache_salt: str = property(itemgetter(4))  # type: ignore[assignment]
+    chunk_hash: bytes = _field(0, "The chunk's hash (bytes of the hash chain).")
+    model_name: str = _field(1, "The model's name.")
+    kv_rank: int = _field(2, "The packed kv rank (see pack_kv_rank).")
+    object_group_id: int = _field(3, "The object group (0 unless layers are split into groups).")
+    cache_salt: str = _field(4, "The tenant's cache salt ('' for none).")
 
     def __new__(
         cls, chunk_hash: bytes, model_name: str, kv_rank: int, object_group_id: int = 0, cache_salt: str = ""

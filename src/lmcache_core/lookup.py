@@ -367,7 +367,7 @@ class DataPath:
         if not keys:
             return 0
         results = self.l1.finish_read(keys, 1 + self.extra_locks(tp_size, key.world_size))
-        return sum(r.ok for r in results)
+        return results.count(OpResult.SUCCESS)
 
     def end_session(self, request_id: str) -> bool:
         """END_SESSION: forget the session and LRU-touch its chunks; releases no locks."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import numpy as np
 import torch
 import zmq
 
@@ -22,17 +23,19 @@ from lmcache_core.lookup import RequestKey
 from lmcache_frontends.zmq.protocol import (
     EXT_DEVICE_IPC_WRAPPER,
     NO_RESPONSE,
+    PreEncoded,
     RequestType,
     decode,
     encode,
     encode_key,
-    encode_token_array,
+    key_frame_buffer,
 )
 
 __all__ = ["EngineDrivenContext", "LMCacheClient", "RequestKey", "make_key", "share_cpu_tensor"]
 
 CPU_STUB_EVENT = b"stub_ipc_handle"
 _TOKEN_ARRAY_CACHE = 16
+_FRAMES_PER_TOKENS = 4  # frames of one token object kept (lookup and free, store, retrieve)
 _SHM_DIR = "/dev/shm"
 
 
@@ -141,6 +144,16 @@ def _wrapper_pickle(module: str, name: str, state: dict[str, Any]) -> bytes:
     return head + body + b"b."
 
 
+class _KeyFrame(PreEncoded):
+    """A cached key frame (sent as it is) and where its token array lies in it."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, buffer: np.ndarray[Any, Any], array: slice) -> None:
+        super().__init__(memoryview(buffer))  # type: ignore[arg-type]  # numpy arrays are buffers
+        self.array = self.buffer[array]
+
+
 class LMCacheClient:
     """One DEALER connection. Calls are synchronous and thread-safe (one in flight at a time).
 
@@ -159,7 +172,7 @@ class LMCacheClient:
         self._lock = threading.Lock()
         self._chunk_size: int | None = None
         self._mappings: list[mmap.mmap] = []
-        self._token_arrays: OrderedDict[int, tuple[TokenBytes, bytes]] = OrderedDict()
+        self._token_arrays: OrderedDict[int, tuple[TokenBytes, dict[tuple[Any, ...], _KeyFrame]]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def close(self) -> None:
@@ -173,27 +186,43 @@ class LMCacheClient:
 
     # -- raw calls ---------------------------------------------------------------------
 
-    def _key_frame(self, key: RequestKey, worker_id: int | None) -> bytes:
-        """The key's frame for `worker_id`. A request sends the same key's tokens several times
-        (lookup, retrieve, store, free), so the encoded arrays of the last few token objects are
-        kept, found by identity: hashing 128 KB of tokens would cost more than encoding them."""
+    def _key_frame(self, key: RequestKey, worker_id: int | None) -> Any:
+        """The key's frame for `worker_id`. A request sends the same key several times (lookup,
+        free, retrieve, store): for the last few token objects, found by identity (hashing
+        128 KB of tokens would cost more than encoding them), the last few frames are kept, and
+        a new frame of known tokens copies their encoded array from one of them. Each frame is
+        one numpy buffer sent as it is: a 32k-token key is 160 KB, and every bytes copy or
+        fresh allocation of that size showed in the round trip."""
         key = _with_worker(key, worker_id)
         tokens = key.token_ids
         if not isinstance(tokens, TokenBytes):
             return encode_key(key)
+        fields = (key.model_name, key.world_size, key.worker_id, key.start, key.end, key.request_id, key.cache_salt)
+        array_from: memoryview | None = None
         with self._cache_lock:
             # The entry holds the token object itself, so its id cannot be reused while cached.
             entry = self._token_arrays.get(id(tokens))
             if entry is not None and entry[0] is tokens:
                 self._token_arrays.move_to_end(id(tokens))
-                return encode_key(key, entry[1])
-        array = encode_token_array(tokens)
+                frame = entry[1].get(fields)
+                if frame is not None:
+                    return frame
+                earlier = next(iter(entry[1].values()), None)
+                array_from = earlier.array if earlier is not None else None
+            else:
+                entry = None
+        frame = _KeyFrame(*key_frame_buffer(key, tokens, array_from))
         with self._cache_lock:
-            self._token_arrays[id(tokens)] = (tokens, array)
+            if entry is None or self._token_arrays.get(id(tokens)) is not entry:
+                entry = (tokens, {})
+                self._token_arrays[id(tokens)] = entry
+            entry[1][fields] = frame
+            while len(entry[1]) > _FRAMES_PER_TOKENS:
+                del entry[1][next(iter(entry[1]))]
             self._token_arrays.move_to_end(id(tokens))
             while len(self._token_arrays) > _TOKEN_ARRAY_CACHE:
                 self._token_arrays.popitem(last=False)
-        return encode_key(key, array)
+        return frame
 
     def call(self, rtype: RequestType, *payloads: Any, timeout: float | None = None) -> Any:
         """Send one request and return its decoded response (None for types without one).

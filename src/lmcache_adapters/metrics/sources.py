@@ -4,6 +4,7 @@ components' own counters (L1/L2 usage, in-flight work, sessions, instances, thre
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,19 +20,18 @@ from .prometheus import ScrapeSample
 log = logging.getLogger(__name__)
 
 
+_MODEL = operator.itemgetter(1)  # ObjectKey fields, read in C over a whole batch
+_SALT = operator.itemgetter(4)
+
+
 def _group_counts(keys: Sequence[ObjectKey]) -> dict[tuple[str, str], int]:
     """Keys per (model_name, cache_salt). This runs for every LOOKUP's 128+ keys, which come
-    from one request and share the very same name strings: that case is checked on identity
-    first (5x faster than grouping)."""
+    from one request: that case (one model, one salt) is recognised by two C-level passes."""
     if not keys:
         return {}
-    first = keys[0]
-    model, salt = first.model_name, first.cache_salt
-    for key in keys:
-        if key.model_name is not model or key.cache_salt is not salt:
-            break
-    else:
-        return {(model, salt): len(keys)}
+    models, salts = set(map(_MODEL, keys)), set(map(_SALT, keys))
+    if len(models) == 1 and len(salts) == 1:
+        return {(models.pop(), salts.pop()): len(keys)}
     groups: dict[tuple[str, str], int] = {}
     for key in keys:
         group = (key.model_name, key.cache_salt)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,13 +34,18 @@ class LRUPolicy:
 
     def on_accessed_many(self, keys: Sequence[ObjectKey]) -> None:
         with self._lock:
-            order = self._order
-            move = order.move_to_end
-            for key in keys:
-                try:
-                    move(key)
-                except KeyError:
-                    pass  # not tracked (already removed)
+            move = self._order.move_to_end
+            try:
+                # The common case, every key tracked: moved by a C loop.
+                deque(map(move, keys), maxlen=0)
+            except KeyError:
+                # Some key is not tracked (already removed): the rest one by one. Moving a key
+                # to the end twice leaves the same order, so the keys moved already are harmless.
+                for key in keys:
+                    try:
+                        move(key)
+                    except KeyError:
+                        pass
 
     def on_removed(self, key: ObjectKey) -> None:
         with self._lock:

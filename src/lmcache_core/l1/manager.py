@@ -113,6 +113,10 @@ def _validate_size(size: Any) -> int:
     return value
 
 
+# Every L1Listener event (its method names).
+_EVENTS = tuple(name for name in vars(L1Listener) if name.startswith("on_l1_"))
+
+
 def _validate_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -172,6 +176,7 @@ class L1Manager:
         # _evict_locked on the same thread.
         self._lock = threading.RLock()
         self._listeners: list[L1Listener] = []
+        self._receivers: dict[str, list[tuple[L1Listener, Callable[..., None]]]] = {event: [] for event in _EVENTS}
         self._reclaimer: Reclaimer | None = None
         self._objects: dict[ObjectKey, _L1Object] = {}
         self._pending: dict[ObjectKey, _L1Object] = {}
@@ -199,6 +204,17 @@ class L1Manager:
         """Subscribe to L1 events (see L1Listener for the delivery rules)."""
         with self._lock:
             self._listeners.append(listener)
+            # Per event, the listeners that handle it: an L1Listener subclass that keeps the
+            # base class's do-nothing method is not called for that event (hot paths emit one
+            # event per batch operation).
+            self._receivers = {
+                event: [
+                    (listener, getattr(listener, event))
+                    for listener in self._listeners
+                    if hasattr(listener, event) and getattr(type(listener), event, None) is not getattr(L1Listener, event)
+                ]
+                for event in _EVENTS
+            }
 
     def set_reclaimer(self, reclaimer: Reclaimer | None) -> None:
         """Install the on-the-spot evictor used when reserve_write cannot allocate."""
@@ -992,10 +1008,10 @@ class L1Manager:
         return expired
 
     def _emit(self, event: str, *args: Any) -> None:
-        if not self._listeners or not args[0]:
+        if not args[0]:
             return
-        for listener in self._listeners:
+        for listener, method in self._receivers[event]:
             try:
-                getattr(listener, event)(*args)
+                method(*args)
             except Exception:
                 log.exception("L1 listener %r failed on %s", listener, event)

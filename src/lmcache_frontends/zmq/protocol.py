@@ -95,10 +95,22 @@ class EncodedFrame(bytes):
     __slots__ = ()
 
 
-def encode(obj: Any) -> bytes:
+class PreEncoded:
+    """A payload already encoded as one msgpack frame in a buffer (a numpy array, say): `encode`
+    hands its memoryview on, so the frame is never copied into a bytes object."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, buffer: memoryview) -> None:
+        self.buffer = buffer
+
+
+def encode(obj: Any) -> bytes | memoryview:
     """One frame, as msgspec encodes it: smallest ints, float64, bin for bytes, maps in order."""
     if isinstance(obj, EncodedFrame):
         return obj
+    if isinstance(obj, PreEncoded):
+        return obj.buffer
     return msgpack.packb(obj, use_bin_type=True, default=_default)
 
 
@@ -132,27 +144,56 @@ def encode_token_array(tokens: TokenBytes) -> bytes:
 _KEY_MAP_HEADER = b"\x88"  # a map of the 8 key fields
 
 
+def key_frame_ends(key: RequestKey) -> tuple[bytes, bytes]:
+    """The bytes of `key`'s frame before and after its token array (fields in wire order)."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    head = [_KEY_MAP_HEADER]
+    for name, value in (("model_name", key.model_name), ("world_size", key.world_size), ("worker_id", key.worker_id)):
+        head += (pack(name), pack(value))
+    head.append(pack("token_ids"))
+    tail: list[bytes] = []
+    for name, value in (
+        ("start", key.start), ("end", key.end), ("request_id", key.request_id), ("cache_salt", key.cache_salt)
+    ):
+        tail += (pack(name), pack(value))
+    return b"".join(head), b"".join(tail)
+
+
 def encode_key(key: RequestKey, token_array: bytes | None = None) -> EncodedFrame:
     """The `IPCCacheServerKey` frame of `key` (fields in wire order), its token ids in the
     fixed-width form of `encode_token_array` (pass `token_array` when it is at hand already)."""
     if token_array is None:
         tokens = key.token_ids if isinstance(key.token_ids, TokenBytes) else TokenBytes.from_tokens(key.token_ids)
         token_array = encode_token_array(tokens)
-    pack = msgpack.Packer(use_bin_type=True).pack
-    parts = [_KEY_MAP_HEADER]
-    for name, value in (
-        ("model_name", key.model_name),
-        ("world_size", key.world_size),
-        ("worker_id", key.worker_id),
-        ("token_ids", None),
-        ("start", key.start),
-        ("end", key.end),
-        ("request_id", key.request_id),
-        ("cache_salt", key.cache_salt),
-    ):
-        parts.append(pack(name))
-        parts.append(token_array if name == "token_ids" else pack(value))
-    return EncodedFrame(b"".join(parts))
+    head, tail = key_frame_ends(key)
+    return EncodedFrame(b"".join((head, token_array, tail)))
+
+
+def key_frame_buffer(
+    key: RequestKey, tokens: TokenBytes, array_from: memoryview | None = None
+) -> tuple[np.ndarray[Any, Any], slice]:
+    """`encode_key`'s frame built in one numpy buffer (one allocation, no bytes copies), and
+    where its token array lies in it. The array is written straight into it, or copied from
+    `array_from` (the same tokens' encoded array, from an earlier frame). For clients that
+    send it as `PreEncoded`."""
+    head, tail = key_frame_ends(key)
+    n = len(tokens) // 4
+    header = array_header(n)
+    length = len(header) + n * WIRE_TOKEN.itemsize
+    if array_from is not None and len(array_from) != length:
+        raise ValueError(f"array_from holds {len(array_from)} bytes, the array takes {length}")
+    frame = np.empty(len(head) + length + len(tail), dtype=np.uint8)
+    frame[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    body = frame[len(head) : len(head) + length]
+    if array_from is not None:
+        body[:] = np.frombuffer(array_from, dtype=np.uint8)
+    else:
+        body[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+        records = body[len(header) :].view(WIRE_TOKEN)
+        records["tag"] = UINT32_TAG
+        records["value"] = np.frombuffer(tokens, dtype="<u4")
+    frame[len(head) + length :] = np.frombuffer(tail, dtype=np.uint8)
+    return frame, slice(len(head), len(head) + length)
 
 
 def _default(obj: Any) -> Any:

@@ -201,3 +201,35 @@ def test_recognised_arrays_keep_the_other_fields_of_each_frame() -> None:
     assert a is not None and b is not None and dec.hits == 1
     assert a["token_ids"] is b["token_ids"]
     assert (b["request_id"], b["start"], b["end"], b["worker_id"], b["cache_salt"]) == ("b", 0, 4992, None, "s")
+
+
+def test_the_client_reuses_frames_of_the_same_key_and_never_mixes_keys_up() -> None:
+    from lmcache_frontends.client import LMCacheClient
+
+    def sent(frame: Any) -> dict[str, Any]:
+        wire = encode(frame)  # what the client hands to the socket
+        assert decode(bytes(wire)) == decode(wire)
+        return decode(bytes(wire))  # type: ignore[no-any-return]
+
+    client = LMCacheClient("tcp://127.0.0.1:1")  # never connects: frames only
+    try:
+        tokens = list(range(3000))
+        key = make_key("m", tokens, "r")
+        first = client._key_frame(key, None)
+        assert client._key_frame(key, None) is first  # a repeat: the very same frame
+        assert bytes(encode(first)) == encode_key(key)  # byte for byte what encode_key writes
+        ranked = client._key_frame(key, 0)  # the same tokens, copied from the first frame
+        assert bytes(encode(ranked)) == encode_key(make_key("m", tokens, "r", worker_id=0))
+        assert sent(ranked)["worker_id"] == 0 and sent(first)["worker_id"] is None
+        # Equal tokens in another object, another request id or other tokens: their own frames.
+        again = make_key("m", list(tokens), "r2", end=16 * 100)
+        assert sent(client._key_frame(again, None)) == decode(encode_key(again))
+        other = make_key("m", [t + 1 for t in tokens], "r")
+        assert sent(client._key_frame(other, None))["token_ids"] == [t + 1 for t in tokens]
+        # Bounded: many keys later the first key still encodes correctly.
+        for i in range(40):
+            client._key_frame(make_key("m", [i] * 300, f"x{i}"), None)
+        assert bytes(encode(client._key_frame(key, None))) == encode_key(key)
+        assert len(client._token_arrays) <= 16
+    finally:
+        client.close()
