@@ -108,6 +108,13 @@ def _file_mode(value: str) -> str:
     return value
 
 
+def _nt_threshold(value: int) -> int:
+    # glibc ignores non-temporal thresholds below 0x4040 (its tunable's minimum).
+    if value != 0 and not 0x4040 <= value <= 1 << 40:
+        raise ValueError(f"must be 0 (off) or a byte count from 16448 (0x4040), got {value}")
+    return value
+
+
 def _shm_suffix(value: str) -> str:
     if "/" in value or "\x00" in value:
         raise ValueError(f"must not contain '/' or NUL, got {value!r}")
@@ -218,6 +225,13 @@ class ServerConfig:
         "Threads that copy one server-driven gather/scatter in parallel, whole layers each, one torch "
         "thread apiece (0 = the CPUs available, at most 4; 1 = the data-path worker copies alone).",
         check=_copy_threads,
+    )
+    nt_copy_threshold: int = _opt(
+        262144,
+        "Bytes from which a server-driven transfer copies a contiguous piece with glibc's memmove using "
+        "non-temporal stores (glibc.cpu.x86_non_temporal_threshold, set by re-executing the server once at "
+        "startup; x86-64 glibc Linux only). 0 = leave glibc's default and copy with torch.",
+        check=_nt_threshold,
     )
     session_ttl_seconds: float = _opt(
         600.0, "A request's session (tokens, chunk hashes) expires after this long without END_SESSION.", check=_positive

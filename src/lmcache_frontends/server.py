@@ -33,16 +33,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(argv, prog=PROG)
     except LMCacheError as exc:
         return _fail(PROG, exc)
+    reexec_with_copy_tunables(config, ["-m", "lmcache_frontends.server", *(sys.argv[1:] if argv is None else argv)])
     return serve(config, prog=PROG)
 
 
-def main_from_namespace(namespace: argparse.Namespace, *, prog: str, env: Mapping[str, str] | None = None) -> int:
-    """Run the server from flags parsed elsewhere (`lmcache server`)."""
+def main_from_namespace(
+    namespace: argparse.Namespace,
+    *,
+    prog: str,
+    env: Mapping[str, str] | None = None,
+    reexec_args: Sequence[str] | None = None,
+) -> int:
+    """Run the server from flags parsed elsewhere (`lmcache server`); `reexec_args` run the same
+    command again under a new interpreter (see reexec_with_copy_tunables)."""
     try:
         config = config_from_namespace(namespace, env)
     except LMCacheError as exc:
         return _fail(prog, exc)
+    if reexec_args is not None:
+        reexec_with_copy_tunables(config, reexec_args)
     return serve(config, prog=prog)
+
+
+_REEXEC_MARK = "_LMCACHE_SERVER_REEXECUTED"
+
+
+def reexec_with_copy_tunables(config: ServerConfig, args: Sequence[str]) -> None:
+    """Replace this process (same pid, same stdio) with `python <args>` under a glibc
+    non-temporal copy threshold of `--nt-copy-threshold` bytes, unless it is 0, already in
+    effect, the platform has no such tunable, or this process is that re-execution. glibc
+    reads its tunables only when a process starts; see lmcache_adapters.transfer.ntcopy."""
+    from lmcache_adapters.transfer import ntcopy
+
+    threshold = config.nt_copy_threshold
+    if not threshold or os.environ.get(_REEXEC_MARK) or not ntcopy.supported():
+        return
+    if ntcopy.non_temporal_threshold() == threshold:
+        return
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ntcopy.tunables_with_threshold(env.get("GLIBC_TUNABLES", ""), threshold)
+    env[_REEXEC_MARK] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *args], env)
+    except OSError as exc:  # serve on, with torch's copies
+        print(f"{PROG}: warning: cannot re-execute with {ntcopy.TUNABLE}: {exc}", file=sys.stderr)
 
 
 def configure_logging(level: str) -> None:

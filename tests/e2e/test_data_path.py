@@ -206,3 +206,25 @@ def test_ipc_endpoint_of_a_real_server(start_server: Callable[..., ServerProcess
         assert not path.exists()  # removed at shutdown
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("script", ["lmcache-server", "lmcache"])
+def test_the_server_runs_with_the_non_temporal_copy_threshold(
+    start_server: Callable[..., ServerProcess], script: str
+) -> None:
+    from lmcache_adapters.transfer import ntcopy
+
+    proc = start_server(script=script)
+    status, body = _get(f"{proc.url}/status")
+    expected = 262144 if ntcopy.supported() else None
+    assert status == 200 and body["zmq"]["non_temporal_copy_threshold"] == expected
+    if expected is not None:
+        # Re-executed in place: the pid the caller started is the server, with the tunable.
+        environ = open(f"/proc/{proc.proc.pid}/environ", "rb").read().split(b"\0")
+        assert b"GLIBC_TUNABLES=glibc.cpu.x86_non_temporal_threshold=0x40000" in environ
+    assert proc.stop() == 0
+    off = start_server("--nt-copy-threshold", "0", script=script)
+    status, body = _get(f"{off.url}/status")
+    assert status == 200 and body["zmq"]["non_temporal_copy_threshold"] is None
+    assert off.stop() == 0

@@ -48,7 +48,9 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
 def _run_server(namespace: argparse.Namespace) -> int:
     from lmcache_frontends.server import main_from_namespace
 
-    return main_from_namespace(namespace, prog="lmcache server")
+    argv = getattr(namespace, "_argv", None)
+    reexec = None if argv is None else ["-m", "lmcache_frontends.cli.main", *argv]
+    return main_from_namespace(namespace, prog="lmcache server", reexec_args=reexec)
 
 
 def _configure_status(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lmcache: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    namespace._argv = list(sys.argv[1:] if argv is None else argv)  # `lmcache server` may re-execute itself
     try:
         return int(namespace._run(namespace))
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ import msgpack
 import torch
 import zmq
 
+from lmcache_adapters.transfer import ntcopy
 from lmcache_adapters.transfer.copy_pool import CopyPool, default_copy_threads
 from lmcache_adapters.transfer.layout import KVCacheLayout
 from lmcache_adapters.transfer.unpickler import dumps_cpu_tensors, load_cpu_tensors, load_wrapper
@@ -881,6 +882,8 @@ class ZmqDataPathServer:
             "is_healthy": alive and self._bind_error is None,
             "endpoint": f"tcp://{self.host}:{self.bound_port}",
             "ipc_endpoint": self.ipc_url,
+            "transfer_threads": self.transfer_threads,
+            "non_temporal_copy_threshold": ntcopy.active_threshold(),
             "threads_alive": alive,
             "max_workers": self.max_workers,
             "supported_transfer_mode": self.transfer_mode,

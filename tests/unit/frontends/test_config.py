@@ -113,6 +113,8 @@ BAD_FLAGS = [
     ("--ipc-mode", "rw"),
     ("--ipc-mode", "0400"),
     ("--ipc-mode", "1777"),
+    ("--nt-copy-threshold", "4096"),
+    ("--nt-copy-threshold", "-1"),
 ]
 
 
@@ -194,3 +196,30 @@ def test_options_marked_secret_are_never_shown(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(config_module, "OPTIONS", tuple(secret if s.name == "state_dir" else s for s in OPTIONS))
     assert ServerConfig(state_dir="/srv/hunter2").to_public_dict()["mp"]["state_dir"] == "***"
     assert ServerConfig().to_public_dict()["mp"]["state_dir"] is None  # unset stays visible as unset
+
+
+def test_the_server_re_executes_itself_once_with_the_copy_tunable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmcache_adapters.transfer import ntcopy
+    from lmcache_frontends import server
+
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(server.os, "execve", lambda exe, args, env: calls.append((exe, list(args), dict(env))))
+    monkeypatch.setattr(ntcopy, "supported", lambda: True)
+    monkeypatch.delenv("_LMCACHE_SERVER_REEXECUTED", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    config = load_config(["--port", "0"], env={})
+    server.reexec_with_copy_tunables(config, ["-m", "lmcache_frontends.server", "--port", "0"])
+    (exe, args, env), = calls
+    assert args[1:] == ["-m", "lmcache_frontends.server", "--port", "0"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.cpu.x86_non_temporal_threshold=0x40000"
+    # Not again: the tunable is in effect, the re-executed process says so, or it is turned off.
+    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])
+    server.reexec_with_copy_tunables(config, ["x"])
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    monkeypatch.setenv("_LMCACHE_SERVER_REEXECUTED", "1")
+    server.reexec_with_copy_tunables(config, ["x"])
+    monkeypatch.delenv("_LMCACHE_SERVER_REEXECUTED")
+    server.reexec_with_copy_tunables(load_config(["--nt-copy-threshold", "0"], env={}), ["x"])
+    monkeypatch.setattr(ntcopy, "supported", lambda: False)
+    server.reexec_with_copy_tunables(config, ["x"])
+    assert len(calls) == 1
