@@ -555,7 +555,7 @@ class SharedMemoryPool:
     ) -> torch.Tensor:
         """A zero-copy tensor over the object's bytes: `shape` of `dtype` (1-D when None)."""
         self._check_live(handle)
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if shape is None:
             shape = (handle.nbytes // itemsize,)
         nbytes = math.prod(shape) * itemsize
@@ -565,7 +565,10 @@ class SharedMemoryPool:
             )
         tensor = self._tensor
         assert tensor is not None
-        return tensor[handle.offset : handle.offset + nbytes].view(dtype).view(shape)
+        view = tensor[handle.offset : handle.offset + nbytes]
+        if dtype is not torch.uint8:
+            view = view.view(dtype)
+        return view if len(shape) == 1 else view.view(shape)
 
     @property
     def tensor(self) -> torch.Tensor:
