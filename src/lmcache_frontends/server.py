@@ -28,12 +28,15 @@ _WATCH_INTERVAL_S = 0.5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `lmcache-server` console script; returns the exit code."""
+    """Entry point of the `lmcache-server` console script; returns the exit code. Run as the
+    script (`argv` None: the command line), it may re-execute itself once first (see
+    reexec_with_copy_tunables); called with an explicit `argv` (embedded), it never does."""
     try:
         config = load_config(argv, prog=PROG)
     except LMCacheError as exc:
         return _fail(PROG, exc)
-    reexec_with_copy_tunables(config, ["-m", "lmcache_frontends.server", *(sys.argv[1:] if argv is None else argv)])
+    if argv is None:
+        reexec_with_copy_tunables(config, ["-m", "lmcache_frontends.server", *sys.argv[1:]])
     return serve(config, prog=PROG)
 
 

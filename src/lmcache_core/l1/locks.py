@@ -15,7 +15,7 @@ class TTLLock:
 
     Not thread-safe on its own: the L1 manager serialises access under its lock. Methods take an
     optional `now` so a batch operation reads the clock once. The manager's read-lock batch
-    loops (`reserve_read`, `finish_read`) apply these same rules to `_count`/`_deadline` inline,
+    loops (`L1Manager._lock_for_read`, `finish_read`) apply these same rules to `_count`/`_deadline` inline,
     to save a call per key on the LOOKUP path; a change to the rules here must be made there too
     (tests/unit/core/test_l1_locks.py and test_l1_manager.py cover both)."""
 

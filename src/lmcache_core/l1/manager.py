@@ -355,9 +355,7 @@ class L1Manager:
         with self._lock:
             now = self._clock.monotonic()
             statuses, done = self._finish_write_locked(keys, now)
-            for obj in done:
-                obj.read_lock.lock(holders, now)
-                self._read_locked.add(obj.key)
+            self._lock_for_read(done, holders, now)
             results: list[tuple[OpResult, MemoryHandle | None]] = []
             handles = iter(obj.handle for obj in done)
             for status in statuses:
@@ -375,15 +373,15 @@ class L1Manager:
         with self._lock:
             now = self._clock.monotonic()
             results: list[tuple[OpResult, MemoryHandle | None]] = []
-            reserved: list[ObjectKey] = []
+            readable: list[_L1Object] = []
             # Hot loop (128+ keys per LOOKUP). Locals are bound once, and the TTL locks' state
             # is read and updated inline (same rules as TTLLock.is_locked/lock, no call per
             # key). A duplicate is recognised by a per-call stamp on the object, so a found
             # key is hashed once; the stored key (obj.key) is used from here on so later
             # set/dict/LRU lookups hit on identity, skipping __eq__.
             stamp = object()
-            get, add_locked = self._objects.get, self._read_locked.add
-            append, append_reserved = results.append, reserved.append
+            get = self._objects.get
+            append, append_readable = results.append, readable.append
             missing_seen: set[ObjectKey] = set()
             unreadable, wrong = (OpResult.KEY_NOT_READABLE, None), (OpResult.KEY_IN_WRONG_STATE, None)
             success = OpResult.SUCCESS
@@ -400,17 +398,9 @@ class L1Manager:
                 if not obj.ready or (wl._count > 0 and now < wl._deadline):
                     append(unreadable)
                     continue
-                rl = obj.read_lock
-                if rl._count > 0 and now >= rl._deadline:
-                    rl._count = 0  # expired: its holders are presumed dead
-                rl._count += holders
-                rl._deadline = now + rl._ttl
-                obj.last_access = now
-                stored = obj.key
-                add_locked(stored)
-                append_reserved(stored)
+                append_readable(obj)
                 append((success, obj.handle))
-            self._emit("on_l1_keys_read_reserved", reserved)
+            self._emit("on_l1_keys_read_reserved", self._lock_for_read(readable, holders, now))
             return results
 
     def reserve_read_prefix(
@@ -441,21 +431,27 @@ class L1Manager:
                     break
                 append(obj)
             del run[len(run) - len(run) % group :]
-            add_locked = self._read_locked.add
-            locked: list[ObjectKey] = []
-            append_locked = locked.append
-            for obj in run:
-                rl = obj.read_lock
-                if rl._count > 0 and now >= rl._deadline:
-                    rl._count = 0  # expired: its holders are presumed dead
-                rl._count += holders
-                rl._deadline = now + rl._ttl
-                obj.last_access = now
-                stored = obj.key
-                add_locked(stored)
-                append_locked(stored)
-            self._emit("on_l1_keys_read_reserved", locked)
-            return len(locked)
+            self._emit("on_l1_keys_read_reserved", self._lock_for_read(run, holders, now))
+            return len(run)
+
+    def _lock_for_read(self, objs: list[_L1Object], holders: int, now: float) -> list[ObjectKey]:
+        """Add `holders` read locks to readable objects (the caller holds the L1 lock); returns
+        their stored keys. The TTL lock rules of TTLLock.lock, inline: one loop per batch."""
+        add_locked = self._read_locked.add
+        locked: list[ObjectKey] = []
+        append_locked = locked.append
+        for obj in objs:
+            rl = obj.read_lock
+            if rl._count > 0 and now >= rl._deadline:
+                rl._count = 0  # expired: its holders are presumed dead
+            rl._count += holders
+            rl._deadline = now + rl._ttl
+            obj.last_access = now
+            # The stored key: later set/dict/LRU lookups hit on identity.
+            stored = obj.key
+            add_locked(stored)
+            append_locked(stored)
+        return locked
 
     def finish_read(self, keys: Sequence[ObjectKey], count: int = 1) -> list[OpResult]:
         """Release `count` read locks; a temporary object is freed after its last read."""

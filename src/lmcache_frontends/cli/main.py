@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lmcache: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    namespace._argv = list(sys.argv[1:] if argv is None else argv)  # `lmcache server` may re-execute itself
+    # Run as the script, `lmcache server` may re-execute itself once; embedded (argv given), never.
+    namespace._argv = list(sys.argv[1:]) if argv is None else None
     try:
         return int(namespace._run(namespace))
     except KeyboardInterrupt:
