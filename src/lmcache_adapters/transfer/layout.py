@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lmcache_adapters.transfer.copy_pool import CopyPool
-from lmcache_adapters.transfer.ntcopy import copy_contiguous
+from lmcache_adapters.transfer.ntcopy import copy_rows
 
 
 class KVFormat(StrEnum):
@@ -303,7 +303,7 @@ def _gather_layer(view: torch.Tensor, pairs: Sequence[tuple[torch.Tensor, Any]],
                 if hnd:
                     # HND blocks are transposed to token-major in the same strided copy.
                     part.copy_(blocks.transpose(2, 3))
-                elif not _stream_copy(part, blocks):
+                elif not copy_rows(part, blocks):
                     part.copy_(blocks)
         elif hnd:
             out.copy_(view.index_select(1, idx).transpose(2, 3), non_blocking=not on_cpu)
@@ -334,18 +334,12 @@ def _scatter_layer(
             for at, start, n in runs or ():
                 part = src if n == src.shape[1] else src.narrow(1, at, n)
                 blocks = view.narrow(1, start, n)
-                if hnd or not on_cpu or not _stream_copy(blocks, part):
+                if hnd or not on_cpu or not copy_rows(blocks, part):
                     blocks.copy_(part, non_blocking=not on_cpu)
             continue
         if not on_cpu:
             src = src.to(device, non_blocking=True)
         view.index_copy_(1, idx, src)
-
-
-def _stream_copy(dst: torch.Tensor, src: torch.Tensor) -> bool:
-    """K and V pieces (`[kv, ...]` views) copied by memmove when each is contiguous and large
-    enough for non-temporal stores (see `ntcopy`); False (nothing copied) otherwise."""
-    return all(copy_contiguous(dst[kv], src[kv]) for kv in range(dst.shape[0]))
 
 
 # More runs than this per chunk: one indexed copy beats many small strided ones.

@@ -3,16 +3,16 @@ stores) from a size threshold on.
 
 A copy into memory that is not in cache first reads every destination line (read for
 ownership); a non-temporal store skips that read, so a big copy moves ~1.5x the bytes per
-second. glibc's memcpy/memmove switch to non-temporal stores above
-`glibc.cpu.x86_non_temporal_threshold`, by default 3/4 of what it takes for the shared cache
-size (48 MiB on the test VM: never, for the 0.1–2 MiB pieces of a KV transfer); torch's copy
-kernels never do. The threshold is a glibc tunable, read once when a process starts, so
+second (11 against 7 GB/s for 512 KiB pieces on 2 threads, test VM). glibc's memcpy/memmove
+switch to non-temporal stores above `glibc.cpu.x86_non_temporal_threshold`, by default derived
+from the reported shared cache size (48 MiB on the test VM: never, for the 0.1–2 MiB pieces of a
+KV transfer); torch's copy kernels never do. The threshold is a glibc tunable, read once when a process starts, so
 `lmcache-server` re-executes itself once with it set (`--nt-copy-threshold`), and the
 transfers here send each contiguous piece at least that large to memmove.
 
-Measured on the 2-vCPU test VM, 4 x 32 MiB, 2 copy threads, against a 2-thread torch memcpy of
-the same bytes: gather 1.11x and scatter 1.13x with the threshold at 256 KiB, 0.69x / 0.84x
-with torch's copies."""
+Measured end to end on the 2-vCPU test VM (4 x 32 MiB per STORE/RETRIEVE, 2 copy threads)
+against a 2-thread torch memcpy of the same bytes: 1.01-1.11x with the threshold at 256 KiB,
+0.58-0.65x with torch's copies."""
 
 from __future__ import annotations
 
@@ -23,7 +23,13 @@ import sys
 
 import torch
 
-__all__ = ["TUNABLE", "active_threshold", "copy_contiguous", "non_temporal_threshold", "tunables_with_threshold"]
+__all__ = [
+    "TUNABLE",
+    "active_threshold",
+    "copy_rows",
+    "non_temporal_threshold",
+    "tunables_with_threshold",
+]
 
 TUNABLE = "glibc.cpu.x86_non_temporal_threshold"
 # glibc refuses values below this (its tunable's minimum): the setting would be ignored.
@@ -72,23 +78,38 @@ def active_threshold() -> int | None:
     return _THRESHOLD
 
 
-def copy_contiguous(dst: torch.Tensor, src: torch.Tensor, threshold: int | None = None) -> bool:
-    """Copy `src` into `dst` with memmove when both are contiguous CPU tensors of the same dtype
-    and size, at least the process's non-temporal threshold long. False (nothing copied) when
-    that does not apply: the caller copies with torch."""
-    limit = _THRESHOLD if threshold is None else threshold
-    if limit is None:
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def copy_rows(dst: torch.Tensor, src: torch.Tensor) -> bool:
+    """Copy `src` into `dst` row by row (their first dimension, K and V say) with memmove, when
+    every row is contiguous on both sides and at least the process's threshold long. False
+    (nothing copied) when that does not apply: the caller copies with torch. Works on pointers
+    and strides only: a tensor view per row costs more than copying a 256 KiB row."""
+    limit = _THRESHOLD
+    if limit is None or dst.dtype != src.dtype or not dst.is_cpu or not src.is_cpu:
         return False
-    nbytes = dst.numel() * dst.element_size()
-    if (
-        nbytes < limit
-        or dst.dtype != src.dtype
-        or dst.shape != src.shape
-        or dst.device.type != "cpu"
-        or src.device.type != "cpu"
-        or not dst.is_contiguous()
-        or not src.is_contiguous()
-    ):
+    shape = dst.shape
+    if src.shape != shape or not shape:
         return False
-    _memmove(dst.data_ptr(), src.data_ptr(), nbytes)
+    row = shape[1:]
+    itemsize = dst.element_size()
+    nbytes = itemsize
+    for size in row:
+        nbytes *= size
+    if nbytes < limit:
+        return False
+    expected = _contiguous_strides(tuple(row))
+    dst_strides, src_strides = dst.stride(), src.stride()
+    if dst_strides[1:] != expected or src_strides[1:] != expected:
+        return False
+    dst_at, src_at = dst.data_ptr(), src.data_ptr()
+    dst_step, src_step = dst_strides[0] * itemsize, src_strides[0] * itemsize
+    for i in range(shape[0]):
+        _memmove(dst_at + i * dst_step, src_at + i * src_step, nbytes)
     return True

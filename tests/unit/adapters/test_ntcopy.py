@@ -34,18 +34,23 @@ def test_setting_the_threshold_keeps_other_tunables_and_replaces_an_old_value() 
     assert ntcopy.non_temporal_threshold({"GLIBC_TUNABLES": got}) == 0x40000
 
 
-def test_copy_contiguous_copies_only_what_it_can_copy_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    src = torch.randn(4, 1024)
-    dst = torch.zeros(4, 1024)
+def test_copy_rows_copies_only_what_it_can_copy_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    src = torch.randn(2, 8, 1024)
+    dst = torch.zeros(2, 8, 1024)
     monkeypatch.setattr(ntcopy, "_THRESHOLD", None)  # a process started without the tunable
-    assert not ntcopy.copy_contiguous(dst, src) and int(dst.abs().sum()) == 0
-    assert ntcopy.copy_contiguous(dst, src, threshold=1024)
-    assert torch.equal(dst, src)
-    small = torch.zeros(2, 8)
-    assert not ntcopy.copy_contiguous(small, torch.ones(2, 8), threshold=1024)  # below the threshold
-    assert not ntcopy.copy_contiguous(dst.t(), src.t(), threshold=16)  # not contiguous
-    assert not ntcopy.copy_contiguous(torch.zeros(4, 1024, dtype=torch.float16), src.half().float(), threshold=16)
-    assert not ntcopy.copy_contiguous(torch.zeros(1024, 4), src, threshold=16)  # other shape
+    assert not ntcopy.copy_rows(dst, src) and int(dst.abs().sum()) == 0
+    monkeypatch.setattr(ntcopy, "_THRESHOLD", 1024)
+    assert ntcopy.copy_rows(dst, src) and torch.equal(dst, src)
+    # Rows need not be adjacent: K and V of a block run lie far apart in a KV tensor.
+    big = torch.randn(2, 32, 1024)
+    spaced_src, spaced_dst = big[:, 4:12], torch.zeros(2, 16, 1024)[:, 2:10]
+    assert ntcopy.copy_rows(spaced_dst, spaced_src) and torch.equal(spaced_dst, spaced_src)
+    small = torch.zeros(2, 2, 8)
+    assert not ntcopy.copy_rows(small, torch.ones(2, 2, 8))  # rows below the threshold
+    monkeypatch.setattr(ntcopy, "_THRESHOLD", 16)
+    assert not ntcopy.copy_rows(torch.zeros(2, 1024, 8), src.transpose(1, 2))  # rows not contiguous
+    assert not ntcopy.copy_rows(torch.zeros(2, 8, 1024, dtype=torch.float16), src)  # other dtype
+    assert not ntcopy.copy_rows(torch.zeros(2, 1024, 8), src)  # other shape
     assert int(small.sum()) == 0
 
 
