@@ -6,13 +6,14 @@ ownership); a non-temporal store skips that read, so a big copy moves ~1.5x the 
 second (11 against 7 GB/s for 512 KiB pieces on 2 threads, test VM). glibc's memcpy/memmove
 switch to non-temporal stores above `glibc.cpu.x86_non_temporal_threshold`, by default derived
 from the reported shared cache size (48 MiB on the test VM: never, for the 0.1–2 MiB pieces of a
-KV transfer); torch's copy kernels never do. The threshold is a glibc tunable, read once when a process starts, so
-`lmcache-server` re-executes itself once with it set (`--nt-copy-threshold`), and the
-transfers here send each contiguous piece at least that large to memmove.
+KV transfer); torch's copy kernels never do. The threshold is a glibc tunable, read once when
+a process starts, so `lmcache-server` re-executes itself once with it set
+(`--nt-copy-threshold`), and the transfers here send each contiguous piece at least that large
+to memmove.
 
 Measured end to end on the 2-vCPU test VM (4 x 32 MiB per STORE/RETRIEVE, 2 copy threads)
-against a 2-thread torch memcpy of the same bytes: 1.01-1.11x with the threshold at 256 KiB,
-0.58-0.65x with torch's copies."""
+against a 2-thread torch memcpy of the same bytes: 0.91-1.11x with the threshold at 256 KiB,
+0.80-0.84x with torch's copies (runs alternated)."""
 
 from __future__ import annotations
 
