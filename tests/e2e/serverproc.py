@@ -13,7 +13,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 READY_RE = re.compile(r"ready: admin (http://\S+) ")
+
+# LMCache 0.5.0, installed by ../shared/peer/reference.sh install (absent in CI).
+REFERENCE_VENV = Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv"))
+REFERENCE_LMCACHE = REFERENCE_VENV / "bin" / "lmcache"
+requires_reference = pytest.mark.skipif(
+    not REFERENCE_LMCACHE.exists(),
+    reason=f"the reference LMCache 0.5.0 is not installed in {REFERENCE_VENV}; run ../shared/peer/reference.sh install",
+)
 START_TIMEOUT_S = 60.0
 
 

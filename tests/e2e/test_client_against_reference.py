@@ -13,21 +13,16 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
+from serverproc import REFERENCE_LMCACHE, requires_reference
 
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 
-REFERENCE_LMCACHE = Path.home() / ".cache" / "lmcache-reference" / "venv" / "bin" / "lmcache"
-
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not REFERENCE_LMCACHE.exists(),
-        reason=f"the reference LMCache 0.5.0 is not installed ({REFERENCE_LMCACHE}); run ../shared/peer/reference.sh install",
-    ),
+    requires_reference,
 ]
 
 

@@ -16,16 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess
-
-REFERENCE_LMCACHE = Path.home() / ".cache" / "lmcache-reference" / "venv" / "bin" / "lmcache"
+from serverproc import REFERENCE_LMCACHE, ServerProcess, requires_reference
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not REFERENCE_LMCACHE.exists(),
-        reason=f"the reference LMCache 0.5.0 is not installed ({REFERENCE_LMCACHE}); run ../shared/peer/reference.sh install",
-    ),
+    requires_reference,
 ]
 
 ZMQ_RE = re.compile(r"zmq (tcp://\S+)")

@@ -14,17 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tests.e2e.serverproc import ServerProcess
+from tests.e2e.serverproc import (
+    REFERENCE_LMCACHE,
+    REFERENCE_VENV,
+    ServerProcess,
+    requires_reference,
+)
 
-VENV = Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv"))
-LMCACHE = VENV / "bin" / "lmcache"
-PYTHON = VENV / "bin" / "python"
+LMCACHE = REFERENCE_LMCACHE
+PYTHON = REFERENCE_VENV / "bin" / "python"
 CLIENT_TIMEOUT_S = 120
 
-pytestmark = pytest.mark.skipif(
-    not LMCACHE.exists(),
-    reason=f"reference venv with the lmcache 0.5.0 clients not found at {VENV} (install: shared/peer/reference.sh install)",
-)
+pytestmark = requires_reference
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -21,8 +21,10 @@ import ctypes
 import os
 import platform
 import sys
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the re-exec decision at server start-up runs before torch is imported
+    import torch
 
 __all__ = [
     "TUNABLE",

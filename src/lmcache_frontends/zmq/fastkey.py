@@ -19,19 +19,26 @@ DEFAULT_MAX_ENTRIES = 64
 _MIN_CACHED_BYTES = 4096
 
 
+def _array_header(frame: bytes, start: int) -> tuple[int, int] | None:
+    """(elements, header bytes) of the msgpack array at `frame[start]`; None when it is not one."""
+    tag = frame[start]
+    if 0x90 <= tag <= 0x9F:
+        return tag & 0x0F, 1
+    if tag == 0xDC:
+        return int.from_bytes(frame[start + 1 : start + 3], "big"), 3
+    if tag == 0xDD:
+        return int.from_bytes(frame[start + 1 : start + 5], "big"), 5
+    return None
+
+
 def fixed_width_tokens(frame: bytes, start: int) -> tuple[TokenBytes, int] | None:
     """When the msgpack array at `frame[start]` holds only uint32-tagged ints (the fixed-width
     form `protocol.encode_token_array` writes), its tokens and its length in bytes, read with
     two numpy passes; None for any other array (the caller decodes it normally)."""
-    tag = frame[start]
-    if 0x90 <= tag <= 0x9F:
-        n, header = tag & 0x0F, 1
-    elif tag == 0xDC:
-        n, header = int.from_bytes(frame[start + 1 : start + 3], "big"), 3
-    elif tag == 0xDD:
-        n, header = int.from_bytes(frame[start + 1 : start + 5], "big"), 5
-    else:
+    found = _array_header(frame, start)
+    if found is None:
         return None
+    n, header = found
     length = header + n * WIRE_TOKEN.itemsize
     if n == 0 or start + length > len(frame):
         return None
@@ -194,15 +201,10 @@ _MIN_SAMPLED_ELEMENTS = 4 * _INNER_SAMPLE
 
 def _sample(frame: bytes, start: int) -> tuple[bytes, ...] | None:
     """Sampled bytes of the array at `frame[start]`; None for arrays too short to sample."""
-    tag = frame[start]
-    if 0x90 <= tag <= 0x9F:
-        return None  # at most 15 elements
-    if tag == 0xDC:
-        n, header = int.from_bytes(frame[start + 1 : start + 3], "big"), 3
-    elif tag == 0xDD:
-        n, header = int.from_bytes(frame[start + 1 : start + 5], "big"), 5
-    else:
+    found = _array_header(frame, start)
+    if found is None:
         return None
+    n, header = found
     if n < _MIN_SAMPLED_ELEMENTS or start + header + n > len(frame):
         return None
     body = start + header

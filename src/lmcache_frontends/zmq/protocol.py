@@ -134,11 +134,18 @@ def encode_token_array(tokens: TokenBytes) -> bytes:
     any decoder reads as the same ints (the spec allows non-minimal widths; msgspec and
     msgpack-python accept them), built with one numpy copy instead of one Python int per token.
     A server that knows the form (ours: `zmq.fastkey`) decodes it the same way."""
-    n = len(tokens) // 4
-    records = np.empty(n, dtype=WIRE_TOKEN)
+    header = array_header(len(tokens) // 4)
+    array = np.empty(len(header) + len(tokens) // 4 * WIRE_TOKEN.itemsize, dtype=np.uint8)
+    _write_token_array(array, header, tokens)
+    return array.tobytes()
+
+
+def _write_token_array(out: np.ndarray[Any, Any], header: bytes, tokens: TokenBytes) -> None:
+    """`encode_token_array`'s bytes written into `out` (exactly that long)."""
+    out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    records = out[len(header) :].view(WIRE_TOKEN)
     records["tag"] = UINT32_TAG
     records["value"] = np.frombuffer(tokens, dtype="<u4")
-    return array_header(n) + records.tobytes()
 
 
 _KEY_MAP_HEADER = b"\x88"  # a map of the 8 key fields
@@ -188,10 +195,7 @@ def key_frame_buffer(
     if array_from is not None:
         body[:] = np.frombuffer(array_from, dtype=np.uint8)
     else:
-        body[: len(header)] = np.frombuffer(header, dtype=np.uint8)
-        records = body[len(header) :].view(WIRE_TOKEN)
-        records["tag"] = UINT32_TAG
-        records["value"] = np.frombuffer(tokens, dtype="<u4")
+        _write_token_array(body, header, tokens)
     frame[len(head) + length :] = np.frombuffer(tail, dtype=np.uint8)
     return frame, slice(len(head), len(head) + length)
 
