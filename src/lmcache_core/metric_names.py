@@ -98,6 +98,10 @@ L2_STORES_COMPLETED = _counter("l2_stores_completed", "Objects durably written t
 L2_STORES_FAILED = _counter("l2_stores_failed", "Objects an L2 adapter failed to store.", "adapter")
 L2_STORE_THROUGHPUT_GBPS = _histogram("l2_store_throughput_gbps", "Throughput of L1 -> L2 write-back batches, in GB/s.")
 L2_STORES_IN_FLIGHT = _gauge("l2_stores_in_flight", "Objects being written back to L2 right now.")
+L2_STORES_UNWRITTEN_AT_SHUTDOWN = _counter(
+    "l2_stores_unwritten_at_shutdown",
+    "Objects queued or in flight for write-back when a shutdown stopped waiting for them (lost).",
+)
 L2_STORE_QUEUE = _gauge("l2_store_queue", "Objects waiting for write-back to L2 (the write-back lag).")
 
 # -- L2 prefetch (prefetch controller) --------------------------------------------------------

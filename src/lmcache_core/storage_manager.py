@@ -121,8 +121,17 @@ class StorageManager:
             self._closed = True
         if self.prefetch:
             self.prefetch.close()
+        pending = self.store.pending_objects()
+        if pending:
+            log.info("shutting down: writing %d object(s) back to L2 first (up to %.0f s)", pending, drain_timeout)
         if not self.store.stop(drain_timeout=drain_timeout):
-            log.warning("L2 write-back not fully drained within %.1f s", drain_timeout)
+            lost = self.store.unwritten_at_shutdown
+            self.metrics.inc("l2_stores_unwritten_at_shutdown", lost)
+            log.warning(
+                "L2 write-back stopped before it drained: %d object(s) were not written to L2 "
+                "(they were only in L1, which is freed now)",
+                lost,
+            )
         self.l2_eviction.stop()
         self.eviction.stop()
         for entry in self.l2_adapters:
@@ -131,6 +140,11 @@ class StorageManager:
             except Exception:
                 log.exception("closing L2 adapter %s failed", entry.name)
         self.l1.clear(force=True)
+
+    def abandon_write_back(self) -> None:
+        """Stop waiting for the L2 write-back at shutdown (what is left is counted as lost).
+        Only sets a flag: safe from a signal handler."""
+        self.store.abandon()
 
     def periodic_threads(self) -> list[PeriodicThread]:
         """The periodic threads this manager runs (for the registry behind /periodic-threads)."""

@@ -51,6 +51,8 @@ class Services:
     _closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list, repr=False)
     _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
+    closing_step: str | None = field(default=None, repr=False)
+    """What close() is stopping right now (None before and after): a stuck shutdown names it."""
 
     def on_close(self, name: str, closer: Callable[[], None]) -> None:
         """Run `closer` at close(), before everything registered earlier (LIFO)."""
@@ -77,10 +79,12 @@ class Services:
             closers = list(reversed(self._closers))
             self._closers.clear()
         for name, closer in closers:
+            self.closing_step = name
             try:
                 closer()
             except Exception:
                 log.exception("closing %s failed", name)
+        self.closing_step = None
 
 
 @dataclass
@@ -180,7 +184,7 @@ def bootstrap(
         pool: MemoryPool = container.adapters.memory_pool()
         closers.append(("L1 memory pool", pool.close))
         storage: StorageManager = container.services.storage()
-        closers.append(("storage manager", storage.close))
+        closers.append(("storage manager", lambda: storage.close(drain_timeout=config.shutdown_drain_seconds)))
         engine: CacheEngine = container.services.engine()
         closers.append(("cache engine", engine.close))
         threads = _observe(config, storage, engine, the_metrics)

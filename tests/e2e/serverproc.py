@@ -9,11 +9,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from lmcache_adapters.memory import SHM_NAME_PREFIX, cleanup_stale_segments, segment_owner_alive
 
 READY_RE = re.compile(r"ready: admin (http://\S+) ")
 
@@ -42,6 +47,9 @@ class ServerProcess:
 
     proc: subprocess.Popen[str]
     url: str = ""
+    shm_name: str | None = None
+    """The --shm-name suffix it was started with: stop() removes the segment if the server
+    could not (killed with SIGKILL), so tests leave /dev/shm as they found it."""
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     stderr_lines: list[str] = field(default_factory=list)
 
@@ -62,12 +70,30 @@ class ServerProcess:
                 return match
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send `sig` and wait for the exit code; a server still running after `timeout`
+        raises TimeoutExpired (the teardown kills it)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         finally:
+            if self.proc.poll() is not None:
+                self.remove_orphaned_segment()
             self._drain_reader(timeout=5)
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """Teardown: SIGTERM, and SIGKILL if it has not exited within `timeout`."""
+        if self.proc.poll() is None:
+            try:
+                self.stop(signal.SIGTERM, timeout)
+            except subprocess.TimeoutExpired:
+                self.stop(signal.SIGKILL, timeout)
+        self.remove_orphaned_segment()
+
+    def remove_orphaned_segment(self) -> None:
+        """Unlink this server's L1 segment once nobody holds it (what its next start would do)."""
+        if self.shm_name is not None and not segment_owner_alive(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}"):
+            cleanup_stale_segments()
 
     def _drain_reader(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -90,3 +116,33 @@ def pump_stderr(proc: subprocess.Popen[str], server: ServerProcess) -> None:
         server.stderr_lines.append(line)
         server._lines.put(line)
     server._lines.put(None)
+
+
+def launch(
+    flags: Sequence[str] = (),
+    *,
+    script: str = "lmcache-server",
+    shm_prefix: str = "e2e",
+    env: Mapping[str, str] | None = None,
+    wait_ready: bool = True,
+) -> ServerProcess:
+    """Start lmcache-server on free ports with a small, uniquely named L1 (no LMCACHE_*
+    variables from the caller's environment unless `env` gives them) and wait for its ready
+    line. Stop it with `stop()` or `terminate()`."""
+    shm_name = f"{shm_prefix}_{uuid.uuid4().hex[:12]}"
+    args = [*server_command(script)]
+    if script == "lmcache":
+        args.append("server")
+    args += ["--http-port", "0", "--port", "0", "--l1-size-gb", "0.03125", "--shm-name", shm_name, *flags]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env)
+    server = ServerProcess(proc, shm_name=shm_name)
+    threading.Thread(target=pump_stderr, args=(proc, server), daemon=True).start()
+    if wait_ready:
+        try:
+            server.url = server.wait_for_line(READY_RE, START_TIMEOUT_S).group(1)
+        except BaseException:
+            server.terminate()
+            raise
+    return server

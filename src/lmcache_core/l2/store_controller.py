@@ -83,6 +83,10 @@ class StoreController(L1Listener):
         self._dropped = 0
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
+        # A plain flag, not an Event: set from a signal handler on the main thread.
+        self._abandoned = False
+        self.unwritten_at_shutdown = 0
+        """Objects still queued or in flight when a shutdown stopped waiting for them."""
 
     # -- L1 events ------------------------------------------------------------------------
 
@@ -117,14 +121,27 @@ class StoreController(L1Listener):
         self._thread.start()
 
     def stop(self, *, drain_timeout: float = 10.0) -> bool:
-        """Stop after writing back what is queued and in flight (up to `drain_timeout`).
-        Returns True when everything was drained."""
+        """Stop after writing back what is queued and in flight (up to `drain_timeout`, or
+        until `abandon()`). Returns True when everything was drained; otherwise the objects
+        left unwritten are counted in `unwritten_at_shutdown`."""
         drained = self.drain(drain_timeout)
         self._stop.set()
         self._wake.set()
+        if not drained:
+            self.unwritten_at_shutdown = self.pending_objects()
         if self._thread:
             self._thread.join(timeout=2.0)
         return drained
+
+    def abandon(self) -> None:
+        """Make a running or later `drain()` return at once (a second stop signal). Only sets a
+        flag, so a signal handler may call it."""
+        self._abandoned = True
+
+    def pending_objects(self) -> int:
+        """Objects queued for write-back plus objects being written right now."""
+        with self._lock:
+            return len(self._queue) + self._in_flight_keys
 
     def drain(self, timeout: float) -> bool:
         """Wait until the queue is empty and no store is in flight."""
@@ -133,7 +150,7 @@ class StoreController(L1Listener):
         with self._idle:
             while self._queue or self._in_flight:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._abandoned:
                     return False
                 if not (self._thread and self._thread.is_alive()):
                     return False
@@ -265,6 +282,7 @@ class StoreController(L1Listener):
             "in_flight_keys": in_flight_keys,
             "max_in_flight_batches": self._max_in_flight,
             "dropped_before_write_back": self._dropped,
+            "unwritten_at_shutdown": self.unwritten_at_shutdown,
             "last_error": self._last_error,
             "adapters": {
                 f"{e.index}:{e.name}": {
