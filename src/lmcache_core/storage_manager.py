@@ -48,6 +48,7 @@ class StorageManager:
         l2_prefetch_max_in_flight: int = 8,
         l2_policy_factory: PolicyFactory | None = None,
         metrics: MetricsSink | None = None,
+        quota_check_interval_seconds: float = 10.0,
     ) -> None:
         self.l1 = l1
         self.quotas = quotas
@@ -83,6 +84,7 @@ class StorageManager:
             policy=l2_store_policy,
             metrics=self.metrics,
             on_stored=self.l2_eviction.on_stored,
+            clock=clock,
         )
         l1.add_listener(self.store)
         self.prefetch: PrefetchController | None = None
@@ -96,6 +98,13 @@ class StorageManager:
                 skip_write_back=self.store.skip_once,
                 forget_skip=self.store.forget_skip,
                 on_loaded=self.l2_eviction.on_loaded,
+                clock=clock,
+            )
+        self.quota_state: PeriodicThread | None = None
+        if quotas.state_path is not None:
+            self.quota_state = PeriodicThread(
+                "quota-state", quotas.verify_persisted, interval_seconds=quota_check_interval_seconds,
+                level="high", clock=clock,
             )
         self._state_lock = threading.Lock()
         self._started = False
@@ -109,7 +118,11 @@ class StorageManager:
                 return
             self.eviction.start()
             self.store.start()
+            if self.prefetch is not None:
+                self.prefetch.start()
             self.l2_eviction.start()
+            if self.quota_state is not None:
+                self.quota_state.start()
             self._started = True
 
     def close(self, *, drain_timeout: float = 10.0) -> None:
@@ -134,6 +147,8 @@ class StorageManager:
             )
         self.l2_eviction.stop()
         self.eviction.stop()
+        if self.quota_state is not None:
+            self.quota_state.stop()
         for entry in self.l2_adapters:
             try:
                 entry.adapter.close()
@@ -149,8 +164,14 @@ class StorageManager:
     def periodic_threads(self) -> list[PeriodicThread]:
         """The periodic threads this manager runs (for the registry behind /periodic-threads)."""
         threads = [self.eviction.thread]
+        if self.l2_adapters:
+            threads.append(self.store.thread)
+        if self.prefetch is not None:
+            threads.append(self.prefetch.thread)
         if self.l2_eviction.enabled:
             threads.append(self.l2_eviction.thread)
+        if self.quota_state is not None:
+            threads.append(self.quota_state)
         return threads
 
     # -- operations -----------------------------------------------------------------------
@@ -210,6 +231,7 @@ class StorageManager:
         adapters_healthy = all(report["is_healthy"] for report in adapters)
         children: dict[str, Any] = {
             "l1_manager": self.l1,
+            "quotas": self.quotas,
             "eviction_controller": self.eviction,
             "store_controller": self.store,
             "l2_eviction_controller": self.l2_eviction,

@@ -14,7 +14,7 @@ from lmcache_adapters.plugin_manager import LMCachePluginManager
 from lmcache_core.engine import CacheEngine
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
-from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry
+from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry, Summary
 from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
 from lmcache_core.ports import Clock, L2Adapter, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
@@ -68,6 +68,26 @@ class Services:
     def register_periodic_thread(self, thread: PeriodicThread) -> None:
         """Make a module's periodic thread visible in /periodic-threads and /status health."""
         self.periodic_threads.register(thread)
+
+    def run_periodic(
+        self,
+        name: str,
+        target: Callable[[], Summary],
+        *,
+        interval_seconds: float,
+        level: str = "high",
+    ) -> PeriodicThread:
+        """Run `target` every `interval_seconds` as a supervised loop: registered (so
+        /periodic-threads, /periodic-threads-health and /status see it, dead or stalled),
+        started now, stopped at close() before everything registered earlier. What a frontend
+        uses for its housekeeping (a reaper, a heartbeat) instead of a thread of its own; the
+        returned thread's `wake()` runs the next iteration at once. A name already taken raises
+        ConflictError."""
+        thread = PeriodicThread(name, target, interval_seconds=interval_seconds, level=level, clock=self.clock)
+        self.periodic_threads.register(thread)
+        thread.start()
+        self.on_close(f"periodic thread {name}", thread.stop)
+        return thread
 
     def close(self) -> None:
         """Stop frontends, the engine, the storage manager, the adapters, then free L1 memory.
