@@ -36,3 +36,8 @@ class ConflictError(LMCacheError):
 
 class ForbiddenOperationError(LMCacheError):
     """The operation is not allowed on this target (maps to HTTP 403)."""
+
+
+class BackendUnavailableError(LMCacheError):
+    """An L2 adapter's backend cannot be used (missing bucket, unwritable path, dead endpoint);
+    the message names the problem for an operator."""

@@ -14,6 +14,7 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l2.entry import L2AdapterEntry, adapter_type_name
 from lmcache_core.l2.eviction_controller import L2EvictionController, L2EvictionSettings
+from lmcache_core.l2.health import L2HealthMonitor
 from lmcache_core.l2.prefetch_controller import PrefetchController
 from lmcache_core.l2.store_controller import StoreController
 from lmcache_core.periodic import PeriodicThread
@@ -49,6 +50,7 @@ class StorageManager:
         l2_policy_factory: PolicyFactory | None = None,
         metrics: MetricsSink | None = None,
         quota_check_interval_seconds: float = 10.0,
+        l2_probe_interval_seconds: float = 5.0,
     ) -> None:
         self.l1 = l1
         self.quotas = quotas
@@ -100,6 +102,7 @@ class StorageManager:
                 on_loaded=self.l2_eviction.on_loaded,
                 clock=clock,
             )
+        self.l2_health = L2HealthMonitor(self.l2_adapters, interval_seconds=l2_probe_interval_seconds, clock=clock)
         self.quota_state: PeriodicThread | None = None
         if quotas.state_path is not None:
             self.quota_state = PeriodicThread(
@@ -121,6 +124,7 @@ class StorageManager:
             if self.prefetch is not None:
                 self.prefetch.start()
             self.l2_eviction.start()
+            self.l2_health.start()
             if self.quota_state is not None:
                 self.quota_state.start()
             self._started = True
@@ -146,6 +150,7 @@ class StorageManager:
                 lost,
             )
         self.l2_eviction.stop()
+        self.l2_health.stop()
         self.eviction.stop()
         if self.quota_state is not None:
             self.quota_state.stop()
@@ -170,6 +175,8 @@ class StorageManager:
             threads.append(self.prefetch.thread)
         if self.l2_eviction.enabled:
             threads.append(self.l2_eviction.thread)
+        if self.l2_health.enabled:
+            threads.append(self.l2_health.thread)
         if self.quota_state is not None:
             threads.append(self.quota_state)
         return threads
@@ -206,20 +213,25 @@ class StorageManager:
 
     # -- status ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _adapter_report(entry: L2AdapterEntry) -> dict[str, Any]:
+    def _adapter_report(self, entry: L2AdapterEntry) -> dict[str, Any]:
         """One entry of `l2_adapters`: a list in configuration order, each report tagged with
         its index, label and `type` (what LMCache's status clients key on), plus the reference's
-        size field names next to ours."""
+        size field names next to ours, and the last backend probe (`backend_check`)."""
         report = safe_report(entry.adapter)
+        check = self.l2_health.result(entry)
+        healthy = report["is_healthy"] and (check is None or check["ok"])
         out: dict[str, Any] = {
-            "is_healthy": report["is_healthy"],
+            "is_healthy": healthy,
             "index": entry.index,
             "name": entry.name,
             "type": entry.type_name,
             "primary": entry.primary,
         }
         out.update({k: v for k, v in report.items() if k not in out})
+        if check is not None:
+            out["backend_check"] = check
+            if check["error"]:
+                out["error"] = check["error"]
         if "used_bytes" in report:
             out.setdefault("current_size_bytes", report["used_bytes"])
         if "capacity_bytes" in report:

@@ -242,6 +242,18 @@ def _ready_line(prog: str, services: Services, admin: AdminServer) -> str:
     pool = services.memory_pool
     size_gib = pool.capacity_bytes / (1 << 30) if pool is not None else services.config.l1_size_gb
     parts.append(f"l1 {round(size_gib, 3)} GiB")
+    storage = services.storage
+    if storage is not None and storage.l2_adapters:
+        # The first backend probes run right after start; wait for them briefly, so a missing
+        # bucket or an unwritable path shows here and not only in /readyz.
+        storage.l2_health.wait_first_round(services.config.readyz_timeout_seconds)
+        problems = [
+            f"l2:{e.index}:{e.name} {r['error']}"
+            for e in storage.l2_adapters
+            if (r := storage.l2_health.result(e)) is not None and r["error"]
+        ]
+        if problems:
+            parts.append("(NOT READY: " + "; ".join(problems) + ")")
     return f"{prog} ready: " + " ".join(parts)
 
 
