@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -238,7 +239,12 @@ def bootstrap(
 def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine, metrics: MetricsSink) -> PeriodicThreadRegistry:
     """Metrics and thread-health wiring: L1 chunk counters, scrape-time gauges, the periodic
     thread registry and its contribution to /status health."""
-    from lmcache_adapters.metrics import L1MetricsListener, PrometheusMetricsSink, stack_source
+    from lmcache_adapters.metrics import (
+        L1MetricsListener,
+        PrometheusMetricsSink,
+        legacy_metrics,
+        stack_source,
+    )
 
     threads = PeriodicThreadRegistry()
     for thread in storage.periodic_threads():
@@ -250,6 +256,8 @@ def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine,
     storage.l1.add_listener(L1MetricsListener(metrics, tenant_labels=bool(labels)))
     if isinstance(metrics, PrometheusMetricsSink):
         metrics.add_scrape_source("stack", stack_source(storage, engine, threads))
+        # LMCache 0.5.0's names for the same data, so its dashboards work unchanged.
+        metrics.add_derived_source("lmcache-0.5.0", functools.partial(legacy_metrics, chunk_size=config.chunk_size))
     return threads
 
 

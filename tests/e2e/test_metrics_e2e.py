@@ -61,7 +61,7 @@ def test_real_server_exposes_parsable_metrics_and_thread_registry(start_server: 
     assert headers["X-Request-ID"] == "e2e-1"
     samples = parse(body)
     assert samples[("lmcache_mp_l1_capacity_bytes", ())] == 0.03125 * (1 << 30)
-    assert ("lmcache_mp_l2_usage_bytes", (("adapter", "mock"),)) in samples
+    assert ("lmcache_mp_l2_usage_bytes", (("adapter", "mock"), ("l2_name", "mock"))) in samples
     assert samples[("lmcache_mp_periodic_threads_unhealthy", ())] == 0
     _, _, raw = fetch(server.url + "/periodic-threads")
     assert "l1-eviction" in [t["name"] for t in json.loads(raw)["threads"]]
@@ -171,7 +171,7 @@ def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
         finally:
             client.unregister_engine_driven(7)
     after = parse(fetch(server.url + "/metrics")[2])
-    hit = "lmcache_mp_lookup_hit_tokens_total"
+    hit = "lmcache_mp_lookup_tier_hit_tokens_total"
     assert total(after, "lmcache_mp_lookup_requests_total") == 3 * sequences
     assert total(after, hit) - total(bench, hit) == observed * chunk
     assert total(after, hit, tier="l2") - total(bench, hit, tier="l2") > 0  # sequence 0 was evicted

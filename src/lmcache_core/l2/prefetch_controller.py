@@ -131,12 +131,14 @@ class PrefetchController:
         if object_size <= 0:
             raise ValueError("object_size must be > 0")
         job = PrefetchJob(keys, object_size, group_size, extra_read_count)
-        self.metrics.inc("prefetch_lookups")
         usable = len(job.keys) - len(job.keys) % job.group_size
         if not self.adapters or usable == 0 or self._closed:
             job.l2_hit_count = 0
             self._finish(job, "done", started=False)
             return job
+        # Counted only for jobs that really look keys up in L2.
+        self.metrics.inc("prefetch_lookups")
+        self.metrics.inc("prefetch_lookup_keys", len(job.keys))
         with self._lock:
             self._queue.append(job)
         self._pump()
@@ -331,6 +333,7 @@ class PrefetchController:
                 self.metrics.inc("prefetch_failures", reason="load_error")
                 ok = [False] * len(keys)
             good = [k for k, g in zip(keys, ok, strict=True) if g]
+            self.metrics.inc("prefetch_load_batches_completed", adapter=entry.name)
             self.metrics.inc("prefetch_loads", len(good), adapter=entry.name)
             if good and self._on_loaded:
                 try:
@@ -362,6 +365,8 @@ class PrefetchController:
                 failed.set_result([False] * len(keys))
                 fut = failed
             else:
+                self.metrics.inc("prefetch_load_batches", adapter=entry.name)
+                self.metrics.inc("prefetch_load_keys", len(keys), adapter=entry.name)
                 try:
                     fut = entry.adapter.submit_load(keys, views)
                 except Exception as exc:

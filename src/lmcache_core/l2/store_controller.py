@@ -220,6 +220,7 @@ class StoreController(L1Listener):
             counters = self._counters[entry.index]
             counters.submitted += len(locked)
             self.metrics.inc("l2_stores_submitted", len(locked), adapter=entry.name)
+            self.metrics.inc("l2_store_batches_submitted", adapter=entry.name)
             try:
                 future = entry.adapter.submit_store(locked, views)
             except Exception as exc:
@@ -244,6 +245,7 @@ class StoreController(L1Listener):
         stored_sizes = [s for s, good in zip(state.sizes, ok, strict=True) if good]
         counters.completed += len(stored_keys)
         counters.failed += len(state.keys) - len(stored_keys)
+        self.metrics.inc("l2_store_batches_completed", adapter=entry.name)
         counters.bytes_completed += sum(stored_sizes)
         self.metrics.inc("l2_stores_completed", len(stored_keys), adapter=entry.name)
         if len(stored_keys) < len(state.keys):
