@@ -44,10 +44,13 @@ import torch
 
 from lmcache_frontends.client import LMCacheClient, RequestKey, make_key, share_cpu_tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+import serverproc  # noqa: E402  (the tests' launchers: one way to start the reference server)
+
 CHUNK = 256
 BS, NH, HS, LAYERS = 16, 8, 128, 32  # fp16: 2 x 32 x 256 x 1024 x 2 B = 32 MiB per chunk
 LOOKUP_TOKENS, LOOKUP_CHUNKS = 32 * 1024, 128
-REFERENCE_VENV = Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv"))
+REFERENCE_VENV = serverproc.REFERENCE_VENV
 READY = re.compile(r"ready: admin (http://\S+) ")
 
 
@@ -129,37 +132,9 @@ def wait_prefaulted(admin_url: str, timeout: float = 120.0) -> None:
 
 @contextlib.contextmanager
 def reference_server(l1_gb: float) -> Iterator[Server]:
-    """LMCache 0.5.0's `lmcache server` on loopback, stopped (its process group) afterwards."""
-    zmq_port, http_port, prom_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
-    log = tempfile.NamedTemporaryFile("w+", prefix="reference-", suffix=".log")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(REFERENCE_VENV / "bin" / "lmcache"), "server", "--host", "127.0.0.1", "--port", str(zmq_port),
-         "--http-host", "127.0.0.1", "--http-port", str(http_port), "--prometheus-port", str(prom_port),
-         "--l1-size-gb", str(int(max(1, l1_gb))), "--eviction-policy", "LRU"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"the reference server did not start:\n{log.read()[-3000:]}") from None
-                time.sleep(0.5)
-        yield Server("reference 0.5.0", f"tcp://127.0.0.1:{zmq_port}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
-        log.close()
+    """LMCache 0.5.0's `lmcache server` on loopback (the e2e tests' launcher)."""
+    with serverproc.reference_server(l1_gb) as url:
+        yield Server("reference 0.5.0", url)
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +26,13 @@ from lmcache_adapters.memory import SHM_NAME_PREFIX, cleanup_stale_segments, seg
 
 READY_RE = re.compile(r"ready: admin (http://\S+) ")
 
-# LMCache 0.5.0, installed by ../shared/peer/reference.sh install (absent in CI).
+# LMCache 0.5.0 in its own virtualenv (absent in CI): python -m venv DIR && DIR/bin/pip install lmcache==0.5.0.
 REFERENCE_VENV = Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv"))
 REFERENCE_LMCACHE = REFERENCE_VENV / "bin" / "lmcache"
 requires_reference = pytest.mark.skipif(
     not REFERENCE_LMCACHE.exists(),
-    reason=f"the reference LMCache 0.5.0 is not installed in {REFERENCE_VENV}; run ../shared/peer/reference.sh install",
+    reason=f"the reference LMCache 0.5.0 is not installed in {REFERENCE_VENV} (pip install lmcache==0.5.0 into a "
+    "virtualenv there, or set LMCACHE_REFERENCE_VENV)",
 )
 START_TIMEOUT_S = 60.0
 
@@ -146,3 +151,45 @@ def launch(
             server.terminate()
             raise
     return server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def reference_server(l1_gb: float = 1.0, log_dir: Path | None = None) -> Iterator[str]:
+    """LMCache 0.5.0's `lmcache server` on free loopback ports; yields its ZeroMQ URL and stops
+    its whole process group afterwards."""
+    zmq_port, http_port, prom_port = _free_port(), _free_port(), _free_port()
+    env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
+    log = tempfile.NamedTemporaryFile("w+", prefix="reference-", suffix=".log", dir=log_dir)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(REFERENCE_LMCACHE), "server", "--host", "127.0.0.1", "--port", str(zmq_port),
+         "--http-host", "127.0.0.1", "--http-port", str(http_port), "--prometheus-port", str(prom_port),
+         "--l1-size-gb", str(int(max(1, l1_gb))), "--eviction-policy", "LRU"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the reference server did not start:\n{log.read()[-3000:]}") from None
+                time.sleep(0.5)  # polling another process, not one of our threads
+        yield f"tcp://127.0.0.1:{zmq_port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import functools
@@ -12,6 +13,7 @@ import mmap
 import os
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -69,6 +71,26 @@ def _owner_alive(pid: int, start_ticks: int | None) -> bool:
     return start_ticks is None or started == start_ticks
 
 
+@contextlib.contextmanager
+def _flocked(path: str, flags: int, lock: int) -> Iterator[int | None]:
+    """Open `path` and try to take `lock` without waiting: yields the fd when taken, None
+    when a live process holds a conflicting lock (or the file is gone). Closing releases it."""
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, lock | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _unlink_if_unlocked(path: str) -> bool:
     """Unlink `path` when no live process holds its flock; True when it was removed.
 
@@ -76,14 +98,8 @@ def _unlink_if_unlocked(path: str) -> bool:
     appears under its name until it closes it; the kernel drops that lock when the process
     dies, however it dies. A free lock is therefore proof that the owner is gone, and a reused
     pid can neither keep a dead server's segment alive nor make a live one look dead."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _flocked(path, os.O_RDWR, fcntl.LOCK_EX) as fd:
+        if fd is None:
             return False
         # Unlink only the inode we locked: a fresh segment may have replaced it meanwhile.
         try:
@@ -93,26 +109,15 @@ def _unlink_if_unlocked(path: str) -> bool:
         except FileNotFoundError:
             return False
         return True
-    finally:
-        os.close(fd)
 
 
 def segment_owner_alive(path: str) -> bool:
     """Whether a live process holds the owner's flock of the L1 segment at `path` (False when
     the segment is gone). Read-only: it takes and releases a shared lock, never unlinks."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    with _flocked(path, os.O_RDONLY, fcntl.LOCK_SH) as fd:
+        return fd is None and os.path.exists(path)
 
 
 def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
