@@ -36,3 +36,18 @@ class ConflictError(LMCacheError):
 
 class ForbiddenOperationError(LMCacheError):
     """The operation is not allowed on this target (maps to HTTP 403)."""
+
+
+class UnprocessableError(LMCacheError, ValueError):
+    """A well-formed request whose body fails validation (maps to HTTP 422); the message names
+    the field."""
+
+
+class UnavailableError(LMCacheError):
+    """A backing service (the fleet store, a server) cannot be reached right now (maps to HTTP
+    503); retrying later may succeed."""
+
+
+class UpstreamError(LMCacheError):
+    """A server this process called on a client's behalf failed or could not be reached (maps
+    to HTTP 502)."""

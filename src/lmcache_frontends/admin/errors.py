@@ -15,6 +15,9 @@ from lmcache_core.errors import (
     NotFoundError,
     NotInitializedError,
     PluginError,
+    UnavailableError,
+    UnprocessableError,
+    UpstreamError,
 )
 from lmcache_core.ports import ListingNotSupportedError
 
@@ -23,12 +26,15 @@ INTERNAL_ERROR = "internal error"
 
 # Most specific first: InvalidKeyError and ConfigError are also ValueErrors.
 _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (UnprocessableError, 422),
     (InvalidKeyError, 400),
     (ConfigError, 400),
     (NotFoundError, 404),
     (ConflictError, 409),
     (ForbiddenOperationError, 403),
     (NotInitializedError, 503),
+    (UnavailableError, 503),
+    (UpstreamError, 502),
     (ListingNotSupportedError, 501),
     (PluginError, 500),
 )
