@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis
 from redis.crc import key_slot
-from redis_server import RedisProcess, redis_server
 
 from lmcache_adapters.fleet.memory import MemoryFleetStore
 from lmcache_adapters.fleet.redis_store import RedisFleetStore
 from lmcache_adapters.testing.fleet_contract import FleetStoreContract
+from redis_server import RedisProcess, redis_server
 
 
 class TestMemoryFleetStore(FleetStoreContract):

@@ -92,7 +92,7 @@ class MemoryFleetStore:
             return {i: self._cursors[i] for i in instance_ids if i in self._cursors}
 
     def apply(self, batches: Sequence[EventBatch], now: float) -> list[Verdict]:
-        out = []
+        out: list[Verdict] = []
         with self._lock:
             for plan in plan_batches(batches, self._cursors):
                 batch = plan.batch
@@ -223,7 +223,7 @@ class MemoryFleetStore:
 
     # -- eviction -----------------------------------------------------------------------
 
-    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> list[EvictionCandidate]:
+    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> tuple[list[EvictionCandidate], int]:
         with self._lock:
             return self._ledger.coldest(cache_salt, limit, now, retry_after)
 

@@ -168,12 +168,21 @@ return {step[1], removed}
 """
 )
 
-COLDEST = r"""
+COLDEST = _PRELUDE + r"""
 -- KEYS: dir lru pins evicting ; ARGV: limit now_ms retry_ms scan_cap
--- returns {keyid, score, record, ...} coldest first, skipping pinned and in-flight keys
+-- returns {in_flight_l2_bytes, keyid, score, record, ...} coldest first, skipping pinned and
+-- in-flight keys
 local DIR, LRU, PIN, EV = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit, now, retry, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local out, found, pos, scanned = {}, 0, 0, 0
+local in_flight = 0
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', EV, '(' .. (now - retry), '+inf')) do
+  local raw = redis.call('HGET', DIR, k)
+  if raw then
+    local rec = cmsgpack.unpack(raw)
+    for i = 3, #rec do if rec[i][3] == 2 then in_flight = in_flight + rec[i][5] end end
+  end
+end
+local out, found, pos, scanned = {in_flight}, 0, 0, 0
 while found < limit and scanned < cap do
   local page = redis.call('ZRANGE', LRU, pos, pos + 511, 'WITHSCORES')
   if #page == 0 then break end

@@ -591,7 +591,7 @@ class RedisFleetStore:
 
     # -- eviction -------------------------------------------------------------------------
 
-    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> list[EvictionCandidate]:
+    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> tuple[list[EvictionCandidate], int]:
         with self._guard():
             shards = {t: s for t, s in self._shards().items() if s[1] == cache_salt}
             pipe = self.r.pipeline(transaction=False)
@@ -605,12 +605,14 @@ class RedisFleetStore:
                 )
             results = pipe.execute()
         found: list[EvictionCandidate] = []
+        in_flight = 0
         for tag, flat in zip(order, results, strict=True):
-            for j in range(0, len(flat), 3):
+            in_flight += int(flat[0])
+            for j in range(1, len(flat), 3):
                 key = self._key_of(shards[tag], flat[j])
                 found.append(EvictionCandidate(key, float(flat[j + 1]) / 1000.0, decode_record(flat[j + 2])))
         found.sort(key=lambda c: c.last_access)
-        return found[:limit]
+        return found[:limit], in_flight
 
     def mark_evicting(self, keys: Sequence[ObjectKey], now: float) -> None:
         if not keys:

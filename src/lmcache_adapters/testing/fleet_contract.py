@@ -270,18 +270,21 @@ class FleetStoreContract:
         self.apply(store, batch("a", 1, 20, [(Op.ACCESS, keys[0])], backend=""), now=NOW + 100)
         self.apply(store, batch("a", 1, 21, stores([make_key(90, salt="other")], 10)), now=NOW - 50)
         store.pin([keys[1]], +1)
-        cold = store.coldest("hot", 3, NOW + 200, 30.0)
-        assert [c.key for c in cold] == [keys[2], keys[3], keys[4]]
+        cold, in_flight = store.coldest("hot", 3, NOW + 200, 30.0)
+        assert [c.key for c in cold] == [keys[2], keys[3], keys[4]] and in_flight == 0
         assert cold[0].record.l2_bytes() == 10
         store.mark_evicting([keys[2], keys[3]], NOW + 200)
-        assert [c.key for c in store.coldest("hot", 3, NOW + 210, 30.0)] == [keys[4], keys[5], keys[0]]
-        assert [c.key for c in store.coldest("hot", 2, NOW + 240, 30.0)] == [keys[2], keys[3]]
+        cold, in_flight = store.coldest("hot", 3, NOW + 210, 30.0)
+        assert [c.key for c in cold] == [keys[4], keys[5], keys[0]] and in_flight == 20
+        assert store.coldest("other", 3, NOW + 210, 30.0)[1] == 0
+        cold, in_flight = store.coldest("hot", 2, NOW + 240, 30.0)
+        assert [c.key for c in cold] == [keys[2], keys[3]] and in_flight == 0
         self.apply(store, batch("a", 1, 22, [(Op.DELETE, keys[2])]))
-        assert keys[2] not in [c.key for c in store.coldest("hot", 10, NOW + 300, 30.0)]
+        assert keys[2] not in [c.key for c in store.coldest("hot", 10, NOW + 300, 30.0)[0]]
 
     def test_l1_only_keys_are_not_eviction_candidates(self, store: FleetStore) -> None:
         self.apply(store, batch("a", 1, 1, stores([make_key(1)]), tier=Tier.L1, backend="dram"))
-        assert store.coldest("", 10, NOW, 1.0) == []
+        assert store.coldest("", 10, NOW, 1.0) == ([], 0)
 
     def test_one_leader_at_a_time(self, store: FleetStore, peer: FleetStore) -> None:
         assert store.try_lead("evict", "c1", 30)
@@ -315,4 +318,4 @@ class FleetStoreContract:
         assert usage.num_keys == 300 and sum(usage.salt_bytes[Tier.L2].values()) == 2100
         assert usage.salt_bytes[Tier.L2]["t0"] == 60 * 7
         assert all(r is not None for r in store.lookup(keys))
-        assert len(store.coldest("t1", 1000, NOW, 1.0)) == 60
+        assert len(store.coldest("t1", 1000, NOW, 1.0)[0]) == 60

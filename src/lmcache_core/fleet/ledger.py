@@ -223,9 +223,15 @@ class Ledger:
 
     # ------------------------------------------------------------------ eviction
 
-    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> list[EvictionCandidate]:
+    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> tuple[list[EvictionCandidate], int]:
         """Up to `limit` least recently used L2 keys of `cache_salt`, skipping pinned keys and
-        keys whose delete was dispatched less than `retry_after` seconds ago."""
+        keys whose delete was dispatched less than `retry_after` seconds ago; and the L2 bytes
+        of those in-flight keys."""
+        in_flight = sum(
+            self._dir[k].frozen().l2_bytes()
+            for k, sent in self._evicting.items()
+            if k.cache_salt == cache_salt and now - sent < retry_after and k in self._dir
+        )
         out: list[EvictionCandidate] = []
         for key, last in sorted(self._lru.items(), key=lambda kv: kv[1]):
             if len(out) >= limit:
@@ -236,7 +242,7 @@ class Ledger:
             if sent is not None and now - sent < retry_after:
                 continue
             out.append(EvictionCandidate(key, last, self._dir[key].frozen()))
-        return out
+        return out, in_flight
 
     def mark_evicting(self, keys: Iterable[ObjectKey], now: float) -> None:
         for key in keys:

@@ -143,9 +143,10 @@ class FleetStore(Protocol):
 
     # -- eviction -----------------------------------------------------------------------
 
-    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> list[EvictionCandidate]:
+    def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> tuple[list[EvictionCandidate], int]:
         """Up to `limit` least recently used keys of the salt holding L2 bytes, coldest first,
-        without pinned keys and keys marked in flight less than `retry_after` seconds ago."""
+        without pinned keys and keys marked in flight less than `retry_after` seconds ago; and
+        the L2 bytes of those in-flight keys (already on their way out)."""
         ...
 
     def mark_evicting(self, keys: Sequence[ObjectKey], now: float) -> None:

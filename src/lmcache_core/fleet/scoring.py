@@ -27,13 +27,17 @@ def prefix_scores(
     *,
     chunk_size: int,
     l2_weight: float,
+    incarnations: Mapping[str, int] | None = None,
 ) -> list[InstanceScore]:
     """Scores from `records[chunk][rank]` (a chunk counts only when every rank's key is there).
 
     An instance reaches an L2 placement when it is the placement's owner, or the placement is
     in a shared pool it mounts (`mounts[backend]`). `score = l1_tokens + l2_weight *
     (prefix_tokens - l1_tokens)`: a chunk in L1 costs no load, a chunk in L2 must be fetched
-    first. Sorted best first (score, then the longer prefix, then the id)."""
+    first. An L1 placement of an incarnation older than the instance's current one (in
+    `incarnations`) is ignored: that memory died with the restart. Sorted best first (score,
+    then the longer prefix, then the id)."""
+    current = incarnations or {}
     alive = {inst: [True, True, True] for inst in instances}  # in L1 / in L2 / in either, so far
     lengths = {inst: [0, 0, 0] for inst in instances}
     for chunk in records:
@@ -47,7 +51,8 @@ def prefix_scores(
             if record is not None:
                 for p in record.placements:
                     if p.tier == Tier.L1:
-                        l1.add(p.instance_id)
+                        if p.incarnation >= current.get(p.instance_id, p.incarnation):
+                            l1.add(p.instance_id)
                     elif p.shared:
                         l2.update(mounts.get(p.backend, ()))
                     else:
@@ -65,7 +70,7 @@ def prefix_scores(
                     flags[tier_index] = False
     out = []
     for inst in instances:
-        l1, l2, either = (n * chunk_size for n in lengths[inst])
-        out.append(InstanceScore(inst, l1, l2, either, l1 + l2_weight * (either - l1)))
+        l1_tokens, l2_tokens, either = (n * chunk_size for n in lengths[inst])
+        out.append(InstanceScore(inst, l1_tokens, l2_tokens, either, l1_tokens + l2_weight * (either - l1_tokens)))
     out.sort(key=lambda s: (-s.score, -s.prefix_tokens, s.instance_id))
     return out

@@ -123,6 +123,7 @@ class FleetService:
         self._lock = threading.Lock()
         self._live: tuple[float, dict[str, InstanceRecord]] | None = None
         self._mounts: dict[str, tuple[float, frozenset[str]]] = {}
+        self._incarnation_cache: tuple[float, dict[str, int]] | None = None
         self._noted_mounts: dict[tuple[str, str], float] = {}
         self.last_eviction: EvictionReport | None = None
 
@@ -167,6 +168,17 @@ class FleetService:
         records = {r.info.instance_id: r for r in self.store.instances()}
         self._live = (now, records)
         return records
+
+    def _incarnations(self) -> dict[str, int]:
+        """Each live instance's current incarnation (cached like the live set)."""
+        now = self.clock.monotonic()
+        cached = self._incarnation_cache
+        if cached is not None and now - cached[0] < _LIVE_CACHE_S:
+            return cached[1]
+        cursors = self.store.cursors(sorted(self.live_instances()))
+        found = {i: c.incarnation for i, c in cursors.items()}
+        self._incarnation_cache = (now, found)
+        return found
 
     def instance(self, instance_id: str) -> InstanceInfo:
         record = self.store.instance(instance_id)
@@ -253,7 +265,10 @@ class FleetService:
             p.backend for r in records if r is not None for p in r.placements if p.shared and p.tier == Tier.L2
         }
         mounts = {backend: self.mounts(backend) for backend in shared_backends}
-        scores = prefix_scores(by_chunk, wanted, mounts, chunk_size=self.settings.chunk_size, l2_weight=l2_weight)
+        scores = prefix_scores(
+            by_chunk, wanted, mounts, chunk_size=self.settings.chunk_size, l2_weight=l2_weight,
+            incarnations=self._incarnations(),
+        )
         return ScoreResult(len(hashes), self.settings.chunk_size, scores, {i: live[i].info for i in wanted})
 
     # ------------------------------------------------------------------ views
@@ -291,8 +306,11 @@ class FleetService:
         )
         live = self.live_instances(fresh=True)
         for plan in plans:
-            candidates = self.store.coldest(plan.cache_salt, self.settings.eviction_max_keys, now, self.settings.eviction_retry_seconds)
-            chosen = planner.choose(candidates, plan.to_free)
+            candidates, in_flight = self.store.coldest(
+                plan.cache_salt, self.settings.eviction_max_keys, now, self.settings.eviction_retry_seconds
+            )
+            # Deletes already on their way count as freed: no second wave while they arrive.
+            chosen = planner.choose(candidates, plan.to_free - in_flight)
             targets: dict[str, list[ObjectKey]] = {}
             for candidate in chosen:
                 sent = False
@@ -325,6 +343,7 @@ class FleetService:
                     "usage_bytes": plan.usage_bytes,
                     "limit_bytes": plan.limit_bytes,
                     "to_free_bytes": plan.to_free,
+                    "in_flight_bytes": in_flight,
                     "keys_chosen": len(chosen),
                     "keys_sent": sent_keys,
                 }

@@ -273,37 +273,37 @@ def legacy_batch(instance_id: str, epoch: int, seq: int, entries: Sequence[Entry
     return EventBatch(instance_id, epoch, seq, Tier.L2, LEGACY_BACKEND, True, tuple(entries), legacy=True)
 
 
-def batch_to_json(batch: EventBatch) -> list[dict[str, Any]]:
-    """The 0.5.6 wire form; a batch mixing operations becomes one wire batch per run of equal
-    operations, numbered from `batch.seq` on (so callers number batches by the wire count)."""
-    head = {
+def batch_to_json(batch: EventBatch) -> dict[str, Any]:
+    """The 0.5.6 wire form of a batch whose entries share one operation (what `parse_events`
+    reads back); ValueError for a mixed batch."""
+    head: dict[str, Any] = {
         "instance_id": batch.instance_id,
         "incarnation": batch.incarnation,
+        "seq": batch.seq,
         "tier": batch.tier.value,
         "backend": batch.backend,
         "shared": batch.shared,
         "ts": batch.ts,
     }
     if batch.capacity is not None:
-        return [
-            {
-                **head,
-                "seq": batch.seq,
-                "event_type": "config",
-                "entries": [],
-                "capacity_bytes": batch.capacity.capacity_bytes,
-                "capacity_revision": batch.capacity.revision,
-            }
-        ]
-    out: list[dict[str, Any]] = []
+        return {
+            **head,
+            "event_type": "config",
+            "entries": [],
+            "capacity_bytes": batch.capacity.capacity_bytes,
+            "capacity_revision": batch.capacity.revision,
+        }
+    ops = {entry.op for entry in batch.entries}
+    if len(ops) > 1:
+        raise ValueError("a wire batch carries one operation")
+    op = ops.pop() if ops else Op.ACCESS
+    entries: list[dict[str, Any]] = []
     for entry in batch.entries:
-        if not out or out[-1]["event_type"] != entry.op.value:
-            out.append({**head, "seq": batch.seq + len(out), "event_type": entry.op.value, "entries": []})
         item: dict[str, Any] = {"key": entry.key.to_json()}
-        if entry.op is Op.STORE:
+        if op is Op.STORE:
             item["size_bytes"] = entry.size_bytes
-        out[-1]["entries"].append(item)
-    return out
+        entries.append(item)
+    return {**head, "event_type": op.value, "entries": entries}
 
 
 def placement_to_json(p: Placement) -> dict[str, Any]:

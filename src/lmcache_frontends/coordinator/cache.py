@@ -3,6 +3,7 @@ plan, and token-addressed delete and prefetch forwarded to one registered server
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -55,7 +56,7 @@ def _pin(delta: int) -> Response:
     return jsonify({"requested": chunks, "affected": len(keys), "status": status})
 
 
-def _require_world_size(body: dict[str, Any]) -> None:
+def _require_world_size(body: Mapping[str, Any]) -> None:
     if "world_size" not in body:
         raise UnprocessableError("world_size is required")
 

@@ -79,7 +79,7 @@ class FleetCollector:
 def create_ops_blueprint(ctx: CoordinatorContext) -> Blueprint:
     bp = Blueprint("ops", __name__)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(ctx.service))  # type: ignore[arg-type]
+    registry.register(FleetCollector(ctx.service))
 
     @bp.get("/healthz")
     def healthz() -> Response:
