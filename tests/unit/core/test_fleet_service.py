@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
+from fleet_helpers import RecordedServers
 from lmcache_adapters.fleet.memory import MemoryFleetStore
 from lmcache_core.clock import ManualClock
 from lmcache_core.fleet.model import Entry, EventBatch, InstanceInfo, KeyPage, Op, Tier
-from lmcache_core.fleet.ports import ServerUnreachable
 from lmcache_core.fleet.service import FleetService, FleetSettings
 from lmcache_core.fleet.wire import TokenQuery, token_array
 from lmcache_core.keys import ObjectKey
-
-
-class RecordedServers:
-    """ServerControl that records deletes and serves canned listings."""
-
-    def __init__(self) -> None:
-        self.deletes: list[tuple[str, list[ObjectKey]]] = []
-        self.pages: dict[str, list[KeyPage]] = {}
-        self.down: set[str] = set()
-
-    def delete_l2(self, target: InstanceInfo, keys: Sequence[ObjectKey]) -> int:
-        if target.instance_id in self.down:
-            raise ServerUnreachable("down")
-        self.deletes.append((target.instance_id, list(keys)))
-        return len(keys)
-
-    def list_l2(self, target: InstanceInfo, page_token: str | None, page_size: int) -> KeyPage:
-        if target.instance_id in self.down:
-            raise ServerUnreachable("down")
-        pages = self.pages.get(target.instance_id, [])
-        index = int(page_token or 0)
-        return pages[index] if index < len(pages) else KeyPage((), None, "fs", False)
-
-    def call(self, target: InstanceInfo, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
-        return 200, {}
 
 
 def key(i: int, salt: str = "") -> ObjectKey:
