@@ -287,7 +287,7 @@ class FleetService:
         through a server that can delete them. The keys leave the directory when the delete
         events come back (at least once: unanswered deletes are sent again after
         `eviction_retry_seconds`)."""
-        ttl = max(3 * self.settings.eviction_interval, 10.0)
+        ttl = max(3 * self.settings.eviction_interval, 3.0)
         if not self.store.try_lead(EVICTION_ROLE, self.holder, ttl):
             report = EvictionReport(leader=False)
             self.last_eviction = report
