@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from fleetproc import FakeFleetServer, RoundRobinProxy, get_json, poll, start_coordinator
-from redis_server import RedisProcess, redis_server
 
 from lmcache_core.keys import ObjectKey
+from redis_server import RedisProcess, redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lmcache_adapters.fleet.http import JsonHttp, error_text
 from lmcache_core.fleet.buffer import EventBuffer
+from lmcache_core.fleet.model import EventBatch, Op, Tier
 from lmcache_core.fleet.ports import ServerUnreachable
 from lmcache_core.fleet.wire import batch_to_json
 
 log = logging.getLogger(__name__)
+
+_LEGACY_TYPES = {Op.STORE: "store", Op.DELETE: "delete", Op.ACCESS: "lookup"}
 
 
 class CoordinatorClient:
@@ -54,6 +57,11 @@ class CoordinatorClient:
         self.max_batches_per_request = max_batches_per_request
         self.http = JsonHttp(timeout_s=timeout_s, token=token, user_agent="lmcache-server")
         self.registered = False
+        self.legacy = False
+        """True once the coordinator answered 404 to `POST /events`: an LMCache 0.5.0
+        coordinator, which takes L2 events only, on `POST /l2/events`."""
+        self._legacy_seq = 0
+        self.unreported_events = 0
         self.registrations = 0
         self.failed_calls = 0
         self.last_error: str | None = None
@@ -99,13 +107,36 @@ class CoordinatorClient:
             batches = self.events.take(time.time(), max_batches=self.max_batches_per_request)
             if not batches:
                 return delivered
-            wire = [batch_to_json(b) for b in batches]
-            status, _ = self._call("POST", "/events", {"batches": wire})
+            if self.legacy:
+                status = self._post_legacy(batches)
+            else:
+                status, _ = self._call("POST", "/events", {"batches": [batch_to_json(b) for b in batches]})
+                if status == 404:
+                    log.info("coordinator %s has no POST /events: reporting L2 events to /l2/events (LMCache 0.5.0)", self.url)
+                    self.legacy = True
+                    status = self._post_legacy(batches)
             if status is None or not 200 <= status < 300:
                 self.events.failed(batches)
                 return delivered
             self.events.sent(batches)
             delivered += len(batches)
+
+    def _post_legacy(self, batches: Sequence[EventBatch]) -> int | None:
+        """0.5.0's form: L2 stores, lookups and deletes in one report; L1 events and capacity
+        declarations have no place there and are counted as unreported."""
+        events = []
+        for batch in batches:
+            if batch.tier != Tier.L2 or batch.capacity is not None:
+                self.unreported_events += len(batch.entries)
+                continue
+            for entry in batch.entries:
+                kind = _LEGACY_TYPES[entry.op]
+                events.append({"type": kind, "key": entry.key.to_json(), "bytes": entry.size_bytes if kind == "store" else 0})
+        if not events:
+            return 200
+        self._legacy_seq += 1
+        status, _ = self._call("POST", "/l2/events", {"instance_id": self.instance_id, "seq": self._legacy_seq, "events": events})
+        return status
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int | None, Any]:
         try:
@@ -165,6 +196,8 @@ class CoordinatorClient:
             "registrations": self.registrations,
             "failed_calls": self.failed_calls,
             "last_error": self.last_error,
+            "legacy_coordinator": self.legacy,
+            "unreported_events": self.unreported_events,
             **self.events.stats(),
             "is_healthy": True,
         }

@@ -54,6 +54,8 @@ class HttpServerControl:
         if not 200 <= status < 300:
             raise ServerUnreachable(f"delete on {target.instance_id}: {error_text(status, reply)}", status)
         if isinstance(reply, dict):
+            if reply.get("ok") is False:  # the server reached its adapter, which failed
+                raise ServerUnreachable(f"delete on {target.instance_id}: {error_text(status, {'error': reply.get('error', 'failed')})}", status)
             if isinstance(reply.get("deleted"), int):
                 return int(reply["deleted"])
             if isinstance(reply.get("results"), list):  # 0.5.0's per-key answer
