@@ -87,10 +87,9 @@ def pin_keyid(kid: bytes) -> bytes:
 
 def decode_record(raw: bytes) -> KeyRecord:
     rec = msgpack.unpackb(raw, raw=False)
-    placements = tuple(
-        Placement(str(p[0]), int(p[1]), _TIER_OF[int(p[2])], str(p[3]), int(p[4]), bool(p[5])) for p in rec[2:]
-    )
-    return KeyRecord(placements, int(rec[0]), float(rec[1]) / 1000.0)
+    tier_of = _TIER_OF
+    placements = tuple([Placement(p[0], p[1], tier_of[p[2]], p[3], p[4], p[5] == 1) for p in rec[2:]])
+    return KeyRecord(placements, rec[0], rec[1] / 1000.0)
 
 
 def _ms(seconds: float) -> int:

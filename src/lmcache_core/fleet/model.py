@@ -83,9 +83,9 @@ class EventBatch:
     """From 0.5.0's `/l2/events` (incarnation = the registration epoch, no gap tracking)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where one key lives: which instance reported it, on which tier and backend, how big."""
+class Placement(NamedTuple):
+    """Where one key lives: which instance reported it, on which tier and backend, how big.
+    A tuple: routing decodes thousands of these per request."""
 
     instance_id: str
     incarnation: int

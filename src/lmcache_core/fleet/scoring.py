@@ -38,13 +38,17 @@ def prefix_scores(
     `incarnations`) is ignored: that memory died with the restart. Sorted best first (score,
     then the longer prefix, then the id)."""
     current = incarnations or {}
-    alive = {inst: [True, True, True] for inst in instances}  # in L1 / in L2 / in either, so far
-    lengths = {inst: [0, 0, 0] for inst in instances}
+    everyone = frozenset(instances)
+    # Set algebra per chunk (C loops): instances still on the prefix, per tier, and where each
+    # one dropped out.
+    alive = [set(everyone), set(everyone), set(everyone)]  # in L1 / in L2 / in either, so far
+    lengths: list[dict[str, int]] = [{}, {}, {}]
+    processed = 0
     for chunk in records:
-        if not any(any(flags) for flags in alive.values()):
+        if not (alive[0] or alive[1] or alive[2]):
             break
-        in_l1: set[str] | None = None
-        in_l2: set[str] | None = None
+        in_l1: set[str] | frozenset[str] | None = None
+        in_l2: set[str] | frozenset[str] | None = None
         for record in chunk:
             l1: set[str] = set()
             l2: set[str] = set()
@@ -54,23 +58,26 @@ def prefix_scores(
                         if p.incarnation >= current.get(p.instance_id, p.incarnation):
                             l1.add(p.instance_id)
                     elif p.shared:
-                        l2.update(mounts.get(p.backend, ()))
+                        l2 |= mounts.get(p.backend, ())  # type: ignore[arg-type]
                     else:
                         l2.add(p.instance_id)
             in_l1 = l1 if in_l1 is None else in_l1 & l1
             in_l2 = l2 if in_l2 is None else in_l2 & l2
         if in_l1 is None or in_l2 is None:  # no ranks: nothing to match
             break
-        for inst, flags in alive.items():
-            has = (inst in in_l1, inst in in_l2)
-            for tier_index, present in ((0, has[0]), (1, has[1]), (2, has[0] or has[1])):
-                if flags[tier_index] and present:
-                    lengths[inst][tier_index] += 1
-                else:
-                    flags[tier_index] = False
+        for tier_index, present in enumerate((in_l1, in_l2, in_l1 | in_l2)):
+            dropped = alive[tier_index] - present
+            for inst in dropped:
+                lengths[tier_index][inst] = processed
+            alive[tier_index] -= dropped
+        processed += 1
+    # Whoever is still alive held every chunk looked at.
+    for tier_index in range(3):
+        for inst in alive[tier_index]:
+            lengths[tier_index][inst] = processed
     out = []
     for inst in instances:
-        l1_tokens, l2_tokens, either = (n * chunk_size for n in lengths[inst])
+        l1_tokens, l2_tokens, either = (lengths[t].get(inst, 0) * chunk_size for t in range(3))
         out.append(InstanceScore(inst, l1_tokens, l2_tokens, either, l1_tokens + l2_weight * (either - l1_tokens)))
     out.sort(key=lambda s: (-s.score, -s.prefix_tokens, s.instance_id))
     return out

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from flask import Flask, Response, jsonify, request
-from fleet_helpers import coordinator_app
 
+from fleet_helpers import coordinator_app
 from lmcache_adapters.fleet.client import CoordinatorClient
 from lmcache_adapters.fleet.servers import HttpServerControl
 from lmcache_core.fleet.model import CapacityDecl, InstanceInfo, Tier

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from fleet_helpers import RecordedServers, coordinator_app
 
+from fleet_helpers import RecordedServers, coordinator_app
 from lmcache_core.fleet.service import FleetService
 from lmcache_frontends.coordinator.config import CoordinatorConfig
 
