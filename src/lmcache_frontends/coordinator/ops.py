@@ -3,6 +3,7 @@ document."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from lmcache_frontends.admin.openapi import (
     error_responses,
     json_response,
     obj,
+    path_param,
     text_response,
 )
 from lmcache_frontends.coordinator.common import CoordinatorContext, context
@@ -96,6 +98,7 @@ def create_ops_blueprint(ctx: CoordinatorContext) -> Blueprint:
     @bp.get("/openapi.json")
     def openapi_document() -> Response:
         doc = collect(current_app)
+        _declare_path_parameters(doc)
         doc["info"]["title"] = TITLE
         doc["info"]["description"] = "The fleet coordinator (lmcache coordinator); see docs/fleet.md."
         return jsonify(doc)
@@ -119,6 +122,23 @@ def create_ops_blueprint(ctx: CoordinatorContext) -> Blueprint:
         },
     }
     return bp
+
+
+_PATH_PARAMS = {
+    "instance_id": "A registered server's id",
+    "cache_salt": "The tenant (`_default` = the empty salt)",
+    "request_id": "The id the server gave the prefetch",
+}
+
+
+def _declare_path_parameters(doc: dict[str, Any]) -> None:
+    # Every `{name}` of a path is a required path parameter of each of its operations.
+    for path, operations in doc["paths"].items():
+        for name in re.findall(r"{(\w+)}", path):
+            for operation in operations.values():
+                params = operation.setdefault("parameters", [])
+                if not any(p.get("in") == "path" and p.get("name") == name for p in params):
+                    params.insert(0, path_param(name, _PATH_PARAMS.get(name, name)))
 
 
 def fleet_status(ctx: CoordinatorContext) -> dict[str, Any]:
