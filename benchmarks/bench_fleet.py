@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import http.client
 import json
 import statistics
@@ -145,6 +146,7 @@ def main() -> None:
             batches.append(EventBatch(live[h], 1, 10**9 + 1, Tier.L1, "dram", False, tuple(_store(k) for k in keys[:depth])))
         service.ingest(batches)
         query = TokenQuery(MODEL, 1, "", token_ids=tokens)
+        gc.freeze()  # as `lmcache coordinator` does once started
         in_process = []
         for _ in range(args.queries):
             started = time.perf_counter()

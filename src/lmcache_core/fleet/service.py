@@ -121,9 +121,9 @@ class FleetService:
         self.holder = holder or f"coord-{uuid.uuid4().hex[:12]}"
         self.hasher = TokenHasher(self.settings.hash_algorithm, self.settings.chunk_size)
         self._lock = threading.Lock()
-        self._live: tuple[float, dict[str, InstanceRecord]] | None = None
+        self._routing_view: tuple[float, dict[str, InstanceRecord], dict[str, int]] | None = None
+        self._refreshing = threading.Lock()
         self._mounts: dict[str, tuple[float, frozenset[str]]] = {}
-        self._incarnation_cache: tuple[float, dict[str, int]] | None = None
         self._noted_mounts: dict[tuple[str, str], float] = {}
         self.last_eviction: EvictionReport | None = None
 
@@ -131,7 +131,7 @@ class FleetService:
 
     def register(self, info: InstanceInfo) -> tuple[str, bool]:
         existed, _epoch = self.store.register(info, self.clock.time() + self.settings.lease_ttl)
-        self._live = None
+        self._routing_view = None
         log.info("registered instance %s at %s:%d%s", info.instance_id, info.ip, info.http_port, " (again)" if existed else "")
         return info.instance_id, existed
 
@@ -143,7 +143,7 @@ class FleetService:
         capacity declarations go; its L2 placements stay."""
         existed = self.store.deregister(instance_id)
         removed = self.store.fence(instance_id, None)
-        self._live = None
+        self._routing_view = None
         if existed or removed:
             log.info("deregistered instance %s (%d L1 placements dropped)", instance_id, removed)
         return existed
@@ -156,29 +156,49 @@ class FleetService:
             removed = self.store.fence(instance_id, None)
             log.warning("instance %s missed its heartbeats; lease expired, %d L1 placements dropped", instance_id, removed)
         if expired:
-            self._live = None
+            self._routing_view = None
         return expired
 
     def live_instances(self, *, fresh: bool = False) -> dict[str, InstanceRecord]:
-        """Registered instances (cached for a second: routing asks per request)."""
-        now = self.clock.monotonic()
-        cached = self._live
-        if not fresh and cached is not None and now - cached[0] < _LIVE_CACHE_S:
-            return cached[1]
-        records = {r.info.instance_id: r for r in self.store.instances()}
-        self._live = (now, records)
-        return records
+        """Registered instances. The routing path reads a cached view (at most a second old,
+        refreshed off the request path once it is); `fresh` reads the store now."""
+        if fresh or self._routing_view is None:
+            self._refresh_view()
+        else:
+            self._maybe_refresh_in_background()
+        view = self._routing_view
+        assert view is not None
+        return view[1]
 
     def _incarnations(self) -> dict[str, int]:
-        """Each live instance's current incarnation (cached like the live set)."""
-        now = self.clock.monotonic()
-        cached = self._incarnation_cache
-        if cached is not None and now - cached[0] < _LIVE_CACHE_S:
-            return cached[1]
-        cursors = self.store.cursors(sorted(self.live_instances()))
-        found = {i: c.incarnation for i, c in cursors.items()}
-        self._incarnation_cache = (now, found)
-        return found
+        """Each live instance's current incarnation (refreshed with the live set)."""
+        if self._routing_view is None:
+            self._refresh_view()
+        view = self._routing_view
+        assert view is not None
+        return view[2]
+
+    def _refresh_view(self) -> None:
+        records = {r.info.instance_id: r for r in self.store.instances()}
+        cursors = self.store.cursors(sorted(records))
+        self._routing_view = (self.clock.monotonic(), records, {i: c.incarnation for i, c in cursors.items()})
+
+    def _maybe_refresh_in_background(self) -> None:
+        view = self._routing_view
+        if view is None or self.clock.monotonic() - view[0] < _LIVE_CACHE_S:
+            return
+        if not self._refreshing.acquire(blocking=False):
+            return  # one refresh at a time; this request uses the current view
+
+        def refresh() -> None:
+            try:
+                self._refresh_view()
+            except Exception as exc:  # the store is down: keep the last view, try again later
+                log.debug("routing view refresh failed: %s", exc)
+            finally:
+                self._refreshing.release()
+
+        threading.Thread(target=refresh, name="fleet-view-refresh", daemon=True).start()
 
     def instance(self, instance_id: str) -> InstanceInfo:
         record = self.store.instance(instance_id)
