@@ -4,6 +4,7 @@ and with several shard buckets; every Redis script is checked to touch one clust
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from redis.crc import key_slot
 from lmcache_adapters.fleet.memory import MemoryFleetStore
 from lmcache_adapters.fleet.redis_store import RedisFleetStore
 from lmcache_adapters.testing.fleet_contract import FleetStoreContract
-from redis_server import RedisProcess, redis_server
+from redis_server import RedisProcess, redis_cluster, redis_server
 
 
 class TestMemoryFleetStore(FleetStoreContract):
@@ -78,3 +79,28 @@ class TestRedisFleetStore(FleetStoreContract):
 
 class TestRedisFleetStoreWithBuckets(TestRedisFleetStore):
     buckets = 8
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_cluster(Path(tmp_path_factory.mktemp("cluster"))) as c:
+        yield c.url
+
+
+@pytest.mark.slow
+class TestRedisClusterFleetStore(FleetStoreContract):
+    """The same contract on a three-node Redis Cluster (a cross-slot script would fail there)."""
+
+    @pytest.fixture
+    def store(self, cluster: str) -> Iterator[RedisFleetStore]:
+        client = redis.RedisCluster.from_url(cluster)
+        client.flushall()
+        s = RedisFleetStore(client=client, buckets=4)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def peer(self, cluster: str) -> Iterator[RedisFleetStore]:
+        s = RedisFleetStore(client=redis.RedisCluster.from_url(cluster), buckets=4)
+        yield s
+        s.close()

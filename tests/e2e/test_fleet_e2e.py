@@ -13,7 +13,7 @@ import pytest
 from fleetproc import FakeFleetServer, RoundRobinProxy, get_json, poll, start_coordinator
 
 from lmcache_core.keys import ObjectKey
-from redis_server import RedisProcess, redis_server
+from redis_server import RedisProcess, redis_cluster, redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,7 +23,8 @@ FAST = ("--health-check-interval", "0.3", "--instance-timeout", "2", "--eviction
 
 
 def keys(prefix: int, n: int, salt: str = "t") -> list[ObjectKey]:
-    return [ObjectKey(prefix.to_bytes(2, "big") + i.to_bytes(4, "big") * 7 + b"\0\0", "org/model", 0x01000100, 0, salt) for i in range(n)]
+    # The first byte varies like a real hash's (it picks the shard bucket).
+    return [ObjectKey(bytes([i % 256]) + prefix.to_bytes(2, "big") + i.to_bytes(4, "big") * 7 + b"\0", "org/model", 0x01000100, 0, salt) for i in range(n)]
 
 
 @pytest.fixture
@@ -115,6 +116,21 @@ def test_a_replayed_stream_is_ignored_and_a_restart_fences_l1(redis_proc: RedisP
         assert get_json(f"{coord.url}/events", "POST", {"batches": [batch]})[1]["stale"] == 1
     finally:
         coord.stop()
+
+
+def test_a_coordinator_on_a_redis_cluster(tmp_path: Path) -> None:
+    with redis_cluster(tmp_path) as cluster:
+        coord = start_coordinator("--redis-cluster", "--redis-url", cluster.url, "--shard-buckets", "4", *FAST)
+        server = FakeFleetServer("srv-c", coord.url, backend="fs", shared=False)
+        try:
+            server.store(keys(3, 40), SIZE)
+            poll(lambda: usage_bytes(coord.url) == 40 * SIZE, 10, "40 MiB over the cluster's shards")
+            assert get_json(f"{coord.url}/directory/stats")[1]["l1_keys_by_instance"] == {"srv-c": 40}
+            status = get_json(f"{coord.url}/fleet/status")[1]
+            assert status["store"]["address"].startswith("cluster via") and status["store"]["shards"] == 4
+        finally:
+            server.close()
+            coord.stop()
 
 
 def test_the_cli_refuses_bad_flags() -> None:

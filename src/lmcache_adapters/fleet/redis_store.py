@@ -31,11 +31,12 @@ global slot) decides the batch's verdict. See docs/fleet.md."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import struct
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import msgpack
 import redis
@@ -124,6 +125,25 @@ class _Keys:
         return f"{{{self.prefix}:s:{tag}}}:{part}"
 
 
+_T = TypeVar("_T")
+
+
+def _reloading(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run `method` again once after loading the scripts when a node had lost them (a restarted
+    Redis node): every scripted write is idempotent, so a repeat changes nothing twice."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedisFleetStore, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except redis.exceptions.NoScriptError:
+            with self._guard():
+                self._load_scripts()
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class RedisFleetStore:
     """FleetStore on Redis. `client` may be any redis-py client (a RedisCluster too); by
     default one is made from `url` with reconnecting retries."""
@@ -167,6 +187,10 @@ class RedisFleetStore:
         self._claim = client.register_script(lua.CLAIM_EXPIRED)
         self._lead = client.register_script(lua.LEAD)
         self._resign = client.register_script(lua.RESIGN)
+        self._scripts = [
+            self._apply, self._fence, self._coldest, self._pin, self._advance, self._capacity,
+            self._register, self._heartbeat, self._claim, self._lead, self._resign,
+        ]
         self._tags: dict[tuple[str, str], str] = {}
         self._layout_checked = False
 
@@ -181,7 +205,14 @@ class RedisFleetStore:
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             raise UnavailableError(f"fleet store unavailable ({self.describe_address()}): {exc}") from exc
 
+    def _load_scripts(self) -> None:
+        # A cluster pipeline does not load scripts before EVALSHA (a standalone one does):
+        # load them on every primary up front, and again after a node lost its script cache.
+        for script in self._scripts:
+            self.r.script_load(script.script)
+
     def _check_layout(self) -> None:
+        self._load_scripts()
         want = f"v{LAYOUT_VERSION} buckets={self.buckets}"
         self.r.hsetnx(self.k.flags, "layout", want)
         have = self.r.hget(self.k.flags, "layout")
@@ -194,8 +225,9 @@ class RedisFleetStore:
         try:
             kwargs = self.r.connection_pool.connection_kwargs
             return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
-        except AttributeError:
-            return "redis"
+        except AttributeError:  # a cluster client: name the node it was pointed at
+            node = getattr(self.r, "get_default_node", lambda: None)()
+            return f"cluster via {node.host}:{node.port}" if node is not None else "redis cluster"
 
     def tag(self, model_name: str, cache_salt: str, chunk_hash: bytes) -> str:
         base = self._tags.get((model_name, cache_salt))
@@ -289,6 +321,7 @@ class RedisFleetStore:
                 out[inst] = Cursor(int(inc), int(seq), gap == "1")
         return out
 
+    @_reloading
     def apply(self, batches: Sequence[EventBatch], now: float) -> list[Verdict]:
         verdicts: list[Verdict] = []
         if not batches:
@@ -391,6 +424,7 @@ class RedisFleetStore:
             self.r.delete(self.k.ishards(instance_id))
         return removed
 
+    @_reloading
     def fence(self, instance_id: str, below: int | None = None) -> int:
         with self._guard():
             removed = self._fence_all(instance_id, below)
@@ -402,6 +436,7 @@ class RedisFleetStore:
                 pipe.execute()
             return removed
 
+    @_reloading
     def resync(
         self, instance_id: str, backend: str, shared: bool, entries: Sequence[tuple[ObjectKey, int]], now: float
     ) -> int:
@@ -546,6 +581,7 @@ class RedisFleetStore:
             tag = self.tag(key.model_name, key.cache_salt, key.chunk_hash)
             pipe.hsetnx(self.k.shards, tag, msgpack.packb([key.model_name, key.cache_salt, int(tag.rsplit(":", 1)[1])]))
 
+    @_reloading
     def pin(self, keys: Sequence[ObjectKey], delta: int) -> None:
         if not keys:
             return
@@ -590,6 +626,7 @@ class RedisFleetStore:
 
     # -- eviction -------------------------------------------------------------------------
 
+    @_reloading
     def coldest(self, cache_salt: str, limit: int, now: float, retry_after: float) -> tuple[list[EvictionCandidate], int]:
         with self._guard():
             shards = {t: s for t, s in self._shards().items() if s[1] == cache_salt}
@@ -665,7 +702,9 @@ class RedisFleetStore:
         out: dict[str, Any] = {"kind": self.kind, "address": self.describe_address(), "prefix": self.k.prefix, "shard_buckets": self.buckets}
         try:
             info = self.r.info("memory")
-            out["used_memory_bytes"] = int(info.get("used_memory", 0))
+            # A cluster client answers per node.
+            per_node = [v for v in info.values() if isinstance(v, dict)] or [info]
+            out["used_memory_bytes"] = sum(int(n.get("used_memory", 0)) for n in per_node)
             out["shards"] = int(self.r.hlen(self.k.shards))
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             out["error"] = str(exc)

@@ -86,6 +86,9 @@ class CoordinatorConfig:
         None, "Redis or Valkey URL, e.g. redis://:PASSWORD@redis:6379/0 (the password is never logged).",
         check=_redis_url, secret=True,
     )
+    redis_cluster: bool = option(
+        False, "--redis-url names a node of a Redis (or Valkey) Cluster: talk to the whole cluster."
+    )
     key_prefix: str = option("lmc", "Prefix of every Redis key (fleets sharing one Redis use different ones).", check=_prefix)
     shard_buckets: int = option(
         1, "Shards per (model, cache_salt) in Redis: raise it to spread one tenant over a Redis Cluster "

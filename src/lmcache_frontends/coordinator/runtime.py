@@ -28,7 +28,12 @@ def build_store(config: CoordinatorConfig) -> FleetStore:
     from lmcache_adapters.fleet.redis_store import RedisFleetStore
 
     assert config.redis_url is not None
-    return RedisFleetStore(config.redis_url, prefix=config.key_prefix, buckets=config.shard_buckets)
+    client = None
+    if config.redis_cluster:
+        import redis
+
+        client = redis.RedisCluster.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    return RedisFleetStore(config.redis_url, prefix=config.key_prefix, buckets=config.shard_buckets, client=client)
 
 
 def settings_from(config: CoordinatorConfig) -> FleetSettings:
