@@ -142,3 +142,7 @@ def test_the_cli_refuses_bad_flags() -> None:
     assert result.returncode == 1 and "--eviction-ratio must be in [0, 1]" in result.stderr
     result = subprocess.run([*server_command("lmcache-coordinator"), "--store", "redis"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "--redis-url" in result.stderr
+    result = subprocess.run([*server_command("lmcache"), "coordinator", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "refusing to serve the coordinator API on non-loopback --host 0.0.0.0" in result.stderr
+    result = subprocess.run([*server_command("lmcache"), "coordinator", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--redis-url" in result.stdout and "LMCACHE_MP_COORDINATOR_" in result.stdout
