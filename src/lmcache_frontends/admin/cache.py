@@ -140,6 +140,8 @@ def create_cache_blueprint(services: Any) -> Blueprint:
         try:
             chunk_size = int(request.args.get("chunk_size", ""))
         except ValueError:
+            chunk_size = 0
+        if chunk_size <= 0:  # the seed route checks its arguments before the instance
             return json_error(400, "chunk_size must be positive")
         try:
             instance_id = int(request.args.get("instance_id", "0"))
