@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from serverproc import (
-    READY_RE,
-    REFERENCE_056_LMCACHE,
-    START_TIMEOUT_S,
-    ServerProcess,
-    pump_stderr,
-    requires_reference_056,
-    server_command,
-)
+from serverproc import REFERENCE_056_LMCACHE, ServerProcess, requires_reference_056
 
 from lmcache_frontends.client import LMCacheClient, share_cpu_tensor
 
@@ -41,25 +33,13 @@ QUIET_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_
 KV_SHAPE = (2, 256, 16, 2, 64)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    l2 = tmp_path_factory.mktemp("fs-l2")
-    args = server_command() + [
-        "--http-port", "0", "--port", "0", "--l1-size-gb", "0.0625",
-        "--shm-name", f"e2e_cli056_{uuid.uuid4().hex[:10]}",
-        "--l2-adapter", json.dumps({"type": "fs", "base_path": str(l2)}),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    sp = ServerProcess(proc)
-    threading.Thread(target=pump_stderr, args=(proc, sp), daemon=True).start()
-    try:
-        line = sp.wait_for_line(READY_RE, START_TIMEOUT_S).string
-        zmq_url = line.split(" zmq ", 1)[1].split()[0]
-        yield READY_RE.search(line).group(1), zmq_url  # type: ignore[union-attr]
-    finally:
-        if proc.poll() is None:
-            sp.stop()
+@pytest.fixture
+def server(start_server: Callable[..., ServerProcess], tmp_path: Path) -> tuple[str, str]:
+    """Our server with an fs L2 adapter (the reference's was fs too): (admin URL, ZeroMQ URL)."""
+    sp = start_server("--l2-adapter", json.dumps({"type": "fs", "base_path": str(tmp_path / "l2")}))
+    zmq_url = re.search(r" zmq (tcp://\S+)", sp.stderr)
+    assert zmq_url is not None, sp.stderr
+    return sp.url, zmq_url.group(1)
 
 
 def run_056(case: CLICase, url: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from lmcache_adapters.transfer.layout import parse_block_ids
 from lmcache_core.cache_ops import Tier
+from lmcache_core.cache_ops.checksums import ChecksumResult
 from lmcache_core.errors import InvalidKeyError, InvalidRequestError, LMCacheError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
@@ -24,6 +25,7 @@ from lmcache_frontends.admin.errors import (
 )
 from lmcache_frontends.admin.openapi import (
     CACHE_OPENAPI,
+    TIER_SCHEMA,
     detail_error_responses,
     error_responses,
     json_body,
@@ -36,6 +38,7 @@ from lmcache_frontends.admin.wire import (
     SERVER_NOT_INITIALIZED,
     BodyInvalid,
     Field,
+    accept_change,
     detail_error,
     enum_values,
     parse_body,
@@ -72,6 +75,18 @@ def compress_block_ids(ids: Sequence[int]) -> list[int | list[int]]:
     return out
 
 
+def checksums_reply(result: ChecksumResult, ranges: list[Any]) -> Response:
+    """The checksum answer of both generations; `ranges` echoes the block ids asked for."""
+    return jsonify(
+        status="success",
+        chunk_size=result.chunk_size,
+        num_chunks=result.num_chunks,
+        chunk_checksums=result.checksums,
+        layerwise=result.layerwise,
+        block_id_ranges=ranges,
+    )
+
+
 def create_cache_blueprint(services: Any) -> Blueprint:
     """Routes that drop KV data from L1 and check KV blocks."""
     bp = Blueprint("cache", __name__)
@@ -101,15 +116,11 @@ def create_cache_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/cache/clear")
     def cache_clear() -> Response:
-        try:
-            body = parse_body(CLEAR_FIELDS, "ClearRequest", optional=True) or {"tier": "l1", "force": False}
-        except BodyInvalid as exc:
-            audit("cache-clear", "rejected", reason=str(exc))
-            return exc.response()
-        ops = cache_operations(services)
-        if ops is None:
-            audit("cache-clear", "refused: engine not initialized")
-            return detail_error(503, SERVER_NOT_INITIALIZED)
+        accepted = accept_change(services, "cache-clear", CLEAR_FIELDS, "ClearRequest", optional=True)
+        if isinstance(accepted, Response):
+            return accepted
+        given, ops = accepted
+        body = given or {"tier": "l1", "force": False}
         try:
             cache_salt = optional_salt(request.args)
             model_name = optional_model_name(request.args)
@@ -152,14 +163,7 @@ def create_cache_blueprint(services: Any) -> Blueprint:
             result = ops.checksums.compute(instance_id, ids, chunk_size, layerwise=layerwise)
         except LMCacheError as exc:
             return domain_error(exc)
-        return jsonify(
-            status="success",
-            chunk_size=result.chunk_size,
-            num_chunks=result.num_chunks,
-            chunk_checksums=result.checksums,
-            layerwise=result.layerwise,
-            block_id_ranges=ranges,
-        )
+        return checksums_reply(result, ranges)
 
     @bp.post("/cache/checksums")
     def cache_checksums() -> Response:
@@ -177,14 +181,7 @@ def create_cache_blueprint(services: Any) -> Blueprint:
             )
         except LMCacheError as exc:
             return domain_error(exc, detail=True)
-        return jsonify(
-            status="success",
-            chunk_size=result.chunk_size,
-            num_chunks=result.num_chunks,
-            chunk_checksums=result.checksums,
-            layerwise=result.layerwise,
-            block_id_ranges=compress_block_ids(body["block_ids"]),
-        )
+        return checksums_reply(result, compress_block_ids(body["block_ids"]))
 
     bp.openapi = {**CACHE_OPENAPI, **_OPENAPI}  # type: ignore[attr-defined]
     return bp
@@ -211,7 +208,6 @@ _CHECKSUMS = obj(
         },
     }
 )
-_TIER_SCHEMA = {"type": "string", "enum": list(enum_values(Tier))}
 
 _OPENAPI: dict[str, Any] = {
     "/cache/clear": {
@@ -224,7 +220,7 @@ _OPENAPI: dict[str, Any] = {
             ],
             "requestBody": json_body(
                 obj(
-                    {"tier": {**_TIER_SCHEMA, "default": "l1"}, "force": {"type": "boolean", "default": False}},
+                    {"tier": {**TIER_SCHEMA, "default": "l1"}, "force": {"type": "boolean", "default": False}},
                     required=[],
                 ),
                 required=False,

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from lmcache_frontends.admin.errors import cache_operations, json_error
 from lmcache_frontends.admin.openapi import (
+    adapters_document,
     detail_error_responses,
     error_responses,
     json_response,
@@ -86,21 +87,11 @@ _OPENAPI: dict[str, Any] = {
             "responses": {
                 "200": json_response(
                     "Adapters (an empty list when none is configured)",
-                    obj(
-                        {
-                            "adapters": {
-                                "type": "array",
-                                "items": obj(
-                                    {
-                                        "index": {"type": "integer"},
-                                        "type_name": {"type": "string", "description": "The adapter kind (`fs`, `s3`, `dax`...)"},
-                                        "tier": {"type": "string", "enum": ["l2"]},
-                                        "primary": {"type": "boolean"},
-                                        "reconfigurable": {"type": "boolean"},
-                                    }
-                                ),
-                            }
-                        }
+                    adapters_document(
+                        type_name={"type": "string", "description": "The adapter kind (`fs`, `s3`, `dax`...)"},
+                        tier={"type": "string", "enum": ["l2"]},
+                        primary={"type": "boolean"},
+                        reconfigurable={"type": "boolean"},
                     ),
                 ),
                 **detail_error_responses(503),

@@ -20,10 +20,12 @@ from lmcache_frontends.admin.errors import (
     json_error,
 )
 from lmcache_frontends.admin.openapi import (
+    adapters_document,
     error_responses,
     json_body,
     json_response,
     obj,
+    page_schema,
     query_param,
 )
 from lmcache_frontends.admin.params import optional_model_name, optional_salt, single
@@ -192,6 +194,17 @@ ENCODED_KEY_SCHEMA = obj(
     },
     required=_REQUIRED_KEY_FIELDS,
 )
+PAGE_PARAMS = [
+    query_param("model_name", "Only keys of this model"),
+    query_param("cache_salt", "Only keys of this tenant (`_default` = the empty salt)"),
+    query_param(
+        "page_size",
+        f"Entries per page, 1..{MAX_PAGE_SIZE}",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
+    ),
+    query_param("page_token", "Opaque cursor from the previous page's next_page_token"),
+]
+"""The filters and paging of an L2 listing (`GET /l2/keys`, `GET /cache/objects`)."""
 _ADAPTER_PARAM = query_param("adapter", "Adapter selector: type_name (or name / kind) from GET /l2/adapters; default: the primary")
 
 _OPENAPI: dict[str, Any] = {
@@ -202,20 +215,8 @@ _OPENAPI: dict[str, Any] = {
             "responses": {
                 "200": json_response(
                     "Adapters (an empty list when none is configured)",
-                    obj(
-                        {
-                            "adapters": {
-                                "type": "array",
-                                "items": obj(
-                                    {
-                                        "index": {"type": "integer"},
-                                        "type_name": {"type": "string"},
-                                        "primary": {"type": "boolean"},
-                                        "name": {"type": "string"},
-                                    }
-                                ),
-                            }
-                        }
+                    adapters_document(
+                        type_name={"type": "string"}, primary={"type": "boolean"}, name={"type": "string"}
                     ),
                 ),
                 **error_responses(503),
@@ -252,31 +253,9 @@ _OPENAPI: dict[str, Any] = {
         "get": {
             "summary": "One page of the keys resident in one L2 adapter",
             "tags": ["l2"],
-            "parameters": [
-                _ADAPTER_PARAM,
-                query_param("model_name", "Only keys of this model"),
-                query_param("cache_salt", "Only keys of this tenant (`_default` = the empty salt)"),
-                query_param(
-                    "page_size",
-                    f"Entries per page, 1..{MAX_PAGE_SIZE}",
-                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
-                ),
-                query_param("page_token", "Opaque cursor from the previous page's next_page_token"),
-            ],
+            "parameters": [_ADAPTER_PARAM, *PAGE_PARAMS],
             "responses": {
-                "200": json_response(
-                    "One page",
-                    obj(
-                        {
-                            "adapter": {"type": "string"},
-                            "entries": {
-                                "type": "array",
-                                "items": obj({"key": ENCODED_KEY_SCHEMA, "size_bytes": {"type": "integer", "nullable": True}}),
-                            },
-                            "next_page_token": {"type": "string", "nullable": True},
-                        }
-                    ),
-                ),
+                "200": json_response("One page", page_schema(ENCODED_KEY_SCHEMA)),
                 **error_responses(400, 404, 422, 501, 503),
             },
         }

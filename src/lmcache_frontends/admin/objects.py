@@ -17,12 +17,19 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.ports import ListingNotSupportedError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, domain_error
-from lmcache_frontends.admin.l2 import DEFAULT_PAGE_SIZE, ENCODED_KEY_SCHEMA, MAX_PAGE_SIZE
+from lmcache_frontends.admin.l2 import (
+    DEFAULT_PAGE_SIZE,
+    ENCODED_KEY_SCHEMA,
+    MAX_PAGE_SIZE,
+    PAGE_PARAMS,
+)
 from lmcache_frontends.admin.openapi import (
+    TIER_SCHEMA,
     detail_error_responses,
     json_body,
     json_response,
     obj,
+    page_schema,
     query_param,
 )
 from lmcache_frontends.admin.params import optional_salt
@@ -30,9 +37,9 @@ from lmcache_frontends.admin.wire import (
     SERVER_NOT_INITIALIZED,
     BodyInvalid,
     Field,
+    accept_change,
     detail_error,
     enum_values,
-    parse_body,
     parse_query,
 )
 
@@ -109,16 +116,11 @@ def create_objects_blueprint(services: Any) -> Blueprint:
 
     @bp.delete("/cache/objects")
     def delete_objects() -> Response:
-        try:
-            body = parse_body(DELETE_FIELDS, "DeleteObjectsRequest")
-        except BodyInvalid as exc:
-            audit("cache-objects-delete", "rejected", reason=str(exc))
-            return exc.response()
+        accepted = accept_change(services, "cache-objects-delete", DELETE_FIELDS, "DeleteObjectsRequest")
+        if isinstance(accepted, Response):
+            return accepted
+        body, ops = accepted
         assert body is not None
-        ops = cache_operations(services)
-        if ops is None:
-            audit("cache-objects-delete", "refused: engine not initialized")
-            return detail_error(503, SERVER_NOT_INITIALIZED)
         tier, force, adapter = Tier(body["tier"]), body["force"], body["adapter"]
         try:
             check_delete_batch(len(body["keys"]))
@@ -151,7 +153,6 @@ def create_objects_blueprint(services: Any) -> Blueprint:
 
 # ---------------------------------------------------------------------- OpenAPI
 
-_TIER_SCHEMA = {"type": "string", "enum": list(_TIERS)}
 
 _OPENAPI: dict[str, Any] = {
     "/cache/objects": {
@@ -159,32 +160,12 @@ _OPENAPI: dict[str, Any] = {
             "summary": "One page of the keys resident in one L2 adapter (LMCache 0.5.6)",
             "tags": ["cache"],
             "parameters": [
-                query_param("tier", "Only `l2` is listed", {**_TIER_SCHEMA, "default": "l2"}),
+                query_param("tier", "Only `l2` is listed", {**TIER_SCHEMA, "default": "l2"}),
                 query_param("adapter", "Adapter type (`GET /config/adapters`); default: the primary"),
-                query_param("model_name", "Only keys of this model"),
-                query_param("cache_salt", "Only keys of this tenant (`_default` = the empty salt)"),
-                query_param(
-                    "page_size",
-                    f"Entries per page, 1..{MAX_PAGE_SIZE}",
-                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
-                ),
-                query_param("page_token", "Opaque cursor from the previous page's next_page_token"),
+                *PAGE_PARAMS,
             ],
             "responses": {
-                "200": json_response(
-                    "One page",
-                    obj(
-                        {
-                            "adapter": {"type": "string"},
-                            "shared": {"type": "boolean"},
-                            "entries": {
-                                "type": "array",
-                                "items": obj({"key": ENCODED_KEY_SCHEMA, "size_bytes": {"type": "integer", "nullable": True}}),
-                            },
-                            "next_page_token": {"type": "string", "nullable": True},
-                        }
-                    ),
-                ),
+                "200": json_response("One page", page_schema(ENCODED_KEY_SCHEMA, shared={"type": "boolean"})),
                 **detail_error_responses(400, 404, 422, 503),
             },
         },
@@ -195,7 +176,7 @@ _OPENAPI: dict[str, Any] = {
                 obj(
                     {
                         "keys": {"type": "array", "maxItems": MAX_DELETE_BATCH, "items": ENCODED_KEY_SCHEMA},
-                        "tier": {**_TIER_SCHEMA, "default": "l2"},
+                        "tier": {**TIER_SCHEMA, "default": "l2"},
                         "force": {"type": "boolean", "default": False},
                         "adapter": {"type": "string", "nullable": True, "description": "L2 adapter type; default: the primary"},
                     },

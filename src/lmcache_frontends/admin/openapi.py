@@ -102,6 +102,27 @@ def error_responses(*codes: int, **schemas: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+TIER_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["l1", "l2", "all"]}
+"""A `tier` of LMCache 0.5.6's bodies and queries."""
+
+
+def adapters_document(**item: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"adapters": [{index, <item fields>}]}`: an adapter inventory's answer."""
+    return obj({"adapters": {"type": "array", "items": obj({"index": {"type": "integer"}, **item})}})
+
+
+def page_schema(key: Mapping[str, Any], **extra: Mapping[str, Any]) -> dict[str, Any]:
+    """One page of an L2 listing: `adapter`, `extra` fields, `entries` and `next_page_token`."""
+    return obj(
+        {
+            "adapter": {"type": "string"},
+            **extra,
+            "entries": {"type": "array", "items": obj({"key": key, "size_bytes": {"type": "integer", "nullable": True}})},
+            "next_page_token": {"type": "string", "nullable": True},
+        }
+    )
+
+
 def detail_error_responses(*codes: int) -> dict[str, Any]:
     """Error responses of LMCache 0.5.6's routes: `detail` (and `error`) for every code."""
     return error_responses(*codes, **{f"e{code}": DETAIL_ERROR_SCHEMA for code in codes})

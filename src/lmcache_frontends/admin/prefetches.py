@@ -13,6 +13,7 @@ from lmcache_core.errors import LMCacheError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, domain_error
 from lmcache_frontends.admin.openapi import (
+    TIER_SCHEMA,
     detail_error_responses,
     json_body,
     json_response,
@@ -21,11 +22,10 @@ from lmcache_frontends.admin.openapi import (
 )
 from lmcache_frontends.admin.wire import (
     SERVER_NOT_INITIALIZED,
-    BodyInvalid,
     Field,
+    accept_change,
     detail_error,
     enum_values,
-    parse_body,
 )
 
 PREFETCH_FIELDS = (
@@ -44,16 +44,11 @@ def create_prefetches_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/cache/prefetches")
     def submit() -> Response:
-        try:
-            body = parse_body(PREFETCH_FIELDS, "PrefetchRequest")
-        except BodyInvalid as exc:
-            audit("cache-prefetch", "rejected", reason=str(exc))
-            return exc.response()
+        accepted = accept_change(services, "cache-prefetch", PREFETCH_FIELDS, "PrefetchRequest")
+        if isinstance(accepted, Response):
+            return accepted
+        body, ops = accepted
         assert body is not None
-        ops = cache_operations(services)
-        if ops is None:
-            audit("cache-prefetch", "refused: engine not initialized")
-            return detail_error(503, SERVER_NOT_INITIALIZED)
         what = {"model_name": body["model_name"], "world_size": body["world_size"], "tokens": len(body["token_ids"])}
         try:
             submitted = ops.prefetch.submit(
@@ -96,7 +91,6 @@ def create_prefetches_blueprint(services: Any) -> Blueprint:
 
 # ---------------------------------------------------------------------- OpenAPI
 
-_TIER_SCHEMA = {"type": "string", "enum": list(enum_values(Tier))}
 
 _OPENAPI: dict[str, Any] = {
     "/cache/prefetches": {
@@ -110,8 +104,8 @@ _OPENAPI: dict[str, Any] = {
                         "world_size": {"type": "integer", "minimum": 1},
                         "token_ids": {"type": "array", "maxItems": MAX_TOKEN_IDS, "items": {"type": "integer", "minimum": 0}},
                         "cache_salt": {"type": "string", "default": ""},
-                        "source_tier": {**_TIER_SCHEMA, "default": "l2"},
-                        "target_tier": {**_TIER_SCHEMA, "default": "l1"},
+                        "source_tier": {**TIER_SCHEMA, "default": "l2"},
+                        "target_tier": {**TIER_SCHEMA, "default": "l1"},
                     },
                     required=["model_name", "world_size", "token_ids"],
                 )

@@ -72,8 +72,10 @@ _DAX_L2_FIELDS: dict[str, tuple[Field, ...]] = {
     ),
 }
 _GENERIC_L2_FIELDS = (Field("adapter_index", "int", default=0),)
-_L1_ADD_FIELDS = (Field("device_path", "str"), Field("size", "strict_int_or_str"))
-_L1_REMOVE_FIELDS = (Field("device_path", "str"), Field("mode", "enum", default="drain", choices=("drain",)))
+_L1_FIELDS = {
+    "add": (Field("device_path", "str"), Field("size", "strict_int_or_str")),
+    "remove": (Field("device_path", "str"), Field("mode", "enum", default="drain", choices=("drain",))),
+}
 
 
 def _status_for_reconfigure_error(exc: LMCacheError) -> int:
@@ -227,36 +229,32 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
             return engine_not_initialized()
         return json_error(409, L1_NOT_DAX)
 
-    @bp.post("/reconfigure/dax/l1/add")
-    def l1_add() -> Response:
+    def l1_refusal(operation: str) -> Response:
+        # 0.5.6's order: the body (422), the engine (503), the size (400), then L1's state (409).
         try:
-            body = parse_model_body(_L1_ADD_FIELDS)
+            body = parse_model_body(_L1_FIELDS[operation])
         except BodyInvalid as exc:
-            audit("reconfigure-l1", "rejected", operation="add", reason=str(exc))
+            audit("reconfigure-l1", "rejected", operation=operation, reason=str(exc))
             return exc.response()
         if cache_operations(services) is None:
-            audit("reconfigure-l1", "refused: engine not initialized", operation="add")
+            audit("reconfigure-l1", "refused: engine not initialized", operation=operation)
             return engine_not_initialized()
         try:
-            parse_size(body["size"])
+            if "size" in body:
+                parse_size(body["size"])
         except InvalidSizeError:
-            audit("reconfigure-l1", "rejected", operation="add", reason=SIZE_ERROR)
+            audit("reconfigure-l1", "rejected", operation=operation, reason=SIZE_ERROR)
             return json_error(400, SIZE_ERROR)
-        audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation="add", device_path=body["device_path"])
+        audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation=operation, device_path=body["device_path"])
         return json_error(409, L1_NOT_DAX)
+
+    @bp.post("/reconfigure/dax/l1/add")
+    def l1_add() -> Response:
+        return l1_refusal("add")
 
     @bp.post("/reconfigure/dax/l1/remove")
     def l1_remove() -> Response:
-        try:
-            body = parse_model_body(_L1_REMOVE_FIELDS)
-        except BodyInvalid as exc:
-            audit("reconfigure-l1", "rejected", operation="remove", reason=str(exc))
-            return exc.response()
-        if cache_operations(services) is None:
-            audit("reconfigure-l1", "refused: engine not initialized", operation="remove")
-            return engine_not_initialized()
-        audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation="remove", device_path=body["device_path"])
-        return json_error(409, L1_NOT_DAX)
+        return l1_refusal("remove")
 
     bp.openapi = _OPENAPI  # type: ignore[attr-defined]
     return bp

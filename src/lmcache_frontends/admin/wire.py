@@ -17,7 +17,8 @@ from typing import Any
 
 from flask import Response, request
 
-from lmcache_frontends.admin.errors import json_error
+from lmcache_frontends.admin.audit import audit
+from lmcache_frontends.admin.errors import cache_operations, json_error
 
 Loc = tuple[str | int, ...]
 
@@ -322,6 +323,24 @@ def validate_model(
     if checker.problems:
         raise BodyInvalid(checker.problems)
     return dict(out)
+
+
+def accept_change(
+    services: Any, action: str, fields: Sequence[Field], class_name: str, *, optional: bool = False
+) -> tuple[dict[str, Any] | None, Any] | Response:
+    """The start of a state-changing 0.5.6 `/cache/*` route, in 0.5.6's order: the body's
+    validation (422), then the engine (503 `server not initialized`), each refusal audited under
+    `action`. Returns (the body, the cache operations), or the refusal to answer."""
+    try:
+        body = parse_body(fields, class_name, optional=optional)
+    except BodyInvalid as exc:
+        audit(action, "rejected", reason=str(exc))
+        return exc.response()
+    ops = cache_operations(services)
+    if ops is None:
+        audit(action, "refused: engine not initialized")
+        return detail_error(503, SERVER_NOT_INITIALIZED)
+    return body, ops
 
 
 def enum_values(enum: type[Enum]) -> tuple[str, ...]:
