@@ -100,11 +100,6 @@ class MockL2Adapter:
             for key in keys:
                 release_lock_count(self._locks, key)
 
-    def stored_nbytes(self, keys: Sequence[ObjectKey]) -> list[int | None]:
-        """Length of each stored payload, None for absent keys (listings show it)."""
-        with self._lock:
-            return [None if (blob := self._objects.get(key)) is None else len(blob) for key in keys]
-
     def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
         """Remove unlocked keys; False for locked or absent ones."""
         results: list[bool] = []

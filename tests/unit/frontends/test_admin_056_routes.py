@@ -73,7 +73,7 @@ def put(stack: Services, keys: list[ObjectKey]) -> None:
     l1, l2 = stack.storage.l1, stack.storage.l2_adapters[0].adapter
     assert all(r is OpResult.SUCCESS for r, _ in l1.reserve_write(keys, [OBJ] * len(keys)))
     l1.finish_write(keys)
-    wait_for(lambda: None not in l2.stored_nbytes(keys))  # type: ignore[attr-defined]
+    wait_for(lambda: all(l2.list_keys(100).keys.count(k) for k in keys))
     wait_for(lambda: not any(i is not None and i.locked for i in l1.inspect(keys)))
 
 
