@@ -51,7 +51,7 @@ CLEAR_FIELDS = (
     Field("force", "bool", default=False),
 )
 CHECKSUM_FIELDS = (
-    Field("block_ids", "int_list", default=[]),
+    Field("block_ids", "int_list", default=()),
     Field("chunk_size", "int", default=0),
     Field("instance_id", "int", default=0),
     Field("layerwise", "bool", default=False),
