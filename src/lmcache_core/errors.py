@@ -19,6 +19,10 @@ class PluginError(LMCacheError):
     """A plugin misbehaved: duplicate registration, unknown kind, bad hook implementation."""
 
 
+class InvalidRequestError(LMCacheError, ValueError):
+    """A request is malformed or asks for something the operation does not do (HTTP 400)."""
+
+
 class NotInitializedError(LMCacheError):
     """A component was used before it was started (maps to HTTP 503)."""
 
@@ -36,3 +40,12 @@ class ConflictError(LMCacheError):
 
 class ForbiddenOperationError(LMCacheError):
     """The operation is not allowed on this target (maps to HTTP 403)."""
+
+
+class UnavailableError(LMCacheError):
+    """What the operation needs is not there now: no L2 adapter, no engine registered for the
+    model (maps to HTTP 503)."""
+
+
+class NotSupportedError(LMCacheError):
+    """The target cannot do this operation (a KV layout without checksums; maps to HTTP 501)."""

@@ -32,6 +32,8 @@ PROBE_RULES = frozenset({"/", "/healthcheck", "/api/healthcheck", "/readyz"})
 """Routes that stay open for load balancers and kubelet probes."""
 ADMIN_GET_RULES = frozenset({"/env", "/threads"})
 """Reads that expose process internals (environment, stacks) and so need the admin scope."""
+READ_POST_RULES = frozenset({"/cache/checksums"})
+"""Reads that take their arguments in a POST body (0.5.6's form of `GET /kvcache/check`)."""
 
 EXTENSION_KEY = "lmcache.auth"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -191,6 +193,8 @@ def required_scope(rule: str | None, method: str, args: Mapping[str, Any], *, me
         return None
     if safe and rule == "/metrics":
         return READ if metrics_require_token else None
+    if method == "POST" and rule in READ_POST_RULES:
+        return READ
     if not safe or rule in ADMIN_GET_RULES:
         return ADMIN
     if rule == "/loglevel" and "level" in args:  # GET /loglevel?level=... sets a level
