@@ -32,6 +32,8 @@ PROBE_RULES = frozenset({"/", "/healthcheck", "/api/healthcheck", "/readyz"})
 """Routes that stay open for load balancers and kubelet probes."""
 ADMIN_GET_RULES = frozenset({"/env", "/threads"})
 """Reads that expose process internals (environment, stacks) and so need the admin scope."""
+READ_POST_RULES = frozenset({"/cache/checksums"})
+"""Reads that take their arguments in a POST body (0.5.6's form of `GET /kvcache/check`)."""
 
 
 
@@ -42,7 +44,7 @@ class ScopePolicy:
 
     probe_rules: frozenset[str] = PROBE_RULES
     admin_get_rules: frozenset[str] = ADMIN_GET_RULES
-    read_post_rules: frozenset[str] = frozenset()
+    read_post_rules: frozenset[str] = READ_POST_RULES
     unaudited_rules: frozenset[str] = frozenset()
     """High-rate machine traffic (heartbeats, event reports): audited only when refused."""
 

@@ -77,6 +77,12 @@ def _configure_common(parser: argparse.ArgumentParser) -> None:
     add_common_options(parser)
 
 
+def _configure_kvcache_target(parser: argparse.ArgumentParser) -> None:
+    # LMCache 0.5.6 spells these `describe kvcache` / `ping kvcache`: accept its spelling too.
+    parser.add_argument("target", nargs="?", choices=("kvcache",), help="what to ask (LMCache 0.5.6 spelling; optional)")
+    _configure_common(parser)
+
+
 def _configure_quota(parser: argparse.ArgumentParser) -> None:
     from lmcache_frontends.cli.commands import configure_quota
 
@@ -115,8 +121,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         argument_default=argparse.SUPPRESS,
     ),
     Subcommand("status", "show the server's status tree (--json for the raw document)", _configure_status, _runner("RUN_STATUS")),
-    Subcommand("describe", "a one-screen summary of the server", _configure_common, _runner("RUN_DESCRIBE")),
-    Subcommand("ping", "check health and round-trip time", _configure_common, _runner("RUN_PING")),
+    Subcommand("describe", "a one-screen summary of the server", _configure_kvcache_target, _runner("RUN_DESCRIBE")),
+    Subcommand("ping", "check health and round-trip time", _configure_kvcache_target, _runner("RUN_PING")),
     Subcommand("quota", "per-cache_salt budgets: set | get | delete | list", _configure_quota, _runner("RUN_QUOTA")),
     Subcommand(
         "kvcache",
