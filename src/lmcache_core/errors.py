@@ -44,8 +44,18 @@ class ForbiddenOperationError(LMCacheError):
 
 class UnavailableError(LMCacheError):
     """What the operation needs is not there now: no L2 adapter, no engine registered for the
-    model (maps to HTTP 503)."""
+    model, the fleet store not answering (maps to HTTP 503); retrying later may succeed."""
 
 
 class NotSupportedError(LMCacheError):
     """The target cannot do this operation (a KV layout without checksums; maps to HTTP 501)."""
+
+
+class UnprocessableError(LMCacheError, ValueError):
+    """A well-formed request whose body fails validation (maps to HTTP 422); the message names
+    the field."""
+
+
+class UpstreamError(LMCacheError):
+    """A server this process called on a client's behalf failed or could not be reached (maps
+    to HTTP 502)."""

@@ -19,6 +19,8 @@ from lmcache_core.errors import (
     NotSupportedError,
     PluginError,
     UnavailableError,
+    UnprocessableError,
+    UpstreamError,
 )
 from lmcache_core.ports import ListingNotSupportedError
 
@@ -29,6 +31,7 @@ INTERNAL_ERROR = "internal error"
 
 # Most specific first: InvalidKeyError and ConfigError are also ValueErrors.
 _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (UnprocessableError, 422),
     (InvalidKeyError, 400),
     (InvalidRequestError, 400),
     (ConfigError, 400),
@@ -37,6 +40,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (ForbiddenOperationError, 403),
     (NotInitializedError, 503),
     (UnavailableError, 503),
+    (UpstreamError, 502),
     (NotSupportedError, 501),
     (ListingNotSupportedError, 501),
     (PluginError, 500),

@@ -53,6 +53,18 @@ def _run_server(namespace: argparse.Namespace) -> int:
     return main_from_namespace(namespace, prog="lmcache server", reexec_args=reexec)
 
 
+def _configure_coordinator(parser: argparse.ArgumentParser) -> None:
+    from lmcache_frontends.coordinator.config import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_coordinator(namespace: argparse.Namespace) -> int:
+    from lmcache_frontends.coordinator.main import run_namespace
+
+    return run_namespace(namespace)
+
+
 def _configure_status(parser: argparse.ArgumentParser) -> None:
     from lmcache_frontends.cli.commands import configure_status
 
@@ -99,6 +111,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         _configure_server,
         _run_server,
         # Suppressed defaults let the server tell explicit flags from env vars and files.
+        argument_default=argparse.SUPPRESS,
+    ),
+    Subcommand(
+        "coordinator",
+        "run the fleet coordinator (membership, cache events, quotas, key directory, routing scores)",
+        _configure_coordinator,
+        _run_coordinator,
         argument_default=argparse.SUPPRESS,
     ),
     Subcommand("status", "show the server's status tree (--json for the raw document)", _configure_status, _runner("RUN_STATUS")),
