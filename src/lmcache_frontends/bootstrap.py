@@ -12,6 +12,7 @@ from typing import Any
 from dependency_injector import providers
 
 from lmcache_adapters.plugin_manager import LMCachePluginManager
+from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.engine import CacheEngine
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
@@ -41,6 +42,9 @@ class Services:
     memory_pool: MemoryPool | None = None
     storage: StorageManager | None = None
     engine: CacheEngine | None = None
+    cache_ops: CacheOperations | None = None
+    """The operator operations over the engine (object listing/deletion, clear, checksums,
+    warm prefetch, runtime reconfiguration) that both generations of admin routes call."""
     started_at: float = 0.0
     server_frontends: dict[str, Any] = field(default_factory=dict)
     """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
@@ -119,6 +123,7 @@ class StartingServices:
     engine: None = None
     storage: None = None
     memory_pool: None = None
+    cache_ops: None = None
     server_frontends: dict[str, Any] = field(default_factory=dict)
     metrics: None = None
     periodic_threads: None = None
@@ -208,6 +213,8 @@ def bootstrap(
         closers.append(("storage manager", lambda: storage.close(drain_timeout=config.shutdown_drain_seconds)))
         engine: CacheEngine = container.services.engine()
         closers.append(("cache engine", engine.close))
+        cache_ops = CacheOperations.for_engine(engine)
+        closers.append(("cache operations", cache_ops.close))
         threads = _observe(config, storage, engine, the_metrics)
         if start:
             engine.start()
@@ -229,6 +236,7 @@ def bootstrap(
         memory_pool=pool,
         storage=storage,
         engine=engine,
+        cache_ops=cache_ops,
         started_at=the_clock.time(),
         metrics=the_metrics,
         periodic_threads=threads,

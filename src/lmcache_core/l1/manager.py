@@ -506,13 +506,16 @@ class L1Manager:
             self._drop(spent, "temporary")
             return results
 
-    def delete(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
-        """Remove unlocked objects and free their memory; locked ones answer KEY_IS_LOCKED."""
+    def delete(self, keys: Sequence[ObjectKey], *, force: bool = False) -> list[OpResult]:
+        """Remove unlocked objects and free their memory; locked ones answer KEY_IS_LOCKED.
+        With `force`, locked objects leave the table too, their memory freed only once their
+        locks are released or expire (as `clear(force=True)`)."""
         with self._lock:
             now = self._clock.monotonic()
             results: list[OpResult] = []
             seen: set[ObjectKey] = set()
             doomed: list[_L1Object] = []
+            parked: list[_L1Object] = []
             for key in keys:
                 if key in seen:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
@@ -522,11 +525,19 @@ class L1Manager:
                 if obj is None:
                     results.append(OpResult.KEY_NOT_EXIST)
                 elif obj.locked(now):
-                    results.append(OpResult.KEY_IS_LOCKED)
+                    if force:
+                        parked.append(obj)
+                        results.append(OpResult.SUCCESS)
+                    else:
+                        results.append(OpResult.KEY_IS_LOCKED)
                 else:
                     doomed.append(obj)
                     results.append(OpResult.SUCCESS)
             self._drop(doomed, "delete")
+            for obj in parked:
+                self._detach(obj)
+                self._pending[obj.key] = obj
+            self._emit("on_l1_keys_removed", [o.key for o in parked], [o.size for o in parked], "delete")
             return results
 
     def evict(

@@ -29,7 +29,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     [
         (["quota"], "usage: lmcache quota [-h] ACTION ...", "(choose from set, get, delete, list)"),
         (["kvcache"], "usage: lmcache kvcache [-h] ACTION ...", "(choose from clear, info, pin, unpin, compress)"),
-        ([], "usage: lmcache [-h] [--version] COMMAND ...", "(choose from server, status, describe, ping, quota, kvcache, bench)"),
+        ([], "usage: lmcache [-h] [--version] COMMAND ...", "required: COMMAND (choose from server, "),
         (["status", "--format", "yaml"], "usage: lmcache status", "invalid choice: 'yaml' (choose from 'terminal', 'json')"),
     ],
 )
