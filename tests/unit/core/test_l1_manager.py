@@ -395,7 +395,9 @@ def test_out_of_memory_when_everything_is_locked(clock: ManualClock) -> None:
     l1.reserve_read([key(1), key(2)])
     assert l1.reserve_write([key(3)], [SLOT]) == [(OpResult.OUT_OF_MEMORY, None)]
     assert l1.contains(key(1)) and l1.contains(key(2))
-    assert l1.report_status()["reclaim_calls_total"] >= 1
+    # Nothing evictable could make room: the reclaimer is not even asked.
+    status = l1.report_status()
+    assert status["reclaim_refused_total"] >= 1 and status["reclaim_calls_total"] == 0
 
 
 def test_reclaim_never_evicts_an_object_being_updated(clock: ManualClock) -> None:
@@ -530,27 +532,61 @@ def test_clear_without_force_keeps_locked_objects(l1: L1Manager, events: Recorde
     assert events.events == [("removed", [key(2)], [SLOT], "clear")]
 
 
-def test_force_clear_defers_the_free_until_the_lock_is_released(
+def test_force_clear_defers_the_free_until_the_copy_finishes(
     l1: L1Manager, pool: BytearrayMemoryPool
 ) -> None:
     [locked] = store(l1, [key(1)])
     store(l1, [key(2)])
-    l1.reserve_read([key(1)])
+    [(_, reading)] = l1.reserve_read([key(1)])  # a copy in flight
     assert l1.clear(force=True) == 2
     assert not l1.contains(key(1)) and l1.object_count() == 0
     status = l1.report_status()
     assert status["total_object_count"] == 0 and status["pending_free_count"] == 1
     # The still-read memory is not handed out again.
     assert pool.used_bytes == SLOT
-    fresh = [h for _, h in l1.reserve_write([key(i) for i in range(10, 25)], [SLOT] * 15)]
+    fresh = [h for _, h in l1.reserve_write([key(i) for i in range(10, 24)], [SLOT] * 14)]
     assert all(h is not None and not overlaps(h, locked) for h in fresh)
-    # The key cannot be recreated while the old reader is in flight.
-    assert l1.reserve_write([key(1)], [SLOT]) == [(OpResult.KEY_NOT_WRITABLE, None)]
-    # The reader finishes: it learns the object is gone, and the memory is returned.
-    assert l1.finish_read([key(1)]) == [OpResult.KEY_NOT_EXIST]
+    # The key itself can be stored again at once (CLEAR never leaves a key unstorable).
+    [(status_new, newer)] = l1.reserve_write([key(1)], [SLOT])
+    assert status_new is OK and newer is not None and not overlaps(newer, locked)
+    assert l1.finish_write([key(1)], handles=[newer]) == [OK]
+    # The old reader finishes on its own object: it learns the object is gone, the memory is
+    # returned, and the newer object of the same key is untouched.
+    assert l1.finish_read([key(1)], handles=[reading]) == [OpResult.KEY_NOT_EXIST]
     assert pool.used_bytes == 15 * SLOT
     assert l1.report_status()["pending_free_count"] == 0
-    assert l1.reserve_write([key(1)], [SLOT])[0][0] is OK
+    [info] = l1.inspect([key(1)])
+    assert info is not None and info.readable and info.read_lock_count == 0
+
+
+def test_force_clear_voids_promises_and_frees_their_memory_at_once(
+    l1: L1Manager, pool: BytearrayMemoryPool
+) -> None:
+    [first] = store(l1, [key(1)])
+    handles = l1.lock_read_prefix([key(1)], 1, promise=True)  # a LOOKUP's promises (2 locks)
+    assert handles == [first]
+    assert l1.clear(force=True) == 1
+    assert pool.used_bytes == 0 and l1.report_status()["pending_free_count"] == 0
+    [second] = store(l1, [key(1)])
+    # The late release of the voided promises never reaches the newer object.
+    assert l1.finish_read([key(1)], 2, handles=[first], promise=True) == [OpResult.KEY_NOT_EXIST]
+    assert l1.convert_promises([key(1)], [first]) == [OpResult.KEY_NOT_EXIST]
+    [info] = l1.inspect([key(1)])
+    assert info is not None and info.read_lock_count == 0
+    assert l1.delete([key(1)]) == [OK] and second is not None
+
+
+def test_promises_convert_to_copies_only_as_many_as_were_taken(l1: L1Manager) -> None:
+    [h] = store(l1, [key(1)])
+    assert l1.convert_promises([key(1)], [h]) == [OpResult.KEY_IN_WRONG_STATE]  # no promise
+    l1.reserve_read([key(1)], promise=True)
+    assert l1.finish_read([key(1)]) == [OpResult.KEY_IN_WRONG_STATE]  # a promise is no copy
+    assert l1.convert_promises([key(1)], [h]) == [OK]
+    assert l1.convert_promises([key(1)], [h]) == [OpResult.KEY_IN_WRONG_STATE]
+    assert l1.finish_read([key(1)], promise=True) == [OpResult.KEY_IN_WRONG_STATE]  # it is a copy now
+    assert l1.clear(force=True) == 1  # the copy keeps the memory
+    assert l1.finish_read([key(1)], handles=[h]) == [OpResult.KEY_NOT_EXIST]
+    assert l1.report_status()["pending_free_count"] == 0
 
 
 def test_force_clear_of_a_write_locked_object(
