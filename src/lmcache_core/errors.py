@@ -36,3 +36,7 @@ class ConflictError(LMCacheError):
 
 class ForbiddenOperationError(LMCacheError):
     """The operation is not allowed on this target (maps to HTTP 403)."""
+
+
+class RegistrationError(LMCacheError, ValueError):
+    """An engine registration that cannot be served (an object that cannot fit in L1, say)."""

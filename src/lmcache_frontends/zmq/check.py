@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from lmcache_adapters.memory.faultguard import SegmentFaultError
 from lmcache_adapters.transfer.layout import UnsupportedLayoutError, parse_block_ids
 from lmcache_frontends.admin.errors import engine_not_initialized, json_error
 
@@ -45,13 +46,24 @@ def create_kvcache_check_blueprint(services: Any) -> Blueprint:
         except ValueError:
             return json_error(400, "instance_id must be an integer")
         layerwise = request.args.get("layerwise", "false").strip().lower() in ("1", "true", "yes")
-        inst = server.instances().get(instance_id)
-        if inst is None or inst.layout is None:
+        # Registrations belong to (client, instance_id) and HTTP names no client: the id must
+        # name exactly one server-driven registration. Several (every `lmcache bench` uses 0)
+        # is a conflict, never a silent pick of somebody else's tensors.
+        found = [i for i in server.registrations(instance_id) if i.layout is not None]
+        if not found:
             return json_error(404, f"instance_id {instance_id} not registered")
+        if len(found) > 1:
+            return json_error(
+                409,
+                f"instance_id {instance_id} is registered by {len(found)} clients; checksums would be "
+                "ambiguous (give each engine its own instance id)",
+            )
         try:
-            sums = inst.layout.checksums(ids, chunk_size, layerwise=layerwise)
+            sums = server.kv_checksums(found[0], ids, chunk_size, layerwise=layerwise)
         except UnsupportedLayoutError as exc:
             return json_error(501, str(exc))
+        except SegmentFaultError as exc:
+            return json_error(409, f"instance_id {instance_id}: {exc}")
         except (IndexError, RuntimeError) as exc:
             return json_error(400, f"Invalid block_ids format: {exc}")
         num_chunks = -(-len(ids) // chunk_size)
