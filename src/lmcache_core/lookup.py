@@ -607,14 +607,16 @@ class DataPath:
         object_size: int,
         started: float | None = None,
     ) -> list[tuple[int, MemoryHandle]]:
-        """PREPARE_STORE: reserve the chunks not cached yet (at most what the client's pending
-        write cap leaves room for) and record them under (client, instance, key) until its
-        COMMIT_STORE. A key another client (or this one) is writing already is not reserved
-        again: never two writers on one slot."""
+        """PREPARE_STORE: reserve the chunks not cached yet and record them under (client,
+        instance, key) until its COMMIT_STORE. While the client has other writes pending, only
+        what its pending write cap leaves room for is reserved (its first pending store is never
+        cut, so one request larger than the cap still stores). A key another client (or this
+        one) is writing already is not reserved again: never two writers on one slot."""
         keys = transfer.keys
         with self._lock:
-            room = self._pending_write_cap - self._write_bytes.get(client, 0)
-        fit = max(0, room) // object_size if object_size > 0 else 0
+            held = self._write_bytes.get(client, 0)
+        room = self._pending_write_cap - held
+        fit = len(keys) if held == 0 else max(0, room) // object_size
         if fit < len(keys):
             with self._lock:
                 self.pending_write_refusals_total += 1
