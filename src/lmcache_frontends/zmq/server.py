@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import queue
 import socket
 import stat
@@ -468,7 +469,7 @@ class ZmqDataPathServer:
             result = self._handlers[rtype](client, payloads)
         except Exception as exc:
             self.failed_total += 1
-            expected = isinstance(exc, ProtocolError | RequestFailed | ValueError | SegmentFaultError)
+            expected = isinstance(exc, ProtocolError | RequestFailed | ValueError | SegmentFaultError | pickle.UnpicklingError)
             self._log_bad(
                 client, (rtype, type(exc).__name__), "%s failed: %s" if expected else "%s failed: %r",
                 rtype.name, exc, exc_info=not expected,
