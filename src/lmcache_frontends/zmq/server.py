@@ -122,6 +122,15 @@ class Instance:
     def segment_faults(self) -> int:
         return sum(g.faults() for g in self.guards)
 
+    def segments_intact(self) -> bool:
+        """Without the native guard: whether every shared segment still has its size."""
+        try:
+            for guard in self.guards:
+                guard.check_size()
+        except SegmentFaultError:
+            return False
+        return True
+
 
 def _failure_value(rtype: RequestType, payloads: list[Any]) -> Any:
     """The type's own failure answer (every request type the server handles has one; the
@@ -560,15 +569,17 @@ class ZmqDataPathServer:
 
     def _copy_guarded(self, inst: Instance | None, copy: Callable[[], Any]) -> Any:
         """Run a copy over the L1 pool (and `inst`'s shared segments). A segment truncated by
-        another process fails it with SegmentFaultError instead of killing the server: before
-        the copy by a size check (without the native guard), during it by the SIGBUS guard.
+        another process fails the request with SegmentFaultError instead of killing the
+        server: found before the copy (the pool's size or fault count, one fstat; a client
+        segment's size without the native guard), or caught during it by the SIGBUS guard.
         The broken side is then recovered (the pool) or dropped (the client's registration)."""
-        check = getattr(self.pool, "check_intact", None)
-        if check is not None:
-            check()
-        if inst is not None:
-            for guard in inst.guards:
-                guard.check_size()
+        needs = getattr(self.pool, "needs_recovery", None)
+        broken = needs is not None and needs()
+        if not broken and inst is not None:
+            broken = inst.segment_faults() != inst.faults_seen or not inst.segments_intact()
+        if broken:
+            self._check_segments()
+            raise SegmentFaultError("shared memory was truncated by another process; the request failed")
         before = fault_count()
         result = copy()
         if fault_count() != before:
@@ -589,7 +600,7 @@ class ZmqDataPathServer:
                 log.error("dropped %d L1 objects whose bytes were lost with the truncated pool segment", dropped)
         for (client, iid), inst in self._registrations.items():
             faults = inst.segment_faults()
-            if faults != inst.faults_seen:
+            if faults != inst.faults_seen or not inst.segments_intact():
                 inst.faults_seen = faults
                 self.segment_faults_total += 1
                 self._drop_instance(client, iid, "its shared KV segment was truncated", expected=inst)
