@@ -227,13 +227,12 @@ class LeaseTable:
             ok = True
             for key in keys:
                 entry = lease.held.get(key)
-                usable = (
+                if (
                     entry is not None
                     and entry.count >= 1
                     and entry.expires > now
                     and (object_size is None or entry.handle.nbytes == object_size)
-                )
-                if usable:
+                ):
                     entries.append((key, entry))
                 else:
                     ok = False

@@ -390,9 +390,9 @@ class L1Manager:
             statuses, done = self._finish_write_locked(keys, now, handles)
             self._lock_for_read(done, holders, now, not promise)
             results: list[tuple[OpResult, MemoryHandle | None]] = []
-            handles = iter(obj.handle for obj in done)
+            finished = iter(obj.handle for obj in done)
             for status in statuses:
-                results.append((status, next(handles) if status is OpResult.SUCCESS else None))
+                results.append((status, next(finished) if status is OpResult.SUCCESS else None))
             done_keys = [o.key for o in done]
             self._emit("on_l1_keys_write_finished", done_keys, [o.size for o in done])
             self._emit("on_l1_keys_read_reserved", done_keys)

@@ -756,3 +756,23 @@ def test_status_counters_stay_exact_under_random_operations(seed: int, clock: Ma
         got["bytes_by_salt"] = l1.bytes_by_salt()
         assert got == expected
         assert status["memory_used_bytes"] == pool.used_bytes
+
+
+
+def test_a_write_that_cannot_fit_never_asks_the_reclaimer(clock: ManualClock) -> None:
+    l1 = L1Manager(BytearrayMemoryPool(8 * SLOT), clock=clock)
+    EvictionController(l1, LRUPolicy(), clock=clock)
+    store(l1, [key(i) for i in range(8)])
+    # One absurd object, or a batch bigger than the whole pool: refused, nothing evicted.
+    assert l1.reserve_write([key(100)], [2**60]) == [(OpResult.OUT_OF_MEMORY, None)]
+    assert l1.reserve_write([key(i) for i in range(100, 109)], [SLOT] * 9)[0][0] is OpResult.OUT_OF_MEMORY
+    assert l1.object_count() == 8 and l1.report_status()["reclaim_calls_total"] == 0
+
+
+def test_a_write_evicts_only_what_it_needs(clock: ManualClock) -> None:
+    l1 = L1Manager(BytearrayMemoryPool(8 * SLOT), clock=clock)
+    EvictionController(l1, LRUPolicy(), clock=clock)
+    store(l1, [key(i) for i in range(8)])
+    assert all(s is OK for s, _ in l1.reserve_write([key(100), key(101)], [SLOT] * 2))
+    assert l1.object_count() == 8  # two evicted for two written, the six others stay
+    assert [l1.contains(key(i)) for i in range(8)] == [False, False] + [True] * 6
