@@ -29,33 +29,34 @@ from lmcache_core.l1.results import OpResult
 from lmcache_core.ports import Clock, MemoryHandle
 
 
-class _Held:
-    """One key of a lease: the exact object, the promise locks held on it, their expiry."""
-
-    __slots__ = ("count", "expires", "handle")
-
-    def __init__(self, handle: MemoryHandle, count: int, expires: float) -> None:
-        self.handle = handle
-        self.count = count
-        self.expires = expires
-
-
 class Lease:
-    """The promise read locks of one (client, request) LOOKUP."""
+    """The promise read locks of one (client, request) LOOKUP: per key, the exact object and
+    how many locks are held on it. One expiry for the whole lease: the L1 read TTL from its
+    first lock (a later lookup of the same request does not extend it: forgetting a lock early
+    only leaves it to lapse in L1, never releases anyone else's)."""
 
-    __slots__ = ("alive", "created_at", "held", "owner", "prefetching", "request_id")
+    __slots__ = ("alive", "counts", "created_at", "expires", "handles", "owner", "prefetching", "request_id")
 
-    def __init__(self, owner: ClientId, request_id: str, now: float) -> None:
+    def __init__(self, owner: ClientId, request_id: str, now: float, expires: float) -> None:
         self.owner = owner
         self.request_id = request_id
         self.created_at = now
-        self.held: dict[ObjectKey, _Held] = {}
+        self.expires = expires
+        self.handles: dict[ObjectKey, MemoryHandle] = {}
+        self.counts: dict[ObjectKey, int] = {}
         self.prefetching = 0
         self.alive = True
 
     def lock_count(self, now: float) -> int:
         """Locks still held (not expired)."""
-        return sum(e.count for e in self.held.values() if e.expires > now)
+        return sum(self.counts.values()) if self.expires > now else 0
+
+    def live(self, now: float) -> bool:
+        return self.expires > now
+
+    def drop_key(self, key: ObjectKey) -> None:
+        del self.counts[key]
+        del self.handles[key]
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class LeaseTable:
         with self._lock:
             lease = self._leases.get((owner, request_id))
             if lease is None:
-                lease = Lease(owner, request_id, now)
+                lease = Lease(owner, request_id, now, expires)
                 self._leases[(owner, request_id)] = lease
                 self._by_request.setdefault(request_id, []).append(lease)
                 mine = self._per_client.setdefault(owner, OrderedDict())
@@ -150,6 +151,7 @@ class LeaseTable:
         with self._lock:
             lease.prefetching = max(0, lease.prefetching - 1)
             if lease.alive:
+                lease.expires = min(lease.expires, locked_since + self._ttl)
                 self._merge(lease, keys, handles, count, locked_since + self._ttl)
                 keys, handles = [], []
         if keys:
@@ -161,14 +163,18 @@ class LeaseTable:
     ) -> None:
         """Add locks to the lease. A lock on a newer object of a key replaces the entry of the
         older one: that one was cleared, and its promises died with it (nothing to release)."""
-        held = lease.held
+        if not lease.counts:
+            # The common case (a LOOKUP's own lease): built in C, no loop in Python.
+            lease.handles = dict(zip(keys, handles, strict=True))
+            lease.counts = dict.fromkeys(keys, count)
+            return
+        held, counts = lease.handles, lease.counts
         for key, handle in zip(keys, handles, strict=True):
-            entry = held.get(key)
-            if entry is None or entry.handle is not handle:
-                held[key] = _Held(handle, count, expires)
+            if held.get(key) is handle:
+                counts[key] += count
             else:
-                entry.count += count
-                entry.expires = expires
+                held[key] = handle
+                counts[key] = count
 
     # -- releasing ------------------------------------------------------------------------
 
@@ -181,17 +187,36 @@ class LeaseTable:
             lease = self._leases.get((owner, request_id))
             if lease is None:
                 return 0
-            for key in keys:
-                entry = lease.held.get(key)
-                if entry is None:
+            live = lease.live(now)
+            counts, handles = lease.counts, lease.handles
+            if len(counts) <= len(keys) and max(counts.values(), default=0) <= count and counts.keys() <= set(keys):
+                # The common case: everything the lease holds goes (built in C, no loop).
+                held_keys = list(counts)
+                entries = (held_keys, [handles[k] for k in held_keys], list(counts.values()))
+                lease.counts, lease.handles = {}, {}
+                self._drop_if_spent(lease)
+                if not live:
+                    return 0
+            else:
+                entries = None
+            pop_count, pop_handle = counts.pop, handles.pop
+            append = out.append
+            for key in (keys if entries is None else ()):
+                held = pop_count(key, 0)
+                if held <= 0:
                     continue
-                n = min(count, entry.count)
-                if entry.expires > now and n > 0:
-                    out.append((key, entry.handle, n))
-                entry.count -= n
-                if entry.count <= 0:
-                    del lease.held[key]
+                if held > count:
+                    counts[key] = held - count
+                    handle = handles[key]
+                    held = count
+                else:
+                    handle = pop_handle(key)
+                if live:
+                    append((key, handle, held))
             self._drop_if_spent(lease)
+        if entries is not None:
+            self._release_lists(*entries)
+            return len(entries[0])
         self._release_entries(out)
         return len(out)
 
@@ -223,27 +248,22 @@ class LeaseTable:
                 return None
             if len(set(keys)) != len(keys):
                 return None  # a key twice: not a retrieve any engine sends
-            entries: list[tuple[ObjectKey, _Held]] = []
-            ok = True
-            for key in keys:
-                entry = lease.held.get(key)
-                if (
-                    entry is not None
-                    and entry.count >= 1
-                    and entry.expires > now
-                    and (object_size is None or entry.handle.nbytes == object_size)
-                ):
-                    entries.append((key, entry))
+            live = lease.live(now)
+            counts, held_handles = lease.counts, lease.handles
+            found = [k for k in keys if counts.get(k, 0) >= 1]
+            ok = live and len(found) == len(keys)
+            if ok and object_size is not None:
+                ok = all(held_handles[k].nbytes == object_size for k in keys)
+            for key in found:
+                handle = held_handles[key]
+                if counts[key] <= 1:
+                    lease.drop_key(key)
                 else:
-                    ok = False
-            for key, entry in entries:
-                entry.count -= 1
-                if entry.count <= 0:
-                    del lease.held[key]
+                    counts[key] -= 1
                 if ok:
-                    handles.append(entry.handle)
-                else:
-                    give_back.append((key, entry.handle, 1))
+                    handles.append(handle)
+                elif live:
+                    give_back.append((key, handle, 1))
             self._drop_if_spent(lease)
         if not ok:
             self._release_entries(give_back)
@@ -274,7 +294,7 @@ class LeaseTable:
         with self._lock:
             doomed = [
                 lease for lease in self._leases.values()
-                if lease.prefetching == 0 and all(e.expires <= now for e in lease.held.values())
+                if lease.prefetching == 0 and not lease.live(now)
             ]
             for lease in doomed:
                 self._forget(lease)
@@ -301,13 +321,12 @@ class LeaseTable:
             return None
         # Newest first; prefer one that holds a live lock on the first key.
         for lease in reversed(others):
-            entry = lease.held.get(keys[0])
-            if entry is not None and entry.count >= 1 and entry.expires > now:
+            if lease.live(now) and lease.counts.get(keys[0], 0) >= 1:
                 return lease
         return others[-1]
 
     def _drop_if_spent(self, lease: Lease) -> None:
-        if not lease.held and lease.prefetching == 0 and lease.alive:
+        if not lease.counts and lease.prefetching == 0 and lease.alive:
             self._forget(lease)
 
     def _forget(self, lease: Lease) -> Lease:
@@ -327,16 +346,26 @@ class LeaseTable:
         return lease
 
     def _release_lease(self, lease: Lease, now: float) -> int:
-        entries = [
-            (key, e.handle, e.count) for key, e in lease.held.items()
-            if e.expires > now and e.count > 0
-        ]
-        lease.held = {}
+        entries = (
+            [(key, lease.handles[key], n) for key, n in lease.counts.items() if n > 0] if lease.live(now) else []
+        )
+        lease.counts, lease.handles = {}, {}
         self._release_entries(entries)
         return len(entries)
 
+    def _release_lists(self, keys: list[ObjectKey], handles: list[MemoryHandle], counts: list[int]) -> None:
+        """Release `counts[i]` promise locks of `keys[i]` (on `handles[i]`) in L1."""
+        if not keys:
+            return
+        if counts.count(counts[0]) == len(counts):
+            self._l1.finish_read(keys, counts[0], handles=handles, promise=True)
+        else:
+            self._release_entries(list(zip(keys, handles, counts, strict=True)))
+
     def _release_entries(self, entries: list[tuple[ObjectKey, MemoryHandle, int]]) -> None:
-        """Release promise locks in L1, grouped by count (one batch call per count)."""
+        """Release promise locks in L1, one batch call per distinct count (usually one)."""
+        if not entries:
+            return
         by_count: dict[int, tuple[list[ObjectKey], list[MemoryHandle]]] = {}
         for key, handle, n in entries:
             keys, handles = by_count.setdefault(n, ([], []))

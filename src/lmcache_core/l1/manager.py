@@ -537,13 +537,14 @@ class L1Manager:
             missing_seen: set[ObjectKey] = set()
             success, wrong, missing = OpResult.SUCCESS, OpResult.KEY_IN_WRONG_STATE, OpResult.KEY_NOT_EXIST
             for i, key in enumerate(keys):
-                handle = None if handles is None else handles[i]
-                if handle is None:
-                    obj = get(key)
+                obj = get(key)
+                if handles is None:
                     if obj is None and self._pending:
                         obj = self._pending_of_key(key)
                 else:
-                    obj = self._exact(key, handle)
+                    handle = handles[i]
+                    if handle is not None and (obj is None or obj.handle is not handle):
+                        obj = self._exact(key, handle)
                 if obj is None:
                     append(_missing_status(key, missing_seen))
                     continue
@@ -552,17 +553,22 @@ class L1Manager:
                     continue
                 obj.stamp = stamp
                 rl, cl = obj.read_lock, obj.copy_lock
-                if rl._count > 0 and now >= rl._deadline:
-                    rl._count = 0  # expired: a late unlock is answered "wrong state"
-                if cl._count > 0 and now >= cl._deadline:
-                    cl._count = 0
-                held = rl._count - cl._count if promise else min(rl._count, cl._count)
+                reads = rl._count
+                if reads > 0 and now >= rl._deadline:
+                    rl._count = reads = 0  # expired: a late unlock is answered "wrong state"
+                copies = cl._count
+                if copies > 0 and now >= cl._deadline:
+                    cl._count = copies = 0
+                if promise:
+                    held = reads - copies
+                else:
+                    held = copies if copies < reads else reads
                 if count > held:
                     append(missing if obj.pending else wrong)
                     continue
-                rl._count -= count
+                rl._count = reads - count
                 if not promise:
-                    cl._count -= count
+                    cl._count = copies - count
                 if obj.pending:
                     self._free_pending_if_unlocked(obj, now)
                     append(missing)
@@ -570,7 +576,7 @@ class L1Manager:
                 key = obj.key  # identity hits in the sets and listeners below
                 append_finished(key)
                 append(success)
-                if rl._count == 0:
+                if reads == count:
                     discard_locked(key)
                     if obj.temporary and not obj.write_lock.is_locked(now):
                         spent.append(obj)
