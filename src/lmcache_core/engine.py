@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmcache_core.hashing import TokenHasher
+from lmcache_core.kv_caches import KVCacheRegistry
 from lmcache_core.ports import Clock
 from lmcache_core.status import compose_status
 from lmcache_core.storage_manager import StorageManager
@@ -30,6 +31,8 @@ class CacheEngine:
         self.hasher = hasher
         self.clock = clock
         self.started_at = clock.time()
+        self.kv_caches = KVCacheRegistry()
+        """The KV caches registered by the data-path frontends (for checksums and prefetches)."""
         self._contributors: dict[str, StatusContributor] = {}
         self._lock = threading.Lock()
 

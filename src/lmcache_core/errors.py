@@ -19,6 +19,10 @@ class PluginError(LMCacheError):
     """A plugin misbehaved: duplicate registration, unknown kind, bad hook implementation."""
 
 
+class InvalidRequestError(LMCacheError, ValueError):
+    """A request is malformed or asks for something the operation does not do (HTTP 400)."""
+
+
 class NotInitializedError(LMCacheError):
     """A component was used before it was started (maps to HTTP 503)."""
 
@@ -40,3 +44,22 @@ class ForbiddenOperationError(LMCacheError):
 
 class RegistrationError(LMCacheError, ValueError):
     """An engine registration that cannot be served (an object that cannot fit in L1, say)."""
+
+
+class UnavailableError(LMCacheError):
+    """What the operation needs is not there now: no L2 adapter, no engine registered for the
+    model, the fleet store not answering (maps to HTTP 503); retrying later may succeed."""
+
+
+class NotSupportedError(LMCacheError):
+    """The target cannot do this operation (a KV layout without checksums; maps to HTTP 501)."""
+
+
+class UnprocessableError(LMCacheError, ValueError):
+    """A well-formed request whose body fails validation (maps to HTTP 422); the message names
+    the field."""
+
+
+class UpstreamError(LMCacheError):
+    """A server this process called on a client's behalf failed or could not be reached (maps
+    to HTTP 502)."""

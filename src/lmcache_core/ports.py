@@ -217,3 +217,39 @@ class KVTransfer(Protocol):
         """Copy L1 objects `sources` into the engine blocks `block_ids`, leaving the first
         `skip_blocks` blocks untouched. Returns when the copy is complete."""
         ...
+
+
+# --------------------------------------------------------------------------- L2 capabilities
+
+
+@runtime_checkable
+class KnowsStoredSizes(Protocol):
+    """An L2 adapter that can tell stored payload lengths from memory (no I/O); listings then
+    show each key's size."""
+
+    def stored_nbytes(self, keys: Sequence[ObjectKey]) -> list[int | None]:
+        """Payload length of each key the adapter holds, None for the others. Cheap: answered
+        from an in-memory index."""
+        ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """An L2 adapter whose devices change while the server runs (the dax adapter), through
+    `POST /reconfigure/<backend>/<operation>` (and 0.5.6's `/reconfigure/<backend>/l2/...`)."""
+
+    def reconfigure_status(self) -> dict[str, Any]:
+        """`{"backend": str, "supported_operations": [...], "status": {...}}`."""
+        ...
+
+    def apply_reconfiguration(self, operation: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Apply one operation with its JSON body; raises ConfigError for a bad body,
+        NotFoundError / ConflictError / ForbiddenOperationError as the state requires."""
+        ...
+
+
+@runtime_checkable
+class WrapsL2Adapter(Protocol):
+    """A wrapper around another adapter (serde): capabilities of the wrapped one still count."""
+
+    inner: L2Adapter

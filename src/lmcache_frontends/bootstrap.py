@@ -11,6 +11,7 @@ from typing import Any
 from dependency_injector import providers
 
 from lmcache_adapters.plugin_manager import LMCachePluginManager
+from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.engine import CacheEngine
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
@@ -40,6 +41,9 @@ class Services:
     memory_pool: MemoryPool | None = None
     storage: StorageManager | None = None
     engine: CacheEngine | None = None
+    cache_ops: CacheOperations | None = None
+    """The operator operations over the engine (object listing/deletion, clear, checksums,
+    warm prefetch, runtime reconfiguration) that both generations of admin routes call."""
     started_at: float = 0.0
     server_frontends: dict[str, Any] = field(default_factory=dict)
     """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
@@ -94,6 +98,7 @@ class StartingServices:
     engine: None = None
     storage: None = None
     memory_pool: None = None
+    cache_ops: None = None
     server_frontends: dict[str, Any] = field(default_factory=dict)
     metrics: None = None
     periodic_threads: None = None
@@ -183,6 +188,8 @@ def bootstrap(
         closers.append(("storage manager", storage.close))
         engine: CacheEngine = container.services.engine()
         closers.append(("cache engine", engine.close))
+        cache_ops = CacheOperations.for_engine(engine)
+        closers.append(("cache operations", cache_ops.close))
         threads = _observe(config, storage, engine, the_metrics)
         if start:
             engine.start()
@@ -204,6 +211,7 @@ def bootstrap(
         memory_pool=pool,
         storage=storage,
         engine=engine,
+        cache_ops=cache_ops,
         started_at=the_clock.time(),
         metrics=the_metrics,
         periodic_threads=threads,

@@ -408,11 +408,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         # Direct construction (tests, library users) gets the same checks as the command line.
-        for spec in OPTIONS:
-            value = getattr(self, spec.name)
-            checked = _check(spec, value, spec.flag)
-            if checked is not value:
-                object.__setattr__(self, spec.name, checked)
+        check_fields(self, OPTIONS)
 
     @property
     def l1_size_bytes(self) -> int:
@@ -442,9 +438,10 @@ def _redact_mapping(obj: Any) -> Any:
     return obj
 
 
-def _build_options() -> tuple[OptionSpec, ...]:
+def build_options(config_cls: type, env_prefix: str = ENV_PREFIX) -> tuple[OptionSpec, ...]:
+    """The option table of a config dataclass whose fields are declared with `option(...)`."""
     specs = []
-    for f in fields(ServerConfig):
+    for f in fields(config_cls):
         meta = f.metadata
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
@@ -462,7 +459,7 @@ def _build_options() -> tuple[OptionSpec, ...]:
             OptionSpec(
                 name=f.name,
                 flag=flag,
-                env_var=ENV_PREFIX + flag[2:].upper().replace("-", "_"),
+                env_var=env_prefix + flag[2:].upper().replace("-", "_"),
                 kind=kind,
                 default=default,
                 help=meta["help"],
@@ -477,7 +474,7 @@ def _build_options() -> tuple[OptionSpec, ...]:
     return tuple(specs)
 
 
-OPTIONS: tuple[OptionSpec, ...] = _build_options()
+OPTIONS: tuple[OptionSpec, ...] = build_options(ServerConfig)
 OPTIONS_BY_NAME: dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
 
 
@@ -548,6 +545,15 @@ def _check(spec: OptionSpec, value: Any, label: str) -> Any:
         raise ConfigError(f"{label} {exc}") from None
 
 
+def check_fields(config: Any, options: Sequence[OptionSpec]) -> None:
+    """Type- and range-check every option field of a frozen config in place (its __post_init__)."""
+    for spec in options:
+        value = getattr(config, spec.name)
+        checked = _check(spec, value, spec.flag)
+        if checked is not value:
+            object.__setattr__(config, spec.name, checked)
+
+
 def _env_value(spec: OptionSpec, raw: str) -> Any:
     if not spec.repeatable:
         return raw
@@ -590,8 +596,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _options_from_file(path: str, data: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
-    by_key = {key: spec for spec in OPTIONS for key in spec.file_keys}
+def _options_from_file(path: str, data: Mapping[str, Any], options: Sequence[OptionSpec]) -> dict[str, tuple[Any, str]]:
+    by_key = {key: spec for spec in options for key in spec.file_keys}
     out: dict[str, tuple[Any, str]] = {}
     for key, value in data.items():
         spec = by_key.get(key)
@@ -613,10 +619,15 @@ class _ConfigArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every server flag to `parser` (defaults suppressed, so explicit flags can be told apart)."""
-    group = parser.add_argument_group("server options (each also from an LMCACHE_* env var)")
-    for spec in OPTIONS:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    options: Sequence[OptionSpec] | None = None,
+    title: str = "server options (each also from an LMCACHE_* env var)",
+) -> None:
+    """Add every flag of `options` (default: the server's) to `parser` (defaults suppressed, so
+    explicit flags can be told apart)."""
+    group = parser.add_argument_group(title)
+    for spec in OPTIONS if options is None else options:
         default_txt = "unset" if spec.default in (None, ()) else repr(spec.default)
         kwargs: dict[str, Any] = {
             "dest": spec.name,
@@ -644,15 +655,22 @@ def build_parser(prog: str = "lmcache-server") -> argparse.ArgumentParser:
 
 
 def config_from_namespace(
-    namespace: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str] | None = None
-) -> ServerConfig:
+    namespace: argparse.Namespace | Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    *,
+    options: Sequence[OptionSpec] | None = None,
+    config_cls: Callable[..., Any] | None = None,
+) -> Any:
     """Merge explicit flags (`namespace`, defaults suppressed) with env vars, the config file and
-    defaults, in that order of precedence; raise ConfigError naming the offending source."""
+    defaults, in that order of precedence; raise ConfigError naming the offending source.
+    Builds a ServerConfig unless another option table and config class are given."""
     given = dict(vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace)
     environ = os.environ if env is None else env
+    options = OPTIONS if options is None else options
+    config_cls = ServerConfig if config_cls is None else config_cls
 
     chosen: dict[str, tuple[Any, str]] = {}
-    for spec in OPTIONS:
+    for spec in options:
         if spec.name in given:
             chosen[spec.name] = (given[spec.name], spec.flag)
         elif spec.env_var in environ:
@@ -661,10 +679,10 @@ def config_from_namespace(
     config_path = chosen.get("config_file", (None, ""))[0]
     file_values: dict[str, tuple[Any, str]] = {}
     if config_path:
-        file_values = _options_from_file(config_path, read_config_file(config_path))
+        file_values = _options_from_file(config_path, read_config_file(config_path), options)
 
     values: dict[str, Any] = {}
-    for spec in OPTIONS:
+    for spec in options:
         if spec.name in chosen:
             raw, label = chosen[spec.name]
         elif spec.name in file_values:
@@ -672,7 +690,7 @@ def config_from_namespace(
         else:
             continue
         values[spec.name] = _check(spec, raw, label)
-    return ServerConfig(**values)
+    return config_cls(**values)
 
 
 def load_config(
@@ -681,4 +699,15 @@ def load_config(
     """Parse `argv` (default: sys.argv[1:]) into a ServerConfig. Errors raise ConfigError;
     `--help` exits through argparse as usual."""
     namespace = build_parser(prog).parse_args(argv)
-    return config_from_namespace(namespace, env)
+    config: ServerConfig = config_from_namespace(namespace, env)
+    return config
+
+
+# Building blocks for the option tables of other processes (`lmcache coordinator`).
+option = _opt
+check_port = _port
+check_positive = _positive
+check_fraction = _fraction
+check_non_empty = _non_empty
+check_token = _token
+one_of = _one_of

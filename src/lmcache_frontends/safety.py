@@ -30,24 +30,34 @@ def admin_has_tokens(config: Any) -> bool:
     return TokenStore.from_config(config).enabled
 
 
+def check_http_exposure(
+    config: Any,
+    *,
+    what: str = "the admin API",
+    host_flag: str = "--http-host",
+    env_hint: str = "LMCACHE_ADMIN_TOKEN/LMCACHE_READ_TOKEN",
+    harm: str = "clear caches, read /env and change the configuration",
+) -> list[str]:
+    """Refuse an HTTP API on a non-loopback `config.http_host` without tokens unless
+    --allow-unauthenticated-admin; returns the warning of the allowed case."""
+    if is_loopback(config.http_host) or admin_has_tokens(config):
+        return []
+    if not getattr(config, "allow_unauthenticated_admin", False):
+        raise ConfigError(
+            f"refusing to serve {what} on non-loopback {host_flag} {config.http_host} without a token: "
+            f"set --admin-token/--read-token (or {env_hint}) or --token-file, "
+            f"or pass {ALLOW_ADMIN_FLAG} to accept anyone who can reach it"
+        )
+    return [f"{what} on {config.http_host} is unauthenticated ({ALLOW_ADMIN_FLAG}): anyone who reaches it can {harm}"]
+
+
 def check_exposure(config: Any) -> list[str]:
     """Refuse (ConfigError) a configuration that serves the admin API or the ZeroMQ data path on
     a non-loopback address without authentication, unless the matching allow flag is given;
     returns the warnings to log and show in /status for the allowed cases."""
     from lmcache_frontends.zmq.curve import load_curve_config
 
-    warnings: list[str] = []
-    if not is_loopback(config.http_host) and not admin_has_tokens(config):
-        if not getattr(config, "allow_unauthenticated_admin", False):
-            raise ConfigError(
-                f"refusing to serve the admin API on non-loopback --http-host {config.http_host} without a token: "
-                f"set --admin-token/--read-token (or LMCACHE_ADMIN_TOKEN/LMCACHE_READ_TOKEN) or --token-file, "
-                f"or pass {ALLOW_ADMIN_FLAG} to accept anyone who can reach it"
-            )
-        warnings.append(
-            f"the admin API on {config.http_host} is unauthenticated ({ALLOW_ADMIN_FLAG}): anyone who reaches "
-            "it can clear caches, read /env and change the configuration"
-        )
+    warnings = check_http_exposure(config)
     curve = load_curve_config(config)  # validates the key files whatever the address
     if not is_loopback(config.host) and (curve is None or curve.authorized_keys_dir is None):
         if not getattr(config, "allow_unauthenticated_data_path", False):

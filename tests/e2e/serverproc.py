@@ -24,6 +24,16 @@ requires_reference = pytest.mark.skipif(
     not REFERENCE_LMCACHE.exists(),
     reason=f"the reference LMCache 0.5.0 is not installed in {REFERENCE_VENV}; run ../shared/peer/reference.sh install",
 )
+# LMCache 0.5.6 (REF_VERSION=0.5.6 ../shared/peer/reference.sh install; absent in CI).
+REFERENCE_056_VENV = Path(
+    os.environ.get("LMCACHE_REFERENCE_056_VENV", Path.home() / ".cache" / "lmcache-reference-056" / "venv")
+)
+REFERENCE_056_LMCACHE = REFERENCE_056_VENV / "bin" / "lmcache"
+requires_reference_056 = pytest.mark.skipif(
+    not REFERENCE_056_LMCACHE.exists(),
+    reason=f"the reference LMCache 0.5.6 is not installed in {REFERENCE_056_VENV}; "
+    "run REF_VERSION=0.5.6 ../shared/peer/reference.sh install",
+)
 START_TIMEOUT_S = 60.0
 
 

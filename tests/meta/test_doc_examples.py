@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -83,6 +85,27 @@ class Server:
         self.tmp = tmp
         self.services: Services = in_memory_stack(ServerConfig(l2_adapters=('{"type": "mock"}', json.dumps(dax))))
         self.client: FlaskClient = create_app(self.services).test_client()
+        self.layout: Any = None
+
+    def register_kv_cache(self) -> None:
+        """A server-driven registration (instance 0, model `m`, world size 1) as the data path
+        makes one: CPU tensors [2, blocks, block size, heads, head size] per layer."""
+        import torch
+
+        from lmcache_adapters.transfer.layout import KVCacheLayout
+        from lmcache_frontends.zmq.kv_caches import DataPathKVCaches
+
+        tensors = [torch.arange(2 * 8 * 4 * 2 * 4, dtype=torch.float16).reshape(2, 8, 4, 2, 4) + i for i in range(2)]
+        self.layout = KVCacheLayout(tensors, chunk_size=256)
+        object_size = self.layout.object_size
+        registration = SimpleNamespace(instance_id=0, layout=self.layout)
+        server = SimpleNamespace(
+            data_path=SimpleNamespace(object_size=lambda m, ws: object_size if (m, ws) == ("m", 1) else None),
+            registrations=lambda iid: [registration] if iid == 0 else [],
+            kv_checksums=lambda inst, ids, chunk, layerwise: inst.layout.checksums(ids, chunk, layerwise=layerwise),
+        )
+        assert self.services.engine is not None
+        self.services.engine.kv_caches.add_source(DataPathKVCaches(server))
 
     def without(self, attr: str, call: Callable[[], Any]) -> Any:
         saved = getattr(self.services, attr)
@@ -110,6 +133,40 @@ def _delete_l2(s: Server) -> Any:
 def _l2_keys(s: Server) -> Any:
     s.stored_key()
     return s.client.get("/l2/keys")
+
+
+def _cache_objects(s: Server) -> Any:
+    s.stored_key()
+    return s.client.get("/cache/objects")
+
+
+def _delete_objects(s: Server) -> Any:
+    key = s.stored_key()
+    # In L1 too: one delete removes both copies.
+    l1 = s.services.storage.l1
+    l1.reserve_write([key], [64])
+    l1.finish_write([key])
+    return s.client.delete("/cache/objects", json={"keys": [key.to_json()], "tier": "all"})
+
+
+def _kvcache_check(s: Server) -> Any:
+    s.register_kv_cache()
+    return s.client.get("/kvcache/check?block_ids=[0,3]&chunk_size=2")
+
+
+def _submit_prefetch(s: Server) -> Any:
+    s.register_kv_cache()
+    return s.client.post("/cache/prefetches", json={"model_name": "m", "world_size": 1, "token_ids": list(range(512))})
+
+
+def _poll_prefetch(s: Server) -> Any:
+    request_id = _submit_prefetch(s).get_json()["request_id"]
+    deadline = time.monotonic() + 10
+    while True:
+        response = s.client.get(f"/cache/prefetches/{request_id}")
+        if response.get_json()["status"] != "pending" or time.monotonic() > deadline:
+            return response
+        time.sleep(0.01)
 
 
 PRODUCERS: dict[tuple[str, int], Producer] = {
@@ -143,6 +200,33 @@ PRODUCERS: dict[tuple[str, int], Producer] = {
     ),
     ("POST /reconfigure/{backend}/{operation}", 422): lambda s: s.client.post(
         "/reconfigure/dax/add", json={"device_path": "/x", "size": 1, "colour": "red"}
+    ),
+    ("POST /cache/clear", 200): lambda s: s.client.post("/cache/clear"),
+    ("POST /cache/clear", 400): lambda s: s.client.post("/cache/clear", json={"tier": "l2"}),
+    ("GET /kvcache/check", 200): _kvcache_check,
+    ("GET /kvcache/check", 404): lambda s: s.client.get("/kvcache/check?block_ids=0&chunk_size=1"),
+    ("POST /cache/checksums", 404): lambda s: s.client.post("/cache/checksums", json={"block_ids": [0], "chunk_size": 1}),
+    ("GET /cache/objects", 200): _cache_objects,
+    ("GET /cache/objects", 422): lambda s: s.client.get("/cache/objects?page_size=0"),
+    ("DELETE /cache/objects", 200): _delete_objects,
+    ("DELETE /cache/objects", 400): lambda s: s.client.delete(
+        "/cache/objects", json={"keys": [{"chunk_hash_hex": "ab", "model_name": "m", "kv_rank": 0}] * 10001}
+    ),
+    ("POST /cache/prefetches", 202): _submit_prefetch,
+    ("POST /cache/prefetches", 503): lambda s: s.client.post(
+        "/cache/prefetches", json={"model_name": "m", "world_size": 1, "token_ids": [1, 2, 3]}
+    ),
+    ("GET /cache/prefetches/{request_id}", 200): _poll_prefetch,
+    ("GET /cache/prefetches/{request_id}", 404): lambda s: s.client.get("/cache/prefetches/abc"),
+    ("GET /config/adapters", 200): lambda s: s.client.get("/config/adapters"),
+    ("GET /config", 200): lambda s: s.client.get("/config"),
+    ("GET /reconfigure/{backend}/l2/status", 200): lambda s: s.client.get("/reconfigure/fs/l2/status"),
+    ("POST /reconfigure/{backend}/l2/{operation}", 404): lambda s: s.client.post(
+        "/reconfigure/dax/l2/add", json={"adapter_index": 3, "device_path": "/x", "size": 4096}
+    ),
+    ("GET /reconfigure/dax/l1/status", 409): lambda s: s.client.get("/reconfigure/dax/l1/status"),
+    ("POST /reconfigure/dax/l1/remove", 422): lambda s: s.client.post(
+        "/reconfigure/dax/l1/remove", json={"device_path": "/dev/dax0.0", "mode": "evict"}
     ),
 }
 

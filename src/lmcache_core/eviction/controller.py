@@ -226,8 +226,8 @@ class EvictionController:
     # -- status ---------------------------------------------------------------------------
 
     def report_status(self) -> dict[str, Any]:
-        """`is_healthy`, `thread_alive`, `policy`, `trigger_watermark`, `eviction_ratio`,
-        `cycles`, `failures`, `last_error`, eviction totals, and the policy's own report."""
+        """`is_healthy`, `thread_alive`, `policy` (also as `eviction_policy`), `trigger_watermark`,
+        `eviction_ratio`, `cycles`, `failures`, `last_error`, eviction totals, and the policy's own report."""
         thread = self._thread.to_dict()
         try:
             policy_report = self._policy.report_status()
@@ -250,6 +250,8 @@ class EvictionController:
                 "thread_alive": thread["is_alive"],
                 "interval_seconds": thread["interval"],
                 "policy": self._policy.name,
+                # LMCache 0.5.6's `lmcache describe kvcache` reads this name.
+                "eviction_policy": self._policy.name,
                 "trigger_watermark": self._trigger,
                 "eviction_ratio": self._ratio,
                 "cycles": thread["total_runs"],

@@ -618,13 +618,17 @@ class L1Manager:
                 results.append(OpResult.SUCCESS)
             return results
 
-    def delete(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
-        """Remove unlocked objects and free their memory; locked ones answer KEY_IS_LOCKED."""
+    def delete(self, keys: Sequence[ObjectKey], *, force: bool = False) -> list[OpResult]:
+        """Remove unlocked objects and free their memory; locked ones answer KEY_IS_LOCKED.
+        With `force`, locked objects leave the table too, as `clear(force=True)` removes them:
+        their promises are void and their memory is freed at once unless a copy or a writer is
+        using it (then when that finishes); the key can be stored again at once."""
         with self._lock:
             now = self._clock.monotonic()
             results: list[OpResult] = []
             seen: set[ObjectKey] = set()
             doomed: list[_L1Object] = []
+            parked: list[_L1Object] = []
             for key in keys:
                 if key in seen:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
@@ -634,11 +638,16 @@ class L1Manager:
                 if obj is None:
                     results.append(OpResult.KEY_NOT_EXIST)
                 elif obj.locked(now):
-                    results.append(OpResult.KEY_IS_LOCKED)
+                    if force:
+                        parked.append(obj)
+                        results.append(OpResult.SUCCESS)
+                    else:
+                        results.append(OpResult.KEY_IS_LOCKED)
                 else:
                     doomed.append(obj)
                     results.append(OpResult.SUCCESS)
             self._drop(doomed, "delete")
+            self._force_remove(parked, now, "delete")
             return results
 
     def evict(

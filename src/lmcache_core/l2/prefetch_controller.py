@@ -31,10 +31,18 @@ SkipWriteBack = Callable[[Sequence[ObjectKey]], None]
 class PrefetchJob:
     """One lookup's L2 prefetch. `loaded_count` keys (from the start of `keys`, a multiple of
     `group_size`) are readable in L1 and hold `1 + extra_read_count` promise read locks once
-    `done`; `locked_handles` names the exact objects (one per key of that run)."""
+    `done`; `locked_handles` names the exact objects (one per key of that run).
 
-    def __init__(self, keys: Sequence[ObjectKey], object_size: int, group_size: int, extra_read_count: int) -> None:
+    A *warm* job (an operator warming L1 before requests arrive) looks at every key, not only
+    the leading run: `loaded_count` keys are in L1 once `done`, loaded ones kept (never
+    temporary) and nothing read-locked; `keys` then holds only the keys found."""
+
+    def __init__(
+        self, keys: Sequence[ObjectKey], object_size: int, group_size: int, extra_read_count: int, warm: bool = False
+    ) -> None:
         self.keys = list(keys)
+        self.requested_count = len(self.keys)
+        self.warm = warm
         self.object_size = object_size
         self.group_size = max(1, group_size)
         self.extra_read_count = extra_read_count
@@ -140,11 +148,15 @@ class PrefetchController:
         object_size: int,
         group_size: int = 1,
         extra_read_count: int = 0,
+        warm: bool = False,
     ) -> PrefetchJob:
-        """Start prefetching `keys` (chunk-major, `group_size` keys per chunk)."""
+        """Start prefetching `keys` (chunk-major, `group_size` keys per chunk); `warm`: every
+        key found, kept in L1 unlocked (see PrefetchJob)."""
         if object_size <= 0:
             raise ValueError("object_size must be > 0")
-        job = PrefetchJob(keys, object_size, group_size, extra_read_count)
+        if warm:
+            group_size, extra_read_count = 1, 0
+        job = PrefetchJob(keys, object_size, group_size, extra_read_count, warm)
         self.metrics.inc("prefetch_lookups")
         usable = len(job.keys) - len(job.keys) % job.group_size
         if not self.adapters or usable == 0 or self._closed:
@@ -220,6 +232,9 @@ class PrefetchController:
     def _plan(self, job: PrefetchJob, bitmaps: dict[int, list[bool]]) -> None:
         with self._lock:
             self._lookup_phase -= 1
+        if job.warm:
+            self._plan_warm(job, bitmaps)
+            return
         owners: list[int] = []
         for i in range(len(job.keys)):
             owner = next((e.index for e in self.adapters if bitmaps[e.index][i]), None)
@@ -248,10 +263,36 @@ class PrefetchController:
         self.metrics.inc("prefetch_hits", run)
         self._reserve(job, owners)
 
+    def _plan_warm(self, job: PrefetchJob, bitmaps: dict[int, list[bool]]) -> None:
+        """Every key an adapter holds (lowest index wins) or L1 already has; the job's keys
+        shrink to those, so the prefix-shaped steps below treat them as one run."""
+        chosen: dict[int, int] = {}
+        for i, key in enumerate(job.keys):
+            owner = next((e.index for e in self.adapters if bitmaps[e.index][i]), None)
+            if owner is None and self.l1.is_readable(key):
+                owner = IN_L1
+            if owner is not None:
+                chosen[i] = owner
+        for entry in self.adapters:
+            bitmap = bitmaps[entry.index]
+            keep = [job.keys[i] for i, owner in chosen.items() if owner == entry.index]
+            release = [job.keys[i] for i, hit in enumerate(bitmap) if hit and chosen.get(i) != entry.index]
+            if keep:
+                job._l2_locks[entry.index] = keep
+            if release:
+                self._unlock(entry, release)
+        job.keys = [job.keys[i] for i in chosen]
+        job.l2_hit_count = len(chosen)
+        if not chosen or job._cancelled:
+            self._complete(job, 0)
+            return
+        self.metrics.inc("prefetch_hits", len(chosen))
+        self._reserve(job, list(chosen.values()))
+
     def _reserve(self, job: PrefetchJob, owners: list[int]) -> None:
         """Allocate temporary objects for the run; shrink it (whole groups) while L1 is full."""
         n = len(owners)
-        temporary = self.policy == "default"
+        temporary = self.policy == "default" and not job.warm
         while n > 0:
             keys = job.keys[:n]
             results = self.l1.reserve_write(keys, [job.object_size] * n, WriteMode.NEW, temporary=temporary)
@@ -268,6 +309,15 @@ class PrefetchController:
         fresh = [job.keys[i] for i, (r, _) in enumerate(results) if r is OpResult.SUCCESS]
         if fresh and self._skip_write_back:
             self._skip_write_back(fresh)  # their write-finished event must not trigger a write-back
+        if job.warm:
+            # Not a prefix: load what was reserved, count what L1 has; nothing is read-locked.
+            reserved = fresh
+            for i, (r, h) in enumerate(results):
+                if r is OpResult.SUCCESS and h is not None:
+                    job._handles[job.keys[i]] = h
+            existing = [job.keys[i] for i, (r, _) in enumerate(results) if r is OpResult.KEY_IN_WRONG_STATE]
+            results = []
+            usable = n
         for i, (result, handle) in enumerate(results):
             key = job.keys[i]
             if result is OpResult.SUCCESS and handle is not None:
@@ -369,6 +419,9 @@ class PrefetchController:
     def _finish_load(self, job: PrefetchJob, loaded: dict[ObjectKey, bool], planned: int) -> None:
         with self._lock:
             self._load_phase -= 1
+        if job.warm:
+            self._finish_warm(job, loaded)
+            return
         existing = set(job._existing)
         run = 0
         for key in job.keys[:planned]:
@@ -398,6 +451,19 @@ class PrefetchController:
         self.keys_loaded += len([k for k in good if job.keys.index(k) < run])
         job.locked_handles = [job._handles[k] for k in job.keys[:run]]
         self._complete(job, run)
+
+    def _finish_warm(self, job: PrefetchJob, loaded: dict[ObjectKey, bool]) -> None:
+        good = [] if job._cancelled else [k for k in job._reserved if loaded.get(k)]
+        kept = set(good)
+        bad = [k for k in job._reserved if k not in kept]
+        finished = 0
+        if good:
+            results = self.l1.finish_write(good, handles=[job._handles.get(k) for k in good])
+            finished = sum(1 for r in results if r is OpResult.SUCCESS)
+        if bad:
+            self._abort(bad, job)
+        self.keys_loaded += finished
+        self._complete(job, 0 if job._cancelled else finished + len(job._existing))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -433,7 +499,7 @@ class PrefetchController:
             try:
                 if job._reserved:
                     self._abort(job._reserved, job)
-                if job._existing:
+                if job._existing and not job.warm:  # a warm job holds no read locks
                     self._release_reads(job._existing, job)
             finally:
                 for index, keys in job._l2_locks.items():

@@ -107,7 +107,9 @@ def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> WerkzeugResponse:
         response = exc.get_response()  # keeps headers such as Allow on a 405
-        body = json_error(exc.code or 500, _http_message(exc))
+        message = _http_message(exc)
+        # `detail` as FastAPI (LMCache's own servers, both generations) words it, for its clients.
+        body = json_error(exc.code or 500, message, detail=exc.name)
         response.set_data(body.get_data())
         response.content_type = "application/json"
         return response

@@ -128,7 +128,9 @@ def finish_request(trail: AuditTrail, response: WerkzeugResponse, *, required_sc
     notes: list[dict[str, Any]] = getattr(g, _PENDING, None) or []
     status = response.status_code
     denied = status in (401, 403) and getattr(g, "lmcache_auth_denied", False)
-    if not (request.method not in SAFE_METHODS or required_scope == "admin" or notes or denied):
+    # A POST that only reads (its scope is `read`) changes nothing and is not audited.
+    changes_state = request.method not in SAFE_METHODS and required_scope != "read"
+    if not (changes_state or required_scope == "admin" or notes or denied):
         return
     record = _base_record()
     started = getattr(g, _STARTED, None)

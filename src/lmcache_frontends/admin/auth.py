@@ -32,6 +32,24 @@ PROBE_RULES = frozenset({"/", "/healthcheck", "/api/healthcheck", "/readyz"})
 """Routes that stay open for load balancers and kubelet probes."""
 ADMIN_GET_RULES = frozenset({"/env", "/threads"})
 """Reads that expose process internals (environment, stacks) and so need the admin scope."""
+READ_POST_RULES = frozenset({"/cache/checksums"})
+"""Reads that take their arguments in a POST body (0.5.6's form of `GET /kvcache/check`)."""
+
+
+
+@dataclass(frozen=True)
+class ScopePolicy:
+    """Which routes an app leaves open, which reads need the admin scope, and which POSTs only
+    read (lookups a router sends with a read token). Another app (the coordinator) passes its own."""
+
+    probe_rules: frozenset[str] = PROBE_RULES
+    admin_get_rules: frozenset[str] = ADMIN_GET_RULES
+    read_post_rules: frozenset[str] = READ_POST_RULES
+    unaudited_rules: frozenset[str] = frozenset()
+    """High-rate machine traffic (heartbeats, event reports): audited only when refused."""
+
+
+DEFAULT_POLICY = ScopePolicy()
 
 EXTENSION_KEY = "lmcache.auth"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -182,16 +200,25 @@ def reload_token_files() -> list[str]:
     return lines
 
 
-def required_scope(rule: str | None, method: str, args: Mapping[str, Any], *, metrics_require_token: bool = False) -> str | None:
+def required_scope(
+    rule: str | None,
+    method: str,
+    args: Mapping[str, Any],
+    *,
+    metrics_require_token: bool = False,
+    policy: ScopePolicy = DEFAULT_POLICY,
+) -> str | None:
     """The scope a request needs: None for the open probes, `read` for reads, `admin` for
     everything that changes state and for reads of process internals. Unknown paths need
     `read` (GET) or `admin`, so a token-less caller cannot map the API by 404 vs 401."""
     safe = method in SAFE_METHODS
-    if safe and rule in PROBE_RULES:
+    if safe and rule in policy.probe_rules:
         return None
     if safe and rule == "/metrics":
         return READ if metrics_require_token else None
-    if not safe or rule in ADMIN_GET_RULES:
+    if method == "POST" and rule in policy.read_post_rules:
+        return READ
+    if not safe or rule in policy.admin_get_rules:
         return ADMIN
     if rule == "/loglevel" and "level" in args:  # GET /loglevel?level=... sets a level
         return ADMIN
@@ -216,9 +243,10 @@ def _unauthorized(message: str, error_code: str | None) -> WerkzeugResponse:
     return response
 
 
-def create_auth_blueprint(services: Any) -> Blueprint:
+def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -> Blueprint:
     """No routes: an app-wide hook that authenticates every request against the configured
-    tokens (none configured = all open) and writes one audit record per state-changing call."""
+    tokens (none configured = all open) and writes one audit record per state-changing call.
+    `policy` says which routes are probes and which POSTs only read."""
     bp = Blueprint("auth", __name__)
     config = services.config
     store = TokenStore.from_config(config)
@@ -228,7 +256,9 @@ def create_auth_blueprint(services: Any) -> Blueprint:
     def authenticate() -> WerkzeugResponse | None:
         audit_mod.begin_request()
         rule = request.url_rule.rule if request.url_rule is not None else None
-        scope = required_scope(rule, request.method, request.args, metrics_require_token=metrics_require_token)
+        scope = required_scope(
+            rule, request.method, request.args, metrics_require_token=metrics_require_token, policy=policy
+        )
         g.lmcache_required_scope = scope
         header = request.headers.get("Authorization")
         presented = _bearer(header)
@@ -255,6 +285,9 @@ def create_auth_blueprint(services: Any) -> Blueprint:
         return None
 
     def record(response: WerkzeugResponse) -> WerkzeugResponse:
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        if rule in policy.unaudited_rules and not getattr(g, "lmcache_auth_denied", False):
+            return response
         audit_mod.finish_request(trail, response, required_scope=getattr(g, "lmcache_required_scope", None))
         return response
 

@@ -1,4 +1,5 @@
-"""L2 management routes: `GET /l2/adapters`, `DELETE /l2`, `GET /l2/keys`."""
+"""L2 management routes of LMCache 0.5.0: `GET /l2/adapters`, `DELETE /l2`, `GET /l2/keys`, over
+the ObjectService that also answers 0.5.6's `/config/adapters` and `/cache/objects`."""
 
 from __future__ import annotations
 
@@ -7,27 +8,32 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from lmcache_core.errors import InvalidKeyError, NotFoundError
+from lmcache_core.cache_ops.objects import MAX_DELETE_BATCH, check_delete_batch
+from lmcache_core.errors import InvalidKeyError, InvalidRequestError, LMCacheError
 from lmcache_core.keys import ObjectKey
-from lmcache_core.l2.entry import L2AdapterEntry
 from lmcache_core.ports import ListingNotSupportedError
 from lmcache_frontends.admin.audit import audit
-from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.errors import (
+    cache_operations,
+    domain_error,
+    engine_not_initialized,
+    json_error,
+)
 from lmcache_frontends.admin.openapi import (
+    adapters_document,
     error_responses,
     json_body,
     json_response,
     obj,
+    page_schema,
     query_param,
 )
 from lmcache_frontends.admin.params import optional_model_name, optional_salt, single
 
 log = logging.getLogger(__name__)
 
-MAX_DELETE_BATCH = 10_000
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
-NO_L2_ADAPTERS = "no L2 adapters configured"
 
 # Field -> accepted JSON types of one EncodedObjectKey (shape checks give 422, invariants 400).
 _KEY_FIELDS: dict[str, tuple[type, ...]] = {
@@ -55,8 +61,7 @@ def parse_delete_body(body: Any) -> list[ObjectKey]:
     raw_keys = body.get("keys")
     if not isinstance(raw_keys, list):
         raise _BodyShapeError("body field 'keys' is required and must be a list")
-    if len(raw_keys) > MAX_DELETE_BATCH:
-        raise InvalidKeyError(f"too many keys in one request (limit={MAX_DELETE_BATCH}, got={len(raw_keys)})")
+    check_delete_batch(len(raw_keys))
     for i, raw in enumerate(raw_keys):
         if not isinstance(raw, dict):
             raise _BodyShapeError(f"keys[{i}] must be an object")
@@ -95,41 +100,30 @@ def create_l2_blueprint(services: Any) -> Blueprint:
     """Routes to enumerate L2 adapters, purge keys from one and list what one holds."""
     bp = Blueprint("l2", __name__)
 
-    def _select(storage: Any) -> L2AdapterEntry | Response:
-        if not storage.l2_adapters:
-            return json_error(503, NO_L2_ADAPTERS)
-        try:
-            selector = single(request.args, "adapter")
-        except InvalidKeyError as exc:
-            return json_error(400, str(exc))
-        try:
-            entry: L2AdapterEntry = storage.find_adapter(selector)
-        except NotFoundError as exc:
-            return json_error(404, str(exc))
-        return entry
-
     @bp.get("/l2/adapters")
     def l2_adapters() -> Response:
-        engine = services.engine
-        if engine is None:
+        ops = cache_operations(services)
+        if ops is None:
             return engine_not_initialized()
         return jsonify(
             adapters=[
-                {"index": e.index, "type_name": e.type_name, "primary": e.index == 0, "name": e.name}
-                for e in engine.storage.l2_adapters
+                {"index": a.index, "type_name": a.type_name, "primary": a.primary, "name": a.name}
+                for a in ops.objects.adapters()
             ]
         )
 
     @bp.delete("/l2")
     def delete_l2() -> Response:
-        engine = services.engine
-        if engine is None:
+        ops = cache_operations(services)
+        if ops is None:
             audit("l2-delete", "refused: engine not initialized")
             return engine_not_initialized()
-        selected = _select(engine.storage)
-        if isinstance(selected, Response):
-            audit("l2-delete", f"refused: {selected.status_code}", adapter=request.args.get("adapter"))
-            return selected
+        try:
+            selector = single(request.args, "adapter")
+            selected = ops.objects.adapter(selector)
+        except LMCacheError as exc:
+            audit("l2-delete", f"refused: {exc}", adapter=request.args.get("adapter"))
+            return domain_error(exc)
         body = request.get_json(silent=True)
         if body is None and request.get_data():
             audit("l2-delete", "rejected: invalid JSON body", adapter=selected.type_name)
@@ -139,31 +133,31 @@ def create_l2_blueprint(services: Any) -> Blueprint:
         except _BodyShapeError as exc:
             audit("l2-delete", "rejected", adapter=selected.type_name, reason=str(exc))
             return json_error(422, str(exc))
-        except InvalidKeyError as exc:
+        except (InvalidKeyError, InvalidRequestError) as exc:
             audit("l2-delete", "rejected", adapter=selected.type_name, reason=str(exc))
             return json_error(400, str(exc))
         response: dict[str, Any] = {"requested": len(keys), "adapter": selected.type_name}
-        try:
-            results = engine.storage.delete_from_l2(selected, keys)
-        except Exception as exc:
+        outcome = ops.objects.delete(keys, adapter=selector)
+        if not outcome.ok:
             # The documented contract: an adapter failure is a 200 with ok=false, not a 500.
-            log.warning("DELETE /l2 on %s failed: %s", selected.name, exc, exc_info=True)
-            audit("l2-delete", "failed", adapter=selected.type_name, requested=len(keys), reason=str(exc))
-            response.update(ok=False, error=str(exc) or type(exc).__name__)
+            log.warning("DELETE /l2 on %s failed: %s", selected.name, outcome.error)
+            audit("l2-delete", "failed", adapter=selected.type_name, requested=len(keys), reason=outcome.error)
+            response.update(ok=False, error=outcome.error)
             return jsonify(response)
-        deleted = sum(1 for ok in results if ok)
-        audit("l2-delete", "ok", adapter=selected.type_name, requested=len(keys), deleted=deleted)
-        response.update(ok=True, deleted=deleted)
+        audit("l2-delete", "ok", adapter=selected.type_name, requested=len(keys), deleted=outcome.l2_deleted)
+        response.update(ok=True, deleted=outcome.l2_deleted)
         return jsonify(response)
 
     @bp.get("/l2/keys")
     def l2_keys() -> Response:
-        engine = services.engine
-        if engine is None:
+        ops = cache_operations(services)
+        if ops is None:
             return engine_not_initialized()
-        selected = _select(engine.storage)
-        if isinstance(selected, Response):
-            return selected
+        try:
+            selector = single(request.args, "adapter")
+            selected = ops.objects.adapter(selector)
+        except LMCacheError as exc:
+            return domain_error(exc)
         try:
             page_size = _page_size(request.args)
         except _BodyShapeError as exc:
@@ -174,19 +168,14 @@ def create_l2_blueprint(services: Any) -> Blueprint:
             model_name = optional_model_name(request.args)
             cache_salt = optional_salt(request.args)
             page_token = single(request.args, "page_token") or None
-        except InvalidKeyError as exc:
-            return json_error(400, str(exc))
-        try:
-            page = selected.adapter.list_keys(page_size, page_token, model_name=model_name, cache_salt=cache_salt)
+            page = ops.objects.list_objects(
+                selector, page_size=page_size, page_token=page_token, model_name=model_name, cache_salt=cache_salt
+            )
         except ListingNotSupportedError as exc:
             return json_error(501, f"L2 adapter {selected.type_name!r} does not support listing: {exc}")
-        except ValueError as exc:  # a page token the adapter did not issue
-            return json_error(400, f"invalid page_token: {exc}")
-        sizes = getattr(page, "sizes", None)
-        entries = [
-            {"key": key.to_json(), "size_bytes": sizes[i] if sizes is not None and i < len(sizes) else None}
-            for i, key in enumerate(page.keys)
-        ]
+        except LMCacheError as exc:
+            return domain_error(exc)
+        entries = [{"key": key.to_json(), "size_bytes": size} for key, size in page.entries]
         return jsonify(adapter=selected.type_name, entries=entries, next_page_token=page.next_page_token)
 
     bp.openapi = _OPENAPI  # type: ignore[attr-defined]
@@ -195,7 +184,7 @@ def create_l2_blueprint(services: Any) -> Blueprint:
 
 # ---------------------------------------------------------------------- OpenAPI
 
-_ENCODED_KEY = obj(
+ENCODED_KEY_SCHEMA = obj(
     {
         "chunk_hash_hex": {"type": "string", "description": "Chunk hash, lowercase hex, even length"},
         "model_name": {"type": "string", "description": "Non-empty, no `@`"},
@@ -205,6 +194,17 @@ _ENCODED_KEY = obj(
     },
     required=_REQUIRED_KEY_FIELDS,
 )
+PAGE_PARAMS = [
+    query_param("model_name", "Only keys of this model"),
+    query_param("cache_salt", "Only keys of this tenant (`_default` = the empty salt)"),
+    query_param(
+        "page_size",
+        f"Entries per page, 1..{MAX_PAGE_SIZE}",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
+    ),
+    query_param("page_token", "Opaque cursor from the previous page's next_page_token"),
+]
+"""The filters and paging of an L2 listing (`GET /l2/keys`, `GET /cache/objects`)."""
 _ADAPTER_PARAM = query_param("adapter", "Adapter selector: type_name (or name / kind) from GET /l2/adapters; default: the primary")
 
 _OPENAPI: dict[str, Any] = {
@@ -215,20 +215,8 @@ _OPENAPI: dict[str, Any] = {
             "responses": {
                 "200": json_response(
                     "Adapters (an empty list when none is configured)",
-                    obj(
-                        {
-                            "adapters": {
-                                "type": "array",
-                                "items": obj(
-                                    {
-                                        "index": {"type": "integer"},
-                                        "type_name": {"type": "string"},
-                                        "primary": {"type": "boolean"},
-                                        "name": {"type": "string"},
-                                    }
-                                ),
-                            }
-                        }
+                    adapters_document(
+                        type_name={"type": "string"}, primary={"type": "boolean"}, name={"type": "string"}
                     ),
                 ),
                 **error_responses(503),
@@ -241,7 +229,7 @@ _OPENAPI: dict[str, Any] = {
             "tags": ["l2"],
             "parameters": [_ADAPTER_PARAM],
             "requestBody": json_body(
-                obj({"keys": {"type": "array", "maxItems": MAX_DELETE_BATCH, "items": _ENCODED_KEY}}, extra=False)
+                obj({"keys": {"type": "array", "maxItems": MAX_DELETE_BATCH, "items": ENCODED_KEY_SCHEMA}}, extra=False)
             ),
             "responses": {
                 "200": json_response(
@@ -265,31 +253,9 @@ _OPENAPI: dict[str, Any] = {
         "get": {
             "summary": "One page of the keys resident in one L2 adapter",
             "tags": ["l2"],
-            "parameters": [
-                _ADAPTER_PARAM,
-                query_param("model_name", "Only keys of this model"),
-                query_param("cache_salt", "Only keys of this tenant (`_default` = the empty salt)"),
-                query_param(
-                    "page_size",
-                    f"Entries per page, 1..{MAX_PAGE_SIZE}",
-                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
-                ),
-                query_param("page_token", "Opaque cursor from the previous page's next_page_token"),
-            ],
+            "parameters": [_ADAPTER_PARAM, *PAGE_PARAMS],
             "responses": {
-                "200": json_response(
-                    "One page",
-                    obj(
-                        {
-                            "adapter": {"type": "string"},
-                            "entries": {
-                                "type": "array",
-                                "items": obj({"key": _ENCODED_KEY, "size_bytes": {"type": "integer", "nullable": True}}),
-                            },
-                            "next_page_token": {"type": "string", "nullable": True},
-                        }
-                    ),
-                ),
+                "200": json_response("One page", page_schema(ENCODED_KEY_SCHEMA)),
                 **error_responses(400, 404, 422, 501, 503),
             },
         }

@@ -42,6 +42,33 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+DETAIL_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail", "error"],
+    "properties": {
+        "detail": {
+            "description": "LMCache 0.5.6's field: a message, or (422) a list of problems",
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string"},
+                            "loc": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}},
+                            "msg": {"type": "string"},
+                            "input": {},
+                        },
+                    },
+                },
+            ],
+        },
+        "error": {"type": "string"},
+    },
+}
+
+
 def rule_to_openapi_path(rule: str) -> str:
     """`/quota/<salt>` or `/x/<path:rest>` -> `/quota/{salt}`, `/x/{rest}`."""
     return _RULE_PARAM_RE.sub(r"{\1}", rule)
@@ -73,6 +100,32 @@ def error_responses(*codes: int, **schemas: Mapping[str, Any]) -> dict[str, Any]
         schema = schemas.get(f"e{code}", ERROR_SCHEMA)
         out[str(code)] = json_response(_REASONS.get(code, "Error"), schema)
     return out
+
+
+TIER_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["l1", "l2", "all"]}
+"""A `tier` of LMCache 0.5.6's bodies and queries."""
+
+
+def adapters_document(**item: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"adapters": [{index, <item fields>}]}`: an adapter inventory's answer."""
+    return obj({"adapters": {"type": "array", "items": obj({"index": {"type": "integer"}, **item})}})
+
+
+def page_schema(key: Mapping[str, Any], **extra: Mapping[str, Any]) -> dict[str, Any]:
+    """One page of an L2 listing: `adapter`, `extra` fields, `entries` and `next_page_token`."""
+    return obj(
+        {
+            "adapter": {"type": "string"},
+            **extra,
+            "entries": {"type": "array", "items": obj({"key": key, "size_bytes": {"type": "integer", "nullable": True}})},
+            "next_page_token": {"type": "string", "nullable": True},
+        }
+    )
+
+
+def detail_error_responses(*codes: int) -> dict[str, Any]:
+    """Error responses of LMCache 0.5.6's routes: `detail` (and `error`) for every code."""
+    return error_responses(*codes, **{f"e{code}": DETAIL_ERROR_SCHEMA for code in codes})
 
 
 def query_param(name: str, description: str, schema: Mapping[str, Any] | None = None, *, required: bool = False) -> dict[str, Any]:

@@ -1,25 +1,48 @@
-"""Runtime L2 reconfiguration routes: `GET /reconfigure/backends`, `GET /reconfigure/<backend>/status`,
-`POST /reconfigure/<backend>/<operation>` over adapters with `reconfigure_status()` /
-`apply_reconfiguration(operation, body)` (the dax adapter)."""
+"""Runtime reconfiguration routes of both generations over the ReconfigureService:
+
+- LMCache 0.5.0: `GET /reconfigure/backends`, `GET /reconfigure/<backend>/status`,
+  `POST /reconfigure/<backend>/<operation>`;
+- LMCache 0.5.6: `GET /reconfigure/<backend>/l2/status`, `POST /reconfigure/<backend>/l2/<operation>`,
+  and the L1-on-Device-DAX routes `GET /reconfigure/dax/l1/status`,
+  `POST /reconfigure/dax/l1/add|remove`.
+
+L1 of this server lives in POSIX shared memory (CPU engines map it by name), never on a DAX
+device, so the L1 routes answer as a 0.5.6 server whose L1 is not DAX-backed: the body is
+validated as there, then 409."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from lmcache_core.errors import ConfigError, LMCacheError
-from lmcache_core.l2.entry import L2AdapterEntry
+from lmcache_adapters.l2.dax import InvalidSizeError, parse_size
+from lmcache_core.cache_ops.reconfigure import ReconfigurableAdapter, normalize
+from lmcache_core.errors import ConfigError, InvalidRequestError, LMCacheError, NotFoundError
 from lmcache_frontends.admin.audit import audit
-from lmcache_frontends.admin.errors import engine_not_initialized, json_error, status_for
+from lmcache_frontends.admin.errors import (
+    cache_operations,
+    engine_not_initialized,
+    json_error,
+    status_for,
+)
 from lmcache_frontends.admin.openapi import (
+    detail_error_responses,
     error_responses,
     json_body,
     json_response,
     obj,
     path_param,
+)
+from lmcache_frontends.admin.wire import (
+    BodyInvalid,
+    Field,
+    parse_model_body,
+    parse_object_body,
+    validate_model,
 )
 
 log = logging.getLogger(__name__)
@@ -28,26 +51,31 @@ log = logging.getLogger(__name__)
 # that fails validation, which the reference (pydantic) answers with 422.
 _BAD_VALUE_ERRORS = ("InvalidSizeError", "UnsupportedOperationError")
 
+SIZE_ERROR = "size must be a positive integer byte count or a string like '100GiB'"
+L1_NOT_DAX = "L1 is not Device-DAX backed (--l1-devdax-path not set)"
+"""0.5.6's answer (409) on its L1 DAX routes when L1 is not on a DAX device: always, here."""
 
-def _reconfigurable(entry: L2AdapterEntry) -> Any | None:
-    # A serde wrapper keeps the wrapped adapter's backend: look through it.
-    for candidate in (entry.adapter, getattr(entry.adapter, "inner", None)):
-        if candidate is not None and callable(getattr(candidate, "reconfigure_status", None)) and callable(
-            getattr(candidate, "apply_reconfiguration", None)
-        ):
-            return candidate
-    return None
-
-
-def reconfigurable_adapters(storage: Any) -> dict[str, list[tuple[L2AdapterEntry, Any]]]:
-    """Backend string -> its runtime-manageable adapters, in configuration order."""
-    out: dict[str, list[tuple[L2AdapterEntry, Any]]] = {}
-    for entry in storage.l2_adapters:
-        target = _reconfigurable(entry)
-        if target is not None:
-            backend = str(getattr(target, "kind", entry.type_name)).strip().lower()
-            out.setdefault(backend, []).append((entry, target))
-    return out
+_DAX_L2_FIELDS: dict[str, tuple[Field, ...]] = {
+    "add": (Field("adapter_index", "int", default=0), Field("device_path", "str"), Field("size", "strict_int_or_str")),
+    "remove": (
+        Field("adapter_index", "int", default=0),
+        Field("device_path", "str"),
+        Field("mode", "literal", default="migrate", choices=("migrate", "evict", "drain")),
+        Field("force", "bool", default=False),
+    ),
+    "resize": (
+        Field("adapter_index", "int", default=0),
+        Field("device_path", "str"),
+        Field("size", "strict_int_or_str"),
+        Field("mode", "literal", default="migrate", choices=("migrate", "evict")),
+        Field("force", "bool", default=False),
+    ),
+}
+_GENERIC_L2_FIELDS = (Field("adapter_index", "int", default=0),)
+_L1_FIELDS = {
+    "add": (Field("device_path", "str"), Field("size", "strict_int_or_str")),
+    "remove": (Field("device_path", "str"), Field("mode", "enum", default="drain", choices=("drain",))),
+}
 
 
 def _status_for_reconfigure_error(exc: LMCacheError) -> int:
@@ -56,42 +84,72 @@ def _status_for_reconfigure_error(exc: LMCacheError) -> int:
     return status_for(exc) or 500
 
 
+def _error_response(exc: LMCacheError) -> Response:
+    status = _status_for_reconfigure_error(exc)
+    if status >= 500:
+        log.error("reconfiguration failed", exc_info=exc)
+        return json_error(status, "internal error" if status == 500 else str(exc))
+    return json_error(status, str(exc))
+
+
+def _status_document(ops: Any, backend: str) -> dict[str, Any]:
+    adapters = ops.reconfigure.status(backend)
+    return {"enabled": bool(adapters), "backend": normalize(backend, "backend"), "num_adapters": len(adapters), "adapters": adapters}
+
+
+def _dax_l2_payload(operation: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """0.5.6's dax L2 body checks: (adapter_index, the adapter's payload). BodyInvalid (422) for
+    a body that fails validation, InvalidSizeError for a bad size, InvalidRequestError for an
+    operation dax does not know (both 400)."""
+    fields = _DAX_L2_FIELDS.get(operation)
+    if fields is None:
+        raise InvalidRequestError(f"unsupported dax reconfigure operation: {operation}")
+    parsed = validate_model(fields, body)
+    payload = {k: v for k, v in parsed.items() if k != "adapter_index"}
+    if "size" in payload:
+        payload["size"] = parse_size(payload["size"])
+    return parsed["adapter_index"], payload
+
+
 def create_reconfigure_blueprint(services: Any) -> Blueprint:
     """Routes that change an L2 adapter's devices while the server runs."""
     bp = Blueprint("reconfigure", __name__)
 
+    def apply(target: ReconfigurableAdapter, name: str, op: str, payload: Mapping[str, Any]) -> Response:
+        try:
+            result = cache_operations(services).reconfigure.apply(target, op, payload)
+        except LMCacheError as exc:
+            status = _status_for_reconfigure_error(exc)
+            audit("reconfigure", f"failed: {status}", backend=name, operation=op, adapter=target.entry.name, reason=str(exc))
+            return _error_response(exc)
+        audit("reconfigure", "ok", backend=name, operation=op, adapter=target.entry.name, body=dict(payload))
+        return jsonify(result)
+
+    # -- LMCache 0.5.0 ------------------------------------------------------------------------
+
     @bp.get("/reconfigure/backends")
     def backends() -> Response:
-        engine = services.engine
-        if engine is None:
+        ops = cache_operations(services)
+        if ops is None:
             return engine_not_initialized()
-        names = list(reconfigurable_adapters(engine.storage))
+        names = list(ops.reconfigure.backends())
         return jsonify(enabled=bool(names), num_backends=len(names), backends=names)
 
     @bp.get("/reconfigure/<backend>/status")
     def backend_status(backend: str) -> Response:
-        engine = services.engine
-        if engine is None:
+        ops = cache_operations(services)
+        if ops is None:
             return engine_not_initialized()
-        name = backend.strip().lower()
-        if not name:
+        try:
+            return jsonify(_status_document(ops, backend))
+        except InvalidRequestError:
             return json_error(400, "backend must not be empty")
-        adapters = []
-        for local_index, (entry, target) in enumerate(reconfigurable_adapters(engine.storage).get(name, [])):
-            try:
-                report = dict(target.reconfigure_status())
-            except Exception as exc:  # one broken adapter must not hide the others
-                log.warning("reconfigure_status of %s failed: %s", entry.name, exc, exc_info=True)
-                report = {"is_healthy": False, "error": str(exc) or type(exc).__name__}
-            head = {"adapter_index": local_index, "name": entry.name, "l2_index": entry.index}
-            adapters.append({**head, **{k: v for k, v in report.items() if k not in head}})
-        return jsonify(enabled=bool(adapters), backend=name, num_adapters=len(adapters), adapters=adapters)
 
     @bp.post("/reconfigure/<backend>/<operation>")
-    def apply(backend: str, operation: str) -> Response:
+    def apply_v1(backend: str, operation: str) -> Response:
         name, op = backend.strip().lower(), operation.strip().lower()
-        engine = services.engine
-        if engine is None:
+        ops = cache_operations(services)
+        if ops is None:
             audit("reconfigure", "refused: engine not initialized", backend=name, operation=op)
             return engine_not_initialized()
         if not name or not op:
@@ -110,24 +168,93 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             audit("reconfigure", "rejected", backend=name, operation=op, reason="bad adapter_index")
             return json_error(422, f"adapter_index must be a non-negative integer, got {index!r}")
-        adapters = reconfigurable_adapters(engine.storage).get(name, [])
-        if index >= len(adapters):
-            audit("reconfigure", "rejected", backend=name, operation=op, reason="adapter_index out of range")
-            return json_error(
-                404, f"adapter_index {index} out of range for backend {name!r} ({len(adapters)} adapter(s))"
-            )
-        entry, target = adapters[index]
         try:
-            result = target.apply_reconfiguration(op, body)
-        except LMCacheError as exc:
-            status = _status_for_reconfigure_error(exc)
-            audit("reconfigure", f"failed: {status}", backend=name, operation=op, adapter=entry.name, reason=str(exc))
-            if status >= 500:
-                log.error("reconfigure %s/%s failed", name, op, exc_info=exc)
-                return json_error(status, "internal error" if status == 500 else str(exc))
-            return json_error(status, str(exc))
-        audit("reconfigure", "ok", backend=name, operation=op, adapter=entry.name, body=body)
-        return jsonify(result)
+            target = ops.reconfigure.resolve(name, index)
+        except NotFoundError as exc:
+            audit("reconfigure", "rejected", backend=name, operation=op, reason="adapter_index out of range")
+            return json_error(404, str(exc))
+        return apply(target, name, op, body)
+
+    # -- LMCache 0.5.6: L2 --------------------------------------------------------------------
+
+    @bp.get("/reconfigure/<backend>/l2/status")
+    def l2_status(backend: str) -> Response:
+        ops = cache_operations(services)
+        if ops is None:
+            return engine_not_initialized()
+        try:
+            return jsonify(_status_document(ops, backend))
+        except InvalidRequestError as exc:
+            return json_error(400, str(exc))
+
+    @bp.post("/reconfigure/<backend>/l2/<operation>")
+    def l2_apply(backend: str, operation: str) -> Response:
+        try:
+            body = parse_object_body()
+        except BodyInvalid as exc:
+            audit("reconfigure", "rejected", backend=backend, operation=operation, reason=str(exc))
+            return exc.response()
+        ops = cache_operations(services)
+        if ops is None:
+            audit("reconfigure", "refused: engine not initialized", backend=backend, operation=operation)
+            return engine_not_initialized()
+        try:
+            name, op = normalize(backend, "backend"), normalize(operation, "operation")
+            if name == "dax":
+                index, payload = _dax_l2_payload(op, body)
+            else:
+                index = validate_model(_GENERIC_L2_FIELDS, {"adapter_index": body.get("adapter_index", 0)})["adapter_index"]
+                payload = {k: v for k, v in body.items() if k != "adapter_index"}
+        except BodyInvalid as exc:
+            audit("reconfigure", "rejected", backend=backend, operation=operation, reason=str(exc))
+            return exc.response()
+        except InvalidSizeError:
+            audit("reconfigure", "rejected", backend=backend, operation=operation, reason=SIZE_ERROR)
+            return json_error(400, SIZE_ERROR)
+        except InvalidRequestError as exc:
+            audit("reconfigure", "rejected", backend=backend, operation=operation, reason=str(exc))
+            return json_error(400, str(exc))
+        try:
+            target = ops.reconfigure.resolve(name, index)
+        except NotFoundError:
+            audit("reconfigure", "rejected", backend=name, operation=op, reason="adapter not found")
+            return json_error(404, f"{name} adapter not found")
+        return apply(target, name, op, payload)
+
+    # -- LMCache 0.5.6: L1 on Device-DAX --------------------------------------------------------
+
+    @bp.get("/reconfigure/dax/l1/status")
+    def l1_status() -> Response:
+        if cache_operations(services) is None:
+            return engine_not_initialized()
+        return json_error(409, L1_NOT_DAX)
+
+    def l1_refusal(operation: str) -> Response:
+        # 0.5.6's order: the body (422), the engine (503), the size (400), then L1's state (409).
+        try:
+            body = parse_model_body(_L1_FIELDS[operation])
+        except BodyInvalid as exc:
+            audit("reconfigure-l1", "rejected", operation=operation, reason=str(exc))
+            return exc.response()
+        if cache_operations(services) is None:
+            audit("reconfigure-l1", "refused: engine not initialized", operation=operation)
+            return engine_not_initialized()
+        try:
+            if "size" in body:
+                parse_size(body["size"])
+        except InvalidSizeError:
+            audit("reconfigure-l1", "rejected", operation=operation, reason=SIZE_ERROR)
+            return json_error(400, SIZE_ERROR)
+        audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation=operation, device_path=body["device_path"])
+        return json_error(409, L1_NOT_DAX)
+
+    @bp.post("/reconfigure/dax/l1/add")
+    def l1_add() -> Response:
+        return l1_refusal("add")
+
+    @bp.post("/reconfigure/dax/l1/remove")
+    def l1_remove() -> Response:
+        return l1_refusal("remove")
 
     bp.openapi = _OPENAPI  # type: ignore[attr-defined]
     return bp
@@ -142,6 +269,29 @@ _SIZE = {
         {"type": "string", "description": 'A base-1024 size such as "100GiB", "512MiB", "4096"'},
     ]
 }
+_STATUS_DOCUMENT = obj(
+    {
+        "enabled": {"type": "boolean"},
+        "backend": {"type": "string"},
+        "num_adapters": {"type": "integer"},
+        "adapters": {
+            "type": "array",
+            "items": obj({"adapter_index": {"type": "integer"}}),
+        },
+    }
+)
+_OPERATION_BODY = {
+    "type": "object",
+    "description": "Backend- and operation-specific; dax bodies reject unknown fields.",
+    "properties": {
+        "adapter_index": {"type": "integer", "minimum": 0, "default": 0},
+        "device_path": {"type": "string"},
+        "size": _SIZE,
+        "mode": {"type": "string", "enum": ["migrate", "evict", "drain"]},
+        "force": {"type": "boolean", "default": False},
+    },
+}
+_L1_NOT_DAX_409 = {"409": json_response(f"Always here: `{L1_NOT_DAX}`", obj({"error": {"type": "string"}}))}
 
 _OPENAPI: dict[str, Any] = {
     "/reconfigure/backends": {
@@ -169,20 +319,7 @@ _OPENAPI: dict[str, Any] = {
             "tags": ["reconfigure"],
             "parameters": [_BACKEND],
             "responses": {
-                "200": json_response(
-                    "Adapters (`enabled: false` and none for an unknown backend)",
-                    obj(
-                        {
-                            "enabled": {"type": "boolean"},
-                            "backend": {"type": "string"},
-                            "num_adapters": {"type": "integer"},
-                            "adapters": {
-                                "type": "array",
-                                "items": obj({"adapter_index": {"type": "integer"}}),
-                            },
-                        }
-                    ),
-                ),
+                "200": json_response("Adapters (`enabled: false` and none for an unknown backend)", _STATUS_DOCUMENT),
                 **error_responses(400, 503),
             },
         }
@@ -195,25 +332,67 @@ _OPENAPI: dict[str, Any] = {
                 _BACKEND,
                 path_param("operation", "dax: `add`, `remove`, `resize` or `status`; case-insensitive"),
             ],
-            "requestBody": json_body(
-                {
-                    "type": "object",
-                    "description": "Backend- and operation-specific; dax bodies reject unknown fields.",
-                    "properties": {
-                        "adapter_index": {"type": "integer", "minimum": 0, "default": 0},
-                        "device_path": {"type": "string"},
-                        "path": {"type": "string", "description": "Alias of device_path"},
-                        "size": _SIZE,
-                        "mode": {"type": "string", "enum": ["migrate", "evict", "drain"]},
-                        "force": {"type": "boolean", "default": False},
-                    },
-                },
-                required=False,
-            ),
+            "requestBody": json_body(_OPERATION_BODY, required=False),
             "responses": {
                 "200": json_response("The adapter's result", {"type": "object"}),
                 **error_responses(400, 403, 404, 409, 413, 422, 503),
             },
+        }
+    },
+    "/reconfigure/{backend}/l2/status": {
+        "get": {
+            "summary": "The runtime-manageable L2 adapters of one backend (LMCache 0.5.6)",
+            "tags": ["reconfigure"],
+            "parameters": [path_param("backend", "A `type_name` of GET /config/adapters whose `reconfigurable` is true")],
+            "responses": {
+                "200": json_response("Adapters (`enabled: false` and none for an unknown backend)", _STATUS_DOCUMENT),
+                **error_responses(400, 503),
+            },
+        }
+    },
+    "/reconfigure/{backend}/l2/{operation}": {
+        "post": {
+            "summary": "Apply one operation to an L2 adapter of a backend (LMCache 0.5.6; dax: add, remove, resize)",
+            "tags": ["reconfigure"],
+            "parameters": [
+                path_param("backend", "A `type_name` of GET /config/adapters whose `reconfigurable` is true"),
+                path_param("operation", "dax: `add`, `remove` or `resize`; case-insensitive"),
+            ],
+            "requestBody": json_body(_OPERATION_BODY),
+            "responses": {
+                "200": json_response("The adapter's result", {"type": "object"}),
+                **error_responses(400, 403, 404, 409, 413, 503),
+                **detail_error_responses(422),
+            },
+        }
+    },
+    "/reconfigure/dax/l1/status": {
+        "get": {
+            "summary": "Device-DAX L1 arenas (LMCache 0.5.6); L1 here is shared memory, never DAX",
+            "tags": ["reconfigure"],
+            "responses": {**_L1_NOT_DAX_409, **error_responses(503)},
+        }
+    },
+    "/reconfigure/dax/l1/add": {
+        "post": {
+            "summary": "Add a Device-DAX device to L1 (LMCache 0.5.6); refused here, L1 is not on DAX",
+            "tags": ["reconfigure"],
+            "requestBody": json_body(obj({"device_path": {"type": "string"}, "size": _SIZE}, extra=False)),
+            "responses": {**_L1_NOT_DAX_409, **error_responses(400, 413, 503), **detail_error_responses(422)},
+        }
+    },
+    "/reconfigure/dax/l1/remove": {
+        "post": {
+            "summary": "Remove a Device-DAX device from L1 (LMCache 0.5.6); refused here, L1 is not on DAX",
+            "tags": ["reconfigure"],
+            "requestBody": json_body(
+                obj(
+                    {"device_path": {"type": "string"}, "mode": {"type": "string", "enum": ["drain"], "default": "drain"}},
+                    required=["device_path"],
+                    extra=False,
+                )
+            ),
+            "responses": {**_L1_NOT_DAX_409, **error_responses(413, 503), **detail_error_responses(422)},
         }
     },
 }

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from lmcache_core.status import safe_report
 from lmcache_frontends import version
-from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.config import config_response
+from lmcache_frontends.admin.errors import engine_not_initialized
 from lmcache_frontends.admin.openapi import STATUS_OPENAPI
-
-CONFIGS_NOT_INITIALIZED = "configs not initialized"
 
 
 def create_status_blueprint(services: Any) -> Blueprint:
@@ -31,12 +29,7 @@ def create_status_blueprint(services: Any) -> Blueprint:
 
     @bp.get("/conf")
     def conf() -> Response:
-        config = getattr(services, "config", None)
-        if config is None:
-            return json_error(503, CONFIGS_NOT_INITIALIZED)
-        # The reference returns one indented document; keep that for people reading it raw.
-        text = json.dumps(config.to_public_dict(), indent=2, default=current_app.json.default)  # type: ignore[attr-defined]
-        return Response(text + "\n", mimetype="application/json")
+        return config_response(services, http_section=False)
 
     @bp.get("/version")
     def combined_version() -> Response:

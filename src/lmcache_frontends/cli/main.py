@@ -53,6 +53,18 @@ def _run_server(namespace: argparse.Namespace) -> int:
     return main_from_namespace(namespace, prog="lmcache server", reexec_args=reexec)
 
 
+def _configure_coordinator(parser: argparse.ArgumentParser) -> None:
+    from lmcache_frontends.coordinator.config import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_coordinator(namespace: argparse.Namespace) -> int:
+    from lmcache_frontends.coordinator.main import run_namespace
+
+    return run_namespace(namespace)
+
+
 def _configure_status(parser: argparse.ArgumentParser) -> None:
     from lmcache_frontends.cli.commands import configure_status
 
@@ -63,6 +75,12 @@ def _configure_common(parser: argparse.ArgumentParser) -> None:
     from lmcache_frontends.cli.commands import add_common_options
 
     add_common_options(parser)
+
+
+def _configure_kvcache_target(parser: argparse.ArgumentParser) -> None:
+    # LMCache 0.5.6 spells these `describe kvcache` / `ping kvcache`: accept its spelling too.
+    parser.add_argument("target", nargs="?", choices=("kvcache",), help="what to ask (LMCache 0.5.6 spelling; optional)")
+    _configure_common(parser)
 
 
 def _configure_quota(parser: argparse.ArgumentParser) -> None:
@@ -95,9 +113,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         # Suppressed defaults let the server tell explicit flags from env vars and files.
         argument_default=argparse.SUPPRESS,
     ),
+    Subcommand(
+        "coordinator",
+        "run the fleet coordinator (membership, cache events, quotas, key directory, routing scores)",
+        _configure_coordinator,
+        _run_coordinator,
+        argument_default=argparse.SUPPRESS,
+    ),
     Subcommand("status", "show the server's status tree (--json for the raw document)", _configure_status, _runner("RUN_STATUS")),
-    Subcommand("describe", "a one-screen summary of the server", _configure_common, _runner("RUN_DESCRIBE")),
-    Subcommand("ping", "check health and round-trip time", _configure_common, _runner("RUN_PING")),
+    Subcommand("describe", "a one-screen summary of the server", _configure_kvcache_target, _runner("RUN_DESCRIBE")),
+    Subcommand("ping", "check health and round-trip time", _configure_kvcache_target, _runner("RUN_PING")),
     Subcommand("quota", "per-cache_salt budgets: set | get | delete | list", _configure_quota, _runner("RUN_QUOTA")),
     Subcommand(
         "kvcache",

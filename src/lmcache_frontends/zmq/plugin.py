@@ -1,4 +1,4 @@
-"""Registers the ZeroMQ data path and `GET /kvcache/check` through the frontend hook."""
+"""Registers the ZeroMQ data path through the frontend hook."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ def create_zmq_server(services: Any) -> Any:
     """The data-path server for `services` (started by the composition root)."""
     from lmcache_core.clients import ClientLimits
     from lmcache_frontends.zmq.curve import load_curve_config
+    from lmcache_frontends.zmq.kv_caches import DataPathKVCaches
     from lmcache_frontends.zmq.server import ZmqDataPathServer
 
     config = services.config
     if services.engine is None or services.memory_pool is None:
         raise RuntimeError("the ZeroMQ data path needs a started engine and L1 pool")
-    return ZmqDataPathServer(
+    server = ZmqDataPathServer(
         services.engine,
         services.memory_pool,
         clock=services.clock,
@@ -41,15 +42,11 @@ def create_zmq_server(services: Any) -> Any:
             max_pending_write_bytes_per_client=config.max_pending_write_bytes_per_client or None,
         ),
     )
-
-
-def create_kvcache_check(services: Any) -> Any:
-    from lmcache_frontends.zmq.check import create_kvcache_check_blueprint
-
-    return create_kvcache_check_blueprint(services)
+    # Its registrations answer the admin operations (checksums, warm prefetch) through the engine.
+    services.engine.kv_caches.add_source(DataPathKVCaches(server))
+    return server
 
 
 @hookimpl
 def lmcache_register_frontends(registry: FrontendRegistry) -> None:
     registry.add_server("zmq", create_zmq_server)
-    registry.add_http_routes("kvcache_check", create_kvcache_check)

@@ -54,6 +54,7 @@ from lmcache_core.ratelimit import LogRateLimiter
 from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
 from lmcache_frontends.zmq.curve import CurveConfig, apply_server_curve, start_authenticator
 from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
+from lmcache_frontends.zmq.kv_caches import registration_report
 from lmcache_frontends.zmq.protocol import (
     EXT_DEVICE_IPC_WRAPPER,
     KEY_FIRST_TYPES,
@@ -1013,7 +1014,7 @@ class ZmqDataPathServer:
             "registered_gpu_ids": sorted({iid for (_, iid), i in regs if i.mode == "lmcache_driven"}),
             "cache_context_meta": {
                 name(client, iid): (
-                    i.layout.describe()
+                    {**i.layout.describe(), **registration_report(i.model_name, i.world_size, i.layout)}
                     if i.layout is not None
                     else {"mode": "engine_driven", "model_name": i.model_name, "world_size": i.world_size,
                           "object_shape": i.slot_shape, "dtype": i.dtype_str, "object_size": i.object_size}

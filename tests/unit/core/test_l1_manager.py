@@ -331,6 +331,33 @@ def test_delete_results(l1: L1Manager, pool: BytearrayMemoryPool) -> None:
     assert pool.used_bytes == 2 * SLOT
 
 
+def test_forced_delete_removes_locked_objects_and_frees_their_memory_when_the_locks_go(
+    l1: L1Manager, pool: BytearrayMemoryPool, events: Recorder
+) -> None:
+    store(l1, [key(1), key(2)])
+    writer = l1.reserve_write([key(3)], [SLOT])[0][1]
+    l1.reserve_read([key(2)])
+    assert l1.delete([key(1), key(2), key(3), key(4)], force=True) == [OK, OK, OK, OpResult.KEY_NOT_EXIST]
+    assert l1.object_count() == 0
+    assert events.events[-1] == ("removed", [key(2), key(3)], [SLOT, SLOT], "delete")
+    # Memory of the locked ones is not handed out again while their holders use it.
+    assert pool.used_bytes == 2 * SLOT
+    fresh = l1.reserve_write([key(5)], [SLOT])[0][1]
+    assert fresh is not None and writer is not None and not overlaps(fresh, writer)
+    assert l1.finish_read([key(2)]) == [OpResult.KEY_NOT_EXIST]
+    assert l1.finish_write([key(3)]) == [OpResult.KEY_NOT_EXIST]
+    assert pool.used_bytes == SLOT  # only key(5)
+    # A key whose old memory is still being read can be written again at once, into other
+    # memory (issue 19: a forced removal never leaves a key unstorable).
+    assert l1.finish_write([key(5)]) == [OK]
+    [(_, reading)] = l1.reserve_read([key(5)])
+    l1.delete([key(5)], force=True)
+    [(status, newer)] = l1.reserve_write([key(5)], [SLOT])
+    assert status is OK and newer is not None and reading is not None and not overlaps(newer, reading)
+    assert l1.finish_read([key(5)], handles=[reading]) == [OpResult.KEY_NOT_EXIST]
+    assert l1.finish_write([key(5)], handles=[newer]) == [OK]
+
+
 def test_touch(l1: L1Manager, events: Recorder) -> None:
     store(l1, [key(1)])
     assert l1.touch([key(1), key(2)]) == [OK, OpResult.KEY_NOT_EXIST]

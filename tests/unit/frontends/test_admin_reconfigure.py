@@ -102,3 +102,43 @@ def test_routes_are_503_while_starting(dax: Any) -> None:
             assert response.status_code == 503
     finally:
         services.engine = engine
+
+
+# --------------------------------------------------------------------------- LMCache 0.5.6's routes
+
+
+def test_the_0_5_6_routes_reconfigure_the_same_adapters(dax: Any) -> None:
+    _, client, tmp = dax
+    assert client.get("/reconfigure/dax/l2/status").get_json() == client.get("/reconfigure/dax/status").get_json()
+    inventory = client.get("/config/adapters").get_json()["adapters"]
+    assert [(a["type_name"], a["reconfigurable"]) for a in inventory] == [("mock", False), ("dax", True)]
+    path = str(tmp / "d1")
+    added = client.post("/reconfigure/dax/l2/add", json={"adapter_index": 0, "device_path": path, "size": f"{size(4)}b"})
+    assert added.status_code == 200 and added.get_json()["operation"] == "add", added.get_json()
+    resized = client.post("/reconfigure/DAX/l2/resize", json={"device_path": path, "size": size(6)})
+    assert resized.status_code == 200 and resized.get_json()["new_size_bytes"] == size(6)
+    removed = client.post("/reconfigure/dax/l2/remove", json={"device_path": path, "mode": "evict"})
+    assert removed.status_code == 200 and removed.get_json()["state"] == "removed"
+    # The adapter's own refusals come through unchanged (here: its last active device).
+    last = client.post("/reconfigure/dax/l2/remove", json={"device_path": str(tmp / "d0")})
+    assert last.status_code == 403 and "last active device" in last.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "body", "status", "error"),
+    [
+        ("add", {"device_path": "/x"}, 422, None),  # size missing: 0.5.6's problem list
+        ("add", {"device_path": "/x", "size": 1, "path": "/y"}, 422, None),  # `path` is not 0.5.6's
+        ("add", {"device_path": "/x", "size": "lots"}, 400, "size must be a positive integer byte count or a string like '100GiB'"),
+        ("status", {}, 400, "unsupported dax reconfigure operation: status"),
+        ("add", {"adapter_index": 1, "device_path": "/x", "size": 4096}, 404, "dax adapter not found"),
+    ],
+)
+def test_the_0_5_6_routes_check_bodies_as_0_5_6(dax: Any, operation: str, body: dict[str, Any], status: int, error: str | None) -> None:
+    _, client, _ = dax
+    reply = client.post(f"/reconfigure/dax/l2/{operation}", json=body)
+    assert reply.status_code == status, reply.get_json()
+    if error is None:
+        assert isinstance(reply.get_json()["detail"], list)
+    else:
+        assert reply.get_json() == {"error": error}

@@ -33,6 +33,7 @@ READ_SECRET = "rd-0123456789abcdef-secret"
 FILE_SECRET = "file-ops-0123456789abcdef"
 PROBES = {("GET", "/"), ("GET", "/healthcheck"), ("GET", "/api/healthcheck"), ("GET", "/readyz"), ("GET", "/metrics")}
 ADMIN_GETS = {"/env", "/threads"}
+READ_POSTS = {"/cache/checksums"}  # 0.5.6's body form of GET /kvcache/check: a read
 
 
 def _bearer(secret: str) -> dict[str, str]:
@@ -83,7 +84,7 @@ def _requests(app: Flask) -> list[tuple[str, str, str]]:
 
 
 def _state_changing(method: str, rule: str) -> bool:
-    return method != "GET" or rule in ADMIN_GETS
+    return (method != "GET" and rule not in READ_POSTS) or rule in ADMIN_GETS
 
 
 # --------------------------------------------------------------------------- route policy

@@ -247,6 +247,11 @@ def test_describe_shows_eviction_and_l2(url: str, capsys: pytest.CaptureFixture[
     code, out, _ = run(capsys, "describe", "--url", url, "--format", "json")
     doc = json.loads(out)
     assert doc["eviction"]["policy"] == "LRU" and doc["healthy"] is True
+    # LMCache 0.5.6's spelling names the target: the same command.
+    code, out, _ = run(capsys, "describe", "kvcache", "--url", url, "--format", "json")
+    assert code == 0 and json.loads(out)["eviction"]["policy"] == "LRU"
+    assert run(capsys, "ping", "kvcache", "--url", url)[0] == 0
+    assert run(capsys, "ping", "engine", "--url", url)[0] == 1  # not ours to ping
 
 
 def test_ping_quota_output_and_quiet(url: str, capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:

@@ -1,0 +1,58 @@
+"""The coordinator's Flask app: the admin app factory (JSON errors, body limit, bearer tokens and
+audit) with the coordinator's route groups."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from flask import Flask
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from lmcache_frontends.admin.app import create_app
+from lmcache_frontends.admin.auth import ADMIN_GET_RULES, ScopePolicy, create_auth_blueprint
+from lmcache_frontends.coordinator.cache import create_cache_blueprint
+from lmcache_frontends.coordinator.common import CoordinatorContext
+from lmcache_frontends.coordinator.directory import create_directory_blueprint
+from lmcache_frontends.coordinator.events import create_events_blueprint
+from lmcache_frontends.coordinator.membership import create_membership_blueprint
+from lmcache_frontends.coordinator.ops import create_ops_blueprint
+from lmcache_frontends.coordinator.quota import create_quota_blueprint
+
+MAX_BODY_BYTES = 64 << 20
+"""Largest request body (an event flush of 200,000 entries is about 50 MiB of JSON)."""
+
+POLICY = ScopePolicy(
+    probe_rules=frozenset({"/healthz"}),
+    admin_get_rules=ADMIN_GET_RULES,
+    read_post_rules=frozenset({"/directory/lookup", "/directory/score", "/directory/blend-lookup"}),
+    unaudited_rules=frozenset({"/instances/<instance_id>/heartbeat", "/events", "/l2/events"}),
+)
+"""Routers call the lookups with a read token; registration and events need the admin scope."""
+
+ROUTE_GROUPS = {
+    "auth": partial(create_auth_blueprint, policy=POLICY),
+    "membership": create_membership_blueprint,
+    "events": create_events_blueprint,
+    "directory": create_directory_blueprint,
+    "quota": create_quota_blueprint,
+    "cache": create_cache_blueprint,
+    "ops": create_ops_blueprint,
+}
+
+
+def create_coordinator_app(ctx: CoordinatorContext) -> Flask:
+    """Build the app over `ctx` (its route table is filled here)."""
+    ctx.frontends.http_routes = dict(ROUTE_GROUPS)
+    app = create_app(ctx, max_content_length=MAX_BODY_BYTES)
+
+    @app.after_request
+    def _detail(response: WerkzeugResponse) -> WerkzeugResponse:
+        # LMCache's coordinator clients read FastAPI's `detail`; ours always carry `error`.
+        if response.status_code >= 400 and response.is_json:
+            body = response.get_json(silent=True)
+            if isinstance(body, dict) and "error" in body and "detail" not in body:
+                body["detail"] = body["error"]
+                response.set_data(app.json.dumps(body))
+        return response
+
+    return app
