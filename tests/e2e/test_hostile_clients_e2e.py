@@ -217,64 +217,74 @@ class Tally:
                 self.wrong.append(who)
 
 
+def engine_loop(
+    client: LMCacheClient, model: str, name: str, stop: threading.Event,
+    retrieve: Callable[[int, str, int], None], store: Callable[[int, list[int], str], None],
+) -> None:
+    """Like an engine serving random prompts (some shared with other clients): look up,
+    retrieve the hits (checked by `retrieve`), store the misses, end the session."""
+    rng = random.Random(f"{name}-{threading.get_ident()}")
+    n = 0
+    while not stop.is_set():
+        n += 1
+        seed = rng.randrange(SEEDS)
+        tokens = [seed * 7919 + i for i in range(PROMPT_CHUNKS * CHUNK + 1)]
+        rid = f"{name}-{threading.get_ident()}-{n}"
+        client.lookup(make_key(model, tokens, rid))
+        hit = client.wait_for_lookup(rid, timeout=10)
+        if hit:
+            retrieve(seed, rid, hit)
+        if hit < PROMPT_CHUNKS:
+            store(seed, tokens, rid)
+        client.end_session(rid)
+
+
 def engine_driven_client(url: str, iid: int, stop: threading.Event, tally: Tally, expected: dict[tuple[int, int], torch.Tensor]) -> None:
-    rng = random.Random(iid * 31 + threading.get_ident())
     with LMCacheClient(url, timeout=20) as client:
         ctx = client.register_engine_driven(iid, model_name="race", num_layers=ED_LAYERS, hidden_dim_size=ED_HIDDEN)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            seed = rng.randrange(SEEDS)
+
+        def retrieve(seed: int, rid: str, hit: int) -> None:
             tokens = [seed * 7919 + i for i in range(PROMPT_CHUNKS * CHUNK + 1)]
-            rid = f"{threading.get_ident()}-{n}"
-            client.lookup(make_key("race", tokens, rid))
-            hit = client.wait_for_lookup(rid, timeout=10)
-            if hit:
-                got = client.retrieve_engine_driven(ctx, make_key("race", tokens, rid, end=hit * CHUNK, worker_id=0))
-                for i, chunk in enumerate(got or []):
-                    tally.check(f"ed{iid} seed {seed} chunk {i}", chunk, expected[(seed, i)])
-            if hit < PROMPT_CHUNKS:
+            got = client.retrieve_engine_driven(ctx, make_key("race", tokens, rid, end=hit * CHUNK, worker_id=0))
+            for i, chunk in enumerate(got or []):
+                tally.check(f"ed{iid} seed {seed} chunk {i}", chunk, expected[(seed, i)])
 
-                def write(index: int, slot: torch.Tensor, seed: int = seed) -> None:
-                    # An engine copies from its GPU between PREPARE and COMMIT: give other
-                    # writers of the same key time to try their luck meanwhile.
-                    time.sleep(0.005)
-                    slot.copy_(expected[(seed, index)].view(-1).view(torch.uint8))
+        def store(seed: int, tokens: list[int], rid: str) -> None:
+            def write(index: int, slot: torch.Tensor) -> None:
+                # An engine copies from its GPU between PREPARE and COMMIT: give other writers
+                # of the same key time to try their luck meanwhile.
+                time.sleep(0.005)
+                slot.copy_(expected[(seed, index)].view(-1).view(torch.uint8))
 
-                key = make_key("race", tokens, rid, end=PROMPT_CHUNKS * CHUNK, worker_id=0)
-                client.store_engine_driven_with(ctx, key, write)
-            client.end_session(rid)
+            client.store_engine_driven_with(ctx, make_key("race", tokens, rid, end=PROMPT_CHUNKS * CHUNK, worker_id=0), write)
+
+        engine_loop(client, "race", f"ed{iid}", stop, retrieve, store)
 
 
 def server_driven_client(run: Running, iid: int, stop: threading.Event, tally: Tally) -> None:
-    rng = random.Random(iid * 97)
     layers, wrappers = [], []
     for _ in range(2):
         tensor, wrapper, _ = run.segment()
         layers.append(tensor)
         wrappers.append(wrapper)
+    src, dst = list(range(PROMPT_CHUNKS)), list(range(32, 32 + PROMPT_CHUNKS))
     with LMCacheClient(run.zmq_url, timeout=20) as client:
         client.register_kv_cache(iid, wrappers, model_name="race-sd")
-        n = 0
-        src, dst = list(range(PROMPT_CHUNKS)), list(range(32, 32 + PROMPT_CHUNKS))
-        while not stop.is_set():
-            n += 1
-            seed = rng.randrange(SEEDS)
+
+        def retrieve(seed: int, rid: str, hit: int) -> None:
             tokens = [seed * 7919 + i for i in range(PROMPT_CHUNKS * CHUNK + 1)]
-            rid = f"sd{iid}-{n}"
-            client.lookup(make_key("race-sd", tokens, rid))
-            hit = client.wait_for_lookup(rid, timeout=10)
-            if hit:
-                for layer in layers:
-                    layer[:, dst] = 0
-                if client.retrieve(make_key("race-sd", tokens, rid, end=hit * CHUNK, worker_id=0), iid, [dst[:hit]]):
-                    for i in range(hit):
-                        for layer in layers:
-                            tally.check(f"sd{iid} seed {seed} chunk {i}", layer[:, dst[i]], block_data(seed, i))
-            if hit < PROMPT_CHUNKS:
-                fill(layers, src, seed)
-                client.store(make_key("race-sd", tokens, rid, end=PROMPT_CHUNKS * CHUNK, worker_id=0), iid, [src])
-            client.end_session(rid)
+            for layer in layers:
+                layer[:, dst] = 0
+            if client.retrieve(make_key("race-sd", tokens, rid, end=hit * CHUNK, worker_id=0), iid, [dst[:hit]]):
+                for i in range(hit):
+                    for layer in layers:
+                        tally.check(f"sd{iid} seed {seed} chunk {i}", layer[:, dst[i]], block_data(seed, i))
+
+        def store(seed: int, tokens: list[int], rid: str) -> None:
+            fill(layers, src, seed)
+            client.store(make_key("race-sd", tokens, rid, end=PROMPT_CHUNKS * CHUNK, worker_id=0), iid, [src])
+
+        engine_loop(client, "race-sd", f"sd{iid}", stop, retrieve, store)
 
 
 def guarded(tally: Tally, fn: Callable[..., None], *args: Any) -> None:

@@ -148,24 +148,27 @@ static PyObject *guard_register(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ik)", free_slot, generation);
 }
 
-static int slot_of(PyObject *args, int *slot, unsigned long *generation) {
-    if (!PyArg_ParseTuple(args, "ik", slot, generation)) {
+/* The range named by (slot, generation): 1 when it is still that registration, 0 when the
+   slot was reused or freed since (stale), -1 with an exception set for bad arguments. */
+static int current_range(PyObject *args, int *slot) {
+    unsigned long generation;
+    if (!PyArg_ParseTuple(args, "ik", slot, &generation)) {
         return -1;
     }
     if (*slot < 0 || *slot >= MAX_RANGES) {
         PyErr_SetString(PyExc_ValueError, "bad slot");
         return -1;
     }
-    return 0;
+    return atomic_load(&ranges[*slot].generation) == generation;
 }
 
 static PyObject *guard_unregister(PyObject *self, PyObject *args) {
     int slot;
-    unsigned long generation;
-    if (slot_of(args, &slot, &generation) < 0) {
+    int current = current_range(args, &slot);
+    if (current < 0) {
         return NULL;
     }
-    if (atomic_load(&ranges[slot].generation) == generation) {
+    if (current) {
         atomic_store(&ranges[slot].end, 0);
     }
     Py_RETURN_NONE;
@@ -173,24 +176,18 @@ static PyObject *guard_unregister(PyObject *self, PyObject *args) {
 
 static PyObject *guard_faults(PyObject *self, PyObject *args) {
     int slot;
-    unsigned long generation;
-    if (slot_of(args, &slot, &generation) < 0) {
-        return NULL;
-    }
-    if (atomic_load(&ranges[slot].generation) != generation) {
-        return PyLong_FromLong(-1);
+    int current = current_range(args, &slot);
+    if (current <= 0) {
+        return current < 0 ? NULL : PyLong_FromLong(-1);
     }
     return PyLong_FromUnsignedLong(atomic_load(&ranges[slot].faults));
 }
 
 static PyObject *guard_take_lowest(PyObject *self, PyObject *args) {
     int slot;
-    unsigned long generation;
-    if (slot_of(args, &slot, &generation) < 0) {
-        return NULL;
-    }
-    if (atomic_load(&ranges[slot].generation) != generation) {
-        return PyLong_FromLong(-1);
+    int current = current_range(args, &slot);
+    if (current <= 0) {
+        return current < 0 ? NULL : PyLong_FromLong(-1);
     }
     uintptr_t lowest = atomic_exchange(&ranges[slot].lowest, UINTPTR_MAX);
     if (lowest == UINTPTR_MAX) {

@@ -437,18 +437,6 @@ class L1Manager:
             self._emit("on_l1_keys_read_reserved", self._lock_for_read(readable, holders, now, not promise))
             return results
 
-    def reserve_read_prefix(
-        self,
-        keys: Sequence[ObjectKey],
-        extra_count: int = 0,
-        *,
-        nbytes: int | None = None,
-        group: int = 1,
-        promise: bool = False,
-    ) -> int:
-        """`lock_read_prefix`, answering only the length of the locked run."""
-        return len(self.lock_read_prefix(keys, extra_count, nbytes=nbytes, group=group, promise=promise))
-
     def lock_read_prefix(
         self,
         keys: Sequence[ObjectKey],

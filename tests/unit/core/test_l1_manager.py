@@ -264,55 +264,60 @@ def read_locks(l1: L1Manager, keys: list[ObjectKey]) -> list[int]:
     return [info.read_lock_count if info is not None else -1 for info in l1.inspect(keys)]
 
 
-def test_reserve_read_prefix_locks_only_the_leading_readable_run(l1: L1Manager, events: Recorder) -> None:
+def prefix(l1: L1Manager, *args: Any, **kwargs: Any) -> int:
+    """How many keys `lock_read_prefix` locked."""
+    return len(l1.lock_read_prefix(*args, **kwargs))
+
+
+def test_lock_read_prefix_locks_only_the_leading_readable_run(l1: L1Manager, events: Recorder) -> None:
     store(l1, [key(1), key(2), key(4)])
     events.events.clear()
     # key(3) is missing: key(4) after the hole is never locked.
-    assert l1.reserve_read_prefix([key(1), key(2), key(3), key(4)], extra_count=1) == 2
+    assert prefix(l1, [key(1), key(2), key(3), key(4)], extra_count=1) == 2
     assert read_locks(l1, [key(1), key(2), key(3), key(4)]) == [2, 2, -1, 0]
     assert events.events == [("read_reserved", [key(1), key(2)])]
     assert l1.finish_read([key(1), key(2)], count=2) == [OK, OK]
     assert l1.report_status()["read_locked_count"] == 0
 
 
-def test_reserve_read_prefix_stops_at_an_object_being_written_or_of_another_size(l1: L1Manager) -> None:
+def test_lock_read_prefix_stops_at_an_object_being_written_or_of_another_size(l1: L1Manager) -> None:
     store(l1, [key(1)])
     store(l1, [key(2)], size=SLOT // 2)
     l1.reserve_write([key(5)], [SLOT])  # being written: not readable
-    assert l1.reserve_read_prefix([key(1), key(5)]) == 1
-    assert l1.reserve_read_prefix([key(1), key(2)], nbytes=SLOT) == 1
-    assert l1.reserve_read_prefix([key(2), key(1)], nbytes=SLOT // 2) == 1
+    assert prefix(l1, [key(1), key(5)]) == 1
+    assert prefix(l1, [key(1), key(2)], nbytes=SLOT) == 1
+    assert prefix(l1, [key(2), key(1)], nbytes=SLOT // 2) == 1
     assert read_locks(l1, [key(1), key(2), key(5)]) == [2, 1, 0]
 
 
-def test_reserve_read_prefix_cuts_the_run_to_whole_groups_without_touching_the_rest(
+def test_lock_read_prefix_cuts_the_run_to_whole_groups_without_touching_the_rest(
     l1: L1Manager, events: Recorder
 ) -> None:
     # Two ranks per chunk: chunk 1 has only its first rank, so the run is chunk 0 alone.
     store(l1, [key(10), key(11), key(20)])
     events.events.clear()
-    assert l1.reserve_read_prefix([key(10), key(11), key(20), key(21)], group=2) == 2
+    assert prefix(l1, [key(10), key(11), key(20), key(21)], group=2) == 2
     assert read_locks(l1, [key(10), key(11), key(20)]) == [1, 1, 0]
     assert events.events == [("read_reserved", [key(10), key(11)])]
-    assert l1.reserve_read_prefix([key(20), key(21)], group=2) == 0
+    assert prefix(l1, [key(20), key(21)], group=2) == 0
 
 
-def test_reserve_read_prefix_treats_a_repeated_key_as_the_end_and_checks_arguments(l1: L1Manager) -> None:
+def test_lock_read_prefix_treats_a_repeated_key_as_the_end_and_checks_arguments(l1: L1Manager) -> None:
     store(l1, [key(1), key(2)])
-    assert l1.reserve_read_prefix([key(1), key(1), key(2)]) == 1
+    assert prefix(l1, [key(1), key(1), key(2)]) == 1
     assert read_locks(l1, [key(1), key(2)]) == [1, 0]
-    assert l1.reserve_read_prefix([]) == 0
+    assert prefix(l1, []) == 0
     with pytest.raises(ValueError):
-        l1.reserve_read_prefix([key(1)], extra_count=-1)
+        prefix(l1, [key(1)], extra_count=-1)
     with pytest.raises(ValueError):
-        l1.reserve_read_prefix([key(1)], group=0)
+        prefix(l1, [key(1)], group=0)
 
 
-def test_reserve_read_prefix_replaces_an_expired_lock(l1: L1Manager, clock: ManualClock) -> None:
+def test_lock_read_prefix_replaces_an_expired_lock(l1: L1Manager, clock: ManualClock) -> None:
     store(l1, [key(1)])
-    assert l1.reserve_read_prefix([key(1)], extra_count=3) == 1
+    assert prefix(l1, [key(1)], extra_count=3) == 1
     clock.advance(READ_TTL)  # its holders are presumed dead
-    assert l1.reserve_read_prefix([key(1)]) == 1
+    assert prefix(l1, [key(1)]) == 1
     assert read_locks(l1, [key(1)]) == [1]
     clock.advance(READ_TTL - 1)
     assert l1.delete([key(1)]) == [OpResult.KEY_IS_LOCKED]  # the new lock got a fresh TTL

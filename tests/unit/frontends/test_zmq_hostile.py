@@ -18,7 +18,6 @@ from typing import Any
 import msgpack
 import pytest
 import torch
-import zmq
 
 from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_core.clients import ClientLimits
@@ -26,6 +25,7 @@ from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 from lmcache_frontends.config import ServerConfig
+from lmcache_frontends.testing import raw_request
 from lmcache_frontends.zmq.protocol import RequestType, encode, key_to_wire
 from lmcache_frontends.zmq.server import ZmqDataPathServer
 
@@ -118,19 +118,6 @@ def store(client: LMCacheClient, ctx: Any, seed: int, chunks: int, model: str = 
 def hits(client: LMCacheClient, seed: int, chunks: int, rid: str, model: str = "m") -> int:
     client.lookup(make_key(model, tokens_for(seed, chunks), rid))
     return client.wait_for_lookup(rid)
-
-
-def raw_call(url: str, frames: list[bytes], timeout_ms: int = 2000) -> list[bytes] | None:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(url)
-    try:
-        sock.send_multipart(frames)
-        if not sock.poll(timeout_ms):
-            return None
-        return sock.recv_multipart()
-    finally:
-        sock.close()
 
 
 # --------------------------------------------------------------------------- 1. file access
@@ -403,12 +390,12 @@ def test_frames_over_the_limit_drop_only_their_sender(make_stack: Callable[..., 
     stack = make_stack(max_frame_bytes=1 << 20)
     honest = stack.client()
     # Over --max-frame-bytes: ZeroMQ drops the sender's connection; nobody else notices.
-    assert raw_call(stack.server.url, [encode(0), encode(int(R.LOOKUP)), b"\x00" * (2 << 20), encode(1)], 300) is None
+    assert raw_request(stack.server.url, [encode(0), encode(int(R.LOOKUP)), b"\x00" * (2 << 20), encode(1)], 300) is None
     assert honest.noop() == "OK"
     # Under it but over what a key may hold: refused before decoding, and answered at once.
     frame = encode(key_to_wire(make_key("m", list(range(150_000)), "big")))
     assert len(frame) < 1 << 20
-    reply = raw_call(stack.server.url, [encode(1), encode(int(R.LOOKUP)), frame, encode(1)])
+    reply = raw_request(stack.server.url, [encode(1), encode(int(R.LOOKUP)), frame, encode(1)], 5000)
     assert reply is not None and len(reply) == 2
     assert stack.server.sessions.active_count() == 0
 

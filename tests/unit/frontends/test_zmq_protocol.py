@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
+from lmcache_frontends.testing import raw_request
 from lmcache_frontends.zmq.protocol import (
     RequestType,
     decode,
@@ -126,17 +126,7 @@ def client(server: ZmqDataPathServer) -> Iterator[LMCacheClient]:
 
 
 def raw_reply(server: ZmqDataPathServer, frames: list[bytes], timeout_ms: int = 300) -> list[bytes] | None:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(server.url)
-    try:
-        sock.send_multipart(frames)
-        if not sock.poll(timeout_ms):
-            return None
-        return sock.recv_multipart()
-    finally:
-        sock.close()
+    return raw_request(server.url, frames, timeout_ms)
 
 
 def test_small_requests_answer_like_the_reference(server: ZmqDataPathServer) -> None:
