@@ -109,14 +109,23 @@ def shm_segment_name(value: Any) -> str:
 
 
 def _cuda_handle(value: Any) -> tuple[Any, ...]:
+    """`storage._share_cuda_()`: (device, memory handle, size, offset, ref-counter segment name,
+    its offset, event handle, event sync). torch opens the ref-counter segment by name (under
+    /dev/shm): it must be one name there, like any shared-memory name from the wire."""
     if not isinstance(value, tuple) or len(value) != 8:
         raise WrapperStateError("CUDA IPC handle must be the 8-tuple of storage._share_cuda_()")
     device, mem, size, offset, ref_file, ref_offset, event, sync = value
     ints = (device, size, offset, ref_offset)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
-        raise WrapperStateError("CUDA IPC handle: device, sizes and offsets must be integers")
-    if not all(isinstance(v, bytes) for v in (mem, ref_file, event)) or not isinstance(sync, bool):
-        raise WrapperStateError("CUDA IPC handle: handles must be bytes, sync a bool")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+        raise WrapperStateError("CUDA IPC handle: device, sizes and offsets must be non-negative integers")
+    if not all(v is None or (isinstance(v, bytes) and len(v) <= 256) for v in (mem, event)):
+        raise WrapperStateError("CUDA IPC handle: memory and event handles must be short bytes or nil")
+    if not isinstance(ref_file, bytes) or not isinstance(sync, bool):
+        raise WrapperStateError("CUDA IPC handle: the ref-counter name must be bytes, sync a bool")
+    try:
+        shm_segment_name(ref_file.decode())
+    except UnicodeDecodeError:
+        raise WrapperStateError("CUDA IPC handle: the ref-counter name is not text") from None
     return value
 
 
@@ -222,6 +231,23 @@ def open_shm_segment(name: str) -> int:
     return fd
 
 
+def check_segment_allowed(name: str, refuse: Collection[tuple[int, int]]) -> None:
+    """ValueError when the /dev/shm segment `name` is one of `refuse` (st_dev, st_ino); a name
+    that does not exist yet is allowed (torch creates nothing here: it then fails to open it)."""
+    if not refuse:
+        return
+    try:
+        fd = open_shm_segment(name)
+    except FileNotFoundError:
+        return
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino) in refuse:
+        raise ValueError(f"shm name {name!r} names a segment of the server itself")
+
+
 class CpuShmTensorWrapper(_SharedTensorWrapper):
     """A CPU tensor in a client-created POSIX shm segment (`--mode cpu --transfer-mode
     lmcache_driven`). Mapped read-write and zero-copy over the client's pages."""
@@ -286,9 +312,12 @@ class CudaIPCWrapper(_SharedTensorWrapper):
 
     handle: Any
 
-    def to_tensor(self, device: Any = None) -> torch.Tensor:
-        """Open the IPC memory on the local GPU whose UUID matches `device_uuid`."""
+    def to_tensor(self, device: Any = None, refuse: Collection[tuple[int, int]] = ()) -> torch.Tensor:
+        """Open the IPC memory on the local GPU whose UUID matches `device_uuid`. `refuse`:
+        (st_dev, st_ino) of segments torch must not open as the ref-counter file (the server's
+        own L1 segment: torch writes its counters there)."""
         self.validate()
+        check_segment_allowed(self.handle[4].decode(), refuse)
         index = find_cuda_device(self.device_uuid)
         (_dev, mem_handle, size_bytes, offset_bytes, ref_file, ref_offset, event_handle, sync) = self.handle
         with torch.cuda.device(index):

@@ -34,7 +34,7 @@ from lmcache_adapters.memory.faultguard import (
 from lmcache_adapters.transfer import ntcopy
 from lmcache_adapters.transfer.copy_pool import CopyPool, default_copy_threads
 from lmcache_adapters.transfer.layout import KVCacheLayout
-from lmcache_adapters.transfer.tensors import CpuShmTensorWrapper
+from lmcache_adapters.transfer.tensors import CpuShmTensorWrapper, CudaIPCWrapper
 from lmcache_adapters.transfer.unpickler import dumps_cpu_tensors, load_cpu_tensors, load_wrapper
 from lmcache_core.clients import ClientId, ClientLimits, Registrations
 from lmcache_core.engine import CacheEngine
@@ -715,6 +715,8 @@ class ZmqDataPathServer:
                 tensor, guard = wrapper.map_segment(refuse)
                 tensors.append(tensor)
                 guards.append(guard)
+            elif isinstance(wrapper, CudaIPCWrapper):
+                tensors.append(wrapper.to_tensor(refuse=refuse))
             else:
                 tensors.append(wrapper.to_tensor())
         layout = KVCacheLayout(tensors, self.chunk_size, layout_hints=hints, engine_group_infos=groups)

@@ -122,3 +122,43 @@ def test_a_segment_the_server_refuses_is_never_mapped(segment: tuple[torch.Tenso
     st = os.stat(f"/dev/shm/{name}")
     with pytest.raises(ValueError, match="server itself"):
         load_wrapper(wrapper).map_segment(refuse=[(st.st_dev, st.st_ino)])
+
+
+def cuda_state(**changes: Any) -> dict[str, Any]:
+    handle = (0, b"\x01" * 64, 4096, 0, b"/torch_1_2_3", 0, b"\x02" * 64, True)
+    base = {"handle": handle, "dtype": torch.float16, "shape": [2, 4], "stride": [4, 1], "storage_offset": 0,
+            "device_uuid": "GPU-1234"}
+    base.update(changes)
+    return base
+
+
+def test_cuda_wrappers_carry_only_a_share_cuda_tuple_and_a_segment_name() -> None:
+    from lmcache_adapters.transfer.tensors import CudaIPCWrapper
+
+    good = load_wrapper(_wrapper_pickle("lmcache.v1.multiprocess.custom_types", "CudaIPCWrapper", cuda_state()))
+    assert isinstance(good, CudaIPCWrapper)
+    no_event = (0, b"\x01" * 64, 4096, 0, b"/torch_1_2_3", 0, None, False)
+    assert load_wrapper(_wrapper_pickle("lmcache.v1.multiprocess.custom_types", "CudaIPCWrapper",
+                                        cuda_state(handle=no_event))).complete
+    for bad in (
+        (0, b"x", 4096, 0, b"/../../etc/passwd", 0, b"e", True),  # torch would open that name
+        (0, b"x", 4096, 0, "/torch_1", 0, b"e", True),
+        (0, b"x", -1, 0, b"/torch_1", 0, b"e", True),
+        (0, b"x", 4096, 0, b"/torch_1", 0, b"e", 1),
+        (0, b"x", 4096, 0, b"/torch_1", 0, b"e"),
+    ):
+        with pytest.raises(UnpicklingRejectedError):
+            load_wrapper(_wrapper_pickle("lmcache.v1.multiprocess.custom_types", "CudaIPCWrapper", cuda_state(handle=bad)))
+
+
+def test_a_cuda_ref_counter_naming_the_server_segment_is_refused(segment: tuple[torch.Tensor, bytes, str]) -> None:
+    from lmcache_adapters.transfer.tensors import CudaIPCWrapper
+
+    _, _, name = segment
+    st = os.stat(f"/dev/shm/{name}")
+    handle = (0, b"\x01" * 64, 4096, 0, ("/" + name).encode(), 0, None, False)
+    wrapper = load_wrapper(_wrapper_pickle("lmcache.v1.multiprocess.custom_types", "CudaIPCWrapper",
+                                           cuda_state(handle=handle)))
+    assert isinstance(wrapper, CudaIPCWrapper)
+    with pytest.raises(ValueError, match="server itself"):
+        wrapper.to_tensor(refuse=[(st.st_dev, st.st_ino)])
