@@ -428,8 +428,9 @@ class DataPath:
 
     def _put_job(self, job: LookupJob) -> None:
         """Record a job under (owner, request_id), replacing the owner's earlier one. Past the
-        per-client cap the client's oldest unqueried job goes (its locks stay in its lease,
-        which has its own cap and TTL)."""
+        per-client cap the client's oldest unqueried job goes, and past `max_sessions` jobs of
+        all clients the oldest overall (its locks stay in its lease, which has its own caps and
+        TTL; its prefetch is cancelled)."""
         replaced: list[LookupJob] = []
         over_cap: list[LookupJob] = []
         with self._lock:
@@ -441,6 +442,10 @@ class DataPath:
             mine[job.request_id] = None
             while len(mine) > self.limits.max_lookups_per_client:
                 over_cap.append(self._forget_job(job.owner, next(iter(mine))))
+            # All clients together: at most one live job per allowed session.
+            while len(self._jobs) > self.limits.max_sessions:
+                owner, rid = next(iter(self._jobs))
+                over_cap.append(self._forget_job(owner, rid))
             self.jobs_dropped_total += len(over_cap)
         for old in replaced + over_cap:
             if old.prefetch is not None and not old.prefetch.done:

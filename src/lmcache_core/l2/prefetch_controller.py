@@ -188,11 +188,18 @@ class PrefetchController:
 
     def _pump(self) -> None:
         to_start: list[PrefetchJob] = []
+        cancelled: list[PrefetchJob] = []
         with self._lock:
             while self._queue and len(self._running) < self.max_in_flight:
                 job = self._queue.popleft()
+                if job._cancelled:  # its lookup was dropped while it waited: never started
+                    cancelled.append(job)
+                    continue
                 self._running.add(job)
                 to_start.append(job)
+        for job in cancelled:
+            job.l2_hit_count = job.l2_hit_count or 0
+            self._finish(job, "cancelled", started=False)
         for job in to_start:
             self._start_lookup(job)
 

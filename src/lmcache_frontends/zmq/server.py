@@ -397,8 +397,11 @@ class ZmqDataPathServer:
                         except zmq.Again:
                             break
                         reply = self._on_request(frames)
+                        # Not kept until the next message arrives: one may be a big frame.
+                        del frames
                         if reply is not None:
                             router.send_multipart(reply)
+                        del reply
         except Exception:
             log.exception("ZeroMQ socket loop crashed")
         finally:

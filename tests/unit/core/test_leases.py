@@ -226,3 +226,12 @@ def test_registrations_are_per_client() -> None:
     assert regs.of_instance(0) == ["b0", "a0"]
     assert regs.pop(B, 0, "not b0") is None and regs.pop(B, 0) == "b0"
     assert regs.get(A, 0) == "a0" and len(regs) == 1
+
+
+def test_jobs_of_all_clients_together_are_capped(clock: ManualClock) -> None:
+    dp = make_dp(clock, ClientLimits(max_sessions=10))
+    for i in range(25):
+        dp.lookup(rk(1, "same-id", worker=None), client=ClientId(bytes([i])))
+    assert dp.active_job_count() == 10
+    assert dp.query("same-id", ClientId(bytes([24]))) == (True, 0)  # the newest stay
+    assert dp.query("same-id", ClientId(bytes([0]))) == (False, 0)
