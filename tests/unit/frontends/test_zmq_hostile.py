@@ -26,6 +26,7 @@ from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import raw_request
+from lmcache_frontends.zmq.kv_caches import DataPathKVCaches
 from lmcache_frontends.zmq.protocol import RequestType, encode, key_to_wire
 from lmcache_frontends.zmq.server import ZmqDataPathServer
 
@@ -45,6 +46,8 @@ class Stack:
         self.server = ZmqDataPathServer(self.services.engine, self.pool, clock=self.services.clock, port=0,
                                         max_workers=2, **server_args)
         self.server.start()
+        # As the plugin wires it: the admin checksum routes read the registrations through this.
+        self.services.engine.kv_caches.add_source(DataPathKVCaches(self.server))
         self.clients: list[LMCacheClient] = []
         self.segments: list[str] = []
 
@@ -495,3 +498,20 @@ def test_repeated_bad_requests_are_logged_rate_limited(stack: Stack, caplog: pyt
     lines = [r for r in caplog.records if "PREPARE_STORE failed" in r.getMessage()]
     assert 1 <= len(lines) <= 2
     assert stack.server.report_status()["suppressed_log_lines_total"] >= 48
+
+
+def test_kvcache_check_never_answers_with_another_clients_tensors(stack: Stack) -> None:
+    a, b = stack.client(), stack.client()
+    layer_a, wrapper_a = stack.segment(LAYER_SHAPE)
+    layer_a.copy_(torch.randn(LAYER_SHAPE).half())
+    a.register_kv_cache(0, [wrapper_a], model_name="x")
+    http = create_app(stack.services).test_client()
+    one = http.get("/kvcache/check?block_ids=0,1&chunk_size=1&instance_id=0")
+    assert one.status_code == 200
+    layer_b, wrapper_b = stack.segment(LAYER_SHAPE)
+    b.register_kv_cache(0, [wrapper_b], model_name="x")  # another `lmcache bench`, same id
+    two = http.get("/kvcache/check?block_ids=0,1&chunk_size=1&instance_id=0")
+    assert two.status_code == 409 and "2 clients" in two.get_json()["error"]
+    b.unregister_kv_cache(0)
+    again = http.get("/kvcache/check?block_ids=0,1&chunk_size=1&instance_id=0")
+    assert again.status_code == 200 and again.get_json() == one.get_json()
