@@ -42,6 +42,10 @@ class ForbiddenOperationError(LMCacheError):
     """The operation is not allowed on this target (maps to HTTP 403)."""
 
 
+class RegistrationError(LMCacheError, ValueError):
+    """An engine registration that cannot be served (an object that cannot fit in L1, say)."""
+
+
 class UnavailableError(LMCacheError):
     """What the operation needs is not there now: no L2 adapter, no engine registered for the
     model, the fleet store not answering (maps to HTTP 503); retrying later may succeed."""

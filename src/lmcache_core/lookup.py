@@ -1,19 +1,27 @@
-"""The data path's domain logic: object layouts, LOOKUP jobs, lookup locks, store/retrieve reservations."""
+"""The data path's domain logic: object layouts, LOOKUP jobs, lookup leases, store/retrieve reservations.
+
+Every call that takes or releases something names the client it comes from (`ClientId`, the
+ZeroMQ identity): LOOKUP jobs and their lock leases, pending PREPARE_STORE reservations and
+PREPARE_RETRIEVE copies belong to that client (and instance), and another client can neither
+commit, release nor reuse them. Retrieves consume from the lease of the request their key
+names (see `lmcache_core.leases`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from lmcache_core.errors import InvalidKeyError
+from lmcache_core.clients import LOCAL_CLIENT, ClientId, ClientLimits
+from lmcache_core.errors import InvalidKeyError, RegistrationError
 from lmcache_core.hashing import TokenBytes
 from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult, WriteMode
+from lmcache_core.leases import Lease, LeaseTable, ReadTicket
 from lmcache_core.metric_names import LOOKUP_HIT_TOKENS, LOOKUP_REQUESTS, LOOKUP_TOKENS
 from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
 from lmcache_core.sessions import SessionManager
@@ -50,6 +58,15 @@ class PrefetchJobLike(Protocol):
 
     @property
     def l2_hit_count(self) -> int | None: ...
+
+    @property
+    def locked_handles(self) -> Sequence[MemoryHandle]:
+        """Once done: the exact objects of the `loaded_count` keys it read-locked (promises)."""
+        ...
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
 class PrefetcherLike(Protocol):
@@ -121,6 +138,7 @@ class LookupJob:
     l2_hits_known: bool = field(default=False)
     model_name: str = ""
     cache_salt: str = ""
+    owner: ClientId = LOCAL_CLIENT
 
     @property
     def done(self) -> bool:
@@ -140,11 +158,40 @@ class LookupJob:
         return self.l1_chunks + l2 // self.world_size
 
 
+@dataclass(frozen=True)
+class TransferKeys:
+    """The L1 keys of one rank's transfer of a RequestKey, and what names its pending entry
+    (the key's identity: request_id ignored, the last chunk hash standing for the tokens)."""
+
+    keys: list[ObjectKey]
+    identity: tuple[Any, ...]
+
+
+@dataclass
+class _PendingWrite:
+    keys: list[ObjectKey]
+    handles: list[MemoryHandle]
+    nbytes: int
+    started: float | None
+    expires: float
+
+
+@dataclass
+class _PendingRead:
+    ticket: ReadTicket
+    started: float | None
+
+
+PendingId = tuple[ClientId, int, tuple[Any, ...]]
+"""(client, instance_id, key identity): one engine-driven transfer waiting for its COMMIT."""
+
+
 class DataPath:
     """LOOKUP / prefetch jobs / FREE_LOOKUP_LOCKS / END_SESSION and the L1 side of stores and
     retrieves, in key terms. Lock counts follow LMCache 0.5.0: LOOKUP read-locks each present key
     of the leading run `1 + extra` times (`extra = tp_size - 1` when tp_size > world_size, the MLA
-    case where several tensor-parallel ranks read one KV rank), each retrieve releases one."""
+    case where several tensor-parallel ranks read one KV rank), each retrieve consumes one. The
+    locks are promises held in the lease of (client, request_id); see `lmcache_core.leases`."""
 
     def __init__(
         self,
@@ -155,28 +202,53 @@ class DataPath:
         prefetcher: PrefetcherLike | None = None,
         job_ttl_seconds: float = DEFAULT_JOB_TTL_SECONDS,
         metrics: MetricsSink | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.l1 = l1
         self.metrics: MetricsSink = metrics if metrics is not None else NullMetricsSink()
         self.sessions = sessions
         self.chunk_size = sessions.hasher.chunk_size
+        self.limits = limits if limits is not None else ClientLimits()
         self._clock = clock
         self._prefetcher = prefetcher
         self._job_ttl = job_ttl_seconds
         self._lock = threading.Lock()
         self._layouts: dict[tuple[str, int], ObjectLayout] = {}
-        self._jobs: dict[str, LookupJob] = {}
+        self._jobs: OrderedDict[tuple[ClientId, str], LookupJob] = OrderedDict()
+        self._jobs_per_client: dict[ClientId, OrderedDict[str, None]] = {}
         self._key_cache: OrderedDict[tuple[Any, ...], tuple[list[bytes], list[ObjectKey]]] = OrderedDict()
         self._job_done = threading.Condition(self._lock)
+        self.leases = LeaseTable(
+            l1, clock=clock, max_per_client=self.limits.max_lookups_per_client, max_total=self.limits.max_sessions
+        )
+        self._pending_write_cap = self.limits.pending_write_cap(l1.pool.capacity_bytes)
+        self._writes: dict[PendingId, _PendingWrite] = {}
+        self._write_bytes: dict[ClientId, int] = {}
+        self._reads: dict[PendingId, _PendingRead] = {}
         self.lookups_total = 0
         self.lookup_hit_chunks_total = 0
+        self.jobs_dropped_total = 0
+        self.pending_write_refusals_total = 0
 
     # -- layouts --------------------------------------------------------------------------
 
+    def check_object_size(self, object_size: int) -> None:
+        """RegistrationError unless one object of `object_size` bytes can fit in L1 at all (a
+        registration that cannot is refused up front: its stores would only ever fail, after
+        asking the reclaimer to evict everyone else's objects)."""
+        capacity = self.l1.pool.capacity_bytes
+        if isinstance(object_size, bool) or not isinstance(object_size, int) or object_size <= 0:
+            raise RegistrationError(f"object size must be a positive integer, got {object_size!r}")
+        if object_size > capacity:
+            raise RegistrationError(
+                f"one KV chunk of this registration takes {object_size} bytes, more than the whole "
+                f"L1 pool ({capacity} bytes)"
+            )
+
     def register_layout(self, model_name: str, world_size: int, object_size: int) -> None:
-        """Add a reference to the layout of (model, world_size); the latest size wins."""
-        if object_size <= 0:
-            raise ValueError(f"object_size must be > 0, got {object_size}")
+        """Add a reference to the layout of (model, world_size); the latest size wins.
+        RegistrationError when an object of that size cannot fit in L1."""
+        self.check_object_size(object_size)
         with self._lock:
             layout = self._layouts.get((model_name, world_size))
             if layout is None:
@@ -208,22 +280,39 @@ class DataPath:
 
     # -- keys -----------------------------------------------------------------------------
 
-    def chunk_hashes(self, key: RequestKey) -> list[bytes]:
+    def check_token_count(self, key: RequestKey) -> None:
+        """InvalidKeyError when the key holds more token ids than `max_tokens_per_key`."""
+        n = _token_count(key.token_ids)
+        if n > self.limits.max_tokens_per_key:
+            raise InvalidKeyError(
+                f"the key holds {n} token ids, more than the {self.limits.max_tokens_per_key} allowed "
+                "(--max-tokens-per-key)"
+            )
+
+    def chunk_hashes(self, key: RequestKey, client: ClientId = LOCAL_CLIENT) -> list[bytes]:
         """Hashes of every full chunk of the key's tokens (through its session)."""
+        self.check_token_count(key)
         return self.sessions.chunk_hashes(
             key.request_id, key.token_ids, model_name=key.model_name, world_size=key.world_size,
-            cache_salt=key.cache_salt,
+            cache_salt=key.cache_salt, client=client,
         )
 
-    def range_hashes(self, key: RequestKey) -> list[bytes]:
+    def range_hashes(self, key: RequestKey, client: ClientId = LOCAL_CLIENT) -> list[bytes]:
         """Hashes of the chunks of [start, end); InvalidKeyError when unaligned or beyond the tokens."""
         c = self.chunk_size
         if key.start % c or key.end % c:
             raise InvalidKeyError(f"start {key.start} and end {key.end} must be multiples of {c}")
-        hashes = self.chunk_hashes(key)
+        hashes = self.chunk_hashes(key, client)
         if key.end // c > len(hashes):
             raise InvalidKeyError(f"end {key.end} is beyond the {len(hashes) * c} tokens of full chunks")
         return hashes[key.start // c : key.end // c]
+
+    def transfer_keys(self, key: RequestKey, client: ClientId = LOCAL_CLIENT) -> TransferKeys:
+        """The keys of a STORE/RETRIEVE/PREPARE/COMMIT (one rank: worker_id is required)."""
+        if key.worker_id is None:
+            raise InvalidKeyError("worker_id is required for transfers")
+        hashes = self.range_hashes(key, client)
+        return TransferKeys(self.keys_of(key, hashes, key.worker_id), key.identity(hashes[-1] if hashes else None))
 
     def keys_of(self, key: RequestKey, hashes: Sequence[bytes], rank: int | None = None) -> list[ObjectKey]:
         """Chunk-major ObjectKeys of `hashes`, for one rank or (None) every rank (a new list;
@@ -272,24 +361,29 @@ class DataPath:
         """Extra read locks per key: MLA engines run tp_size readers over world_size KV ranks."""
         return tp_size - 1 if tp_size > world_size else 0
 
-    def lookup(self, key: RequestKey, tp_size: int = 1) -> LookupJob:
+    def lookup(self, key: RequestKey, tp_size: int = 1, client: ClientId = LOCAL_CLIENT) -> LookupJob:
         """Lock the leading run of L1 hits over all full chunks (start/end ignored, as 0.5.0
-        does), hand the rest to the L2 prefetcher, and record the job under the request id."""
+        does) as promises in the lease (client, request_id), hand the rest to the L2
+        prefetcher, and record the job under (client, request_id)."""
         ws = key.world_size
         now = self._clock.monotonic()
         object_size = self.object_size(key.model_name, ws)
         if object_size is None:
-            job = LookupJob(key.request_id, ws, 0, 0, None, now)
+            self.check_token_count(key)
+            job = LookupJob(key.request_id, ws, 0, 0, None, now, owner=client)
             self._put_job(job)
             self._report_lookup(key, _token_count(key.token_ids) // self.chunk_size, 0)
             return job
-        hashes = self.chunk_hashes(key)
+        hashes = self.chunk_hashes(key, client)
         keys = self.keys_of(key, hashes)
         extra = self.extra_locks(tp_size, ws)
         # Only the leading run of whole chunks (every rank) is locked: past a hole the engine
         # cannot use a chunk. An object of another size under the same key was stored under an
         # earlier layout of this model name: it cannot be served to this engine, so it is a miss.
-        lead = self.l1.reserve_read_prefix(keys, extra, nbytes=object_size, group=ws) if keys else 0
+        handles = (
+            self.l1.lock_read_prefix(keys, extra, nbytes=object_size, group=ws, promise=True) if keys else []
+        )
+        lead = len(handles)
         prefetch = None
         if self._prefetcher is not None and lead < len(keys):
             try:
@@ -298,15 +392,31 @@ class DataPath:
                 )
             except Exception:
                 log.exception("L2 prefetch submit failed; answering with the L1 prefix only")
+        lease = self.leases.grant(
+            client, key.request_id, keys[:lead], handles, 1 + extra, locked_since=now,
+            prefetching=prefetch is not None,
+        )
+        if prefetch is not None and lease is not None:
+            rest = keys[lead:]
+            prefetch.add_done_callback(
+                lambda done: self._attach_prefetch(lease, rest, done, 1 + extra, now)
+            )
         job = LookupJob(
             key.request_id, ws, lead // ws, len(hashes), prefetch, now,
-            model_name=key.model_name, cache_salt=key.cache_salt,
+            model_name=key.model_name, cache_salt=key.cache_salt, owner=client,
         )
         self._put_job(job)
         with self._lock:
             self.lookups_total += 1
         self._report_lookup(key, len(hashes), lead // ws)
         return job
+
+    def _attach_prefetch(
+        self, lease: Lease, keys: list[ObjectKey], done: PrefetchJobLike, count: int, since: float
+    ) -> None:
+        loaded = done.loaded_count
+        handles = list(done.locked_handles)[:loaded]
+        self.leases.attach_prefetch(lease, keys[: len(handles)], handles, count, locked_since=since)
 
     def _report_lookup(self, key: RequestKey, chunks: int, l1_chunks: int) -> None:
         # One report per request, never per key: this is the LOOKUP hot path.
@@ -317,19 +427,51 @@ class DataPath:
         self.metrics.inc(LOOKUP_HIT_TOKENS.name, l1_chunks * c, tier="l1", **labels)
 
     def _put_job(self, job: LookupJob) -> None:
+        """Record a job under (owner, request_id), replacing the owner's earlier one. Past the
+        per-client cap the client's oldest unqueried job goes, and past `max_sessions` jobs of
+        all clients the oldest overall (its locks stay in its lease, which has its own caps and
+        TTL; its prefetch is cancelled)."""
+        replaced: list[LookupJob] = []
+        over_cap: list[LookupJob] = []
         with self._lock:
-            self._jobs[job.request_id] = job
+            mine = self._jobs_per_client.setdefault(job.owner, OrderedDict())
+            if job.request_id in mine:
+                replaced.append(self._forget_job(job.owner, job.request_id))
+                mine = self._jobs_per_client.setdefault(job.owner, OrderedDict())
+            self._jobs[(job.owner, job.request_id)] = job
+            mine[job.request_id] = None
+            while len(mine) > self.limits.max_lookups_per_client:
+                over_cap.append(self._forget_job(job.owner, next(iter(mine))))
+            # All clients together: at most one live job per allowed session.
+            while len(self._jobs) > self.limits.max_sessions:
+                owner, rid = next(iter(self._jobs))
+                over_cap.append(self._forget_job(owner, rid))
+            self.jobs_dropped_total += len(over_cap)
+        for old in replaced + over_cap:
+            if old.prefetch is not None and not old.prefetch.done:
+                old.prefetch.cancel()
 
-    def query(self, request_id: str) -> tuple[bool, int | None]:
-        """QUERY_PREFETCH_STATUS: (known, hits). Unknown: (False, 0); running: (True, None);
-        done: (True, hit chunks) and the job is forgotten, so a result is returned once."""
+    def _forget_job(self, owner: ClientId, request_id: str) -> LookupJob:
+        """Remove a job from both indexes (the caller holds the lock)."""
+        job = self._jobs.pop((owner, request_id))
+        mine = self._jobs_per_client.get(owner)
+        if mine is not None:
+            mine.pop(request_id, None)
+            if not mine:
+                del self._jobs_per_client[owner]
+        return job
+
+    def query(self, request_id: str, client: ClientId = LOCAL_CLIENT) -> tuple[bool, int | None]:
+        """QUERY_PREFETCH_STATUS of the caller's own job: (known, hits). Unknown: (False, 0);
+        running: (True, None); done: (True, hit chunks) and the job is forgotten, so a result
+        is returned once."""
         with self._lock:
-            job = self._jobs.get(request_id)
+            job = self._jobs.get((client, request_id))
             if job is None:
                 return False, 0
             if not job.done:
                 return True, None
-            del self._jobs[request_id]
+            self._forget_job(client, request_id)
             hits = job.hit_chunks()
             self.lookup_hit_chunks_total += hits
         # Counted here, where the job is consumed (once: it was just forgotten), because only
@@ -341,36 +483,37 @@ class DataPath:
             )
         return True, hits
 
-    def wait(self, request_id: str, timeout: float) -> int | None:
+    def wait(self, request_id: str, timeout: float, client: ClientId = LOCAL_CLIENT) -> int | None:
         """WAIT_PREFETCH_STATUS: like query, blocking up to `timeout` seconds; None = timed out."""
         with self._lock:
-            job = self._jobs.get(request_id)
+            job = self._jobs.get((client, request_id))
         if job is None:
             return 0
         if job.prefetch is not None and not job.prefetch.done:
             job.prefetch.wait(max(0.0, min(float(timeout), 3600.0)))
-        known, hits = self.query(request_id)
+        known, hits = self.query(request_id, client)
         return hits if known else 0
 
-    def lookup_hits(self, request_id: str) -> int | None:
+    def lookup_hits(self, request_id: str, client: ClientId = LOCAL_CLIENT) -> int | None:
         """QUERY_PREFETCH_LOOKUP_HITS: L1 prefix + L2 hits once the L2 lookup finished; 0 for an
         unknown id. Does not consume the job."""
         with self._lock:
-            job = self._jobs.get(request_id)
+            job = self._jobs.get((client, request_id))
             return 0 if job is None else job.lookup_hits()
 
-    def free_lookup_locks(self, key: RequestKey, tp_size: int = 1) -> int:
-        """Release `1 + extra` read locks on each key of [start, end) (all ranks when worker_id
-        is nil). Returns how many keys were unlocked."""
-        hashes = self.range_hashes(key)
+    def free_lookup_locks(self, key: RequestKey, tp_size: int = 1, client: ClientId = LOCAL_CLIENT) -> int:
+        """Release up to `1 + extra` locks on each key of [start, end) (all ranks when
+        worker_id is nil) from the caller's own lease of the request. Returns how many keys
+        had locks released."""
+        hashes = self.range_hashes(key, client)
         keys = self.keys_of(key, hashes, key.worker_id)
         if not keys:
             return 0
-        results = self.l1.finish_read(keys, 1 + self.extra_locks(tp_size, key.world_size))
-        return results.count(OpResult.SUCCESS)
+        return self.leases.release(client, key.request_id, keys, 1 + self.extra_locks(tp_size, key.world_size))
 
-    def end_session(self, request_id: str) -> bool:
-        """END_SESSION: forget the session and LRU-touch its chunks; releases no locks."""
+    def end_session(self, request_id: str, client: ClientId = LOCAL_CLIENT) -> bool:
+        """END_SESSION: forget the session and LRU-touch its chunks; releases no locks (as
+        0.5.0: unused ones are freed by FREE_LOOKUP_LOCKS, or lapse with the read TTL)."""
         record = self.sessions.end(request_id)
         if record is None:
             return False
@@ -380,25 +523,38 @@ class DataPath:
         return True
 
     def reap(self) -> tuple[int, int]:
-        """Remove expired sessions and abandoned jobs; returns (sessions, jobs) removed."""
+        """Remove expired sessions, abandoned jobs, lapsed leases and pending transfers whose
+        locks lapsed; returns (sessions, jobs) removed."""
         sessions = len(self.sessions.reap())
         now = self._clock.monotonic()
         with self._lock:
-            stale = [rid for rid, job in self._jobs.items() if now - job.created_at >= self._job_ttl]
-            for rid in stale:
-                del self._jobs[rid]
+            stale = [ident for ident, job in self._jobs.items() if now - job.created_at >= self._job_ttl]
+            jobs = [self._forget_job(owner, rid) for owner, rid in stale]
+            lapsed_writes = [pid for pid, w in self._writes.items() if w.expires <= now]
+            for pid in lapsed_writes:
+                self._pop_write(pid)
+            lapsed_reads = [pid for pid, r in self._reads.items() if r.ticket.expires_at <= now]
+            for pid in lapsed_reads:
+                del self._reads[pid]
+        for job in jobs:
+            if job.prefetch is not None and not job.prefetch.done:
+                job.prefetch.cancel()
+        self.leases.reap()
         return sessions, len(stale)
 
-    def active_job_count(self) -> int:
+    def active_job_count(self, client: ClientId | None = None) -> int:
         with self._lock:
-            return len(self._jobs)
+            if client is None:
+                return len(self._jobs)
+            return len(self._jobs_per_client.get(client, ()))
 
     # -- store / retrieve (L1 side) -------------------------------------------------------
 
     def reserve_new(self, keys: Sequence[ObjectKey], object_size: int) -> list[tuple[int, MemoryHandle]]:
         """Reserve the keys that do not exist yet; returns (position, handle) of each reserved one.
         When the batch does not fit even after on-the-spot eviction, the longest leading part
-        that fits is reserved (prefix chunks are the ones a later lookup can use)."""
+        that fits is reserved (prefix chunks are the ones a later lookup can use). The
+        reclaimer evicts at most what the reservation needs, and only when it can then fit."""
         if not keys:
             return []
         results = self.l1.reserve_write(keys, [object_size] * len(keys), WriteMode.NEW)
@@ -414,49 +570,178 @@ class DataPath:
             n //= 2
         return []
 
-    def commit(self, keys: Sequence[ObjectKey]) -> bool:
+    def commit(self, keys: Sequence[ObjectKey], handles: Sequence[MemoryHandle] | None = None) -> bool:
         """Make written objects readable; True when every one was."""
-        return self.commit_count(keys) == len(keys)
+        return self.commit_count(keys, handles) == len(keys)
 
-    def commit_count(self, keys: Sequence[ObjectKey]) -> int:
-        """Make written objects readable; returns how many were (the newly stored chunks)."""
-        return sum(r.ok for r in self.l1.finish_write(keys)) if keys else 0
+    def commit_count(self, keys: Sequence[ObjectKey], handles: Sequence[MemoryHandle] | None = None) -> int:
+        """Make written objects (the exact ones, with `handles`) readable; returns how many
+        were (the newly stored chunks)."""
+        return sum(r.ok for r in self.l1.finish_write(keys, handles=handles)) if keys else 0
 
-    def abort(self, keys: Sequence[ObjectKey]) -> None:
+    def abort(self, keys: Sequence[ObjectKey], handles: Sequence[MemoryHandle] | None = None) -> None:
         """Discard reserved objects whose data will never be complete."""
         if keys:
-            self.l1.abort_write(keys)
+            self.l1.abort_write(keys, handles=handles)
 
     def acquire_for_read(
-        self, keys: Sequence[ObjectKey], object_size: int | None = None
-    ) -> list[MemoryHandle] | None:
-        """Pin the objects for a copy-out (one lock of our own on top of the LOOKUP locks).
-        None when any is missing (or, with `object_size`, has another size): then every found key
-        also gives back one LOOKUP lock, as the engine will not retrieve them."""
-        if not keys:
-            return []
-        results = self.l1.reserve_read(keys)
-        if all(s.ok and h is not None and (object_size is None or h.nbytes == object_size) for s, h in results):
-            return [h for _, h in results if h is not None]
-        got = [k for k, (s, _) in zip(keys, results, strict=True) if s.ok]
-        if got:
-            self.l1.finish_read(got)  # ours
-            self.l1.finish_read(got)  # the LOOKUP lock the engine will never use
-        return None
+        self,
+        keys: Sequence[ObjectKey],
+        object_size: int | None = None,
+        *,
+        request_id: str,
+        client: ClientId = LOCAL_CLIENT,
+    ) -> ReadTicket | None:
+        """A retrieve of `keys` for `request_id`: consume one LOOKUP lock per key from a lease
+        of that request and pin the objects for the copy-out. None when any key holds no
+        such lock (or another size, or was cleared): then the locks it would have consumed
+        are given back, as the engine will not retrieve those keys."""
+        return self.leases.take(client, request_id, keys, object_size)
 
-    def release_read(self, keys: Sequence[ObjectKey]) -> None:
-        """After a copy-out: release our lock and the engine's LOOKUP lock of each key."""
-        if keys:
-            self.l1.finish_read(keys)
-            self.l1.finish_read(keys)
+    def release_read(self, ticket: ReadTicket) -> None:
+        """After a copy-out: the objects are no longer read."""
+        self.leases.release_ticket(ticket)
+
+    # -- engine-driven pending transfers ----------------------------------------------------
+
+    def prepare_store(
+        self,
+        client: ClientId,
+        instance_id: int,
+        transfer: TransferKeys,
+        object_size: int,
+        started: float | None = None,
+    ) -> list[tuple[int, MemoryHandle]]:
+        """PREPARE_STORE: reserve the chunks not cached yet and record them under (client,
+        instance, key) until its COMMIT_STORE. While the client has other writes pending, only
+        what its pending write cap leaves room for is reserved (its first pending store is never
+        cut, so one request larger than the cap still stores). A key another client (or this
+        one) is writing already is not reserved again: never two writers on one slot."""
+        keys = transfer.keys
+        with self._lock:
+            held = self._write_bytes.get(client, 0)
+        room = self._pending_write_cap - held
+        fit = len(keys) if held == 0 else max(0, room) // object_size
+        if fit < len(keys):
+            with self._lock:
+                self.pending_write_refusals_total += 1
+            keys = keys[:fit]
+        reserved = self.reserve_new(keys, object_size)
+        if not reserved:
+            return []
+        pid = (client, instance_id, transfer.identity)
+        now = self._clock.monotonic()
+        with self._lock:
+            entry = self._writes.get(pid)
+            if entry is None:
+                entry = _PendingWrite([], [], 0, started, now + self.l1.write_ttl_seconds)
+                self._writes[pid] = entry
+            entry.keys.extend(keys[i] for i, _ in reserved)
+            entry.handles.extend(h for _, h in reserved)
+            entry.nbytes += object_size * len(reserved)
+            self._write_bytes[client] = self._write_bytes.get(client, 0) + object_size * len(reserved)
+        return reserved
+
+    def commit_store(self, client: ClientId, instance_id: int, identity: tuple[Any, ...]) -> tuple[int, int, float | None] | None:
+        """COMMIT_STORE of the caller's own pending write: make its objects readable. Returns
+        (stored, reserved, started), or None when the caller has nothing pending under that key."""
+        with self._lock:
+            entry = self._pop_write((client, instance_id, identity))
+        if entry is None:
+            return None
+        return self.commit_count(entry.keys, entry.handles), len(entry.keys), entry.started
+
+    def prepare_retrieve(
+        self,
+        client: ClientId,
+        instance_id: int,
+        transfer: TransferKeys,
+        request_id: str,
+        object_size: int,
+        started: float | None = None,
+    ) -> ReadTicket | None:
+        """PREPARE_RETRIEVE: consume the request's LOOKUP locks and pin the objects until the
+        caller's own COMMIT_RETRIEVE (an earlier unfinished one of the same key is released)."""
+        ticket = self.acquire_for_read(transfer.keys, object_size, request_id=request_id, client=client)
+        if ticket is None:
+            return None
+        with self._lock:
+            old = self._reads.pop((client, instance_id, transfer.identity), None)
+            self._reads[(client, instance_id, transfer.identity)] = _PendingRead(ticket, started)
+        if old is not None:
+            self.release_read(old.ticket)
+        return ticket
+
+    def commit_retrieve(
+        self, client: ClientId, instance_id: int, identity: tuple[Any, ...]
+    ) -> tuple[ReadTicket, float | None] | None:
+        """COMMIT_RETRIEVE of the caller's own pinned copy: release it. None when the caller
+        has none under that key."""
+        with self._lock:
+            entry = self._reads.pop((client, instance_id, identity), None)
+        if entry is None:
+            return None
+        self.release_read(entry.ticket)
+        return entry.ticket, entry.started
+
+    def drop_instance(self, client: ClientId, instance_id: int) -> tuple[int, int]:
+        """Forget a registration's pending transfers: uncommitted writes are discarded (never
+        published), pinned copies released. Only that client's; returns (writes, reads)."""
+        with self._lock:
+            writes = [self._pop_write(pid) for pid in list(self._writes) if pid[:2] == (client, instance_id)]
+            reads = [self._reads.pop(pid) for pid in list(self._reads) if pid[:2] == (client, instance_id)]
+        for w in writes:
+            if w is not None:
+                self.abort(w.keys, w.handles)
+        for r in reads:
+            self.release_read(r.ticket)
+        return len(writes), len(reads)
+
+    def pending_counts(self, client: ClientId, instance_id: int) -> tuple[int, int]:
+        """(pending writes, pending reads) of one registration."""
+        with self._lock:
+            return (
+                sum(1 for pid in self._writes if pid[:2] == (client, instance_id)),
+                sum(1 for pid in self._reads if pid[:2] == (client, instance_id)),
+            )
+
+    def pending_write_bytes(self, client: ClientId) -> int:
+        with self._lock:
+            return self._write_bytes.get(client, 0)
+
+    def _pop_write(self, pid: PendingId) -> _PendingWrite | None:
+        """Remove a pending write and its bytes from the client's total (lock held)."""
+        entry = self._writes.pop(pid, None)
+        if entry is not None:
+            left = self._write_bytes.get(pid[0], 0) - entry.nbytes
+            if left > 0:
+                self._write_bytes[pid[0]] = left
+            else:
+                self._write_bytes.pop(pid[0], None)
+        return entry
 
     def report_status(self) -> dict[str, Any]:
+        leases = self.leases.count()
         with self._lock:
             return {
                 "is_healthy": True,
                 "active_prefetch_jobs": len(self._jobs),
+                "lookup_leases": leases,
+                "lookup_leases_released_over_cap_total": self.leases.released_over_cap_total,
+                "lookup_jobs_dropped_total": self.jobs_dropped_total,
+                "pending_writes": len(self._writes),
+                "pending_write_bytes": sum(self._write_bytes.values()),
+                "pending_write_bytes_per_client_cap": self._pending_write_cap,
+                "pending_write_refusals_total": self.pending_write_refusals_total,
+                "pending_reads": len(self._reads),
                 "lookups_total": self.lookups_total,
                 "lookup_hit_chunks_total": self.lookup_hit_chunks_total,
+                "limits": {
+                    "max_tokens_per_key": self.limits.max_tokens_per_key,
+                    "max_sessions": self.limits.max_sessions,
+                    "max_sessions_per_client": self.limits.max_sessions_per_client,
+                    "max_lookups_per_client": self.limits.max_lookups_per_client,
+                },
                 "layouts": {
                     f"{model}@{ws}": {"object_size": lay.object_size, "registrations": lay.refs}
                     for (model, ws), lay in self._layouts.items()

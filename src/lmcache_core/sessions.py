@@ -8,6 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmcache_core.clients import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_MAX_SESSIONS_PER_CLIENT,
+    LOCAL_CLIENT,
+    ClientId,
+)
 from lmcache_core.hashing import IncrementalHasher, TokenBytes, TokenHasher
 from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
 from lmcache_core.ports import Clock
@@ -29,6 +35,7 @@ class Session:
     hasher: IncrementalHasher
     created_at: float
     last_used: float
+    owner: ClientId = LOCAL_CLIENT
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -58,7 +65,9 @@ class SessionManager:
     """Request id -> Session. Hashes are computed once per new chunk of a session (engines resend
     the whole sequence on every call). Sessions expire `ttl_seconds` after their last use and
     `reap()` really removes them; a bounded, most-recent-first record of ended requests stays
-    behind. Thread-safe."""
+    behind. At most `max_sessions` live at once, and at most `max_sessions_per_client` created
+    by one client: past either, the least recently used one (of that client) is dropped (a
+    session only saves hashing; a dropped one is rebuilt on its next use). Thread-safe."""
 
     def __init__(
         self,
@@ -68,6 +77,8 @@ class SessionManager:
         ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
         max_ended: int = DEFAULT_MAX_ENDED_SESSIONS,
         max_known_sequences: int = DEFAULT_MAX_KNOWN_SEQUENCES,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_sessions_per_client: int = DEFAULT_MAX_SESSIONS_PER_CLIENT,
     ) -> None:
         if not ttl_seconds > 0:
             raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds!r}")
@@ -78,7 +89,12 @@ class SessionManager:
         self._ttl = float(ttl_seconds)
         self._max_ended = max_ended
         self._lock = threading.Lock()
-        self._sessions: dict[str, Session] = {}
+        # Least recently used first, overall and per creating client.
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._per_client: dict[ClientId, OrderedDict[str, None]] = {}
+        self._max_sessions = max(1, int(max_sessions))
+        self._max_per_client = max(1, int(max_sessions_per_client))
+        self._dropped_total = 0
         self._ended: OrderedDict[str, EndedSession] = OrderedDict()
         self._max_known = max(0, int(max_known_sequences))
         self._known: OrderedDict[TokenBytes, tuple[bytes, ...]] = OrderedDict()
@@ -102,9 +118,11 @@ class SessionManager:
         model_name: str,
         world_size: int,
         cache_salt: str = "",
+        client: ClientId = LOCAL_CLIENT,
     ) -> list[bytes]:
         """Hashes of every full chunk of `token_ids` (the whole sequence from token 0), using and
-        refreshing the session `request_id`; only chunks not hashed before are hashed."""
+        refreshing the session `request_id` (created by `client` when new); only chunks not
+        hashed before are hashed."""
         now = self._clock.monotonic()
         with self._lock:
             session = self._sessions.get(request_id)
@@ -113,10 +131,19 @@ class SessionManager:
                 world_size,
                 cache_salt,
             ):
+                if session is not None:
+                    self._unindex(session)
                 session = Session(
-                    request_id, model_name, world_size, cache_salt, self._hasher.incremental(), now, now
+                    request_id, model_name, world_size, cache_salt, self._hasher.incremental(), now, now, client
                 )
                 self._sessions[request_id] = session
+                self._per_client.setdefault(client, OrderedDict())[request_id] = None
+                self._enforce_caps(client)
+            else:
+                self._sessions.move_to_end(request_id)
+                mine = self._per_client.get(session.owner)
+                if mine is not None and request_id in mine:
+                    mine.move_to_end(request_id)
             session.last_used = now
         # Only a session's first sequence is looked up in (and added to) the table of known
         # ones: a session resending its tokens is answered from its own hasher, without hashing
@@ -155,6 +182,7 @@ class SessionManager:
             session = self._sessions.pop(request_id, None)
             if session is None:
                 return None
+            self._unindex(session)
             self._ended_total += 1
             return self._record(session, "ended")
 
@@ -162,13 +190,48 @@ class SessionManager:
         """Remove sessions unused for `ttl_seconds`; returns their records."""
         now = self._clock.monotonic()
         with self._lock:
-            expired = [s for s in self._sessions.values() if now - s.last_used >= self._ttl]
+            expired = []
+            # Least recently used first: stop at the first one still in use.
+            for session in self._sessions.values():
+                if now - session.last_used < self._ttl:
+                    break
+                expired.append(session)
             records = []
             for session in expired:
                 del self._sessions[session.request_id]
+                self._unindex(session)
                 records.append(self._record(session, "expired"))
             self._expired_total += len(expired)
             return records
+
+    def count(self, client: ClientId | None = None) -> int:
+        """Live sessions (created by `client`, when given)."""
+        with self._lock:
+            if client is None:
+                return len(self._sessions)
+            return len(self._per_client.get(client, ()))
+
+    def _unindex(self, session: Session) -> None:
+        mine = self._per_client.get(session.owner)
+        if mine is not None:
+            mine.pop(session.request_id, None)
+            if not mine:
+                del self._per_client[session.owner]
+
+    def _enforce_caps(self, client: ClientId) -> None:
+        """Drop least recently used sessions past the caps (the caller holds the lock)."""
+        mine = self._per_client.get(client)
+        while mine is not None and len(mine) > self._max_per_client:
+            self._drop(self._sessions[next(iter(mine))])
+            mine = self._per_client.get(client)
+        while len(self._sessions) > self._max_sessions:
+            self._drop(next(iter(self._sessions.values())))
+
+    def _drop(self, session: Session) -> None:
+        del self._sessions[session.request_id]
+        self._unindex(session)
+        self._dropped_total += 1
+        self._record(session, "dropped")
 
     def recent(self, request_id: str) -> EndedSession | None:
         """The record of a recently ended (or expired) request, if still remembered."""
@@ -187,6 +250,9 @@ class SessionManager:
                 "remembered_ended_sessions": len(self._ended),
                 "ended_sessions_total": self._ended_total,
                 "expired_sessions_total": self._expired_total,
+                "dropped_sessions_total": self._dropped_total,
+                "max_sessions": self._max_sessions,
+                "max_sessions_per_client": self._max_per_client,
                 "session_ttl_seconds": self._ttl,
             }
 

@@ -52,6 +52,30 @@ def _copy_threads(value: int) -> int:
     return value
 
 
+def _count(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _frame_bytes(value: int) -> int:
+    if not 1 << 16 <= value <= 1 << 32:
+        raise ValueError(f"must be a byte count from 65536 to 4294967296, got {value}")
+    return value
+
+
+def _tokens_per_key(value: int) -> int:
+    if not 1 <= value <= 1 << 26:
+        raise ValueError(f"must be in 1..67108864, got {value}")
+    return value
+
+
+def _bytes_or_auto(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be a byte count >= 0 (0 = automatic), got {value}")
+    return value
+
+
 def _fraction(value: float) -> float:
     if not 0 < value <= 1:
         raise ValueError(f"must be in (0, 1], got {value}")
@@ -235,6 +259,33 @@ class ServerConfig:
     )
     session_ttl_seconds: float = _opt(
         600.0, "A request's session (tokens, chunk hashes) expires after this long without END_SESSION.", check=_positive
+    )
+    max_frame_bytes: int = _opt(
+        256 << 20,
+        "Largest ZeroMQ frame the data path accepts (ZeroMQ's MAXMSGSIZE: a bigger one drops the sender's "
+        "connection before it is buffered).",
+        check=_frame_bytes,
+    )
+    max_tokens_per_key: int = _opt(
+        1 << 20, "Token ids one request key may hold; a longer key is refused before it is hashed.",
+        check=_tokens_per_key,
+    )
+    max_sessions: int = _opt(
+        65536, "Live sessions (and LOOKUP lock leases) of all clients; past it the least recently used goes.",
+        check=_count,
+    )
+    max_sessions_per_client: int = _opt(
+        8192, "Live sessions one data-path client created; past it that client's least recently used goes.",
+        check=_count,
+    )
+    max_lookups_per_client: int = _opt(
+        4096, "Live LOOKUPs (unqueried jobs, and leases of unretrieved locks) of one data-path client; past it "
+        "its oldest is released.",
+        check=_count,
+    )
+    max_pending_write_bytes_per_client: int = _opt(
+        0, "Bytes of uncommitted PREPARE_STORE slots one data-path client may hold (0 = a quarter of L1).",
+        check=_bytes_or_auto,
     )
     http_host: str = _opt("127.0.0.1", "Address the HTTP admin server binds.", check=_non_empty)
     http_port: int = _opt(8080, "Port of the HTTP admin server (0 = pick a free port).", check=_port)

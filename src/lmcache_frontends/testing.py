@@ -36,3 +36,21 @@ def in_memory_stack(
     overrides.setdefault("clock", ManualClock())
     overrides.setdefault("memory_pool", BytearrayMemoryPool(pool_bytes))
     return bootstrap(config or ServerConfig(), **overrides)
+
+
+def raw_request(url: str, frames: list[bytes], timeout_ms: int = 300) -> list[bytes] | None:
+    """Send `frames` on a fresh DEALER connection to a data-path server (a client of its own,
+    as an engine would connect) and return the reply's frames, or None when none came within
+    `timeout_ms` (the server dropped the request, or the connection)."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        sock.send_multipart(frames)
+        if not sock.poll(timeout_ms):
+            return None
+        return sock.recv_multipart()
+    finally:
+        sock.close()

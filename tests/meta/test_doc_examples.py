@@ -98,9 +98,11 @@ class Server:
         tensors = [torch.arange(2 * 8 * 4 * 2 * 4, dtype=torch.float16).reshape(2, 8, 4, 2, 4) + i for i in range(2)]
         self.layout = KVCacheLayout(tensors, chunk_size=256)
         object_size = self.layout.object_size
+        registration = SimpleNamespace(instance_id=0, layout=self.layout)
         server = SimpleNamespace(
             data_path=SimpleNamespace(object_size=lambda m, ws: object_size if (m, ws) == ("m", 1) else None),
-            instances=lambda: {0: SimpleNamespace(layout=self.layout)},
+            registrations=lambda iid: [registration] if iid == 0 else [],
+            kv_checksums=lambda inst, ids, chunk, layerwise: inst.layout.checksums(ids, chunk, layerwise=layerwise),
         )
         assert self.services.engine is not None
         self.services.engine.kv_caches.add_source(DataPathKVCaches(server))

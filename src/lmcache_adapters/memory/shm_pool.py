@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from lmcache_adapters.memory.faultguard import GuardedRange, native_guard
 from lmcache_core.errors import ConfigError
 from lmcache_core.ports import MemoryHandle
 
@@ -237,6 +238,17 @@ class SharedMemoryPool:
             raise
         self._atexit_cb = functools.partial(_unlink_at_exit, self._path, self._inode)
         atexit.register(self._atexit_cb)
+        st = os.fstat(self._fd)
+        self._identity = (st.st_dev, st.st_ino)
+        # A same-uid client can truncate the segment (its name is in the registration reply):
+        # faults in it are caught (native guard) or noticed by size checks; see recover().
+        self._guard = GuardedRange(
+            self._tensor.data_ptr(), self._capacity, fd=self._fd, name=self._path, owner=self._mmap
+        )
+        self._recover_lock = threading.Lock()
+        self._recovered_faults = 0
+        self.recoveries_total = 0
+        self.lost_bytes_total = 0
 
         self._init_allocator()
 
@@ -315,6 +327,72 @@ class SharedMemoryPool:
             log.warning("replaced leftover L1 segment %s of a dead server", self._path)
             return True
         return not os.path.exists(self._path)
+
+    # ------------------------------------------------------------------ truncation
+
+    @property
+    def segment_identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the segment: no client may register it as its own KV tensor."""
+        return self._identity
+
+    @property
+    def guard(self) -> GuardedRange:
+        """The pool's watched range (fault counts, fallback size checks)."""
+        return self._guard
+
+    def fault_count(self) -> int:
+        """Faults caught in the pool so far (a copy compares it before and after)."""
+        return self._guard.faults()
+
+    def check_intact(self) -> None:
+        """Without the native guard: SegmentFaultError when the segment is shorter than the
+        pool (a copy then fails instead of touching it). A no-op with the native guard."""
+        self._guard.check_size(self._capacity)
+
+    def needs_recovery(self) -> bool:
+        """Whether a fault was caught since the last recovery, or the file is short."""
+        if self._closed:
+            return False
+        if self._guard.faults() != self._recovered_faults:
+            return True
+        try:
+            return os.fstat(self._fd).st_size < self._capacity
+        except OSError:
+            return False
+
+    def recover(self) -> int | None:
+        """After a truncation: restore the segment's size, map the file again over pages the
+        guard patched, and reserve the pages again. Returns the offset from which bytes were
+        lost (objects there must be dropped: their data is gone), or None when nothing was
+        wrong. Safe to call at any time; concurrent callers recover once."""
+        with self._recover_lock:
+            if self._closed:
+                return None
+            faults = self._guard.faults()
+            lowest = self._guard.take_lowest_fault()
+            size = os.fstat(self._fd).st_size
+            if lowest is None and size >= self._capacity:
+                self._recovered_faults = faults
+                return None
+            lost_from = min(size, self._capacity) // PAGE_BYTES * PAGE_BYTES
+            if lowest is not None:
+                lost_from = min(lost_from, lowest)
+            if size < self._capacity:
+                os.ftruncate(self._fd, self._capacity)
+            if lowest is not None and native_guard():
+                self._guard.remap(self._fd, lowest, lowest, self._capacity - lowest)
+            try:
+                os.posix_fallocate(self._fd, lost_from, self._capacity - lost_from)
+            except OSError as exc:
+                log.error("re-reserving L1 pool pages after a truncation failed: %s", exc)
+            self._recovered_faults = faults
+            self.recoveries_total += 1
+            self.lost_bytes_total += self._capacity - lost_from
+            log.error(
+                "L1 pool segment %s was truncated by another process (to %d bytes); restored it, "
+                "bytes from offset %d on are lost", self._path, size, lost_from,
+            )
+            return lost_from
 
     # ------------------------------------------------------------------ CUDA
 
@@ -701,6 +779,9 @@ class SharedMemoryPool:
             "prefault_mode": self._prefault_mode,
             "prefaulted_bytes": self._prefaulted,
             "stale_segments_removed": list(self.stale_segments_removed),
+            "truncation_guard": "sigbus" if self._guard.native else "size_checks",
+            "truncation_recoveries_total": self.recoveries_total,
+            "truncation_lost_bytes_total": self.lost_bytes_total,
         }
         if self._prefault_error is not None:
             status["error"] = (
@@ -727,6 +808,7 @@ class SharedMemoryPool:
                 if thread.is_alive():
                     log.error("L1 pre-fault thread did not stop; leaving the mapping to GC")
             self._unpin()
+            self._guard.close()
             # Drop, never release(): views handed out keep the export alive, which is what
             # makes mm.close() refuse (BufferError) instead of unmapping under them.
             self._tensor = None

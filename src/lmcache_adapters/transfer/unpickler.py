@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from lmcache_adapters.transfer.tensors import CpuShmTensorWrapper, CudaIPCWrapper, RawCudaIPCWrapper
+from lmcache_adapters.transfer.tensors import (
+    ALLOWED_DTYPES,
+    CpuShmTensorWrapper,
+    CudaIPCWrapper,
+    RawCudaIPCWrapper,
+    WrapperStateError,
+)
 
 # Wire names (LMCache 0.5.0 module paths) -> our classes with the same pickled state.
 WRAPPER_CLASSES: dict[tuple[str, str], type] = {
@@ -18,7 +24,6 @@ WRAPPER_CLASSES: dict[tuple[str, str], type] = {
     ("lmcache.v1.platform.cpu.shm", "CpuShmTensorWrapper"): CpuShmTensorWrapper,
 }
 
-ALLOWED_DTYPES = ("float16", "bfloat16", "float32", "float64", "uint8", "int8", "float8_e4m3fn", "float8_e5m2")
 
 
 class UnpicklingRejectedError(pickle.UnpicklingError):
@@ -66,11 +71,20 @@ def restricted_loads(data: bytes, *, allow_tensors: bool = False) -> Any:
 
 
 def load_wrapper(data: bytes) -> CpuShmTensorWrapper | CudaIPCWrapper | RawCudaIPCWrapper:
-    """One Ext1 body of REGISTER_KV_CACHE: a pickled tensor-handle wrapper."""
-    obj = restricted_loads(data)
-    if not isinstance(obj, CpuShmTensorWrapper | CudaIPCWrapper | RawCudaIPCWrapper):
+    """One Ext1 body of REGISTER_KV_CACHE: a pickled tensor-handle wrapper. Its state went
+    through its class's schema while unpickling (`__setstate__`); an instance that never got
+    a valid state (no BUILD, a REDUCE of the class) is refused here. The type is checked
+    exactly: the allow-list resolves only these classes, and nothing else may pass."""
+    try:
+        obj = restricted_loads(data)
+    except (WrapperStateError, ValueError, TypeError) as exc:
+        if isinstance(exc, UnpicklingRejectedError):
+            raise
+        raise UnpicklingRejectedError(f"bad tensor-handle wrapper: {exc}") from None
+    if type(obj) not in (CpuShmTensorWrapper, CudaIPCWrapper, RawCudaIPCWrapper):
         raise UnpicklingRejectedError(f"expected a tensor-handle wrapper, got {type(obj).__name__}")
-    obj.validate()
+    if not obj.complete:
+        raise UnpicklingRejectedError(f"{type(obj).__name__} arrived without a valid state")
     return obj
 
 

@@ -48,10 +48,12 @@ class _L1Object:
     """One resident object: its memory and its lock state."""
 
     __slots__ = (
+        "copy_lock",
         "created_at",
         "handle",
         "key",
         "last_access",
+        "pending",
         "read_lock",
         "ready",
         "size",
@@ -79,7 +81,14 @@ class _L1Object:
         # abandoned by a crashed writer and holds garbage, so it is never made readable.
         self.ready = False
         self.write_lock = TTLLock(write_ttl, clock)
+        # Every read lock counts in `read_lock`; the ones held by a copy in flight (the object's
+        # memory is being read right now) count in `copy_lock` too. The rest are promises (a
+        # LOOKUP's locks kept for a later retrieve): nothing reads the memory yet.
         self.read_lock = TTLLock(read_ttl, clock)
+        self.copy_lock = TTLLock(read_ttl, clock)
+        # True once force-cleared with a copy in flight: out of the table, memory kept until
+        # the copy finishes (found by its handle, never by its key).
+        self.pending = False
         self.created_at = now
         self.last_access = now
         # Set by a batch operation to its own token: a second sight of the object in the same
@@ -87,7 +96,14 @@ class _L1Object:
         self.stamp: object = None
 
     def locked(self, now: float) -> bool:
-        return self.write_lock.is_locked(now) or self.read_lock.is_locked(now)
+        return self.write_lock.is_locked(now) or self.read_lock.is_locked(now) or self.copy_lock.is_locked(now)
+
+    def in_flight(self, now: float) -> bool:
+        """A writer or a copy is using the memory right now (promises do not count)."""
+        return self.write_lock.is_locked(now) or self.copy_lock.is_locked(now)
+
+    def promises(self, now: float) -> int:
+        return max(0, self.read_lock.count(now) - self.copy_lock.count(now))
 
     def readable(self, now: float) -> bool:
         return self.ready and not self.write_lock.is_locked(now)
@@ -147,10 +163,17 @@ class L1Manager:
       `expire_locks()` removes it (reason "aborted").
     - A temporary object is freed after its last `finish_read`, when its read lock expires, or
       when nobody has locked it for `read_ttl_seconds` (a prefetch nobody came to read).
-    - `clear(force=True)` takes locked objects out of the table at once but keeps their memory
-      in a pending-free table until their locks are released (the `finish_*` call answers
-      KEY_NOT_EXIST) or expire. While a key is pending, `reserve_write` of that key answers
-      KEY_NOT_WRITABLE, so a late `finish_*` can never land on a newer object of the same key.
+    - Read locks are either *copies* (the default: the caller is about to read the memory) or
+      *promises* (`promise=True`: kept for a later copy, nothing reads the memory yet; LOOKUP
+      locks). `convert_promises` turns one promise into a copy on the exact object.
+    - `clear(force=True)` takes every matching object out of the table at once. Promises on it
+      are void. Its memory is freed at once unless a writer or a copy is using it; then it is
+      kept in a pending-free table until those finish (the `finish_*` call answers
+      KEY_NOT_EXIST) or their locks expire. The key itself can be stored again at once.
+    - Pass `handles` (the ones the reservation returned) to the `finish_*`/`abort_write` calls
+      to name the exact object: a late finish of a cleared object then lands on that object and
+      never on a newer one of the same key. Without handles a key names the object in the
+      table, or else a pending one of that key.
     - A pinned object (`pin`) is skipped by eviction (`evict`, the reclaimer) and by
       `clear(force=False)` until it is unpinned or its pin's TTL passes; `delete`, `clear(force=True)`
       and a rewrite still reach it (explicit operator or client actions win over a pin).
@@ -179,7 +202,9 @@ class L1Manager:
         self._receivers: dict[str, list[tuple[L1Listener, Callable[..., None]]]] = {event: [] for event in _EVENTS}
         self._reclaimer: Reclaimer | None = None
         self._objects: dict[ObjectKey, _L1Object] = {}
-        self._pending: dict[ObjectKey, _L1Object] = {}
+        # Force-cleared objects with a copy or writer in flight, by id() of their handle (the
+        # handle object stays referenced by its object, so its id is not reused meanwhile).
+        self._pending: dict[int, _L1Object] = {}
         # Keys of table objects holding a lock (may include expired ones until _expire runs);
         # small sets, so status never walks the whole table.
         self._write_locked: set[ObjectKey] = set()
@@ -197,6 +222,7 @@ class L1Manager:
         self._out_of_memory_total = 0
         self._reclaim_calls_total = 0
         self._reclaim_failures_total = 0
+        self._reclaim_refused_total = 0
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -263,9 +289,6 @@ class L1Manager:
                 if key in seen:
                     continue  # answered KEY_IN_WRONG_STATE
                 seen.add(key)
-                if self._pending and key in self._pending:
-                    results[i] = (OpResult.KEY_NOT_WRITABLE, None)
-                    continue
                 obj = self._objects.get(key)
                 if obj is not None and mode is not WriteMode.UPDATE and self._abandoned(obj, now):
                     self._drop([obj], "aborted")
@@ -331,44 +354,55 @@ class L1Manager:
             self._emit("on_l1_keys_reserved_write", reserved_keys, reserved_sizes)
             return results
 
-    def finish_write(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
+    def finish_write(
+        self, keys: Sequence[ObjectKey], *, handles: Sequence[MemoryHandle | None] | None = None
+    ) -> list[OpResult]:
         """Release the write lock: the object becomes readable; listeners get write_finished."""
         with self._lock:
             now = self._clock.monotonic()
-            results, done = self._finish_write_locked(keys, now)
+            results, done = self._finish_write_locked(keys, now, handles)
             self._emit("on_l1_keys_write_finished", [o.key for o in done], [o.size for o in done])
             return results
 
-    def abort_write(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
+    def abort_write(
+        self, keys: Sequence[ObjectKey], *, handles: Sequence[MemoryHandle | None] | None = None
+    ) -> list[OpResult]:
         """Drop write-locked objects whose write will never complete (never made readable)."""
         with self._lock:
             now = self._clock.monotonic()
-            results, aborted = self._release_write_locks(keys, now)
+            results, aborted = self._release_write_locks(keys, now, handles)
             self._drop(aborted, "aborted")
             return results
 
     def finish_write_and_reserve_read(
-        self, keys: Sequence[ObjectKey], extra_count: int = 0
+        self,
+        keys: Sequence[ObjectKey],
+        extra_count: int = 0,
+        *,
+        handles: Sequence[MemoryHandle | None] | None = None,
+        promise: bool = False,
     ) -> list[tuple[OpResult, MemoryHandle | None]]:
-        """finish_write, then take `1 + extra_count` read locks, atomically."""
+        """finish_write, then take `1 + extra_count` read locks (promises with `promise`),
+        atomically."""
         holders = 1 + _validate_count("extra_count", extra_count, 0)
         with self._lock:
             now = self._clock.monotonic()
-            statuses, done = self._finish_write_locked(keys, now)
-            self._lock_for_read(done, holders, now)
+            statuses, done = self._finish_write_locked(keys, now, handles)
+            self._lock_for_read(done, holders, now, not promise)
             results: list[tuple[OpResult, MemoryHandle | None]] = []
-            handles = iter(obj.handle for obj in done)
+            finished = iter(obj.handle for obj in done)
             for status in statuses:
-                results.append((status, next(handles) if status is OpResult.SUCCESS else None))
+                results.append((status, next(finished) if status is OpResult.SUCCESS else None))
             done_keys = [o.key for o in done]
             self._emit("on_l1_keys_write_finished", done_keys, [o.size for o in done])
             self._emit("on_l1_keys_read_reserved", done_keys)
             return results
 
     def reserve_read(
-        self, keys: Sequence[ObjectKey], extra_count: int = 0
+        self, keys: Sequence[ObjectKey], extra_count: int = 0, *, promise: bool = False
     ) -> list[tuple[OpResult, MemoryHandle | None]]:
-        """Take `1 + extra_count` read locks (tensor-parallel readers) on readable objects."""
+        """Take `1 + extra_count` read locks (tensor-parallel readers) on readable objects:
+        copies in flight, or promises with `promise`."""
         holders = 1 + _validate_count("extra_count", extra_count, 0)
         with self._lock:
             now = self._clock.monotonic()
@@ -400,17 +434,24 @@ class L1Manager:
                     continue
                 append_readable(obj)
                 append((success, obj.handle))
-            self._emit("on_l1_keys_read_reserved", self._lock_for_read(readable, holders, now))
+            self._emit("on_l1_keys_read_reserved", self._lock_for_read(readable, holders, now, not promise))
             return results
 
-    def reserve_read_prefix(
-        self, keys: Sequence[ObjectKey], extra_count: int = 0, *, nbytes: int | None = None, group: int = 1
-    ) -> int:
-        """Take `1 + extra_count` read locks on the leading run of `keys` that are readable
-        (and, with `nbytes`, hold objects of exactly that size), stopping at the first key that
-        is not (missing, being written, another size, or a repeat); the run is cut to a
-        multiple of `group`. Returns its length. Nothing past the run is locked, not even for
-        a moment: what a LOOKUP needs, whose engine can only use a prefix."""
+    def lock_read_prefix(
+        self,
+        keys: Sequence[ObjectKey],
+        extra_count: int = 0,
+        *,
+        nbytes: int | None = None,
+        group: int = 1,
+        promise: bool = False,
+    ) -> list[MemoryHandle]:
+        """Take `1 + extra_count` read locks (promises with `promise`) on the leading run of
+        `keys` that are readable (and, with `nbytes`, hold objects of exactly that size),
+        stopping at the first key that is not (missing, being written, another size, or a
+        repeat); the run is cut to a multiple of `group`. Returns the handles of the run, in
+        order. Nothing past the run is locked, not even for a moment: what a LOOKUP needs,
+        whose engine can only use a prefix."""
         holders = 1 + _validate_count("extra_count", extra_count, 0)
         group = _validate_count("group", group, 1)
         with self._lock:
@@ -431,12 +472,13 @@ class L1Manager:
                     break
                 append(obj)
             del run[len(run) - len(run) % group :]
-            self._emit("on_l1_keys_read_reserved", self._lock_for_read(run, holders, now))
-            return len(run)
+            self._emit("on_l1_keys_read_reserved", self._lock_for_read(run, holders, now, not promise))
+            return [obj.handle for obj in run]
 
-    def _lock_for_read(self, objs: list[_L1Object], holders: int, now: float) -> list[ObjectKey]:
-        """Add `holders` read locks to readable objects (the caller holds the L1 lock); returns
-        their stored keys. The TTL lock rules of TTLLock.lock, inline: one loop per batch."""
+    def _lock_for_read(self, objs: list[_L1Object], holders: int, now: float, copy: bool) -> list[ObjectKey]:
+        """Add `holders` read locks (copies in flight with `copy`, else promises) to readable
+        objects (the caller holds the L1 lock); returns their stored keys. The TTL lock rules
+        of TTLLock.lock, inline: one loop per batch."""
         add_locked = self._read_locked.add
         locked: list[ObjectKey] = []
         append_locked = locked.append
@@ -446,6 +488,8 @@ class L1Manager:
                 rl._count = 0  # expired: its holders are presumed dead
             rl._count += holders
             rl._deadline = now + rl._ttl
+            if copy:
+                obj.copy_lock.lock(holders, now)
             obj.last_access = now
             # The stored key: later set/dict/LRU lookups hit on identity.
             stored = obj.key
@@ -453,9 +497,21 @@ class L1Manager:
             append_locked(stored)
         return locked
 
-    def finish_read(self, keys: Sequence[ObjectKey], count: int = 1) -> list[OpResult]:
-        """Release `count` read locks; a temporary object is freed after its last read."""
+    def finish_read(
+        self,
+        keys: Sequence[ObjectKey],
+        count: int = 1,
+        *,
+        handles: Sequence[MemoryHandle | None] | None = None,
+        promise: bool = False,
+    ) -> list[OpResult]:
+        """Release `count` read locks: copies (the default) or, with `promise`, promises; never
+        more of the kind than the object holds (KEY_IN_WRONG_STATE, nothing changed). A
+        temporary object is freed after its last read. A force-cleared object answers
+        KEY_NOT_EXIST (its promises were void; a copy's release frees its memory)."""
         count = _validate_count("count", count, 1)
+        if handles is not None and len(handles) != len(keys):
+            raise ValueError(f"got {len(keys)} keys but {len(handles)} handles")
         with self._lock:
             now = self._clock.monotonic()
             results: list[OpResult] = []
@@ -466,21 +522,17 @@ class L1Manager:
             stamp = object()
             append, append_finished = results.append, finished.append
             get, discard_locked = self._objects.get, self._read_locked.discard
-            pending_table = self._pending
             missing_seen: set[ObjectKey] = set()
             success, wrong, missing = OpResult.SUCCESS, OpResult.KEY_IN_WRONG_STATE, OpResult.KEY_NOT_EXIST
-            for key in keys:
-                pending = pending_table.get(key) if pending_table else None
-                if pending is not None:
-                    if pending.stamp is stamp:
-                        append(wrong)
-                        continue
-                    pending.stamp = stamp
-                    pending.read_lock.unlock(count, now)
-                    self._free_pending_if_unlocked(pending, now)
-                    append(missing)
-                    continue
+            for i, key in enumerate(keys):
                 obj = get(key)
+                if handles is None:
+                    if obj is None and self._pending:
+                        obj = self._pending_of_key(key)
+                else:
+                    handle = handles[i]
+                    if handle is not None and (obj is None or obj.handle is not handle):
+                        obj = self._exact(key, handle)
                 if obj is None:
                     append(_missing_status(key, missing_seen))
                     continue
@@ -488,17 +540,31 @@ class L1Manager:
                     append(wrong)
                     continue
                 obj.stamp = stamp
-                rl = obj.read_lock
-                if rl._count > 0 and now >= rl._deadline:
-                    rl._count = 0  # expired: a late unlock is answered "wrong state"
-                if count > rl._count:
-                    append(wrong)
+                rl, cl = obj.read_lock, obj.copy_lock
+                reads = rl._count
+                if reads > 0 and now >= rl._deadline:
+                    rl._count = reads = 0  # expired: a late unlock is answered "wrong state"
+                copies = cl._count
+                if copies > 0 and now >= cl._deadline:
+                    cl._count = copies = 0
+                if promise:
+                    held = reads - copies
+                else:
+                    held = copies if copies < reads else reads
+                if count > held:
+                    append(missing if obj.pending else wrong)
                     continue
-                rl._count -= count
+                rl._count = reads - count
+                if not promise:
+                    cl._count = copies - count
+                if obj.pending:
+                    self._free_pending_if_unlocked(obj, now)
+                    append(missing)
+                    continue
                 key = obj.key  # identity hits in the sets and listeners below
                 append_finished(key)
                 append(success)
-                if rl._count == 0:
+                if reads == count:
                     discard_locked(key)
                     if obj.temporary and not obj.write_lock.is_locked(now):
                         spent.append(obj)
@@ -506,10 +572,45 @@ class L1Manager:
             self._drop(spent, "temporary")
             return results
 
+    def convert_promises(self, keys: Sequence[ObjectKey], handles: Sequence[MemoryHandle]) -> list[OpResult]:
+        """Turn one promise into a copy in flight on each exact object (a retrieve starts
+        reading it). Per key: SUCCESS; KEY_NOT_EXIST when the object is gone or was replaced
+        (its promises died with it); KEY_NOT_READABLE; KEY_IN_WRONG_STATE when it holds no
+        promise (or the key repeats). Release the copy with `finish_read(..., handles=...)`."""
+        if len(handles) != len(keys):
+            raise ValueError(f"got {len(keys)} keys but {len(handles)} handles")
+        with self._lock:
+            now = self._clock.monotonic()
+            results: list[OpResult] = []
+            stamp = object()
+            for key, handle in zip(keys, handles, strict=True):
+                obj = self._exact(key, handle)
+                if obj is None or obj.pending:
+                    results.append(OpResult.KEY_NOT_EXIST)
+                    continue
+                if obj.stamp is stamp:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                obj.stamp = stamp
+                if not obj.readable(now):
+                    results.append(OpResult.KEY_NOT_READABLE)
+                    continue
+                if obj.promises(now) < 1:
+                    results.append(OpResult.KEY_IN_WRONG_STATE)
+                    continue
+                obj.copy_lock.lock(1, now)
+                # The promise's read lock now covers the copy: give it the copy's deadline, so
+                # the read count cannot lapse under a copy still running.
+                obj.read_lock._deadline = max(obj.read_lock._deadline, now + obj.read_lock.ttl_seconds)
+                obj.last_access = now
+                results.append(OpResult.SUCCESS)
+            return results
+
     def delete(self, keys: Sequence[ObjectKey], *, force: bool = False) -> list[OpResult]:
         """Remove unlocked objects and free their memory; locked ones answer KEY_IS_LOCKED.
-        With `force`, locked objects leave the table too, their memory freed only once their
-        locks are released or expire (as `clear(force=True)`)."""
+        With `force`, locked objects leave the table too, as `clear(force=True)` removes them:
+        their promises are void and their memory is freed at once unless a copy or a writer is
+        using it (then when that finishes); the key can be stored again at once."""
         with self._lock:
             now = self._clock.monotonic()
             results: list[OpResult] = []
@@ -534,10 +635,7 @@ class L1Manager:
                     doomed.append(obj)
                     results.append(OpResult.SUCCESS)
             self._drop(doomed, "delete")
-            for obj in parked:
-                self._detach(obj)
-                self._pending[obj.key] = obj
-            self._emit("on_l1_keys_removed", [o.key for o in parked], [o.size for o in parked], "delete")
+            self._force_remove(parked, now, "delete")
             return results
 
     def evict(
@@ -618,31 +716,46 @@ class L1Manager:
     def clear(
         self, force: bool = False, *, cache_salt: str | None = None, model_name: str | None = None
     ) -> int:
-        """Remove every (matching) object; without `force`, locked objects stay. With `force`,
-        locked objects leave the table at once, but their memory is freed only when their locks
-        are released or expire, so an in-flight transfer never writes into reused memory.
-        Returns the number of objects removed."""
+        """Remove every (matching) object; without `force`, locked and pinned objects stay.
+        With `force`, every matching object leaves the table at once and its key can be stored
+        again at once: promises on it are void, its memory is freed at once unless a writer or
+        a copy is using it, and then only when they finish or their locks expire (an in-flight
+        transfer never touches reused memory). Returns the number of objects removed."""
         with self._lock:
             now = self._clock.monotonic()
-            removed: list[_L1Object] = []
+            doomed: list[_L1Object] = []
             for key, obj in list(self._objects.items()):
                 if cache_salt is not None and key.cache_salt != cache_salt:
                     continue
                 if model_name is not None and key.model_name != model_name:
                     continue
-                locked = obj.locked(now)
-                if not force and (locked or self._pinned(key, now)):
+                if not force and (obj.locked(now) or self._pinned(key, now)):
                     continue
-                self._detach(obj)
-                if locked:
-                    self._pending[key] = obj
-                else:
-                    self._pool.free(obj.handle)
-                removed.append(obj)
-            self._emit(
-                "on_l1_keys_removed", [o.key for o in removed], [o.size for o in removed], "clear"
-            )
-            return len(removed)
+                doomed.append(obj)
+            self._force_remove(doomed, now, "clear")
+            return len(doomed)
+
+    def drop_where(self, lost: Callable[[MemoryHandle], bool], reason: str = "lost") -> int:
+        """Force-remove every object whose memory `lost(handle)` says is gone (a pool segment
+        that was truncated under us, say), as `clear(force=True)` removes them. Returns the
+        number removed."""
+        with self._lock:
+            now = self._clock.monotonic()
+            doomed = [obj for obj in self._objects.values() if lost(obj.handle)]
+            self._force_remove(doomed, now, reason)
+            return len(doomed)
+
+    def _force_remove(self, objs: list[_L1Object], now: float, reason: str) -> None:
+        for obj in objs:
+            self._detach(obj)
+            if obj.in_flight(now):
+                # Promises die with the object; the copies and the writer keep the memory.
+                obj.read_lock._count = min(obj.read_lock.count(now), obj.copy_lock.count(now))
+                obj.pending = True
+                self._pending[id(obj.handle)] = obj
+            else:
+                self._pool.free(obj.handle)
+        self._emit("on_l1_keys_removed", [o.key for o in objs], [o.size for o in objs], reason)
 
     # -- pins -----------------------------------------------------------------------------
 
@@ -833,6 +946,7 @@ class L1Manager:
                 "out_of_memory_total": self._out_of_memory_total,
                 "reclaim_calls_total": self._reclaim_calls_total,
                 "reclaim_failures_total": self._reclaim_failures_total,
+                "reclaim_refused_total": self._reclaim_refused_total,
                 "reclaimer_installed": self._reclaimer is not None,
                 "listener_count": len(self._listeners),
             }
@@ -897,14 +1011,31 @@ class L1Manager:
                 del self._pins[key]
 
     def _free_pending_if_unlocked(self, obj: _L1Object, now: float) -> None:
-        if not obj.locked(now):
-            del self._pending[obj.key]
+        if not obj.locked(now) and self._pending.pop(id(obj.handle), None) is obj:
             self._pool.free(obj.handle)
 
+    def _exact(self, key: ObjectKey, handle: MemoryHandle) -> _L1Object | None:
+        """The object of `key` whose memory is `handle` (in the table or pending), else None."""
+        obj = self._objects.get(key)
+        if obj is not None and obj.handle is handle:
+            return obj
+        if self._pending:
+            obj = self._pending.get(id(handle))
+            if obj is not None and obj.handle is handle and obj.key == key:
+                return obj
+        return None
+
+    def _pending_of_key(self, key: ObjectKey) -> _L1Object | None:
+        """The most recently cleared pending object of `key` (for callers without handles)."""
+        for obj in reversed(self._pending.values()):
+            if obj.key == key:
+                return obj
+        return None
+
     def _finish_write_locked(
-        self, keys: Sequence[ObjectKey], now: float
+        self, keys: Sequence[ObjectKey], now: float, handles: Sequence[MemoryHandle | None] | None = None
     ) -> tuple[list[OpResult], list[_L1Object]]:
-        results, done = self._release_write_locks(keys, now)
+        results, done = self._release_write_locks(keys, now, handles)
         for obj in done:
             self._write_locked.discard(obj.key)
             obj.ready = True
@@ -912,26 +1043,34 @@ class L1Manager:
         return results, done
 
     def _release_write_locks(
-        self, keys: Sequence[ObjectKey], now: float
+        self, keys: Sequence[ObjectKey], now: float, handles: Sequence[MemoryHandle | None] | None = None
     ) -> tuple[list[OpResult], list[_L1Object]]:
-        """Release one write lock per key (finish or abort). Returns the per-key results and the
-        objects whose lock was released; a force-cleared (pending) key answers KEY_NOT_EXIST and
-        its memory is freed once unlocked; a repeated key answers KEY_IN_WRONG_STATE."""
+        """Release one write lock per key (finish or abort), on the exact object when its handle
+        is given. Returns the per-key results and the objects whose lock was released; a
+        force-cleared (pending) object answers KEY_NOT_EXIST and its memory is freed once
+        unlocked; a repeated key answers KEY_IN_WRONG_STATE."""
+        if handles is not None and len(handles) != len(keys):
+            raise ValueError(f"got {len(keys)} keys but {len(handles)} handles")
         results: list[OpResult] = []
         released: list[_L1Object] = []
         seen: set[ObjectKey] = set()
-        for key in keys:
+        for i, key in enumerate(keys):
             if key in seen:
                 results.append(OpResult.KEY_IN_WRONG_STATE)
                 continue
             seen.add(key)
-            pending = self._pending.get(key) if self._pending else None
-            if pending is not None:
-                pending.write_lock.unlock(1, now)
-                self._free_pending_if_unlocked(pending, now)
+            handle = None if handles is None else handles[i]
+            if handle is None:
+                obj = self._objects.get(key)
+                if obj is None and self._pending:
+                    obj = self._pending_of_key(key)
+            else:
+                obj = self._exact(key, handle)
+            if obj is not None and obj.pending:
+                obj.write_lock.unlock(1, now)
+                self._free_pending_if_unlocked(obj, now)
                 results.append(OpResult.KEY_NOT_EXIST)
                 continue
-            obj = self._objects.get(key)
             if obj is None:
                 results.append(OpResult.KEY_NOT_EXIST)
             elif not obj.write_lock.unlock(1, now):
@@ -957,7 +1096,12 @@ class L1Manager:
                     return handles
                 if attempt == _MAX_RECLAIM_ROUNDS or self._reclaimer is None:
                     break
-                if self._reclaim(sum(sizes[len(handles) :]), protect) <= 0:
+                needed = sum(sizes[len(handles) :])
+                if not self._could_fit(needed, sizes[len(handles) :], protect):
+                    # Evicting cannot make room: never flush other objects for nothing.
+                    self._reclaim_refused_total += 1
+                    break
+                if self._reclaim(needed, protect) <= 0:
                     break
         except BaseException:
             for handle in handles:
@@ -966,6 +1110,25 @@ class L1Manager:
         for handle in handles:
             self._pool.free(handle)
         return None
+
+    def _could_fit(self, needed: int, sizes: Sequence[int], protect: list[ObjectKey]) -> bool:
+        """Whether evicting every evictable object could leave room for `needed` more bytes:
+        free bytes plus the bytes of objects that are not locked, pinned, temporary or about
+        to be rewritten. Walks only those (small) sets, never the whole table."""
+        capacity = self._pool.capacity_bytes
+        if needed > capacity or max(sizes, default=0) > capacity:
+            return False
+        kept = 0
+        seen: set[ObjectKey] = set()
+        for group in (self._write_locked, self._read_locked, self._temporary, self._pins, protect):
+            for key in group:
+                obj = self._objects.get(key)
+                if obj is not None and key not in seen:
+                    seen.add(key)
+                    kept += obj.size
+        evictable = max(0, self._object_bytes - kept)
+        free = capacity - self._pool.used_bytes
+        return free + evictable >= needed
 
     def _reclaim(self, needed: int, protect: list[ObjectKey]) -> int:
         assert self._reclaimer is not None
@@ -1006,7 +1169,7 @@ class L1Manager:
             ):
                 stale.append(obj)
         for obj in list(self._pending.values()):
-            expired += obj.write_lock.expired(now) + obj.read_lock.expired(now)
+            expired += obj.write_lock.expired(now) + obj.read_lock.expired(now) + obj.copy_lock.expired(now)
             self._free_pending_if_unlocked(obj, now)
         self._expired_locks_total += expired
         self._expire_pins(now)

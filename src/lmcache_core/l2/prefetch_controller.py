@@ -16,7 +16,7 @@ from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.l2.entry import L2AdapterEntry
 from lmcache_core.periodic import PeriodicThread
-from lmcache_core.ports import Clock, MetricsSink, NullMetricsSink
+from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ SkipWriteBack = Callable[[Sequence[ObjectKey]], None]
 
 class PrefetchJob:
     """One lookup's L2 prefetch. `loaded_count` keys (from the start of `keys`, a multiple of
-    `group_size`) are readable in L1 and read-locked `1 + extra_read_count` times once `done`.
+    `group_size`) are readable in L1 and hold `1 + extra_read_count` promise read locks once
+    `done`; `locked_handles` names the exact objects (one per key of that run).
 
     A *warm* job (an operator warming L1 before requests arrive) looks at every key, not only
     the leading run: `loaded_count` keys are in L1 once `done`, loaded ones kept (never
@@ -59,10 +60,34 @@ class PrefetchJob:
         self._l2_locks: dict[int, list[ObjectKey]] = {}
         self._reserved: list[ObjectKey] = []
         self._existing: list[ObjectKey] = []
+        # The exact L1 object of each key reserved or read-locked (a CLEAR may put a newer
+        # object of the same key in the table meanwhile).
+        self._handles: dict[ObjectKey, MemoryHandle] = {}
+        self.locked_handles: list[MemoryHandle] = []
+        self._callbacks: list[Callable[[PrefetchJob], None]] = []
+        self._callback_lock = threading.Lock()
 
     @property
     def done(self) -> bool:
         return self._event.is_set()
+
+    def add_done_callback(self, fn: Callable[[PrefetchJob], None]) -> None:
+        """Call `fn(job)` once the job is done (at once when it already is)."""
+        with self._callback_lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _set_done(self) -> None:
+        with self._callback_lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                log.exception("prefetch done-callback failed")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (True) or `timeout` seconds passed (False)."""
@@ -199,11 +224,18 @@ class PrefetchController:
 
     def _pump(self) -> None:
         to_start: list[PrefetchJob] = []
+        cancelled: list[PrefetchJob] = []
         with self._lock:
             while self._queue and len(self._running) < self.max_in_flight:
                 job = self._queue.popleft()
+                if job._cancelled:  # its lookup was dropped while it waited: never started
+                    cancelled.append(job)
+                    continue
                 self._running.add(job)
                 to_start.append(job)
+        for job in cancelled:
+            job.l2_hit_count = job.l2_hit_count or 0
+            self._finish(job, "cancelled", started=False)
         for job in to_start:
             self._start_lookup(job)
 
@@ -323,27 +355,33 @@ class PrefetchController:
         if job.warm:
             # Not a prefix: load what was reserved, count what L1 has; nothing is read-locked.
             reserved = fresh
+            for i, (r, h) in enumerate(results):
+                if r is OpResult.SUCCESS and h is not None:
+                    job._handles[job.keys[i]] = h
             existing = [job.keys[i] for i, (r, _) in enumerate(results) if r is OpResult.KEY_IN_WRONG_STATE]
             results = []
             usable = n
-        for i, (result, _handle) in enumerate(results):
+        for i, (result, handle) in enumerate(results):
             key = job.keys[i]
-            if result is OpResult.SUCCESS:
+            if result is OpResult.SUCCESS and handle is not None:
                 reserved.append(key)
+                job._handles[key] = handle
                 usable = i + 1
                 continue
-            # Already in L1 (stored meanwhile): read-lock it instead of loading it.
+            # Already in L1 (stored meanwhile): read-lock it instead of loading it (promises,
+            # like the lookup's own: the engine's retrieve turns them into copies).
             if result is OpResult.KEY_IN_WRONG_STATE:
-                r = self.l1.reserve_read([key], job.extra_read_count)[0][0]
-                if r is OpResult.SUCCESS:
+                r, existing_handle = self.l1.reserve_read([key], job.extra_read_count, promise=True)[0]
+                if r is OpResult.SUCCESS and existing_handle is not None:
                     existing.append(key)
+                    job._handles[key] = existing_handle
                     usable = i + 1
                     continue
             break
         # Anything reserved past the first unusable key is useless: abort it.
         tail = [k for k in reserved if job.keys.index(k) >= usable]
         if tail:
-            self._abort(tail)
+            self._abort(tail, job)
             dropped = set(tail)
             reserved = [k for k in reserved if k not in dropped]
         job._reserved = reserved
@@ -402,11 +440,13 @@ class PrefetchController:
             entry = self.adapters[index]
             views: list[memoryview] = []
             for key in keys:
-                view = self.l1.view(key)
-                if view is None:  # force-cleared meanwhile
+                # The reserved object's own memory: it stays ours (write-locked) even when a
+                # CLEAR takes it out of the table meanwhile.
+                handle = job._handles.get(key)
+                if handle is None:
                     views = []
                     break
-                views.append(view)
+                views.append(self.l1.pool.view(handle))
             if len(views) != len(keys):
                 failed: Future[list[bool]] = Future()
                 failed.set_result([False] * len(keys))
@@ -441,18 +481,21 @@ class PrefetchController:
         good = [k for k in job._reserved if job.keys.index(k) < run]
         bad = [k for k in job._reserved if job.keys.index(k) >= run]
         if good:
-            results = self.l1.finish_write_and_reserve_read(good, job.extra_read_count)
+            results = self.l1.finish_write_and_reserve_read(
+                good, job.extra_read_count, handles=[job._handles[k] for k in good], promise=True
+            )
             failed = [k for k, (r, _) in zip(good, results, strict=True) if r is not OpResult.SUCCESS]
             if failed:  # force-cleared while loading: the run ends before the first such key
                 first = min(job.keys.index(k) for k in failed)
                 run = min(run, first - first % job.group_size)
                 self._release_reads([k for k in good if job.keys.index(k) >= run and k not in failed], job)
         if bad:
-            self._abort(bad)
+            self._abort(bad, job)
         extra_existing = [k for k in job._existing if job.keys.index(k) >= run]
         if extra_existing:
             self._release_reads(extra_existing, job)
         self.keys_loaded += len([k for k in good if job.keys.index(k) < run])
+        job.locked_handles = [job._handles[k] for k in job.keys[:run]]
         self._complete(job, run)
 
     def _finish_warm(self, job: PrefetchJob, loaded: dict[ObjectKey, bool]) -> None:
@@ -461,10 +504,10 @@ class PrefetchController:
         bad = [k for k in job._reserved if k not in kept]
         finished = 0
         if good:
-            results = self.l1.finish_write(good)
+            results = self.l1.finish_write(good, handles=[job._handles.get(k) for k in good])
             finished = sum(1 for r in results if r is OpResult.SUCCESS)
         if bad:
-            self._abort(bad)
+            self._abort(bad, job)
         self.keys_loaded += finished
         self._complete(job, 0 if job._cancelled else finished + len(job._existing))
 
@@ -487,7 +530,7 @@ class PrefetchController:
                     self.failed += 1
                 else:
                     self.completed += 1
-        job._event.set()
+        job._set_done()
         if started:
             self._pump()
 
@@ -501,7 +544,7 @@ class PrefetchController:
             job.error = f"{type(exc).__name__}: {exc}"
             try:
                 if job._reserved:
-                    self._abort(job._reserved)
+                    self._abort(job._reserved, job)
                 if job._existing and not job.warm:  # a warm job holds no read locks
                     self._release_reads(job._existing, job)
             finally:
@@ -509,16 +552,19 @@ class PrefetchController:
                     self._unlock(self.adapters[index], keys)
                 job._l2_locks.clear()
                 job.loaded_count = 0
+                job.locked_handles = []
                 self._finish(job, "failed", started=True)
 
-    def _abort(self, keys: list[ObjectKey]) -> None:
+    def _abort(self, keys: list[ObjectKey], job: PrefetchJob) -> None:
         if self._forget_skip:
             self._forget_skip(keys)
-        self.l1.abort_write(keys)
+        self.l1.abort_write(keys, handles=[job._handles.get(k) for k in keys])
 
     def _release_reads(self, keys: list[ObjectKey], job: PrefetchJob) -> None:
         if keys:
-            self.l1.finish_read(keys, 1 + job.extra_read_count)
+            self.l1.finish_read(
+                keys, 1 + job.extra_read_count, handles=[job._handles.get(k) for k in keys], promise=True
+            )
 
     def _unlock(self, entry: L2AdapterEntry, keys: list[ObjectKey]) -> None:
         try:

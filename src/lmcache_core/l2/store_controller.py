@@ -18,7 +18,7 @@ from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
 from lmcache_core.l2.entry import L2AdapterEntry
 from lmcache_core.periodic import PeriodicThread
-from lmcache_core.ports import Clock, MetricsSink, NullMetricsSink
+from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class _Batch:
     remaining: int
     started: float
     ok_everywhere: list[bool] = field(default_factory=list)
+    # The exact objects read (a CLEAR may replace an object of the same key meanwhile).
+    handles: list[MemoryHandle] = field(default_factory=list)
 
 
 class StoreController(L1Listener):
@@ -192,26 +194,24 @@ class StoreController(L1Listener):
         """Read-lock and submit one batch, holding one batch slot (released here when nothing
         is left to write, else when the last adapter answered). Returns the objects submitted."""
         keys = [k for k, _ in batch]
+        # A copy in flight on each object: a CLEAR meanwhile keeps its memory until we finish.
         results = self.l1.reserve_read(keys)
         locked: list[ObjectKey] = []
+        handles: list[MemoryHandle] = []
         sizes: list[int] = []
         views: list[memoryview] = []
-        for (key, size), (result, _handle) in zip(batch, results, strict=True):
-            if result is not OpResult.SUCCESS:
+        for (key, size), (result, handle) in zip(batch, results, strict=True):
+            if result is not OpResult.SUCCESS or handle is None:
                 self._dropped += 1  # deleted, cleared or evicted before write-back: nothing to do
                 continue
-            view = self.l1.view(key)
-            if view is None:
-                self.l1.finish_read([key])
-                self._dropped += 1
-                continue
             locked.append(key)
+            handles.append(handle)
             sizes.append(size)
-            views.append(view)
+            views.append(self.l1.pool.view(handle))
         if not locked:
             self._slots.release()
             return 0
-        state = _Batch(locked, sizes, remaining=len(self.adapters), started=time.perf_counter())
+        state = _Batch(locked, sizes, remaining=len(self.adapters), started=time.perf_counter(), handles=handles)
         state.ok_everywhere = [True] * len(locked)
         with self._lock:
             self._in_flight += 1
@@ -266,7 +266,7 @@ class StoreController(L1Listener):
         elapsed = time.perf_counter() - state.started
         if elapsed > 0:
             self.metrics.observe("l2_store_throughput_gbps", sum(state.sizes) / elapsed / 1e9)
-        self.l1.finish_read(state.keys)
+        self.l1.finish_read(state.keys, handles=state.handles)
         if self.policy == "skip_l1":
             done = [k for k, good in zip(state.keys, state.ok_everywhere, strict=True) if good]
             if done:

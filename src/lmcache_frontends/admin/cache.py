@@ -245,7 +245,7 @@ _OPENAPI: dict[str, Any] = {
                 query_param("instance_id", "The registration's instance id", {"type": "integer", "default": 0}),
                 query_param("layerwise", "One digest list per layer", {"type": "boolean", "default": False}),
             ],
-            "responses": {"200": json_response("Checksums", _CHECKSUMS), **error_responses(400, 404, 501, 503)},
+            "responses": {"200": json_response("Checksums", _CHECKSUMS), **error_responses(400, 404, 409, 501, 503)},
         }
     },
     "/cache/checksums": {
@@ -263,7 +263,7 @@ _OPENAPI: dict[str, Any] = {
                     required=["block_ids", "chunk_size"],
                 )
             ),
-            "responses": {"200": json_response("Checksums", _CHECKSUMS), **detail_error_responses(400, 404, 413, 422, 501, 503)},
+            "responses": {"200": json_response("Checksums", _CHECKSUMS), **detail_error_responses(400, 404, 409, 413, 422, 501, 503)},
         }
     },
 }

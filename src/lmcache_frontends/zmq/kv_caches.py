@@ -9,27 +9,33 @@ from typing import Any
 
 import torch
 
+from lmcache_adapters.memory.faultguard import SegmentFaultError
 from lmcache_adapters.transfer.layout import (
     KVCacheLayout,
     KVFormat,
     UnsupportedLayoutError,
     block_axis,
 )
-from lmcache_core.errors import InvalidRequestError, NotSupportedError
+from lmcache_core.errors import ConflictError, InvalidRequestError, NotSupportedError
 from lmcache_core.kv_caches import Checksums
 
 
 class ServerDrivenKVCache:
     """One server-driven registration's KV tensors (RegisteredKVCache)."""
 
-    def __init__(self, layout: KVCacheLayout) -> None:
-        self._layout = layout
+    def __init__(self, server: Any, registration: Any) -> None:
+        self._server = server
+        self._registration = registration
 
     def checksums(self, block_ids: Sequence[int], chunk_blocks: int, *, layerwise: bool) -> Checksums:
         try:
-            sums: Checksums = self._layout.checksums(block_ids, chunk_blocks, layerwise=layerwise)
+            sums: Checksums = self._server.kv_checksums(
+                self._registration, list(block_ids), chunk_blocks, layerwise=layerwise
+            )
         except UnsupportedLayoutError as exc:
             raise NotSupportedError(str(exc)) from None
+        except SegmentFaultError as exc:  # the client truncated its segment under the check
+            raise ConflictError(f"instance_id {self._registration.instance_id}: {exc}") from None
         except (IndexError, RuntimeError) as exc:  # a block id past the registered blocks
             raise InvalidRequestError(f"Invalid block_ids format: {exc}") from None
         return sums
@@ -46,10 +52,19 @@ class DataPathKVCaches:
         return size
 
     def kv_cache(self, instance_id: int) -> ServerDrivenKVCache | None:
-        inst = self._server.instances().get(instance_id)
-        if inst is None or inst.layout is None:  # engine-driven registrations share no tensors
+        """The one server-driven registration of `instance_id`. Registrations belong to (client,
+        instance id) and an admin call names no client: when several clients registered the id
+        (several `lmcache bench` runs, all with 0), ConflictError, never a silent pick of
+        somebody else's tensors."""
+        found = [i for i in self._server.registrations(instance_id) if i.layout is not None]
+        if not found:  # engine-driven registrations share no tensors
             return None
-        return ServerDrivenKVCache(inst.layout)
+        if len(found) > 1:
+            raise ConflictError(
+                f"instance_id {instance_id} is registered by {len(found)} clients; checksums would be "
+                "ambiguous (give each engine its own instance id)"
+            )
+        return ServerDrivenKVCache(self._server, found[0])
 
 
 # Which engines' attention backends produce each per-layer format (what 0.5.6 reports).

@@ -10,6 +10,7 @@ from lmcache_core.plugin import FrontendRegistry
 
 def create_zmq_server(services: Any) -> Any:
     """The data-path server for `services` (started by the composition root)."""
+    from lmcache_core.clients import ClientLimits
     from lmcache_frontends.zmq.curve import load_curve_config
     from lmcache_frontends.zmq.kv_caches import DataPathKVCaches
     from lmcache_frontends.zmq.server import ZmqDataPathServer
@@ -32,6 +33,14 @@ def create_zmq_server(services: Any) -> Any:
         transfer_threads=config.transfer_threads,
         curve=load_curve_config(config),
         metrics=getattr(services, "metrics", None),
+        max_frame_bytes=config.max_frame_bytes,
+        limits=ClientLimits(
+            max_tokens_per_key=config.max_tokens_per_key,
+            max_sessions=config.max_sessions,
+            max_sessions_per_client=config.max_sessions_per_client,
+            max_lookups_per_client=config.max_lookups_per_client,
+            max_pending_write_bytes_per_client=config.max_pending_write_bytes_per_client or None,
+        ),
     )
     # Its registrations answer the admin operations (checksums, warm prefetch) through the engine.
     services.engine.kv_caches.add_source(DataPathKVCaches(server))

@@ -1,4 +1,8 @@
-"""The ZeroMQ data-path server: a ROUTER speaking LMCache 0.5.0's multiprocess protocol."""
+"""The ZeroMQ data-path server: a ROUTER speaking LMCache 0.5.0's multiprocess protocol.
+
+This module is the wire side only: it decodes frames, names the client (the ROUTER identity
+frame, a `ClientId`) and hands typed values to the core's data path, which owns the rules
+(ownership of reservations and locks, leases, caps). docs/security.md has the threat model."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import queue
 import socket
 import stat
@@ -20,13 +25,21 @@ import msgpack
 import torch
 import zmq
 
+from lmcache_adapters.memory.faultguard import (
+    GuardedRange,
+    SegmentFaultError,
+    fault_count,
+    native_guard,
+)
 from lmcache_adapters.transfer import ntcopy
 from lmcache_adapters.transfer.copy_pool import CopyPool, default_copy_threads
 from lmcache_adapters.transfer.layout import KVCacheLayout
+from lmcache_adapters.transfer.tensors import CpuShmTensorWrapper, CudaIPCWrapper
 from lmcache_adapters.transfer.unpickler import dumps_cpu_tensors, load_cpu_tensors, load_wrapper
+from lmcache_core.clients import ClientId, ClientLimits, Registrations
 from lmcache_core.engine import CacheEngine
-from lmcache_core.keys import ObjectKey
-from lmcache_core.lookup import DataPath, RequestKey
+from lmcache_core.errors import InvalidKeyError
+from lmcache_core.lookup import DataPath, RequestKey, TransferKeys
 from lmcache_core.metric_names import (
     RETRIEVE_REQUESTS,
     RETRIEVE_THROUGHPUT_GBPS,
@@ -37,6 +50,7 @@ from lmcache_core.metric_names import (
     MetricFamily,
 )
 from lmcache_core.ports import Clock, MemoryHandle, MemoryPool, MetricsSink, NullMetricsSink
+from lmcache_core.ratelimit import LogRateLimiter
 from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
 from lmcache_frontends.zmq.curve import CurveConfig, apply_server_curve, start_authenticator
 from lmcache_frontends.zmq.fastkey import KeyFrameDecoder
@@ -62,6 +76,14 @@ NEVER_PINGED_REAP_SECONDS = 3600.0
 HOUSEKEEPING_PERIOD_SECONDS = 1.0
 _POLL_MS = 100
 _MAX_WAIT_SECONDS = 300.0
+DEFAULT_MAX_FRAME_BYTES = 256 << 20
+# Frames of requests handled on the socket thread (everything but transfers) beyond this are
+# refused before decoding, whatever --max-frame-bytes allows: keys are capped by their token
+# count, and a registration of a few thousand layers is well below it.
+_MAX_INLINE_FRAME_BYTES = 16 << 20
+# A token id takes at most 5 bytes in msgpack (uint32): what a key of N tokens can occupy.
+_KEY_FRAME_SLACK_BYTES = 64 << 10
+_MAX_KV_TENSORS = 4096
 
 R = RequestType
 # Handled on worker threads with per-client affinity (each client's transfers stay FIFO).
@@ -70,14 +92,16 @@ TRANSFER_TYPES = frozenset({R.STORE, R.RETRIEVE, R.PREPARE_STORE, R.COMMIT_STORE
 BLOCKING_TYPES = frozenset({R.WAIT_PREFETCH_STATUS})
 
 
-class NoReply(Exception):
-    """The request gets no reply (0.5.0 answers nothing in these cases either)."""
+class RequestFailed(Exception):
+    """The request fails: it is answered with its type's own failure value."""
 
 
 @dataclass
 class Instance:
-    """One engine worker's registration (engine-driven context or shared KV tensors)."""
+    """One engine worker's registration (engine-driven context or shared KV tensors), owned by
+    the client that sent it."""
 
+    client: ClientId
     instance_id: int
     mode: str  # "engine_driven" | "lmcache_driven"
     model_name: str
@@ -92,15 +116,26 @@ class Instance:
     layout: KVCacheLayout | None = None
     engine_type: str = ""
     reply: dict[str, Any] | None = None
-    pending_writes: dict[tuple[Any, ...], list[ObjectKey]] = field(default_factory=dict)
-    pending_reads: dict[tuple[Any, ...], list[ObjectKey]] = field(default_factory=dict)
-    # time.perf_counter() of the PREPARE of each pending transfer (the engine copies in between).
-    write_started: dict[tuple[Any, ...], float] = field(default_factory=dict)
-    read_started: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    # The client's shared KV segments the server maps (CPU): watched for truncation.
+    guards: list[GuardedRange] = field(default_factory=list)
+    faults_seen: int = 0
+
+    def segment_faults(self) -> int:
+        return sum(g.faults() for g in self.guards)
+
+    def segments_intact(self) -> bool:
+        """Without the native guard: whether every shared segment still has its size."""
+        try:
+            for guard in self.guards:
+                guard.check_size()
+        except SegmentFaultError:
+            return False
+        return True
 
 
 def _failure_value(rtype: RequestType, payloads: list[Any]) -> Any:
-    """The type's own failure answer (None: none exists, stay silent)."""
+    """The type's own failure answer (every request type the server handles has one; the
+    types whose result is None are answered with no response frame)."""
     if rtype in (R.STORE, R.RETRIEVE):
         handle = payloads[3] if len(payloads) > 3 and isinstance(payloads[3], bytes) else b""
         return [handle, False]
@@ -108,14 +143,14 @@ def _failure_value(rtype: RequestType, payloads: list[Any]) -> Any:
         return {"context": {"slots": [], "chunk_indices": []}}
     if rtype is R.PREPARE_RETRIEVE:
         return {"success": False, "data": b"", "context": {}}
-    if rtype is R.COMMIT_STORE:
+    if rtype in (R.COMMIT_STORE, R.COMMIT_RETRIEVE, R.PING):
         return False
-    if rtype is R.COMMIT_RETRIEVE:
-        return True
     if rtype in (R.QUERY_PREFETCH_STATUS, R.WAIT_PREFETCH_STATUS, R.QUERY_PREFETCH_LOOKUP_HITS):
         return 0
-    if rtype is R.PING:
-        return False
+    if rtype is R.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT:
+        # No shared pool offered: nothing is registered, and every later request of that
+        # instance is answered with its failure value.
+        return {"shm_name": "", "pool_size": 0}
     return None
 
 
@@ -158,7 +193,8 @@ def bind_ipc(router: zmq.Socket[Any], path: str, mode: int) -> int:
 class ZmqDataPathServer:
     """ROUTER socket on `host:port`. Small requests run on the socket thread; transfers on
     `max_workers` threads chosen by client identity; WAIT_PREFETCH_STATUS on its own thread.
-    A bad frame, unknown type or failing handler is logged and never stops the loop."""
+    A bad frame, unknown type or failing handler is logged (rate-limited per client and
+    reason) and answered with the type's failure value; it never stops the loop."""
 
     def __init__(
         self,
@@ -177,6 +213,8 @@ class ZmqDataPathServer:
         curve: CurveConfig | None = None,
         transfer_threads: int = 0,
         metrics: MetricsSink | None = None,
+        limits: ClientLimits | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         if supported_transfer_mode not in ("auto", "engine_driven", "lmcache_driven"):
             raise ValueError(f"supported_transfer_mode must be auto, engine_driven or lmcache_driven, not {supported_transfer_mode!r}")
@@ -196,15 +234,23 @@ class ZmqDataPathServer:
         # each one layer at a time with one torch thread (see CopyPool).
         self.copy_pool = CopyPool(self.transfer_threads)
         self.metrics: MetricsSink = metrics if metrics is not None else NullMetricsSink()
-        self.sessions = SessionManager(engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds)
+        self.limits = limits if limits is not None else ClientLimits()
+        self.max_frame_bytes = int(max_frame_bytes)
+        self._max_key_frame_bytes = 5 * self.limits.max_tokens_per_key + _KEY_FRAME_SLACK_BYTES
+        self.sessions = SessionManager(
+            engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds,
+            max_sessions=self.limits.max_sessions, max_sessions_per_client=self.limits.max_sessions_per_client,
+        )
         self.data_path = DataPath(
             engine.storage.l1, self.sessions, clock=clock, prefetcher=getattr(engine.storage, "prefetch", None),
-            metrics=self.metrics,
+            metrics=self.metrics, limits=self.limits,
         )
         self.chunk_size = engine.chunk_size
         self.key_decoder = KeyFrameDecoder()
         self._lock = threading.Lock()
-        self._instances: dict[int, Instance] = {}
+        self._registrations: Registrations[Instance] = Registrations()
+        self._pool_identity: tuple[int, int] | None = getattr(memory_pool, "segment_identity", None)
+        self._pool_lock = threading.Lock()
         self._ctx = zmq.Context()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -221,7 +267,9 @@ class ZmqDataPathServer:
         self.dropped_total = 0
         self.failed_total = 0
         self.reaped_instances_total = 0
-        self._handlers: dict[RequestType, Callable[[list[Any]], Any]] = {
+        self.segment_faults_total = 0
+        self._log_limiter = LogRateLimiter(clock)
+        self._handlers: dict[RequestType, Callable[[ClientId, list[Any]], Any]] = {
             R.REGISTER_KV_CACHE: self._register_kv_cache,
             R.UNREGISTER_KV_CACHE: self._unregister,
             R.STORE: self._store,
@@ -235,10 +283,10 @@ class ZmqDataPathServer:
             R.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: self._register_ed,
             R.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: self._unregister,
             R.CLEAR: self._clear,
-            R.GET_CHUNK_SIZE: lambda p: self.chunk_size,
+            R.GET_CHUNK_SIZE: lambda c, p: self.chunk_size,
             R.PING: self._ping,
-            R.REPORT_BLOCK_ALLOCATION: lambda p: None,
-            R.NOOP: lambda p: "OK",
+            R.REPORT_BLOCK_ALLOCATION: lambda c, p: None,
+            R.NOOP: lambda c, p: "OK",
         }
         if supported_transfer_mode != "lmcache_driven":
             self._handlers.update(
@@ -288,10 +336,8 @@ class ZmqDataPathServer:
             self._blocking_queue.put(None)
         for t in self._threads:
             t.join(timeout=10.0)
-        with self._lock:
-            ids = list(self._instances)
-        for iid in ids:
-            self._drop_instance(iid, "server stopping")
+        for (client, iid), _inst in self._registrations.items():
+            self._drop_instance(client, iid, "server stopping")
         self.engine.remove_status_contributor("data_path")
         self.copy_pool.close()
         if self._zap is not None:
@@ -303,6 +349,9 @@ class ZmqDataPathServer:
     def _socket_loop(self) -> None:
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
+        # A bigger frame drops the peer's connection in ZeroMQ's I/O thread, before any of it
+        # is buffered for us.
+        router.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         pull = self._ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
         try:
@@ -348,8 +397,11 @@ class ZmqDataPathServer:
                         except zmq.Again:
                             break
                         reply = self._on_request(frames)
+                        # Not kept until the next message arrives: one may be a big frame.
+                        del frames
                         if reply is not None:
                             router.send_multipart(reply)
+                        del reply
         except Exception:
             log.exception("ZeroMQ socket loop crashed")
         finally:
@@ -370,59 +422,75 @@ class ZmqDataPathServer:
         self.requests_total += 1
         if len(frames) < 3:
             self.dropped_total += 1
-            log.warning("dropping a message of %d frames (need identity, uid, type)", len(frames))
+            self._log_bad(ClientId(frames[0] if frames else b""), "frames", "dropping a message of %d frames (need identity, uid, type)", len(frames))
             return None
-        identity, uid, type_frame = frames[0], frames[1], frames[2]
+        client, uid, type_frame = ClientId(frames[0]), frames[1], frames[2]
         try:
             rtype = parse_type(type_frame)
         except ProtocolError as exc:
+            # No reply: a type the client cannot decode back would kill its poll thread.
             self.dropped_total += 1
-            log.warning("dropping a request: %s", exc)
+            self._log_bad(client, "type", "dropping a request: %s", exc)
             return None
         handler = self._handlers.get(rtype)
         if handler is None:
             self.dropped_total += 1
-            log.warning("no handler for %s under transfer mode %s; dropped", rtype.name, self.transfer_mode)
+            self._log_bad(client, ("unhandled", rtype), "no handler for %s under transfer mode %s; dropped", rtype.name, self.transfer_mode)
             return None
-        job = (identity, uid, type_frame, rtype, frames[3:])
+        job = (client, uid, type_frame, rtype, frames[3:])
         if rtype in TRANSFER_TYPES:
-            self._queues[zlib.crc32(identity) % len(self._queues)].put(job)
+            self._queues[zlib.crc32(client) % len(self._queues)].put(job)
             return None
         if rtype in BLOCKING_TYPES:
             self._blocking_queue.put(job)
             return None
         return self._handle(*job)
 
+    def _log_bad(self, client: ClientId, reason: Any, message: str, *args: Any, exc_info: bool = False) -> None:
+        """Log a bad request at most once per client and reason every few seconds, with the
+        number of like lines held back since."""
+        emit, held = self._log_limiter.allow((client, reason))
+        if not emit:
+            return
+        suffix = f" [client {client.hex() or '-'}; {held} similar lines suppressed]" if held else f" [client {client.hex() or '-'}]"
+        log.warning(message + suffix, *args, exc_info=exc_info)
+
+    def _decode_payloads(self, rtype: RequestType, raw: list[bytes]) -> list[Any]:
+        if len(raw) != PAYLOAD_COUNTS[rtype]:
+            raise ProtocolError(f"{rtype.name} takes {PAYLOAD_COUNTS[rtype]} payloads, got {len(raw)}")
+        if rtype is R.REPORT_BLOCK_ALLOCATION:
+            return [None] * len(raw)  # informational only: never decoded
+        inline = rtype not in TRANSFER_TYPES
+        for i, frame in enumerate(raw):
+            limit = _MAX_INLINE_FRAME_BYTES if inline else self.max_frame_bytes
+            if i == 0 and rtype in KEY_FIRST_TYPES:
+                limit = min(limit, self._max_key_frame_bytes)
+            if len(frame) > limit:
+                raise ProtocolError(f"{rtype.name} payload {i} is {len(frame)} bytes, over the {limit}-byte limit")
+        if rtype in KEY_FIRST_TYPES:
+            first = self.key_decoder.decode(raw[0])
+            return [decode(raw[0]) if first is None else first] + [decode(f) for f in raw[1:]]
+        return [decode(f) for f in raw]
+
     def _handle(
-        self, identity: bytes, uid: bytes, type_frame: bytes, rtype: RequestType, raw: list[bytes]
+        self, client: ClientId, uid: bytes, type_frame: bytes, rtype: RequestType, raw: list[bytes]
     ) -> list[bytes] | None:
-        head = [identity, uid, type_frame]
+        head = [client, uid, type_frame]
         payloads: list[Any] = []
         try:
-            if len(raw) != PAYLOAD_COUNTS[rtype]:
-                raise ProtocolError(f"{rtype.name} takes {PAYLOAD_COUNTS[rtype]} payloads, got {len(raw)}")
-            if rtype in KEY_FIRST_TYPES:
-                first = self.key_decoder.decode(raw[0])
-                payloads = [decode(raw[0]) if first is None else first] + [decode(f) for f in raw[1:]]
-            else:
-                payloads = [decode(f) for f in raw]
-            result = self._handlers[rtype](payloads)
-        except NoReply as exc:
-            self.failed_total += 1
-            log.warning("%s: %s (no reply)", rtype.name, exc)
-            return None
+            payloads = self._decode_payloads(rtype, raw)
+            result = self._handlers[rtype](client, payloads)
         except Exception as exc:
             self.failed_total += 1
-            if isinstance(exc, ProtocolError | ValueError):
-                log.warning("%s failed: %s", rtype.name, exc)
-            else:
-                log.exception("%s failed", rtype.name)
+            expected = isinstance(exc, ProtocolError | RequestFailed | ValueError | SegmentFaultError | pickle.UnpicklingError)
+            self._log_bad(
+                client, (rtype, type(exc).__name__), "%s failed: %s" if expected else "%s failed: %r",
+                rtype.name, exc, exc_info=not expected,
+            )
             if rtype in NO_RESPONSE:
                 return head
             failure = _failure_value(rtype, payloads)
-            if failure is None:
-                return None
-            return head + [encode(failure)]
+            return None if failure is None else head + [encode(failure)]
         if rtype in NO_RESPONSE:
             return head
         return head + [encode(result)]
@@ -448,9 +516,13 @@ class ZmqDataPathServer:
                     reply = self._handle(*job)
                 except Exception:  # _handle already catches; this guards the thread itself
                     log.exception("worker failed")
-                    continue
+                    reply = None
+                # Drop the request's frames now, not at the next request: one big frame must
+                # not stay referenced while the worker waits.
+                del job
                 if reply is not None:
                     push.send_multipart(reply)
+                del reply
         finally:
             push.close()
 
@@ -464,40 +536,78 @@ class ZmqDataPathServer:
                 log.exception("data-path housekeeping failed")
 
     def housekeeping(self) -> None:
-        """Reap silent workers, expired sessions and abandoned lookup jobs."""
+        """Reap silent workers, expired sessions, abandoned lookup jobs and leases; recover from
+        a truncated segment noticed outside a transfer."""
         now = self.clock.monotonic()
-        with self._lock:
-            doomed = [
-                inst.instance_id
-                for inst in self._instances.values()
-                if now - inst.last_seen >= (self.reap_timeout if inst.pinged else max(self.reap_timeout, NEVER_PINGED_REAP_SECONDS))
-            ]
-        for iid in doomed:
-            self._drop_instance(iid, "reaped: no ping")
-            self.reaped_instances_total += 1
+        for (client, iid), inst in self._registrations.items():
+            limit = self.reap_timeout if inst.pinged else max(self.reap_timeout, NEVER_PINGED_REAP_SECONDS)
+            if now - inst.last_seen >= limit:
+                if self._drop_instance(client, iid, "reaped: no ping", expected=inst):
+                    self.reaped_instances_total += 1
+        self._check_segments()
         self.data_path.reap()
 
-    def _touch(self, iid: int) -> Instance:
-        with self._lock:
-            inst = self._instances.get(iid)
-            if inst is None:
-                raise NoReply(f"unknown instance_id {iid}")
-            inst.last_seen = self.clock.monotonic()
-            return inst
+    def _instance(self, client: ClientId, iid: Any) -> Instance:
+        """The caller's own registration of `iid` (liveness refreshed); RequestFailed when it
+        has none (another client's registration of the same id is never used)."""
+        iid = self._iid(iid)
+        inst = self._registrations.get(client, iid)
+        if inst is None:
+            raise RequestFailed(f"unknown instance_id {iid}")
+        inst.last_seen = self.clock.monotonic()
+        return inst
 
-    def _drop_instance(self, iid: int, reason: str) -> bool:
-        with self._lock:
-            inst = self._instances.pop(iid, None)
+    def _drop_instance(self, client: ClientId, iid: int, reason: str, *, expected: Instance | None = None) -> bool:
+        inst = self._registrations.pop(client, iid, expected)
         if inst is None:
             return False
         # A prepared write never committed holds incomplete data: discard it, never publish it.
-        for keys in inst.pending_writes.values():
-            self.data_path.abort(keys)
-        for keys in inst.pending_reads.values():
-            self.data_path.release_read(keys)
+        self.data_path.drop_instance(client, iid)
         self.data_path.unregister_layout(inst.model_name, inst.world_size)
-        log.info("instance %d (%s) removed: %s", iid, inst.mode, reason)
+        for guard in inst.guards:
+            guard.close()
+        log.info("instance %d (%s) of client %s removed: %s", iid, inst.mode, client.hex() or "-", reason)
         return True
+
+    # ------------------------------------------------------------------ truncated segments
+
+    def _copy_guarded(self, inst: Instance | None, copy: Callable[[], Any]) -> Any:
+        """Run a copy over the L1 pool (and `inst`'s shared segments). A segment truncated by
+        another process fails the request with SegmentFaultError instead of killing the
+        server: found before the copy (the pool's size or fault count, one fstat; a client
+        segment's size without the native guard), or caught during it by the SIGBUS guard.
+        The broken side is then recovered (the pool) or dropped (the client's registration)."""
+        needs = getattr(self.pool, "needs_recovery", None)
+        broken = needs is not None and needs()
+        if not broken and inst is not None:
+            broken = inst.segment_faults() != inst.faults_seen or not inst.segments_intact()
+        if broken:
+            self._check_segments()
+            raise SegmentFaultError("shared memory was truncated by another process; the request failed")
+        before = fault_count()
+        result = copy()
+        if fault_count() != before:
+            self._check_segments()
+            raise SegmentFaultError("shared memory was truncated during the copy; the request failed")
+        return result
+
+    def _check_segments(self) -> None:
+        """Recover the pool after a truncation (dropping objects whose bytes are gone) and drop
+        registrations whose client segments were truncated."""
+        needs = getattr(self.pool, "needs_recovery", None)
+        if needs is not None and needs():
+            with self._pool_lock:
+                lost_from = self.pool.recover()  # type: ignore[attr-defined]
+            if lost_from is not None:
+                self.segment_faults_total += 1
+                dropped = self.engine.storage.l1.drop_where(lambda h: h.offset + h.slot_bytes > lost_from)
+                log.error("dropped %d L1 objects whose bytes were lost with the truncated pool segment", dropped)
+        for (client, iid), inst in self._registrations.items():
+            faults = inst.segment_faults()
+            if faults != inst.faults_seen or not inst.segments_intact():
+                inst.faults_seen = faults
+                self.segment_faults_total += 1
+                self._drop_instance(client, iid, "its shared KV segment was truncated", expected=inst)
 
     # ------------------------------------------------------------------ helpers
 
@@ -513,12 +623,12 @@ class ZmqDataPathServer:
             raise ProtocolError("instance_id must be an integer")
         return value
 
-    def _transfer_key(self, raw_key: Any) -> tuple[RequestKey, list[ObjectKey], list[bytes]]:
+    def _transfer_key(self, client: ClientId, raw_key: Any) -> tuple[RequestKey, TransferKeys]:
         key = parse_key(raw_key)
-        if key.worker_id is None:
-            raise NoReply("worker_id is required for transfers")
-        hashes = self.data_path.range_hashes(key)
-        return key, self.data_path.keys_of(key, hashes, key.worker_id), hashes
+        try:
+            return key, self.data_path.transfer_keys(key, client)
+        except InvalidKeyError as exc:
+            raise RequestFailed(str(exc)) from None
 
     def _shm_available(self) -> bool:
         return bool(getattr(self.pool, "shm_name", "")) and self.transfer_mode != "lmcache_driven"
@@ -539,122 +649,139 @@ class ZmqDataPathServer:
 
     # ------------------------------------------------------------------ registration
 
-    def _register_ed(self, p: list[Any]) -> dict[str, Any]:
+    def _register_ed(self, client: ClientId, p: list[Any]) -> dict[str, Any]:
         meta = p[0]
         if not isinstance(meta, dict) or any(f not in meta for f in REGISTER_ED_FIELDS):
-            raise NoReply("REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT needs the 8 context fields")
+            raise RequestFailed("REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT needs the 8 context fields")
         iid = self._iid(meta["instance_id"])
-        with self._lock:
-            known = self._instances.get(iid)
-            if known is not None and known.reply is not None:
-                known.last_seen = self.clock.monotonic()
-                return known.reply
+        known = self._registrations.get(client, iid)
+        if known is not None and known.reply is not None:
+            known.last_seen = self.clock.monotonic()
+            return known.reply
         dtype_str = meta["dtype_str"]
         dtype = getattr(torch, dtype_str, None) if isinstance(dtype_str, str) and not dtype_str.startswith("_") else None
         if not isinstance(dtype, torch.dtype):
-            raise NoReply(f"dtype_str {dtype_str!r} is not a torch dtype")
+            raise RequestFailed(f"dtype_str {dtype_str!r} is not a torch dtype")
         model, ws = meta["model_name"], meta["world_size"]
         layers, hidden = meta["num_layers"], meta["hidden_dim_size"]
         for name, value in (("world_size", ws), ("num_layers", layers), ("hidden_dim_size", hidden)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise NoReply(f"{name} must be a positive integer")
-        if not isinstance(model, str) or not model or "@" in model:
-            raise NoReply("bad model_name")
+                raise RequestFailed(f"{name} must be a positive integer")
+        if not isinstance(model, str) or not model or "@" in model or ws > 255:
+            raise RequestFailed("bad model_name or world_size")
         shape = [layers, self.chunk_size, hidden] if meta["use_mla"] else [2, layers, self.chunk_size, hidden]
         itemsize = torch.empty((), dtype=dtype).element_size()
         object_size = math.prod(shape) * itemsize
+        # Refused before anything is registered: an object that cannot fit in L1 (num_layers
+        # = 2**40, say) would only make every store ask the reclaimer to evict everyone.
+        self.data_path.check_object_size(object_size)
         if self._shm_available():
             reply = {"shm_name": self.pool.shm_name, "pool_size": self.pool.capacity_bytes}  # type: ignore[attr-defined]
         else:
             reply = {"shm_name": "", "pool_size": 0}
         now = self.clock.monotonic()
-        inst = Instance(iid, "engine_driven", model, ws, now, now, object_size=object_size, slot_shape=shape,
+        inst = Instance(client, iid, "engine_driven", model, ws, now, now, object_size=object_size, slot_shape=shape,
                         dtype_str=dtype_str, dtype=dtype, reply=reply)
-        with self._lock:
-            old = self._instances.get(iid)
-        if old is not None:
-            self._drop_instance(iid, "re-registered")
-        self.data_path.register_layout(model, ws, object_size)
-        with self._lock:
-            self._instances[iid] = inst
+        self._install(inst)
         return reply
 
-    def _register_kv_cache(self, p: list[Any]) -> None:
+    def _install(self, inst: Instance) -> None:
+        """Register `inst` for its client (replacing that client's earlier one of the id)."""
+        self.data_path.register_layout(inst.model_name, inst.world_size, inst.object_size)
+        old = self._registrations.get(inst.client, inst.instance_id)
+        if old is not None:
+            self._drop_instance(inst.client, inst.instance_id, "re-registered", expected=old)
+        self._registrations.put(inst.client, inst.instance_id, inst)
+
+    def _register_kv_cache(self, client: ClientId, p: list[Any]) -> None:
         iid = self._iid(p[0])
-        with self._lock:
-            known = self._instances.get(iid)
-            if known is not None:
-                known.last_seen = self.clock.monotonic()
-                return None
+        known = self._registrations.get(client, iid)
+        if known is not None:
+            known.last_seen = self.clock.monotonic()
+            return None
         kv_caches, model, ws, engine_type, hints, groups = p[1:7]
-        if not isinstance(kv_caches, list) or not kv_caches:
-            raise NoReply("kv_caches must be a non-empty array")
+        if not isinstance(kv_caches, list) or not kv_caches or len(kv_caches) > _MAX_KV_TENSORS:
+            raise RequestFailed(f"kv_caches must be an array of 1..{_MAX_KV_TENSORS} tensor handles")
         if not isinstance(hints, dict):
-            raise NoReply("layout_hints must be a map")
+            raise RequestFailed("layout_hints must be a map")
         if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
-            raise NoReply("engine_group_infos must be an array of maps")
-        if not isinstance(model, str) or not model or "@" in model or isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
-            raise NoReply("bad model_name or world_size")
-        tensors = []
+            raise RequestFailed("engine_group_infos must be an array of maps")
+        if not isinstance(model, str) or not model or "@" in model or isinstance(ws, bool) or not isinstance(ws, int) or not 1 <= ws <= 255:
+            raise RequestFailed("bad model_name or world_size")
+        refuse = [self._pool_identity] if self._pool_identity is not None else []
+        tensors, guards = [], []
         for ext in kv_caches:
             if not isinstance(ext, msgpack.ExtType) or ext.code != EXT_DEVICE_IPC_WRAPPER:
-                raise NoReply("kv_caches entries must be Ext type 1 tensor handles")
-            tensors.append(load_wrapper(ext.data).to_tensor())
+                raise RequestFailed("kv_caches entries must be Ext type 1 tensor handles")
+            wrapper = load_wrapper(ext.data)
+            if isinstance(wrapper, CpuShmTensorWrapper):
+                tensor, guard = wrapper.map_segment(refuse)
+                tensors.append(tensor)
+                guards.append(guard)
+            elif isinstance(wrapper, CudaIPCWrapper):
+                tensors.append(wrapper.to_tensor(refuse=refuse))
+            else:
+                tensors.append(wrapper.to_tensor())
         layout = KVCacheLayout(tensors, self.chunk_size, layout_hints=hints, engine_group_infos=groups)
         now = self.clock.monotonic()
-        inst = Instance(iid, "lmcache_driven", model, ws, now, now, object_size=layout.object_size, layout=layout,
-                        engine_type=str(engine_type))
-        self.data_path.register_layout(model, ws, layout.object_size)
-        with self._lock:
-            self._instances[iid] = inst
-        log.info("registered KV cache of instance %d: %s", iid, layout.describe())
+        inst = Instance(client, iid, "lmcache_driven", model, ws, now, now, object_size=layout.object_size,
+                        layout=layout, engine_type=str(engine_type), guards=guards)
+        self._install(inst)
+        log.info("registered KV cache of instance %d (client %s): %s", iid, client.hex() or "-", layout.describe())
         return None
 
-    def _unregister(self, p: list[Any]) -> None:
+    def _unregister(self, client: ClientId, p: list[Any]) -> None:
         iid = self._iid(p[0])
-        if not self._drop_instance(iid, "unregistered"):
-            log.warning("unregister of unknown instance_id %d", iid)
+        if not self._drop_instance(client, iid, "unregistered"):
+            raise RequestFailed(f"unregister of unknown instance_id {iid}")
         return None
 
-    def _ping(self, p: list[Any]) -> bool:
+    def _ping(self, client: ClientId, p: list[Any]) -> bool:
         iid = p[0]
-        if iid is not None:
-            with self._lock:
-                inst = self._instances.get(iid) if isinstance(iid, int) else None
-                if inst is not None:
-                    inst.pinged = True
-                    inst.last_seen = self.clock.monotonic()
+        if isinstance(iid, int) and not isinstance(iid, bool):
+            inst = self._registrations.get(client, iid)
+            if inst is not None:
+                inst.pinged = True
+                inst.last_seen = self.clock.monotonic()
+        # The server is up: that is what PING answers (vLLM re-registers on a false -> true edge).
         return True
 
     # ------------------------------------------------------------------ lookup & sessions
 
-    def _lookup(self, p: list[Any]) -> None:
-        key = parse_key(p[0])
-        tp = p[1] if isinstance(p[1], int) and not isinstance(p[1], bool) and p[1] > 0 else 1
-        self.data_path.lookup(key, tp)
+    @staticmethod
+    def _tp(value: Any) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16 else 1
+
+    def _lookup(self, client: ClientId, p: list[Any]) -> None:
+        self.data_path.lookup(parse_key(p[0]), self._tp(p[1]), client)
         return None
 
-    def _query(self, p: list[Any]) -> int | None:
-        return self.data_path.query(str(p[0]))[1]
+    @staticmethod
+    def _request_id(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ProtocolError("request_id must be a string")
+        return value
 
-    def _wait(self, p: list[Any]) -> int | None:
+    def _query(self, client: ClientId, p: list[Any]) -> int | None:
+        return self.data_path.query(self._request_id(p[0]), client)[1]
+
+    def _wait(self, client: ClientId, p: list[Any]) -> int | None:
         timeout = p[1] if isinstance(p[1], int | float) and not isinstance(p[1], bool) else 0.0
-        return self.data_path.wait(str(p[0]), min(max(0.0, float(timeout)), _MAX_WAIT_SECONDS))
+        timeout = float(timeout) if math.isfinite(float(timeout)) else 0.0
+        return self.data_path.wait(self._request_id(p[0]), min(max(0.0, timeout), _MAX_WAIT_SECONDS), client)
 
-    def _lookup_hits(self, p: list[Any]) -> int | None:
-        return self.data_path.lookup_hits(str(p[0]))
+    def _lookup_hits(self, client: ClientId, p: list[Any]) -> int | None:
+        return self.data_path.lookup_hits(self._request_id(p[0]), client)
 
-    def _free_lookup_locks(self, p: list[Any]) -> None:
-        tp = p[1] if isinstance(p[1], int) and not isinstance(p[1], bool) and p[1] > 0 else 1
-        self.data_path.free_lookup_locks(parse_key(p[0]), tp)
+    def _free_lookup_locks(self, client: ClientId, p: list[Any]) -> None:
+        self.data_path.free_lookup_locks(parse_key(p[0]), self._tp(p[1]), client)
         return None
 
-    def _end_session(self, p: list[Any]) -> None:
-        if isinstance(p[0], str):
-            self.data_path.end_session(p[0])
+    def _end_session(self, client: ClientId, p: list[Any]) -> None:
+        self.data_path.end_session(self._request_id(p[0]), client)
         return None
 
-    def _clear(self, p: list[Any]) -> None:
+    def _clear(self, client: ClientId, p: list[Any]) -> None:
         self.engine.storage.clear_l1(force=True)
         return None
 
@@ -663,102 +790,104 @@ class ZmqDataPathServer:
     def _slot(self, inst: Instance, handle: MemoryHandle) -> dict[str, Any]:
         return {"offset": handle.offset, "length": inst.object_size, "shape": inst.slot_shape, "dtype": inst.dtype_str}
 
-    def _prepare_store(self, p: list[Any]) -> dict[str, Any]:
-        inst = self._touch(self._iid(p[1]))
+    def _engine_driven(self, client: ClientId, iid: Any) -> Instance:
+        inst = self._instance(client, iid)
         if inst.mode != "engine_driven":
-            raise NoReply("PREPARE_STORE needs an engine-driven context")
-        key, keys, hashes = self._transfer_key(p[0])
+            raise RequestFailed(f"instance {inst.instance_id} is not an engine-driven context")
+        return inst
+
+    def _prepare_store(self, client: ClientId, p: list[Any]) -> dict[str, Any]:
+        inst = self._engine_driven(client, p[1])
+        key, transfer = self._transfer_key(client, p[0])
         if not self._shm_available():
             return {"context": {}}
         self._count_request(STORE_REQUESTS, key)
-        started = time.perf_counter()
-        reserved = self.data_path.reserve_new(keys, inst.object_size)
-        if reserved:
-            ident = key.identity(hashes[-1] if hashes else None)
-            with self._lock:
-                inst.pending_writes.setdefault(ident, []).extend(keys[i] for i, _ in reserved)
-                inst.write_started.setdefault(ident, started)
+        reserved = self.data_path.prepare_store(client, inst.instance_id, transfer, inst.object_size, time.perf_counter())
         return {"context": {"slots": [self._slot(inst, h) for _, h in reserved], "chunk_indices": [i for i, _ in reserved]}}
 
-    def _commit_store(self, p: list[Any]) -> bool:
-        inst = self._touch(self._iid(p[1]))
-        key, keys, hashes = self._transfer_key(p[0])
+    def _commit_store(self, client: ClientId, p: list[Any]) -> bool:
+        inst = self._engine_driven(client, p[1])
+        key, transfer = self._transfer_key(client, p[0])
         data = p[2]
         if not isinstance(data, bytes):
             raise ProtocolError("cpu_data must be bin")
         if not data:
-            ident = key.identity(hashes[-1] if hashes else None)
-            with self._lock:
-                pending = inst.pending_writes.pop(ident, None)
-                started = inst.write_started.pop(ident, None)
-            if pending is None:
+            done = self.data_path.commit_store(client, inst.instance_id, transfer.identity)
+            if done is None:
                 return False
-            stored = self.data_path.commit_count(pending)
+            stored, reserved, started = done
             self._report_moved(STORED_TOKENS, STORE_THROUGHPUT_GBPS, key, stored, inst.object_size, started)
-            return stored == len(pending)
+            return stored == reserved
         # Pickle mode: the chunks travel in the message (the whole store is this one request).
         self._count_request(STORE_REQUESTS, key)
         started = time.perf_counter()
         tensors = load_cpu_tensors(data)
+        keys = transfer.keys
         reserved = self.data_path.reserve_new(keys, inst.object_size)
-        written, failed = [], []
-        for i, handle in reserved:
-            src = tensors[i] if i < len(tensors) else None
-            if src is None or src.numel() * src.element_size() != inst.object_size:
-                failed.append(keys[i])
-                continue
-            self._object_tensor(handle).copy_(src.contiguous().view(-1).view(torch.uint8))
-            written.append(keys[i])
-        self.data_path.abort(failed)
-        stored = self.data_path.commit_count(written)
+        written: list[int] = []
+        failed: list[int] = []
+        try:
+            for i, handle in reserved:
+                src = tensors[i] if i < len(tensors) else None
+                if src is None or src.numel() * src.element_size() != inst.object_size:
+                    failed.append(i)
+                    continue
+                dst = self._object_tensor(handle)
+                self._copy_guarded(None, lambda d=dst, s=src: d.copy_(s.contiguous().view(-1).view(torch.uint8)))
+                written.append(i)
+        except BaseException:
+            self.data_path.abort([keys[i] for i, _ in reserved], [h for _, h in reserved])
+            raise
+        handles = dict(reserved)
+        self.data_path.abort([keys[i] for i in failed], [handles[i] for i in failed])
+        stored = self.data_path.commit_count([keys[i] for i in written], [handles[i] for i in written])
         self._report_moved(STORED_TOKENS, STORE_THROUGHPUT_GBPS, key, stored, inst.object_size, started)
         return stored == len(written) and not failed
 
-    def _prepare_retrieve(self, p: list[Any]) -> dict[str, Any]:
-        inst = self._touch(self._iid(p[1]))
-        key, keys, hashes = self._transfer_key(p[0])
+    def _prepare_retrieve(self, client: ClientId, p: list[Any]) -> dict[str, Any]:
+        inst = self._engine_driven(client, p[1])
+        key, transfer = self._transfer_key(client, p[0])
         self._count_request(RETRIEVE_REQUESTS, key)
         started = time.perf_counter()
-        handles = self.data_path.acquire_for_read(keys, inst.object_size)
-        if handles is None:
-            return {"success": False, "data": b"", "context": {}}
         if not self._shm_available():
+            ticket = self.data_path.acquire_for_read(transfer.keys, inst.object_size, request_id=key.request_id, client=client)
+            if ticket is None:
+                return {"success": False, "data": b"", "context": {}}
             try:
                 assert inst.dtype is not None
-                chunks = [self._object_tensor(h).view(inst.dtype).view(inst.slot_shape).clone() for h in handles]
+                dtype, shape = inst.dtype, inst.slot_shape
+                chunks = self._copy_guarded(
+                    None, lambda: [self._object_tensor(h).view(dtype).view(shape).clone() for h in ticket.handles]
+                )
             finally:
-                self.data_path.release_read(keys)
+                self.data_path.release_read(ticket)
             data = dumps_cpu_tensors(chunks)
-            self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(keys), inst.object_size, started)
+            self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(transfer.keys), inst.object_size, started)
             return {"success": True, "data": data, "context": {}}
-        ident = key.identity(hashes[-1] if hashes else None)
-        with self._lock:
-            old = inst.pending_reads.pop(ident, None)
-            inst.pending_reads[ident] = keys
-            inst.read_started[ident] = started
-        if old is not None:
-            self.data_path.release_read(old)
-        return {"success": True, "data": b"", "context": {"slots": [self._slot(inst, h) for h in handles]}}
+        ticket = self.data_path.prepare_retrieve(
+            client, inst.instance_id, transfer, key.request_id, inst.object_size, started
+        )
+        if ticket is None:
+            return {"success": False, "data": b"", "context": {}}
+        return {"success": True, "data": b"", "context": {"slots": [self._slot(inst, h) for h in ticket.handles]}}
 
-    def _commit_retrieve(self, p: list[Any]) -> bool:
-        inst = self._touch(self._iid(p[1]))
-        key, _keys, hashes = self._transfer_key(p[0])
-        ident = key.identity(hashes[-1] if hashes else None)
-        with self._lock:
-            pending = inst.pending_reads.pop(ident, None)
-            started = inst.read_started.pop(ident, None)
-        if pending is not None:
-            self.data_path.release_read(pending)
-            # The engine copied the chunks out between PREPARE and this COMMIT.
-            self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(pending), inst.object_size, started)
+    def _commit_retrieve(self, client: ClientId, p: list[Any]) -> bool:
+        inst = self._engine_driven(client, p[1])
+        key, transfer = self._transfer_key(client, p[0])
+        done = self.data_path.commit_retrieve(client, inst.instance_id, transfer.identity)
+        if done is None:
+            return False  # nothing of this client was pending under that key
+        ticket, started = done
+        # The engine copied the chunks out between PREPARE and this COMMIT.
+        self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(ticket.keys), inst.object_size, started)
         return True
 
     # ------------------------------------------------------------------ LMCache-driven
 
-    def _layout_of(self, iid: int) -> tuple[Instance, KVCacheLayout]:
-        inst = self._touch(iid)
+    def _layout_of(self, client: ClientId, iid: Any) -> tuple[Instance, KVCacheLayout]:
+        inst = self._instance(client, iid)
         if inst.layout is None:
-            raise NoReply(f"instance {iid} registered no KV tensors")
+            raise RequestFailed(f"instance {inst.instance_id} registered no KV tensors")
         return inst, inst.layout
 
     @staticmethod
@@ -779,49 +908,52 @@ class ZmqDataPathServer:
         event.record(torch.cuda.current_stream(layout.device))
         return bytes(event.ipc_handle())
 
-    def _store(self, p: list[Any]) -> list[Any]:
-        inst, layout = self._layout_of(self._iid(p[1]))
-        key, keys, _ = self._transfer_key(p[0])
+    def _store(self, client: ClientId, p: list[Any]) -> list[Any]:
+        inst, layout = self._layout_of(client, p[1])
+        key, transfer = self._transfer_key(client, p[0])
+        keys = transfer.keys
         self._count_request(STORE_REQUESTS, key)
         block_ids, handle = self._block_ids(p[2]), p[3] if isinstance(p[3], bytes) else b""
-        nchunks = len(keys)
-        if not layout.check_block_ids(block_ids, nchunks):
+        if not layout.check_block_ids(block_ids, len(keys)):
             return [handle, False]
         self._wait_client_event(layout, handle)
         started = time.perf_counter()
         reserved = self.data_path.reserve_new(keys, inst.object_size)
         done = [keys[i] for i, _ in reserved]
+        handles = [h for _, h in reserved]
         try:
-            layout.gather(
-                block_ids, [i for i, _ in reserved], [self._object_tensor(h) for _, h in reserved], self.copy_pool
-            )
+            self._copy_guarded(inst, lambda: layout.gather(
+                block_ids, [i for i, _ in reserved], [self._object_tensor(h) for h in handles], self.copy_pool
+            ))
         except BaseException:
-            self.data_path.abort(done)
+            self.data_path.abort(done, handles)
             raise
-        stored = self.data_path.commit_count(done)
+        stored = self.data_path.commit_count(done, handles)
         self._report_moved(STORED_TOKENS, STORE_THROUGHPUT_GBPS, key, stored, inst.object_size, started)
         return [self._server_event(layout, handle), True]
 
-    def _retrieve(self, p: list[Any]) -> list[Any]:
-        inst, layout = self._layout_of(self._iid(p[1]))
-        key, keys, _ = self._transfer_key(p[0])
+    def _retrieve(self, client: ClientId, p: list[Any]) -> list[Any]:
+        inst, layout = self._layout_of(client, p[1])
+        key, transfer = self._transfer_key(client, p[0])
+        keys = transfer.keys
         self._count_request(RETRIEVE_REQUESTS, key)
         block_ids, handle, skip = self._block_ids(p[2]), p[3] if isinstance(p[3], bytes) else b"", p[4]
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise ProtocolError("skip_first_n_tokens must be a non-negative integer")
         if not layout.check_block_ids(block_ids, len(keys)):
             return [handle, False]
-        handles = self.data_path.acquire_for_read(keys, inst.object_size)
-        if handles is None:
+        ticket = self.data_path.acquire_for_read(keys, inst.object_size, request_id=key.request_id, client=client)
+        if ticket is None:
             return [handle, False]
         started = time.perf_counter()
         try:
             self._wait_client_event(layout, handle)
-            layout.scatter(
-                block_ids, list(range(len(keys))), [self._object_tensor(h) for h in handles], skip, self.copy_pool
-            )
+            self._copy_guarded(inst, lambda: layout.scatter(
+                block_ids, list(range(len(keys))), [self._object_tensor(h) for h in ticket.handles], skip,
+                self.copy_pool,
+            ))
         finally:
-            self.data_path.release_read(keys)
+            self.data_path.release_read(ticket)
         self._report_moved(RETRIEVED_TOKENS, RETRIEVE_THROUGHPUT_GBPS, key, len(keys), inst.object_size, started)
         return [self._server_event(layout, handle), True]
 
@@ -843,38 +975,58 @@ class ZmqDataPathServer:
         return [self.url] + ([self.ipc_url] if self.ipc_url else [])
 
     def instances(self) -> dict[int, Instance]:
-        """A snapshot of the registrations (for /kvcache/check)."""
-        with self._lock:
-            return dict(self._instances)
+        """A snapshot of the registrations: per instance id, the newest one."""
+        out: dict[int, Instance] = {}
+        for (_, iid), inst in self._registrations.items():
+            out[iid] = inst  # insertion order: the last one is the newest
+        return out
+
+    def registrations(self, instance_id: int) -> list[Instance]:
+        """Every client's registration of `instance_id`, newest first."""
+        return self._registrations.of_instance(instance_id)
+
+    def kv_checksums(self, inst: Instance, block_ids: list[int], chunk_size: int, *, layerwise: bool) -> Any:
+        """/kvcache/check over `inst`'s registered tensors (a truncated segment fails it)."""
+        assert inst.layout is not None
+        layout = inst.layout
+        return self._copy_guarded(inst, lambda: layout.checksums(block_ids, chunk_size, layerwise=layerwise))
 
     def _status_fields(self) -> dict[str, Any]:
         now = self.clock.monotonic()
-        with self._lock:
-            insts = list(self._instances.values())
+        regs = self._registrations.items()
+        per_id: dict[int, int] = {}
+        for (_, iid), _inst in regs:
+            per_id[iid] = per_id.get(iid, 0) + 1
+
+        def name(client: ClientId, iid: int) -> str:
+            # Several clients may register one id (every `lmcache bench` uses 0).
+            return str(iid) if per_id[iid] == 1 else f"{iid}@{client.hex()}"
+
+        workers = {}
+        for (client, iid), i in regs:
+            writes, reads = self.data_path.pending_counts(client, iid)
+            workers[name(client, iid)] = {
+                "mode": i.mode,
+                "model_name": i.model_name,
+                "pinged": i.pinged,
+                "seconds_since_seen": round(now - i.last_seen, 3),
+                "pending_writes": writes,
+                "pending_reads": reads,
+            }
         return {
             "active_sessions": self.sessions.active_count(),
             "active_prefetch_jobs": self.data_path.active_job_count(),
-            "registered_gpu_ids": sorted(i.instance_id for i in insts if i.mode == "lmcache_driven"),
+            "registered_gpu_ids": sorted({iid for (_, iid), i in regs if i.mode == "lmcache_driven"}),
             "cache_context_meta": {
-                str(i.instance_id): (
+                name(client, iid): (
                     {**i.layout.describe(), **registration_report(i.model_name, i.world_size, i.layout)}
                     if i.layout is not None
                     else {"mode": "engine_driven", "model_name": i.model_name, "world_size": i.world_size,
                           "object_shape": i.slot_shape, "dtype": i.dtype_str, "object_size": i.object_size}
                 )
-                for i in insts
+                for (client, iid), i in regs
             },
-            "workers": {
-                str(i.instance_id): {
-                    "mode": i.mode,
-                    "model_name": i.model_name,
-                    "pinged": i.pinged,
-                    "seconds_since_seen": round(now - i.last_seen, 3),
-                    "pending_writes": len(i.pending_writes),
-                    "pending_reads": len(i.pending_reads),
-                }
-                for i in insts
-            },
+            "workers": workers,
         }
 
     def report_status(self) -> dict[str, Any]:
@@ -887,11 +1039,16 @@ class ZmqDataPathServer:
             "non_temporal_copy_threshold": ntcopy.active_threshold(),
             "threads_alive": alive,
             "max_workers": self.max_workers,
+            "max_frame_bytes": self.max_frame_bytes,
             "supported_transfer_mode": self.transfer_mode,
             "requests_total": self.requests_total,
             "dropped_total": self.dropped_total,
             "failed_total": self.failed_total,
+            "suppressed_log_lines_total": self._log_limiter.suppressed_total,
             "reaped_instances_total": self.reaped_instances_total,
+            "registrations": len(self._registrations),
+            "truncation_guard": "sigbus" if native_guard() else "size_checks",
+            "segment_faults_total": self.segment_faults_total,
             "sessions": self.sessions.report_status(),
             "lookup": self.data_path.report_status(),
         }

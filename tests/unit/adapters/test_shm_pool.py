@@ -592,7 +592,8 @@ def test_segments_of_a_live_server_are_refused_and_replaced_once_it_is_killed(
     holder.stdin.write("die\n")
     holder.stdin.flush()
     holder.wait(timeout=60)
-    assert os.path.exists(f"/dev/shm/{pid_named}") and os.path.exists(f"/dev/shm/{held}")
+    # (The pid-named one is not checked here: any server starting on this machine may sweep it.)
+    assert os.path.exists(f"/dev/shm/{held}")
 
     # ...and the next server's start, under any name, removes both: nobody holds their lock.
     other = f"other_{children.held_suffix}"

@@ -264,55 +264,60 @@ def read_locks(l1: L1Manager, keys: list[ObjectKey]) -> list[int]:
     return [info.read_lock_count if info is not None else -1 for info in l1.inspect(keys)]
 
 
-def test_reserve_read_prefix_locks_only_the_leading_readable_run(l1: L1Manager, events: Recorder) -> None:
+def prefix(l1: L1Manager, *args: Any, **kwargs: Any) -> int:
+    """How many keys `lock_read_prefix` locked."""
+    return len(l1.lock_read_prefix(*args, **kwargs))
+
+
+def test_lock_read_prefix_locks_only_the_leading_readable_run(l1: L1Manager, events: Recorder) -> None:
     store(l1, [key(1), key(2), key(4)])
     events.events.clear()
     # key(3) is missing: key(4) after the hole is never locked.
-    assert l1.reserve_read_prefix([key(1), key(2), key(3), key(4)], extra_count=1) == 2
+    assert prefix(l1, [key(1), key(2), key(3), key(4)], extra_count=1) == 2
     assert read_locks(l1, [key(1), key(2), key(3), key(4)]) == [2, 2, -1, 0]
     assert events.events == [("read_reserved", [key(1), key(2)])]
     assert l1.finish_read([key(1), key(2)], count=2) == [OK, OK]
     assert l1.report_status()["read_locked_count"] == 0
 
 
-def test_reserve_read_prefix_stops_at_an_object_being_written_or_of_another_size(l1: L1Manager) -> None:
+def test_lock_read_prefix_stops_at_an_object_being_written_or_of_another_size(l1: L1Manager) -> None:
     store(l1, [key(1)])
     store(l1, [key(2)], size=SLOT // 2)
     l1.reserve_write([key(5)], [SLOT])  # being written: not readable
-    assert l1.reserve_read_prefix([key(1), key(5)]) == 1
-    assert l1.reserve_read_prefix([key(1), key(2)], nbytes=SLOT) == 1
-    assert l1.reserve_read_prefix([key(2), key(1)], nbytes=SLOT // 2) == 1
+    assert prefix(l1, [key(1), key(5)]) == 1
+    assert prefix(l1, [key(1), key(2)], nbytes=SLOT) == 1
+    assert prefix(l1, [key(2), key(1)], nbytes=SLOT // 2) == 1
     assert read_locks(l1, [key(1), key(2), key(5)]) == [2, 1, 0]
 
 
-def test_reserve_read_prefix_cuts_the_run_to_whole_groups_without_touching_the_rest(
+def test_lock_read_prefix_cuts_the_run_to_whole_groups_without_touching_the_rest(
     l1: L1Manager, events: Recorder
 ) -> None:
     # Two ranks per chunk: chunk 1 has only its first rank, so the run is chunk 0 alone.
     store(l1, [key(10), key(11), key(20)])
     events.events.clear()
-    assert l1.reserve_read_prefix([key(10), key(11), key(20), key(21)], group=2) == 2
+    assert prefix(l1, [key(10), key(11), key(20), key(21)], group=2) == 2
     assert read_locks(l1, [key(10), key(11), key(20)]) == [1, 1, 0]
     assert events.events == [("read_reserved", [key(10), key(11)])]
-    assert l1.reserve_read_prefix([key(20), key(21)], group=2) == 0
+    assert prefix(l1, [key(20), key(21)], group=2) == 0
 
 
-def test_reserve_read_prefix_treats_a_repeated_key_as_the_end_and_checks_arguments(l1: L1Manager) -> None:
+def test_lock_read_prefix_treats_a_repeated_key_as_the_end_and_checks_arguments(l1: L1Manager) -> None:
     store(l1, [key(1), key(2)])
-    assert l1.reserve_read_prefix([key(1), key(1), key(2)]) == 1
+    assert prefix(l1, [key(1), key(1), key(2)]) == 1
     assert read_locks(l1, [key(1), key(2)]) == [1, 0]
-    assert l1.reserve_read_prefix([]) == 0
+    assert prefix(l1, []) == 0
     with pytest.raises(ValueError):
-        l1.reserve_read_prefix([key(1)], extra_count=-1)
+        prefix(l1, [key(1)], extra_count=-1)
     with pytest.raises(ValueError):
-        l1.reserve_read_prefix([key(1)], group=0)
+        prefix(l1, [key(1)], group=0)
 
 
-def test_reserve_read_prefix_replaces_an_expired_lock(l1: L1Manager, clock: ManualClock) -> None:
+def test_lock_read_prefix_replaces_an_expired_lock(l1: L1Manager, clock: ManualClock) -> None:
     store(l1, [key(1)])
-    assert l1.reserve_read_prefix([key(1)], extra_count=3) == 1
+    assert prefix(l1, [key(1)], extra_count=3) == 1
     clock.advance(READ_TTL)  # its holders are presumed dead
-    assert l1.reserve_read_prefix([key(1)]) == 1
+    assert prefix(l1, [key(1)]) == 1
     assert read_locks(l1, [key(1)]) == [1]
     clock.advance(READ_TTL - 1)
     assert l1.delete([key(1)]) == [OpResult.KEY_IS_LOCKED]  # the new lock got a fresh TTL
@@ -347,10 +352,15 @@ def test_forced_delete_removes_locked_objects_and_frees_their_memory_when_the_lo
     assert l1.finish_read([key(2)]) == [OpResult.KEY_NOT_EXIST]
     assert l1.finish_write([key(3)]) == [OpResult.KEY_NOT_EXIST]
     assert pool.used_bytes == SLOT  # only key(5)
-    # A key whose memory is still held cannot be written again until it is freed.
-    l1.reserve_read([key(5)])
+    # A key whose old memory is still being read can be written again at once, into other
+    # memory (issue 19: a forced removal never leaves a key unstorable).
+    assert l1.finish_write([key(5)]) == [OK]
+    [(_, reading)] = l1.reserve_read([key(5)])
     l1.delete([key(5)], force=True)
-    assert l1.reserve_write([key(5)], [SLOT])[0][0] is OpResult.KEY_NOT_WRITABLE
+    [(status, newer)] = l1.reserve_write([key(5)], [SLOT])
+    assert status is OK and newer is not None and reading is not None and not overlaps(newer, reading)
+    assert l1.finish_read([key(5)], handles=[reading]) == [OpResult.KEY_NOT_EXIST]
+    assert l1.finish_write([key(5)], handles=[newer]) == [OK]
 
 
 def test_touch(l1: L1Manager, events: Recorder) -> None:
@@ -417,7 +427,9 @@ def test_out_of_memory_when_everything_is_locked(clock: ManualClock) -> None:
     l1.reserve_read([key(1), key(2)])
     assert l1.reserve_write([key(3)], [SLOT]) == [(OpResult.OUT_OF_MEMORY, None)]
     assert l1.contains(key(1)) and l1.contains(key(2))
-    assert l1.report_status()["reclaim_calls_total"] >= 1
+    # Nothing evictable could make room: the reclaimer is not even asked.
+    status = l1.report_status()
+    assert status["reclaim_refused_total"] >= 1 and status["reclaim_calls_total"] == 0
 
 
 def test_reclaim_never_evicts_an_object_being_updated(clock: ManualClock) -> None:
@@ -552,27 +564,61 @@ def test_clear_without_force_keeps_locked_objects(l1: L1Manager, events: Recorde
     assert events.events == [("removed", [key(2)], [SLOT], "clear")]
 
 
-def test_force_clear_defers_the_free_until_the_lock_is_released(
+def test_force_clear_defers_the_free_until_the_copy_finishes(
     l1: L1Manager, pool: BytearrayMemoryPool
 ) -> None:
     [locked] = store(l1, [key(1)])
     store(l1, [key(2)])
-    l1.reserve_read([key(1)])
+    [(_, reading)] = l1.reserve_read([key(1)])  # a copy in flight
     assert l1.clear(force=True) == 2
     assert not l1.contains(key(1)) and l1.object_count() == 0
     status = l1.report_status()
     assert status["total_object_count"] == 0 and status["pending_free_count"] == 1
     # The still-read memory is not handed out again.
     assert pool.used_bytes == SLOT
-    fresh = [h for _, h in l1.reserve_write([key(i) for i in range(10, 25)], [SLOT] * 15)]
+    fresh = [h for _, h in l1.reserve_write([key(i) for i in range(10, 24)], [SLOT] * 14)]
     assert all(h is not None and not overlaps(h, locked) for h in fresh)
-    # The key cannot be recreated while the old reader is in flight.
-    assert l1.reserve_write([key(1)], [SLOT]) == [(OpResult.KEY_NOT_WRITABLE, None)]
-    # The reader finishes: it learns the object is gone, and the memory is returned.
-    assert l1.finish_read([key(1)]) == [OpResult.KEY_NOT_EXIST]
+    # The key itself can be stored again at once (CLEAR never leaves a key unstorable).
+    [(status_new, newer)] = l1.reserve_write([key(1)], [SLOT])
+    assert status_new is OK and newer is not None and not overlaps(newer, locked)
+    assert l1.finish_write([key(1)], handles=[newer]) == [OK]
+    # The old reader finishes on its own object: it learns the object is gone, the memory is
+    # returned, and the newer object of the same key is untouched.
+    assert l1.finish_read([key(1)], handles=[reading]) == [OpResult.KEY_NOT_EXIST]
     assert pool.used_bytes == 15 * SLOT
     assert l1.report_status()["pending_free_count"] == 0
-    assert l1.reserve_write([key(1)], [SLOT])[0][0] is OK
+    [info] = l1.inspect([key(1)])
+    assert info is not None and info.readable and info.read_lock_count == 0
+
+
+def test_force_clear_voids_promises_and_frees_their_memory_at_once(
+    l1: L1Manager, pool: BytearrayMemoryPool
+) -> None:
+    [first] = store(l1, [key(1)])
+    handles = l1.lock_read_prefix([key(1)], 1, promise=True)  # a LOOKUP's promises (2 locks)
+    assert handles == [first]
+    assert l1.clear(force=True) == 1
+    assert pool.used_bytes == 0 and l1.report_status()["pending_free_count"] == 0
+    [second] = store(l1, [key(1)])
+    # The late release of the voided promises never reaches the newer object.
+    assert l1.finish_read([key(1)], 2, handles=[first], promise=True) == [OpResult.KEY_NOT_EXIST]
+    assert l1.convert_promises([key(1)], [first]) == [OpResult.KEY_NOT_EXIST]
+    [info] = l1.inspect([key(1)])
+    assert info is not None and info.read_lock_count == 0
+    assert l1.delete([key(1)]) == [OK] and second is not None
+
+
+def test_promises_convert_to_copies_only_as_many_as_were_taken(l1: L1Manager) -> None:
+    [h] = store(l1, [key(1)])
+    assert l1.convert_promises([key(1)], [h]) == [OpResult.KEY_IN_WRONG_STATE]  # no promise
+    l1.reserve_read([key(1)], promise=True)
+    assert l1.finish_read([key(1)]) == [OpResult.KEY_IN_WRONG_STATE]  # a promise is no copy
+    assert l1.convert_promises([key(1)], [h]) == [OK]
+    assert l1.convert_promises([key(1)], [h]) == [OpResult.KEY_IN_WRONG_STATE]
+    assert l1.finish_read([key(1)], promise=True) == [OpResult.KEY_IN_WRONG_STATE]  # it is a copy now
+    assert l1.clear(force=True) == 1  # the copy keeps the memory
+    assert l1.finish_read([key(1)], handles=[h]) == [OpResult.KEY_NOT_EXIST]
+    assert l1.report_status()["pending_free_count"] == 0
 
 
 def test_force_clear_of_a_write_locked_object(
@@ -742,3 +788,23 @@ def test_status_counters_stay_exact_under_random_operations(seed: int, clock: Ma
         got["bytes_by_salt"] = l1.bytes_by_salt()
         assert got == expected
         assert status["memory_used_bytes"] == pool.used_bytes
+
+
+
+def test_a_write_that_cannot_fit_never_asks_the_reclaimer(clock: ManualClock) -> None:
+    l1 = L1Manager(BytearrayMemoryPool(8 * SLOT), clock=clock)
+    EvictionController(l1, LRUPolicy(), clock=clock)
+    store(l1, [key(i) for i in range(8)])
+    # One absurd object, or a batch bigger than the whole pool: refused, nothing evicted.
+    assert l1.reserve_write([key(100)], [2**60]) == [(OpResult.OUT_OF_MEMORY, None)]
+    assert l1.reserve_write([key(i) for i in range(100, 109)], [SLOT] * 9)[0][0] is OpResult.OUT_OF_MEMORY
+    assert l1.object_count() == 8 and l1.report_status()["reclaim_calls_total"] == 0
+
+
+def test_a_write_evicts_only_what_it_needs(clock: ManualClock) -> None:
+    l1 = L1Manager(BytearrayMemoryPool(8 * SLOT), clock=clock)
+    EvictionController(l1, LRUPolicy(), clock=clock)
+    store(l1, [key(i) for i in range(8)])
+    assert all(s is OK for s, _ in l1.reserve_write([key(100), key(101)], [SLOT] * 2))
+    assert l1.object_count() == 8  # two evicted for two written, the six others stay
+    assert [l1.contains(key(i)) for i in range(8)] == [False, False] + [True] * 6

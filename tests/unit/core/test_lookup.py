@@ -80,11 +80,11 @@ def test_retrieve_releases_lookup_lock_and_missing_key_fails() -> None:
     dp.lookup(key(TOKENS, "r"))
     k = key(TOKENS, "r", end=2 * C, worker=0)
     keys = dp.keys_of(k, dp.range_hashes(k), 0)
-    handles = dp.acquire_for_read(keys)
-    assert handles is not None and len(handles) == 2
-    dp.release_read(keys)
+    ticket = dp.acquire_for_read(keys, request_id="r")
+    assert ticket is not None and len(ticket.handles) == 2
+    dp.release_read(ticket)
     assert l1.delete(keys) == [OpResult.SUCCESS] * 2
-    assert dp.acquire_for_read(keys) is None
+    assert dp.acquire_for_read(keys, request_id="r") is None
 
 
 def test_mla_tp_readers_each_release_one_lock() -> None:
@@ -93,11 +93,13 @@ def test_mla_tp_readers_each_release_one_lock() -> None:
     dp.lookup(key(TOKENS, "r"), tp_size=2)  # tp 2 > world_size 1: one extra lock
     k = key(TOKENS, "r", end=C, worker=0)
     keys = dp.keys_of(k, dp.range_hashes(k), 0)
-    assert dp.acquire_for_read(keys) is not None
-    dp.release_read(keys)
+    first = dp.acquire_for_read(keys, request_id="r")
+    assert first is not None
+    dp.release_read(first)
     assert l1.delete(keys) == [OpResult.KEY_IS_LOCKED]  # the second TP rank has not read yet
-    assert dp.acquire_for_read(keys) is not None
-    dp.release_read(keys)
+    second = dp.acquire_for_read(keys, request_id="r")
+    assert second is not None
+    dp.release_read(second)
     assert l1.delete(keys) == [OpResult.SUCCESS]
 
 
@@ -167,7 +169,7 @@ def test_objects_of_another_layout_size_are_misses() -> None:
     dp.lookup(key(TOKENS, "r"))
     assert dp.query("r") == (True, 0)
     k = key(TOKENS, "r", end=2 * C, worker=0)
-    assert dp.acquire_for_read(dp.keys_of(k, dp.range_hashes(k), 0), 2 * OBJ) is None
+    assert dp.acquire_for_read(dp.keys_of(k, dp.range_hashes(k), 0), 2 * OBJ, request_id="r") is None
 
 
 def test_keys_of_shares_key_objects_but_never_the_list() -> None:

@@ -121,3 +121,21 @@ def test_known_sequences_are_bounded() -> None:
     sessions.chunk_hashes("2", b, model_name="m", world_size=1)
     sessions.chunk_hashes("3", a, model_name="m", world_size=1)  # evicted: hashed again
     assert hasher.chunks_hashed == 6 and sessions.adopted_total == 0
+
+
+
+def test_sessions_are_capped_per_client_and_overall() -> None:
+    from lmcache_core.clients import ClientId
+
+    clock = ManualClock()
+    sm = SessionManager(TokenHasher("blake3", chunk_size=4), clock=clock, max_sessions=10, max_sessions_per_client=3)
+    flood, honest = ClientId(b"flood"), ClientId(b"honest")
+    sm.chunk_hashes("mine", [1, 2, 3, 4], model_name="m", world_size=1, client=honest)
+    for i in range(50):
+        sm.chunk_hashes(f"f{i}", [1, 2, 3, 4], model_name="m", world_size=1, client=flood)
+    assert sm.count(flood) == 3 and sm.count(honest) == 1
+    assert sm.get("mine") is not None and sm.get("f49") is not None and sm.get("f0") is None
+    for i in range(4):
+        sm.chunk_hashes(f"o{i}", [5, 6, 7, 8], model_name="m", world_size=1, client=ClientId(bytes([i])))
+    assert sm.active_count() <= 10
+    assert sm.report_status()["dropped_sessions_total"] >= 47

@@ -151,7 +151,7 @@ def test_prefetch_loads_the_leading_run_of_l2_hits(make_manager: Any) -> None:
     assert sm.store.drain(2)
     assert sm.report_status()["store_controller"]["adapters"]["0:a"]["submitted"] == 0
     # temporary: freed after the last read
-    sm.l1.finish_read(keys[:4])
+    sm.l1.finish_read(keys[:4], promise=True)  # the lookup's promises
     assert sm.l1.object_count() == 0
     # the L2 locks were released: L2 can delete them now
     assert a.delete(keys[:4]) == [True] * 4
@@ -304,5 +304,5 @@ def test_a_chunk_back_in_l1_does_not_end_the_l2_prefix(make_manager: Any) -> Non
     for k in keys:
         view = sm.l1.view(k)
         assert view is not None and bytes(view) == payload(int.from_bytes(k.chunk_hash, "big"))
-    sm.l1.finish_read(keys)
+    sm.l1.finish_read(keys, promise=True)
     assert sm.l1.object_count() == 1  # the three temporaries are freed, the L1 object stays
