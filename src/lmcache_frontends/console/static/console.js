@@ -338,6 +338,7 @@ export class Poller {
     this.tick = tick;
     this.timer = null;
     this.running = false;
+    this.again = false;
     this.stopped = true;
     this.select = select;
     const saved = Number(sessionStorage.getItem(INTERVAL_KEY));
@@ -366,13 +367,22 @@ export class Poller {
     this.timer = setTimeout(() => this.run(), delayS * 1000);
   }
   async run() {
-    if (this.running) return;
+    // A refresh asked for while one runs follows it (its answers may predate the request).
+    if (this.running) {
+      this.again = true;
+      return;
+    }
     this.running = true;
+    document.body.dataset.busy = "1";
     try {
       await this.tick();
     } finally {
       this.running = false;
-      if (this.interval > 0) this.schedule(this.interval);
+      document.body.dataset.busy = "";
+      if (this.again) {
+        this.again = false;
+        this.schedule(0, true);
+      } else if (this.interval > 0) this.schedule(this.interval);
     }
   }
 }
