@@ -49,6 +49,9 @@ class PageLog:
 
     errors: list[str] = field(default_factory=list)
     responses: dict[str, int] = field(default_factory=dict)
+    """Bytes of the last response of each URL."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Responses per URL."""
 
     def unexpected_errors(self, *allowed: str) -> list[str]:
         return [e for e in self.errors if not any(a in e for a in allowed)]
@@ -89,6 +92,7 @@ def open_page(context: Any, url: str) -> tuple[Any, PageLog]:
     page.on("pageerror", lambda e: log.errors.append(f"uncaught: {e}"))
 
     def record(response: Any) -> None:
+        log.counts[response.url] = log.counts.get(response.url, 0) + 1
         with contextlib.suppress(Exception):  # a response the page navigated away from
             log.responses[response.url] = len(response.body())
 

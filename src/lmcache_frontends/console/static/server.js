@@ -180,7 +180,7 @@ function renderTenants(quota, policySalts, metrics) {
       [r.label, r.label],
       [fmtBytes(r.usage), r.usage],
       [r.limit === null ? "no quota" : fmtBytes(r.limit), r.limit],
-      [ratio === null ? "—" : el("span", {}, meter, " ", fmtPct(ratio), r.over || ratio > 1 ? " over" : ""), ratio],
+      [ratio === null ? "—" : el("span", {}, meter, " ", fmtPct(ratio), r.over ? " · over quota: being trimmed" : ""), ratio],
       [fmtNum(r.evicted), r.evicted],
     ];
   }, "no tenant has a quota, usage or evictions yet");
