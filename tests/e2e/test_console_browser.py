@@ -99,6 +99,15 @@ def cells(page: Any, table: str) -> list[list[str]]:
     )
 
 
+def signed_in(context: Any, url: str, token: str, refresh: str) -> tuple[Any, Any]:
+    """The page at `url`, signed in with `token` and refreshing every `refresh` seconds."""
+    page, log = open_page(context, url)
+    sign_in(page, token)
+    page.wait_for_selector(f"#who[data-value='{'admin' if token == ADMIN else 'read'}']")
+    page.select_option("#refresh", refresh)
+    return page, log
+
+
 def confirm(page: Any, expect_text: str, ok: bool = True) -> None:
     page.wait_for_selector("#confirm-dialog[open]")
     assert expect_text in page.inner_text("#confirm-text")
@@ -108,10 +117,7 @@ def confirm(page: Any, expect_text: str, ok: bool = True) -> None:
 
 def test_the_server_page_shows_what_status_says_under_bench_traffic(server: ServerProcess) -> None:
     with chromium(1280, 900) as context:
-        page, log = open_page(context, f"{server.url}/ui")
-        sign_in(page, ADMIN)
-        page.wait_for_selector("#who[data-value='admin']")
-        page.select_option("#refresh", "2")
+        page, log = signed_in(context, f"{server.url}/ui", ADMIN, "2")
 
         traffic = bench(server, 0, 12, interval=0.1)
         finish(traffic)
@@ -215,10 +221,7 @@ def test_the_server_page_shows_what_status_says_under_bench_traffic(server: Serv
 
 def test_keyboard_alone_reaches_every_control_and_acts(server: ServerProcess) -> None:
     with chromium(1280, 900) as context:
-        page, _ = open_page(context, f"{server.url}/ui")
-        sign_in(page, ADMIN)
-        page.wait_for_selector("#who[data-value='admin']")
-        page.select_option("#refresh", "0")
+        page, _ = signed_in(context, f"{server.url}/ui", ADMIN, "0")
         reached: list[str] = []
         page.focus("body")
         for _ in range(80):
@@ -285,11 +288,7 @@ def test_the_fleet_page_against_a_real_coordinator() -> None:
         assert call(f"{base}/quota/alice", "PUT", body={"limit_gb": 1})[0] == 200
 
         with chromium(1280, 900) as context:
-            page, log = open_page(context, f"{base}/ui")
-            sign_in(page, READ)
-            page.wait_for_selector("#who[data-value='read']")
-            page.wait_for_selector("#dir-keys[data-value]")
-            page.select_option("#refresh", "0")
+            page, log = signed_in(context, f"{base}/ui", READ, "0")
             wait_refreshed(page)
             stats = call(f"{base}/directory/stats", token=READ)[1]
             assert data_value(page, "#dir-keys") == str(stats["num_keys"]) == "4"

@@ -16,9 +16,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, has_request_context, jsonify, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from lmcache_core.errors import ConfigError, UnprocessableError
+from lmcache_core.errors import ConfigError
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
-from lmcache_frontends.admin.params import single
+from lmcache_frontends.admin.params import bounded_int, single
 
 audit_log = logging.getLogger("lmcache.audit")
 
@@ -238,15 +238,7 @@ def create_audit_blueprint(services: Any) -> Blueprint:
     @bp.get("/audit/events")
     def audit_events() -> Response:
         trail = app_trail()
-        raw = single(request.args, "limit")
-        limit = DEFAULT_EVENTS_LIMIT
-        if raw is not None:
-            try:
-                limit = int(raw.strip(), 10)
-            except ValueError:
-                raise UnprocessableError(f"query parameter limit must be an integer, got {raw[:32]!r}") from None
-            if not 1 <= limit <= trail.capacity:
-                raise UnprocessableError(f"query parameter limit must be in [1, {trail.capacity}], got {limit}")
+        limit = bounded_int("limit", single(request.args, "limit"), DEFAULT_EVENTS_LIMIT, lo=1, hi=trail.capacity)
         events, recorded = trail.recent(limit)
         return jsonify(events=events, capacity=trail.capacity, recorded_total=recorded)
 

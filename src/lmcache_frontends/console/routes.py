@@ -9,6 +9,7 @@ origin to talk to."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -24,6 +25,10 @@ ASSET_RULE = "/ui/assets/<path:name>"
 
 SERVER_PAGE = "server.html"
 FLEET_PAGE = "fleet.html"
+SHELL = "shell.html"
+"""What both pages share (head, header, sign-in and confirmation dialogs, audit and status tree);
+each page's `<name>.page.html` fills its `<!--slot-->`s. Composed once, when the group is built."""
+_SLOT_RE = re.compile(r"<!--([a-z]+)-->")
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -66,9 +71,25 @@ def _content_type(name: str) -> str | None:
     return _TYPES.get(base[dot:]) if dot > 0 else None
 
 
+def compose_page(shell: str, fragment: str) -> str:
+    """`shell` with each `<!--slot-->` replaced by the part of `fragment` that follows a line
+    `<!--slot-->` (up to the next such line); ValueError when a slot has no part."""
+    pieces = re.split(r"^<!--([a-z]+)-->", fragment, flags=re.M)
+    parts = {name: text.strip("\n") for name, text in zip(pieces[1::2], pieces[2::2], strict=True)}
+    missing = sorted(set(_SLOT_RE.findall(shell)) - set(parts))
+    if missing:
+        raise ValueError(f"the page fragment has no part for {', '.join(missing)}")
+    return _SLOT_RE.sub(lambda m: parts[m.group(1)], shell)
+
+
+def _asset(body: bytes, content_type: str) -> Asset:
+    return Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+
+
 def load_assets() -> dict[str, Asset]:
-    """Every servable file under the package's `static/` folder, by its path there. Requests
-    look names up in this table only: a URL never names a file on disk."""
+    """Every servable file under the package's `static/` folder, by its path there, and the two
+    pages composed from the shell. Requests look names up in this table only: a URL never names
+    a file on disk."""
     root = resources.files("lmcache_frontends.console") / "static"
     assets: dict[str, Asset] = {}
     pending = [(root, "")]
@@ -82,8 +103,11 @@ def load_assets() -> dict[str, Asset]:
             content_type = _content_type(name)
             if content_type is None:
                 continue
-            body = entry.read_bytes()
-            assets[name] = Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+            assets[name] = _asset(entry.read_bytes(), content_type)
+    shell = assets.pop(SHELL).body.decode("utf-8")
+    for page in (SERVER_PAGE, FLEET_PAGE):
+        fragment = assets.pop(page.replace(".html", ".page.html")).body.decode("utf-8")
+        assets[page] = _asset(compose_page(shell, fragment).encode("utf-8"), _TYPES[".html"])
     return assets
 
 

@@ -19,7 +19,7 @@ from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.audit import RECENT_EVENTS, AuditTrail
 from lmcache_frontends.admin.auth import ADMIN, READ, required_scope
 from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.console.routes import CONTENT_SECURITY_POLICY, load_assets
+from lmcache_frontends.console.routes import CONTENT_SECURITY_POLICY, compose_page, load_assets
 from lmcache_frontends.testing import in_memory_stack
 
 REPO = Path(__file__).resolve().parents[3]
@@ -79,7 +79,7 @@ def test_assets_come_from_the_table_with_their_types(client: FlaskClient) -> Non
 
 
 @pytest.mark.parametrize(
-    "name", ["nope.js", "server.html", "fleet.html", "../routes.py", "..%2Froutes.py", "/etc/passwd", "vendor", "vendor/uplot/"]
+    "name", ["nope.js", "server.html", "fleet.html", "shell.html", "server.page.html", "../routes.py", "..%2Froutes.py", "/etc/passwd", "vendor", "vendor/uplot/"]
 )
 def test_anything_else_is_a_json_404(client: FlaskClient, name: str) -> None:
     response = client.get(f"/ui/assets/{name}")
@@ -155,7 +155,7 @@ class _Page(HTMLParser):
 
 def _parse(page: str) -> _Page:
     parsed = _Page()
-    parsed.feed((STATIC / page).read_text(encoding="utf-8"))
+    parsed.feed(load_assets()[page].body.decode("utf-8"))
     return parsed
 
 
@@ -209,6 +209,14 @@ def test_every_vendored_library_has_its_licence_and_a_pinned_source() -> None:
             assert (folder / "LICENSE").is_file(), folder.name
     pinned = re.search(r"UPLOT_VERSION:-([\d.]+)", script)
     assert pinned is not None and f"| {pinned.group(1)} |" in readme
+
+
+def test_a_page_is_the_shell_with_every_slot_filled() -> None:
+    assert compose_page("<t><!--title--></t>\n<!--body-->\n", "<!--title-->T\n<!--body-->\n<p>x</p>\n") == "<t>T</t>\n<p>x</p>\n"
+    with pytest.raises(ValueError, match="body"):
+        compose_page("<!--title--><!--body-->", "<!--title-->T\n")
+    for page in ("server.html", "fleet.html"):
+        assert "<!--" not in load_assets()[page].body.decode("utf-8")
 
 
 # --------------------------------------------------------------------------- audit and whoami
