@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -268,6 +271,46 @@ def test_a_wrong_token_is_refused_and_read_scope_cannot_act(server: ServerProces
         page.click("#sign-out")
         page.wait_for_selector("#token-dialog[open]")
         assert "forgotten" in page.inner_text("#token-message")
+
+
+def test_an_action_refused_with_403_disables_the_actions(tmp_path: Path) -> None:
+    """The token's scope drops while the page is open (token file edited, SIGHUP): the next
+    action is refused, and the page disables the actions with the server's reason; revoked, the
+    page stops refreshing and asks for a token."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ops:admin:{ADMIN}\n")
+    tokens.chmod(0o600)
+    proc = launch(["--token-file", str(tokens)], shm_prefix="console403")
+    try:
+        with chromium(1280, 900) as context:
+            page, _ = open_page(context, f"{proc.url}/ui")
+            sign_in(page, ADMIN)
+            page.wait_for_selector("#who[data-value='admin']")
+            assert page.is_enabled("#quota-set")
+            tokens.write_text(f"ops:read:{ADMIN}\n")
+            proc.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while call(f"{proc.url}/auth/whoami")[1]["scope"] != "read":
+                assert time.monotonic() < deadline, "the token file was not reloaded"
+                time.sleep(0.1)  # waiting for another process
+            page.fill("#quota-salt", "bob")
+            page.fill("#quota-gb", "1")
+            page.click("#quota-set")
+            confirm(page, "bob")
+            page.wait_for_selector("#action-result:has-text('refused (403)')")
+            assert page.is_disabled("#quota-set") and page.is_disabled("#form-clear button[type=submit]")
+            assert "needs admin" in page.inner_text("#actions-note")
+
+            # Revoked altogether: the next refresh stops the polling and asks for a token.
+            tokens.write_text("other:read:another-token-0123456789\n")
+            proc.proc.send_signal(signal.SIGHUP)
+            page.select_option("#refresh", "2")
+            page.wait_for_selector("#token-dialog[open]", timeout=20_000)
+            assert "refused the token" in page.inner_text("#token-message")
+            assert "token was refused" in page.inner_text("#status-line")
+        assert call(f"{proc.url}/quota/bob", token="another-token-0123456789")[1]["exists"] is False
+    finally:
+        proc.terminate()
 
 
 def test_the_fleet_page_against_a_real_coordinator() -> None:

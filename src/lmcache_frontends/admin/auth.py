@@ -220,7 +220,7 @@ def required_scope(
     `read` (GET) or `admin`, so a token-less caller cannot map the API by 404 vs 401.
     `declared` is the matched route group's own declaration (see SCOPES_ATTRIBUTE)."""
     safe = method in SAFE_METHODS
-    if declared is not None and rule in declared:
+    if declared is not None and rule is not None and rule in declared:
         scope = declared[rule]
         if safe:
             return scope
