@@ -510,6 +510,15 @@ class DaxL2Adapter:
     def __repr__(self) -> str:
         return f"DaxL2Adapter(name={self.name!r}, devices={[d.path for d in self._devices]}, slot_bytes={self.slot_bytes})"
 
+    def owns_device(self, device_path: str) -> bool:
+        """Whether a device of this adapter (not removed) is the file or device at `device_path`."""
+        try:
+            identity = device_identity(os.stat(device_path))
+        except (OSError, ValueError, TypeError):
+            return False
+        with self._lock:
+            return any(d.state != REMOVED and d.identity == identity for d in self._devices)
+
     # ------------------------------------------------------------------ runtime reconfiguration
 
     def reconfigure_status(self) -> dict[str, Any]:

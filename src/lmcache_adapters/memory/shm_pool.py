@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 import torch
 
-from lmcache_adapters.memory.faultguard import GuardedRange, native_guard
+from lmcache_adapters.memory.faultguard import GuardedRange, restore_mapping
+from lmcache_adapters.memory.pinning import cuda_host_register, cuda_host_unregister
 from lmcache_adapters.memory.slabs import PAGE_BYTES, SlabAllocator, round_up
 from lmcache_core.errors import ConfigError
 from lmcache_core.ports import MemoryHandle
@@ -161,6 +162,27 @@ def _unlink_at_exit(path: str, inode: int) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+def object_tensor(
+    tensor: torch.Tensor,
+    start: int,
+    handle: MemoryHandle,
+    dtype: torch.dtype = torch.uint8,
+    shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """A zero-copy tensor over `handle`'s bytes, which begin at `start` of the uint8 `tensor`:
+    `shape` of `dtype` (1-D when None); ValueError when the shape needs more than the object."""
+    itemsize = dtype.itemsize
+    if shape is None:
+        shape = (handle.nbytes // itemsize,)
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > handle.nbytes:
+        raise ValueError(f"shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the object has {handle.nbytes}")
+    view = tensor[start : start + nbytes]
+    if dtype is not torch.uint8:
+        view = view.view(dtype)
+    return view if len(shape) == 1 else view.view(shape)
 
 
 class SharedMemoryPool:
@@ -353,22 +375,11 @@ class SharedMemoryPool:
             if self._closed:
                 return None
             faults = self._guard.faults()
-            lowest = self._guard.take_lowest_fault()
             size = os.fstat(self._fd).st_size
-            if lowest is None and size >= self._capacity:
+            lost_from = restore_mapping(self._guard, self._fd, self._capacity)
+            if lost_from is None:
                 self._recovered_faults = faults
                 return None
-            lost_from = min(size, self._capacity) // PAGE_BYTES * PAGE_BYTES
-            if lowest is not None:
-                lost_from = min(lost_from, lowest)
-            if size < self._capacity:
-                os.ftruncate(self._fd, self._capacity)
-            if lowest is not None and native_guard():
-                self._guard.remap(self._fd, lowest, lowest, self._capacity - lowest)
-            try:
-                os.posix_fallocate(self._fd, lost_from, self._capacity - lost_from)
-            except OSError as exc:
-                log.error("re-reserving L1 pool pages after a truncation failed: %s", exc)
             self._recovered_faults = faults
             self.recoveries_total += 1
             self.lost_bytes_total += self._capacity - lost_from
@@ -381,37 +392,13 @@ class SharedMemoryPool:
     # ------------------------------------------------------------------ CUDA
 
     def _pin(self) -> None:
-        try:
-            available = torch.cuda.is_available()
-        except Exception as exc:  # a broken driver must not stop a CPU-only server
-            available = False
-            log.warning("torch.cuda.is_available() failed: %s", exc)
-        if not available:
-            self._pin_note = "CUDA not available"
-            return
         assert self._tensor is not None
-        try:
-            rt = torch.cuda.cudart()  # type: ignore[no-untyped-call]
-            err = rt.cudaHostRegister(self._tensor.data_ptr(), self._capacity, 0)
-            if err != rt.cudaError.success:
-                raise RuntimeError(rt.cudaGetErrorString(err))
-        except Exception as exc:
-            self._pin_note = f"cudaHostRegister failed: {exc}"
-            log.warning("could not pin the L1 pool (%s); continuing unpinned", exc)
-            return
-        self._pinned = True
-        self._pin_note = "cudaHostRegister"
+        self._pinned, self._pin_note = cuda_host_register(self._tensor, self._capacity, "the L1 pool")
 
     def _unpin(self) -> None:
         if not self._pinned or self._tensor is None:
             return
-        try:
-            rt = torch.cuda.cudart()  # type: ignore[no-untyped-call]
-            err = rt.cudaHostUnregister(self._tensor.data_ptr())
-            if err != rt.cudaError.success:
-                log.warning("cudaHostUnregister failed: %s", rt.cudaGetErrorString(err))
-        except Exception as exc:
-            log.warning("cudaHostUnregister failed: %s", exc)
+        cuda_host_unregister(self._tensor)
         self._pinned = False
 
     # ------------------------------------------------------------------ pre-fault
@@ -528,20 +515,9 @@ class SharedMemoryPool:
     ) -> torch.Tensor:
         """A zero-copy tensor over the object's bytes: `shape` of `dtype` (1-D when None)."""
         self._check_live(handle)
-        itemsize = dtype.itemsize
-        if shape is None:
-            shape = (handle.nbytes // itemsize,)
-        nbytes = math.prod(shape) * itemsize
-        if nbytes > handle.nbytes:
-            raise ValueError(
-                f"shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the object has {handle.nbytes}"
-            )
         tensor = self._tensor
         assert tensor is not None
-        view = tensor[handle.offset : handle.offset + nbytes]
-        if dtype is not torch.uint8:
-            view = view.view(dtype)
-        return view if len(shape) == 1 else view.view(shape)
+        return object_tensor(tensor, handle.offset, handle, dtype, shape)
 
     @property
     def tensor(self) -> torch.Tensor:
