@@ -259,6 +259,10 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
         path = body["device_path"]
         try:
             arenas = ops.reconfigure.l1_arenas()
+        except LMCacheError as exc:
+            audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation=operation, device_path=path)
+            return _error_response(exc)
+        try:
             if size is not None:
                 result: dict[str, Any] = {"added": arenas.add(path, size)}
             else:
