@@ -589,7 +589,7 @@ class ServerConfig:
             value = getattr(self, spec.name)
             if spec.secret:
                 value = REDACTED if value else value
-            elif spec.name == "l2_adapters":
+            elif spec.name in ("l2_adapters", "l1_manager"):
                 value = [_redact_mapping(json.loads(raw)) for raw in value]
             out.setdefault(spec.section, {})[spec.name] = value
         return out
