@@ -12,13 +12,7 @@ import pytest
 
 from lmcache_adapters.memory import SharedMemoryPool
 from lmcache_adapters.memory.dax_pool import DaxMemoryPool
-from lmcache_adapters.testing.memory_contract import CAPACITY, MemoryPoolContract
-
-
-def device_file(path: Path, size: int) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
+from lmcache_adapters.testing.memory_contract import CAPACITY, MemoryPoolContract, device_file
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import torch
 from serverproc import ServerProcess, requires_reference
 from test_reference_bench import run_reference_bench
 
+from lmcache_adapters.testing.memory_contract import device_file
 from lmcache_frontends.cli.main import main as lmcache_main
 from lmcache_frontends.client import LMCacheClient, make_key
 
@@ -28,14 +30,9 @@ MiB = 1 << 20
 L1_GB = "0.03125"  # 32 MiB
 
 
-def device(path: Path, size: int) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
-
 
 def dax_server(start_server: Callable[..., ServerProcess], tmp_path: Path, *flags: str) -> ServerProcess:
-    l1 = device(tmp_path / "l1.img", 64 * MiB)
+    l1 = device_file(tmp_path / "l1.img", 64 * MiB)
     return start_server("--l1-devdax-path", l1, "--l1-size-gb", L1_GB, "--shm-name", "", *flags)
 
 
@@ -60,9 +57,13 @@ def test_arenas_are_added_listed_and_drained_on_a_running_server(
 ) -> None:
     ready = tmp_path / "ready.json"
     server = dax_server(start_server, tmp_path, "--ready-file", str(ready))
+    deadline = time.monotonic() + 10
+    while not ready.exists():  # written just after the ready line, by the server process
+        assert time.monotonic() < deadline, "no ready file"
+        time.sleep(0.05)
     info = json.loads(ready.read_text())
     assert info["l1_shm_name"] == "" and info["l1_capacity_bytes"] == 32 * MiB
-    b = device(tmp_path / "b.img", 32 * MiB)
+    b = device_file(tmp_path / "b.img", 32 * MiB)
     assert call(server, "GET", "/reconfigure/dax/l1/status")[1]["arenas"][0]["is_primary"] is True
     status, added = call(server, "POST", "/reconfigure/dax/l1/add", {"device_path": b, "size": "16MiB"})
     assert status == 200 and added["added"]["size_in_bytes"] == 16 * MiB

@@ -22,7 +22,7 @@ from lmcache_adapters.memory.devices import (
 from lmcache_adapters.memory.faultguard import GuardedRange, native_guard, restore_mapping
 from lmcache_adapters.memory.pinning import cuda_host_register, cuda_host_unregister
 from lmcache_adapters.memory.shm_pool import SHM_DIR, object_tensor
-from lmcache_adapters.memory.slabs import PAGE_BYTES, SlabAllocator
+from lmcache_adapters.memory.slabs import PAGE_BYTES, SlabAllocator, check_nbytes
 from lmcache_core.errors import ConfigError, ConflictError, NotFoundError
 from lmcache_core.ports import ARENA_ACTIVE, ARENA_DRAINING, ARENA_REMOVED, MemoryHandle
 
@@ -317,8 +317,7 @@ class DaxMemoryPool:
 
     def allocate(self, nbytes: int) -> MemoryHandle | None:
         """Reserve `nbytes` (> 0) in the first active arena with room; None when none has."""
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
-            raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
+        check_nbytes(nbytes)
         with self._lock:
             if self._closed:
                 return None

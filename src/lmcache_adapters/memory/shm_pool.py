@@ -20,7 +20,7 @@ import torch
 
 from lmcache_adapters.memory.faultguard import GuardedRange, restore_mapping
 from lmcache_adapters.memory.pinning import cuda_host_register, cuda_host_unregister
-from lmcache_adapters.memory.slabs import PAGE_BYTES, SlabAllocator, round_up
+from lmcache_adapters.memory.slabs import PAGE_BYTES, SlabAllocator, check_nbytes, round_up
 from lmcache_core.errors import ConfigError
 from lmcache_core.ports import MemoryHandle
 
@@ -480,8 +480,7 @@ class SharedMemoryPool:
 
     def allocate(self, nbytes: int) -> MemoryHandle | None:
         """Reserve `nbytes` (> 0) at a 4096-aligned offset; None when no room is left."""
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
-            raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
+        check_nbytes(nbytes)
         with self._lock:
             if self._closed:
                 return None

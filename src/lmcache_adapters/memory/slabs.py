@@ -21,6 +21,13 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def check_nbytes(nbytes: object) -> int:
+    """`nbytes` when it is a positive int (not a bool); ValueError otherwise."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
+        raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
+    return nbytes
+
+
 def slab_size_for(capacity_bytes: int, slab_bytes: int | None = None) -> int:
     """The slab size for a range of `capacity_bytes`: `slab_bytes` (default 32 MiB, or a 16th
     of a small range) rounded down to whole pages, at least one page, at most the range."""

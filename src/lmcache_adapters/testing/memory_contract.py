@@ -7,6 +7,7 @@ Every test is bounded in objects and time (well under a second per pool)."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -16,6 +17,13 @@ from lmcache_core.ports import MemoryHandle, MemoryPool
 
 CAPACITY = 8 << 20
 PAGE = 4096
+
+
+def device_file(path: str | os.PathLike[str], size: int) -> str:
+    """A sparse regular file of `size` bytes at `path`, standing in for a Device-DAX device."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return os.fspath(path)
 
 
 class MemoryPoolContract:

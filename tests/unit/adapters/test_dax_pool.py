@@ -14,6 +14,7 @@ import torch
 from lmcache_adapters.memory import faultguard
 from lmcache_adapters.memory.dax_pool import DaxMemoryPool, create_dax_pool
 from lmcache_adapters.memory.faultguard import SegmentFaultError, native_guard
+from lmcache_adapters.testing.memory_contract import device_file
 from lmcache_core.errors import ConfigError, ConflictError, NotFoundError
 from lmcache_core.ports import ArenaMemoryPool, MemoryPool, OwnsDevices
 
@@ -21,9 +22,7 @@ MiB = 1 << 20
 
 
 def device(path: Path, size: int = 4 * MiB) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
+    return device_file(path, size)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from lmcache_adapters.l2.dax import DaxL2Adapter
 from lmcache_adapters.memory.dax_pool import DaxMemoryPool
+from lmcache_adapters.testing.memory_contract import device_file
 from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.cache_ops.reconfigure import L1_NOT_DAX
 from lmcache_core.clock import ManualClock
@@ -23,13 +24,13 @@ from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
 
 MiB = 1 << 20
+
+
 OK = OpResult.SUCCESS
 
 
 def device(path: Path, size: int = 4 * MiB) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
+    return device_file(path, size)
 
 
 def key(i: int) -> ObjectKey:

@@ -4,15 +4,16 @@ body shapes against the 0.5.6 reference: tests/compat; a real server process: te
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from test_admin_056_routes import audit_records
 
 from lmcache_adapters.memory.dax_pool import DaxMemoryPool
+from lmcache_adapters.testing.memory_contract import device_file
 from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services
@@ -25,9 +26,7 @@ MiB = 1 << 20
 
 
 def device(path: Path, size: int = 4 * MiB) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
+    return device_file(path, size)
 
 
 @pytest.fixture
@@ -43,11 +42,6 @@ def stack(tmp_path: Path) -> Iterator[Services]:
 @pytest.fixture
 def client(stack: Services) -> FlaskClient:
     return create_app(stack).test_client()
-
-
-def audit_records(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def store(stack: Services, n: int, start: int = 0) -> list[ObjectKey]:

@@ -14,6 +14,7 @@ import torch
 
 from lmcache_adapters.memory.dax_pool import DaxMemoryPool
 from lmcache_adapters.memory.faultguard import native_guard
+from lmcache_adapters.testing.memory_contract import device_file
 from lmcache_frontends.bootstrap import Services, bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 from lmcache_frontends.config import ServerConfig
@@ -23,16 +24,11 @@ CHUNK = 16
 MiB = 1 << 20
 
 
-def device(path: Path, size: int) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
-
 
 class DataPath:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.pool = DaxMemoryPool(device(tmp / "a.img", MiB), MiB, pin_memory=False)
+        self.pool = DaxMemoryPool(device_file(tmp / "a.img", MiB), MiB, pin_memory=False)
         self.services: Services = bootstrap(ServerConfig(port=0, http_port=0, chunk_size=CHUNK), memory_pool=self.pool)
         self.server = ZmqDataPathServer(self.services.engine, self.pool, clock=self.services.clock, port=0, max_workers=2)
         self.server.start()
@@ -55,7 +51,7 @@ def test_engine_driven_round_trip_in_pickle_mode_across_arenas(dp: DataPath) -> 
         assert ctx.pickle_mode and ctx.shm_name == "" and ctx.pool_size == 0
         object_bytes = 2 * 2 * CHUNK * 512 * 2  # 64 KiB
         per_arena = MiB // object_bytes
-        dp.pool.add_arena(device(dp.tmp / "b.img", MiB), MiB)
+        dp.pool.add_arena(device_file(dp.tmp / "b.img", MiB), MiB)
         n = per_arena + 4  # the last four land in the added arena
         tokens = list(range(1, n * CHUNK + 1))
         chunks = [torch.full(ctx.object_shape, float(i)).half() for i in range(n)]
