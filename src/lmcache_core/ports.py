@@ -90,8 +90,8 @@ class ArenaMemoryPool(Protocol):
 
     An arena status is a dict with `device_path`, `size_in_bytes`, `used_bytes`, `free_bytes`,
     `active_allocations`, `state` (ARENA_*) and `is_primary` (LMCache 0.5.6's fields), plus
-    whatever else the pool reports. `capacity_bytes` counts active arenas only; `used_bytes`
-    counts every arena still mapped."""
+    whatever else the pool reports. `capacity_bytes` and `used_bytes` count active arenas only
+    (what L1's eviction and room checks compare); a draining arena's bytes show in its status."""
 
     backend: str
     """The medium (`devdax`), as /status shows it."""

@@ -312,8 +312,14 @@ class DaxMemoryPool:
 
     @property
     def used_bytes(self) -> int:
-        """Slot bytes handed out in every mapped arena, draining ones included."""
-        return sum(a.slabs.used_bytes for a in self._arenas)
+        """Slot bytes handed out in the active arenas: measured against `capacity_bytes`, so
+        L1's eviction and room checks never count a draining arena (see `draining_used_bytes`)."""
+        return sum(a.slabs.used_bytes for a in self._arenas if a.state == ARENA_ACTIVE)
+
+    @property
+    def draining_used_bytes(self) -> int:
+        """Slot bytes still held in draining arenas (locked objects, copies in flight)."""
+        return sum(a.slabs.used_bytes for a in self._arenas if a.state == ARENA_DRAINING)
 
     def allocate(self, nbytes: int) -> MemoryHandle | None:
         """Reserve `nbytes` (> 0) in the first active arena with room; None when none has."""
@@ -385,14 +391,15 @@ class DaxMemoryPool:
                 )
             active = [a for a in self._arenas if a.state == ARENA_ACTIVE]
             capacity = sum(a.slabs.capacity_bytes for a in active)
-            used = sum(a.slabs.used_bytes for a in self._arenas)
+            used = sum(a.slabs.used_bytes for a in active)
             status: dict[str, Any] = {
                 "is_healthy": not self._closed,
                 "backend": self.backend,
                 "shm_name": self.shm_name,
                 "capacity_bytes": capacity,
                 "used_bytes": used,
-                "free_bytes": capacity - sum(a.slabs.used_bytes for a in active),
+                "free_bytes": capacity - used,
+                "draining_used_bytes": sum(a.slabs.used_bytes for a in self._arenas if a.state == ARENA_DRAINING),
                 "usage_ratio": used / capacity if capacity else 0.0,
                 "objects": sum(a.slabs.objects for a in self._arenas),
                 "arena_count": len(self._arenas),

@@ -178,7 +178,8 @@ def test_a_draining_arena_takes_no_objects_and_goes_with_its_last_one(pool: DaxM
     assert all(pool.arena_of(h) == path for h in mine if h is not None)
     status = pool.drain_arena(path)
     assert status["state"] == "draining" and status["active_allocations"] == 2 and status["used_bytes"] == 2 * MiB
-    assert pool.capacity_bytes == 4 * MiB and pool.used_bytes == 6 * MiB
+    assert pool.capacity_bytes == 4 * MiB and pool.used_bytes == 4 * MiB and pool.draining_used_bytes == 2 * MiB
+    assert pool.report_status()["draining_used_bytes"] == 2 * MiB
     assert pool.allocate(MiB) is None  # the primary is full and the draining arena takes nothing
     assert pool.drain_arena(path)["state"] == "draining"  # idempotent
     with pytest.raises(ConflictError, match="already mapped"):
