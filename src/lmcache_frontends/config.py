@@ -574,11 +574,6 @@ class ServerConfig:
             object.__setattr__(self, name, _check(OPTIONS_BY_NAME[name], value, f"--l1-manager {name}"))
 
     @property
-    def l1_tag(self) -> str:
-        """The L1's tag: a `--l1-manager`'s, else LMCache's `_default`."""
-        return parse_l1_manager(json.loads(self.l1_manager[0])).tag if self.l1_manager else DEFAULT_L1_TAG
-
-    @property
     def l1_size_bytes(self) -> int:
         return int(self.l1_size_gb * (1 << 30))
 

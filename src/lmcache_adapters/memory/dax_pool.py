@@ -456,8 +456,10 @@ class DaxMemoryPool:
                 try:
                     lost = restore_mapping(arena.guard, arena.fd, arena.size, resizable=not arena.is_dax)
                 except OSError as exc:
+                    if arena.fd < 0:
+                        continue  # drained and unmapped meanwhile: nothing of it is read any more
                     log.error("restoring L1 arena %s failed: %s", arena.path, exc)
-                    lost = 0
+                    lost = 0  # what is left of it cannot be trusted
                 arena.recovered_faults = faults
                 if lost is None:
                     continue

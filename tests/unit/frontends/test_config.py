@@ -233,7 +233,7 @@ DEVDAX = {"type": "DEVDAX", "tag": "dax0", "size_gb": 0.5, "path": "/dev/dax0.0"
 
 def test_l1_devdax_path_takes_the_size_of_l1_size_gb_and_refuses_a_shm_name() -> None:
     config = load_config(["--l1-devdax-path", "/dev/dax0.0", "--l1-size-gb", "64"], env={})
-    assert (config.l1_devdax_path, config.l1_size_gb, config.l1_tag) == ("/dev/dax0.0", 64.0, "_default")
+    assert (config.l1_devdax_path, config.l1_size_gb) == ("/dev/dax0.0", 64.0)
     assert load_config(["--l1-devdax-path", "/dev/dax0.0", "--shm-name", ""], env={}).shm_name == ""
     with pytest.raises(ConfigError, match="--l1-devdax-path cannot be combined with --shm-name 'node0'"):
         load_config(["--l1-devdax-path", "/dev/dax0.0", "--shm-name", "node0"], env={})
@@ -243,7 +243,7 @@ def test_l1_devdax_path_takes_the_size_of_l1_size_gb_and_refuses_a_shm_name() ->
 def test_a_devdax_l1_manager_sets_the_l1_fields_it_stands_for() -> None:
     raw = {**DEVDAX, "eviction": {"eviction_policy": "noop", "eviction_ratio": 0.5}, "read_ttl_seconds": 7}
     config = load_config(["--l1-manager", json.dumps(raw)], env={})
-    assert (config.l1_devdax_path, config.l1_size_gb, config.l1_tag) == ("/dev/dax0.0", 0.5, "dax0")
+    assert (config.l1_devdax_path, config.l1_size_gb) == ("/dev/dax0.0", 0.5)
     assert (config.eviction_policy, config.eviction_ratio, config.l1_read_ttl_seconds) == ("noop", 0.5, 7.0)
     assert ServerConfig(**{o.name: getattr(config, o.name) for o in OPTIONS}) == config  # folding is idempotent
     assert config.to_public_dict()["storage_manager"]["l1_devdax_path"] == "/dev/dax0.0"
