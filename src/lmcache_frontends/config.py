@@ -451,6 +451,12 @@ class ServerConfig:
         section="storage_manager",
         check=_non_empty,
     )
+    no_l1_use_lazy: bool = _opt(
+        False,
+        "Accepted so LMCache 0.5.6 command lines start unchanged (its --l1-devdax-path needs it); this "
+        "server never allocates L1 lazily, so it changes nothing.",
+        section="storage_manager",
+    )
     l1_manager: tuple[str, ...] = _opt(
         (),
         'LMCache 0.5.6\'s tagged L1 as JSON instead of --l1-size-gb/--l1-devdax-path: {"type": "DRAM" or '

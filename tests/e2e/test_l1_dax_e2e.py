@@ -33,7 +33,8 @@ L1_GB = "0.03125"  # 32 MiB
 
 def dax_server(start_server: Callable[..., ServerProcess], tmp_path: Path, *flags: str) -> ServerProcess:
     l1 = device_file(tmp_path / "l1.img", 64 * MiB)
-    return start_server("--l1-devdax-path", l1, "--l1-size-gb", L1_GB, "--shm-name", "", *flags)
+    # LMCache 0.5.6's Device-DAX command line, as its operators write it.
+    return start_server("--l1-devdax-path", l1, "--l1-size-gb", L1_GB, "--no-l1-use-lazy", "--shm-name", "", *flags)
 
 
 def call(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -235,6 +235,8 @@ def test_l1_devdax_path_takes_the_size_of_l1_size_gb_and_refuses_a_shm_name() ->
     config = load_config(["--l1-devdax-path", "/dev/dax0.0", "--l1-size-gb", "64"], env={})
     assert (config.l1_devdax_path, config.l1_size_gb) == ("/dev/dax0.0", 64.0)
     assert load_config(["--l1-devdax-path", "/dev/dax0.0", "--shm-name", ""], env={}).shm_name == ""
+    # LMCache 0.5.6's Device-DAX command line, unchanged:
+    assert load_config(["--l1-devdax-path", "/dev/dax0.0", "--no-l1-use-lazy", "--shm-name", ""], env={}).no_l1_use_lazy
     with pytest.raises(ConfigError, match="--l1-devdax-path cannot be combined with --shm-name 'node0'"):
         load_config(["--l1-devdax-path", "/dev/dax0.0", "--shm-name", "node0"], env={})
     assert load_config([], env={"LMCACHE_L1_DEVDAX_PATH": "/data/l1.img"}).l1_devdax_path == "/data/l1.img"
