@@ -1,7 +1,7 @@
-"""The L1 memory pool: a torch-viewed, slab-allocated arena in a named POSIX shared-memory segment."""
+"""The L1 memory pools: a torch-viewed, slab-allocated arena in a named POSIX shared-memory segment
+(`shm_pool`), or arenas on Device-DAX devices (`dax_pool`, imported where used)."""
 
 from lmcache_adapters.memory.shm_pool import (
-    PAGE_BYTES,
     SHM_NAME_PREFIX,
     PrefaultMode,
     SharedMemoryPool,
@@ -10,6 +10,7 @@ from lmcache_adapters.memory.shm_pool import (
     process_start_ticks,
     segment_owner_alive,
 )
+from lmcache_adapters.memory.slabs import PAGE_BYTES
 
 __all__ = [
     "PAGE_BYTES",
