@@ -189,7 +189,22 @@ def _poll_prefetch(s: Server) -> Any:
         time.sleep(0.01)
 
 
+def _audit_events(s: Server) -> Any:
+    s.client.put("/quota/alice", json={"limit_gb": 1})
+    return s.client.get("/audit/events?limit=2")
+
+
+def _whoami(s: Server) -> Any:
+    secured = in_memory_stack(ServerConfig(admin_token="adm-0123456789abcdef-secret", read_token="rd-0123456789abcdef-secret"))
+    try:
+        return create_app(secured).test_client().get("/auth/whoami", headers={"Authorization": "Bearer rd-0123456789abcdef-secret"})
+    finally:
+        secured.close()
+
+
 PRODUCERS: dict[tuple[str, int], Producer] = {
+    ("GET /audit/events", 200): _audit_events,
+    ("GET /auth/whoami", 200): _whoami,
     ("GET /", 200): lambda s: s.client.get("/"),
     ("GET /healthcheck", 200): lambda s: s.client.get("/healthcheck"),
     ("GET /healthcheck", 503): lambda s: s.without("engine", lambda: s.client.get("/healthcheck")),
