@@ -393,7 +393,7 @@ class ServerConfig:
     )
     shm_name: str | None = _opt(
         None,
-        "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: the process id.",
+        "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: srv-<pid>-<start ticks>.",
         check=_shm_suffix,
     )
     ready_file: str | None = _opt(

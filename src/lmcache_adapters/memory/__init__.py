@@ -7,6 +7,7 @@ from lmcache_adapters.memory.shm_pool import (
     SharedMemoryPool,
     cleanup_stale_segments,
     create_l1_pool,
+    default_segment_name,
     process_start_ticks,
     segment_owner_alive,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "SharedMemoryPool",
     "cleanup_stale_segments",
     "create_l1_pool",
+    "default_segment_name",
     "process_start_ticks",
     "segment_owner_alive",
 ]

@@ -34,6 +34,18 @@ DEFAULT_PREFAULT_STEP_BYTES = 64 << 20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 # Creation leftovers: `<name>.tmp<pid>.<start ticks>` (older servers: `<name>.tmp<pid>`).
 _TEMP_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}.+\.tmp(\d+)(?:\.(\d+))?$")
+# The default segment name of OUR servers: the owner process (pid, start ticks) is in the name.
+# Other programs share the `lmcache_l1_pool_` prefix (LMCache's own servers name theirs
+# `lmcache_l1_pool_<pid>` and hold no flock), so only this form is ever swept by name.
+_OWN_DEFAULT_PREFIX = f"{SHM_NAME_PREFIX}srv-"
+_OWN_DEFAULT_RE = re.compile(rf"^{re.escape(_OWN_DEFAULT_PREFIX)}(\d+)-(\d+)$")
+
+
+def default_segment_name(pid: int | None = None) -> str:
+    """The segment name a server gets without --shm-name: `lmcache_l1_pool_srv-<pid>-<start
+    ticks>`, which names its owner process for the life of the machine."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_OWN_DEFAULT_PREFIX}{pid}-{process_start_ticks(pid) or 0}"
 
 PrefaultMode = Literal["none", "sync", "background"]
 
@@ -114,13 +126,17 @@ def segment_owner_alive(path: str) -> bool:
 
 
 def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
-    """Unlink the L1 segments (`lmcache_l1_pool_*`, named or pid-named) and creation
-    leftovers of servers that are provably dead. Returns the removed names.
+    """Unlink the default-named L1 segments and creation leftovers of our servers that are
+    provably dead. Returns the removed names.
 
-    Only segments of our uid are considered. A segment goes when nobody holds its owner's
-    flock (see _unlink_if_unlocked); a creation leftover (`.tmp<pid>.<start ticks>`, briefly
-    unlocked while it is being made) only when that exact process, pid and start time, is gone.
-    A live server, in this pid namespace or another one sharing /dev/shm, is never touched."""
+    Only names that prove the segment is ours are considered: `lmcache_l1_pool_srv-<pid>-<start
+    ticks>` (a server's default name) and `<name>.tmp<pid>.<start ticks>` (a creation leftover),
+    of our uid. Other programs use the same prefix without our lock (LMCache's own servers:
+    `lmcache_l1_pool_<pid>`), and an `--shm-name`d segment may be anyone's, so neither is ever
+    swept here (a server replaces a dead leftover of its OWN --shm-name at creation). A default-
+    named segment goes when its owner process (pid and start time) is gone AND nobody holds its
+    flock (see _unlink_if_unlocked): a live server, in this pid namespace or another one sharing
+    /dev/shm, keeps its lock and its segment."""
     removed: list[str] = []
     try:
         names = os.listdir(shm_dir)
@@ -131,11 +147,12 @@ def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
     for name in names:
         if not name.startswith(SHM_NAME_PREFIX):
             continue
-        temp = _TEMP_NAME_RE.match(name)
-        if temp is not None:
-            start = int(temp.group(2)) if temp.group(2) is not None else None
-            if _owner_alive(int(temp.group(1)), start):
-                continue
+        owner = _TEMP_NAME_RE.match(name) or _OWN_DEFAULT_RE.match(name)
+        if owner is None:
+            continue  # not provably one of ours
+        start = int(owner.group(2)) if owner.group(2) is not None else None
+        if _owner_alive(int(owner.group(1)), start):
+            continue
         path = os.path.join(shm_dir, name)
         try:
             st = os.stat(path)
@@ -220,7 +237,7 @@ class SharedMemoryPool:
         # Whole slabs only: the segment size is exactly what can be handed out.
         self._capacity = self._slabs.capacity_bytes
 
-        self._name = f"{SHM_NAME_PREFIX}{os.getpid() if shm_suffix is None else shm_suffix}"
+        self._name = default_segment_name() if shm_suffix is None else f"{SHM_NAME_PREFIX}{shm_suffix}"
         self._shm_dir = shm_dir
         self._path = os.path.join(shm_dir, self._name)
         self._closed = False
