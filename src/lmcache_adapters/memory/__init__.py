@@ -9,6 +9,7 @@ from lmcache_adapters.memory.shm_pool import (
     create_l1_pool,
     default_segment_name,
     process_start_ticks,
+    remove_dead_segment,
     segment_owner_alive,
 )
 from lmcache_adapters.memory.slabs import PAGE_BYTES
@@ -22,5 +23,6 @@ __all__ = [
     "create_l1_pool",
     "default_segment_name",
     "process_start_ticks",
+    "remove_dead_segment",
     "segment_owner_alive",
 ]

@@ -125,6 +125,18 @@ def segment_owner_alive(path: str) -> bool:
         return fd is None and os.path.exists(path)
 
 
+def remove_dead_segment(path: str) -> bool:
+    """Unlink the named L1 segment at `path` when nobody holds its owner's flock (its server is
+    gone, however it died); True when it was removed. For the owner of a name (a server's own
+    --shm-name, a test that started that server), never a sweep over other programs' names."""
+    try:
+        if os.stat(path).st_uid != os.getuid():
+            return False
+        return _unlink_if_unlocked(path)
+    except FileNotFoundError:
+        return False
+
+
 def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
     """Unlink the default-named L1 segments and creation leftovers of our servers that are
     provably dead. Returns the removed names.
