@@ -1,0 +1,110 @@
+"""A real CPU vLLM with LMCache's own connector (0.5.0 and 0.5.6 clients) against our server.
+
+Needs the cached vLLM venvs (`bash scripts/vllm-e2e.sh install`); without them the test fails with
+the command to run, it never skips (CI installs them first). One vLLM start per client version:
+0.5.0 over ipc, 0.5.6 over tcp (LMCACHE_VLLM_E2E_MATRIX=full runs both transports for both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import vllm_harness as vh
+from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr, server_command
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
+PROMPT_TOKENS = 300
+SEEDS = (0, 1, 2)
+
+CASES = [("0.5.0", "ipc"), ("0.5.6", "tcp")]
+if os.environ.get("LMCACHE_VLLM_E2E_MATRIX") == "full":
+    CASES = [(c, t) for c in vh.CLIENT_VERSIONS for t in ("tcp", "ipc")]
+
+@pytest.fixture
+def our_server() -> Iterator[tuple[ServerProcess, str, str]]:
+    """Our server with the documented flags, on a free tcp port and an ipc socket."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="lmc-vllm-", dir="/tmp"))
+    ipc = f"ipc://{sock_dir}/zmq.sock"
+    args = server_command() + ["--http-port", "0", "--port", "0", "--l1-size-gb", "0.25",
+                               "--shm-name", f"e2e_vllm_{uuid.uuid4().hex[:10]}", "--ipc-path", ipc[6:],
+                               *vh.server_flags()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    sp = ServerProcess(proc)
+    threading.Thread(target=pump_stderr, args=(proc, sp), daemon=True).start()
+    try:
+        line = sp.wait_for_line(READY_RE, START_TIMEOUT_S).string
+        sp.url = READY_RE.search(line).group(1)  # type: ignore[union-attr]
+        tcp = ZMQ_RE.search(line)
+        assert tcp is not None, line
+        yield sp, tcp.group(1), ipc
+    finally:
+        if proc.poll() is None:
+            sp.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("client", "transport"), CASES, ids=[f"{c}-{t}" for c, t in CASES])
+def test_vllm_hits_our_server_with_identical_outputs(
+    client: str, transport: str, our_server: tuple[ServerProcess, str, str], tmp_path: Path
+) -> None:
+    if not vh.venv_python(client).exists():
+        pytest.fail(f"no vLLM venv for lmcache {client} in {vh.VENV_HOME}: run `bash scripts/vllm-e2e.sh install`")
+    server, tcp, ipc = our_server
+    endpoint = tcp if transport == "tcp" else ipc
+    model = vh.write_tiny_llama(tmp_path / "model", client)
+    vllm = vh.VllmProcess(client, endpoint, model, tmp_path / "vllm.log")
+    try:
+        vllm.wait_ready()
+        chunk = int(vh.server_flags()[vh.server_flags().index("--chunk-size") + 1])
+        expected_hit = (PROMPT_TOKENS - 1) // chunk * chunk  # whole chunks; the last token is recomputed
+        cold, warm = {}, {}
+        for seed in SEEDS:
+            cold[seed] = vllm.complete(vh.prompt(seed, PROMPT_TOKENS))
+            warm[seed] = vllm.complete(vh.prompt(seed, PROMPT_TOKENS))
+        # A prompt that differs from seed 0's in its first token only: a miss, and other logprobs
+        # (the comparison below can tell KV apart: one changed token early on shows in the output).
+        other = vh.prompt(0, PROMPT_TOKENS)
+        other[0] = other[0] % 997 + 4
+        miss = vllm.complete(other)
+        metrics = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+        status = _get_json(server.url + "/status")
+    finally:
+        vllm.stop()
+    log = vllm.log()
+
+    for seed in SEEDS:
+        assert cold[seed].cached_tokens == 0, (seed, cold[seed])
+        assert warm[seed].cached_tokens == expected_hit, (seed, warm[seed])
+        assert warm[seed].tokens == cold[seed].tokens
+        assert warm[seed].logprobs == cold[seed].logprobs, (cold[seed].logprobs, warm[seed].logprobs)
+    assert miss.cached_tokens == 0
+    assert miss.logprobs != cold[0].logprobs
+
+    # Our server saw what vLLM reported: hits, stores and retrieves, token for token.
+    hit_tokens = _metric(metrics, "lmcache_mp_lookup_hit_tokens_total")
+    assert hit_tokens == sum(w.cached_tokens for w in warm.values()) == expected_hit * len(SEEDS)
+    stored = _metric(metrics, "lmcache_mp_stored_tokens_total")
+    assert stored == expected_hit * (len(SEEDS) + 1)  # every cold prompt and the miss
+    assert _metric(metrics, "lmcache_mp_retrieved_tokens_total") == expected_hit * len(SEEDS)
+    l1 = status["storage_manager"]["l1_manager"]
+    assert l1["total_object_count"] == (len(SEEDS) + 1) * expected_hit // chunk
+
+    assert server.proc.poll() is None, server.stderr
+    assert vh.error_lines(log) == [], "\n".join(vh.error_lines(log))
+    assert vh.error_lines(server.stderr) == [], server.stderr
+    assert not [ln for ln in server.stderr.splitlines() if " WARNING " in ln], server.stderr
