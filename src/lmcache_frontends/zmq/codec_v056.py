@@ -137,9 +137,9 @@ def _descriptor(ext: Any) -> TensorDescriptor:
     if len(shape) != len(stride):
         raise ProtocolError("tensor shape and stride ranks differ")
     offset = read_int(meta.get("storage_offset"), "storage_offset", minimum=0)
-    common = {"kind": kind, "dtype": dtype, "shape": shape, "stride": stride, "storage_offset": offset,
+    common: dict[str, Any] = {"kind": kind, "dtype": dtype, "shape": shape, "stride": stride, "storage_offset": offset,
               "device_uuid": read_str(meta.get("device_uuid"), "device_uuid")}
-    span = 0 if 0 in shape else _ITEMSIZE.get(dtype, 0) * (offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride)))
+    span = 0 if 0 in shape else _ITEMSIZE.get(dtype, 0) * (offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)))
     if kind == "cpu_shm":
         if dtype not in _ITEMSIZE:
             raise ProtocolError(f"unsupported tensor dtype {dtype!r}")

@@ -34,7 +34,15 @@ from typing import Any
 import msgpack
 
 from lmcache_frontends.zmq import codec_v050, codec_v056
-from lmcache_frontends.zmq.codec import Envelope, Frames, WireCodec, WireError, decode_op, no_reply, reply
+from lmcache_frontends.zmq.codec import (
+    Envelope,
+    Frames,
+    WireCodec,
+    WireError,
+    decode_op,
+    no_reply,
+    reply,
+)
 from lmcache_frontends.zmq.codec_v050 import CodecV050
 from lmcache_frontends.zmq.codec_v056 import CodecV056
 from lmcache_frontends.zmq.fastkey import KeyFrameDecoder

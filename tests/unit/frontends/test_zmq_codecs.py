@@ -410,9 +410,9 @@ def test_the_0_5_6_client_decodes_every_reply_we_send() -> None:
     replies.append(("get_chunk_size", ProtocolDetector().ambiguous.encode(
         Envelope(b"\x00", b"\x15", "get_chunk_size", r.GetChunkSize()), 256)[0]))
     results = _client_decode(REF_056, _DECODE_056, replies)
-    assert all(status == "ok" for status, _ in results), [x for x in zip(replies, results) if x[1][0] != "ok"]
+    assert all(status == "ok" for status, _ in results), [x for x in zip(replies, results, strict=True) if x[1][0] != "ok"]
     assert results[-1] == ["ok", "256"]  # the ambiguous reply, read as 0.5.6's int
-    as_not_supported = dict(zip([n for n, _ in replies[-9:-1]], [v for _, v in results[-9:-1]]))
+    as_not_supported = dict(zip([n for n, _ in replies[-9:-1]], [v for _, v in results[-9:-1]], strict=True))
     assert as_not_supported["cb_protocol_handshake"] == "(0, False)"
     assert "prefix_coverage_tokens=0" in as_not_supported["cb_unified_lookup"]
     assert as_not_supported["p2p_query_lookup_results"].count("offset=-1") == 2
