@@ -245,6 +245,54 @@ def decode_op(frame: bytes) -> int | str:
 
 
 PayloadParser = Callable[[PayloadReader], Request]
+OpResolver = Callable[[int | str], "tuple[str, int, PayloadParser] | None"]
+"""An op frame's value -> (operation name, payload count, parser); None for an unknown op."""
+
+
+def decode_message(frames: Sequence[bytes], keys: KeyFrameDecoder, resolve: OpResolver) -> Envelope:
+    """[uid, op, *payloads] -> Envelope, the same steps for both versions; every problem is a
+    WireError that keeps the uid (so the reply can be addressed) and names the operation."""
+    if len(frames) < 2:
+        raise WireError(f"a request needs a uid and an operation frame, got {len(frames)} frame(s)")
+    uid, op = frames[0], frames[1]
+    try:
+        value = decode_op(op)
+    except WireError as exc:
+        raise WireError(exc.problem, uid, op) from None
+    found = resolve(value)
+    if found is None:
+        raise WireError(f"unknown operation {value!r}", uid, op)
+    name, count, parse = found
+    payloads = frames[2:]
+    if len(payloads) != count:
+        raise WireError(f"{name} takes {count} payload(s), got {len(payloads)}", uid, op, name)
+    try:
+        request = parse(PayloadReader(payloads, keys))
+    except WireError:
+        raise
+    except ProtocolError as exc:
+        raise WireError(f"{name}: {exc}", uid, op, name) from None
+    return Envelope(uid, op, name, request)
+
+
+# -- "not supported" values both versions share --------------------------------------------------
+
+MAX_P2P_KEYS = 1 << 16
+"""At most this many "miss" addresses in one not-supported P2P result."""
+
+UNIFIED_LOOKUP_MISS = {"prefix_coverage_tokens": 0, "non_prefix_segments": [], "segmented_prefix_segments": []}
+"""CB_UNIFIED_LOOKUP's "nothing cached": the client recomputes."""
+
+
+def p2p_miss_task(keys: int) -> int:
+    """A P2P lookup task id that needs no server state: -1 - (number of keys)."""
+    return -1 - min(max(0, keys), MAX_P2P_KEYS)
+
+
+def p2p_miss_addresses(task_id: int) -> list[dict[str, int]]:
+    """The result of a `p2p_miss_task` id: one invalid address (a miss) per key."""
+    n = -1 - task_id if -1 - MAX_P2P_KEYS <= task_id <= -1 else 0
+    return [{"offset": -1, "size": 0}] * n
 
 
 # -- payload parsers of the operations both versions have ---------------------------------------

@@ -16,14 +16,17 @@ from typing import Any
 import msgpack
 
 from lmcache_frontends.zmq.codec import (
+    UNIFIED_LOOKUP_MISS,
     Envelope,
     Frames,
     PayloadParser,
     PayloadReader,
     WireError,
     common_parsers,
-    decode_op,
+    decode_message,
     no_reply,
+    p2p_miss_addresses,
+    p2p_miss_task,
     parse_register_ed,
     read_engine_groups,
     read_int,
@@ -67,7 +70,6 @@ UNSUPPORTED = MappingProxyType(
 )
 # Where the client's own event handle sits in the unsupported transfers (echoed in `[h, false]`).
 _EVENT_HANDLE_AT = {24: 3, 26: 4, 27: 3, 29: 4, 32: 4}
-MAX_P2P_KEYS = 1 << 16
 
 NAME_OF_TYPE = MappingProxyType({t.value: t.name.lower() for t in RequestType})
 
@@ -130,6 +132,13 @@ def operation_of(op: int | str) -> str | None:
     return NAME_OF_TYPE.get(op)
 
 
+def _resolve(op: int | str) -> tuple[str, int, PayloadParser] | None:
+    name = operation_of(op)
+    if name is None:
+        return None
+    return name, PAYLOADS[int(op)], PARSERS[int(op)]
+
+
 def _not_supported_value(number: int, request: NotSupported) -> Any:
     """The failure each unsupported 0.5.0 type's client reads as "nothing here"."""
     detail = request.detail
@@ -138,12 +147,11 @@ def _not_supported_value(number: int, request: NotSupported) -> Any:
     if number in (25, 28):
         return []  # no pre-computed matches
     if number == 33:
-        return {"prefix_coverage_tokens": 0, "non_prefix_segments": [], "segmented_prefix_segments": []}
+        return UNIFIED_LOOKUP_MISS
     if number == 34:
-        return -1 - min(int(detail.get("keys", 0)), MAX_P2P_KEYS)
+        return p2p_miss_task(int(detail.get("keys", 0)))
     if number == 35:
-        task = int(detail.get("task_id", 0))
-        return [{"offset": -1, "size": 0}] * (-1 - task if -1 - MAX_P2P_KEYS <= task <= -1 else 0)
+        return p2p_miss_addresses(int(detail.get("task_id", 0)))
     return None
 
 
@@ -156,22 +164,7 @@ class CodecV050:
         self._keys = key_decoder if key_decoder is not None else KeyFrameDecoder()
 
     def decode(self, frames: Sequence[bytes]) -> Envelope:
-        if len(frames) < 2:
-            raise WireError(f"a request needs a uid and a type frame, got {len(frames)} frame(s)")
-        uid, op = frames[0], frames[1]
-        value = decode_op(op)
-        name = operation_of(value)
-        if name is None:
-            raise WireError(f"unknown request type {value!r}", uid, op)
-        number = int(value)
-        payloads = frames[2:]
-        if len(payloads) != PAYLOADS[number]:
-            raise WireError(f"{name} takes {PAYLOADS[number]} payload(s), got {len(payloads)}", uid, op, name)
-        try:
-            request = PARSERS[number](PayloadReader(payloads, self._keys))
-        except ProtocolError as exc:
-            raise WireError(f"{name}: {exc}", uid, op, name) from None
-        return Envelope(uid, op, name, request)
+        return decode_message(frames, self._keys, _resolve)
 
     def _number(self, envelope: Envelope) -> int:
         return int(msgpack.unpackb(envelope.op))

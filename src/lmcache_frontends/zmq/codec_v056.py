@@ -18,14 +18,17 @@ from typing import Any
 import msgpack
 
 from lmcache_frontends.zmq.codec import (
+    UNIFIED_LOOKUP_MISS,
     Envelope,
     Frames,
     PayloadParser,
     PayloadReader,
     WireError,
     common_parsers,
-    decode_op,
+    decode_message,
     no_reply,
+    p2p_miss_addresses,
+    p2p_miss_task,
     parse_register_ed,
     read_bool,
     read_bytes,
@@ -108,9 +111,6 @@ FEATURES = MappingProxyType(
         "p2p_unlock_objects": "p2p", "subscribe_kv_events": "kv_events", "server_module_call": "server_modules",
     }
 )
-
-# At most this many "miss" addresses in one not-supported P2P result (a task id is -1 - keys).
-MAX_P2P_KEYS = 1 << 16
 
 _ITEMSIZE = {
     "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "uint8": 1, "int8": 1, "int16": 2, "int32": 4,
@@ -206,23 +206,28 @@ def operation_of(op: int | str) -> str | None:
     return NAME_OF_ID.get(op)
 
 
+def _resolve(op: int | str) -> tuple[str, int, PayloadParser] | None:
+    name = operation_of(op)
+    if name is None:
+        return None
+    return name, OPERATIONS[name].payloads, PARSERS[name]
+
+
 def _not_supported_value(request: NotSupported) -> Any:
     """What the 0.5.6 client reads as "not supported" (each chosen from the client's own use)."""
     name, detail = request.operation, request.detail
     if name in ("store_q", "cb_retrieve_pre_computed"):
         return [detail.get("event_handle", b""), False]  # the transfer failed
     if name == "cb_unified_lookup":
-        return {"prefix_coverage_tokens": 0, "non_prefix_segments": [], "segmented_prefix_segments": []}
+        return UNIFIED_LOOKUP_MISS
     if name == "cb_reorder_plan":
         return []  # "keep the prompt as it is"
     if name == "cb_protocol_handshake":
         return [0, False]  # server blend protocol 0: incompatible with every client
     if name == "p2p_lookup_and_lock":
-        return -1 - min(int(detail.get("keys", 0)), MAX_P2P_KEYS)  # a task id that encodes the key count
+        return p2p_miss_task(int(detail.get("keys", 0)))  # a task id that encodes the key count
     if name == "p2p_query_lookup_results":
-        task = int(detail.get("task_id", 0))
-        n = -1 - task if -1 - MAX_P2P_KEYS <= task <= -1 else 0
-        return [{"offset": -1, "size": 0}] * n  # one invalid address per key: all misses
+        return p2p_miss_addresses(int(detail.get("task_id", 0)))  # one miss per key
     if name == "subscribe_kv_events":
         return {"enabled": False, "incarnation": 0, "next_cursor": 0, "lost": False, "events": []}
     if name == "server_module_call":
@@ -239,28 +244,11 @@ class CodecV056:
         self._keys = key_decoder if key_decoder is not None else KeyFrameDecoder()
 
     def decode(self, frames: Sequence[bytes]) -> Envelope:
-        if len(frames) < 2:
-            raise WireError(f"a request needs a uid and an operation frame, got {len(frames)} frame(s)")
-        uid, op = frames[0], frames[1]
-        if op == b"":
+        if len(frames) >= 2 and frames[1] == b"":
             # Stream control: [uid, b"", b"ack" | b"cancel"] (no msgpack on this path).
             action = frames[2].decode("ascii", "replace") if len(frames) == 3 else ""
-            return Envelope(uid, op, "stream_control", StreamControl(action))
-        value = decode_op(op)
-        name = operation_of(value)
-        if name is None:
-            raise WireError(f"unknown operation {value!r}", uid, op)
-        spec = OPERATIONS[name]
-        payloads = frames[2:]
-        if len(payloads) != spec.payloads:
-            raise WireError(f"{name} takes {spec.payloads} payload(s), got {len(payloads)}", uid, op, name)
-        try:
-            request = PARSERS[name](PayloadReader(payloads, self._keys))
-        except WireError:
-            raise
-        except ProtocolError as exc:
-            raise WireError(f"{name}: {exc}", uid, op, name) from None
-        return Envelope(uid, op, name, request)
+            return Envelope(frames[0], frames[1], "stream_control", StreamControl(action))
+        return decode_message(frames, self._keys, _resolve)
 
     def encode(self, envelope: Envelope, result: Any) -> list[Frames]:
         if no_reply(result):

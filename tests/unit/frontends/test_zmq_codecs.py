@@ -17,6 +17,7 @@ import msgpack
 import pytest
 
 from lmcache_core.hashing import TokenBytes
+from lmcache_core.lookup import RequestKey
 from lmcache_frontends.zmq import requests as r
 from lmcache_frontends.zmq.codec import Envelope, WireError
 from lmcache_frontends.zmq.codec_v050 import CodecV050
@@ -202,7 +203,7 @@ def test_recognition_per_client_identity_and_the_override() -> None:
     # Answered in the one form both clients decode: the chunk size as a decimal string.
     env = d.codec.decode(chunk_056)
     assert d.codec.encode(env, 256) == [[b"\x00", b"\x15", msgpack.packb("256")]]
-    d = det.detect(b"A", [b"\x01", b"\xa0" + b"", *[]] if False else [b"\x01", msgpack.packb("get_experimental")])
+    d = det.detect(b"A", [b"\x01", msgpack.packb(32)])  # get_experimental: only 0.5.6 sends (32, 0)
     assert d.decided and d.codec is det.codecs[V056] and det.version_of(b"A") == V056
     d = det.detect(b"B", chunk_050)
     assert d.decided and d.codec is det.codecs[V050]
@@ -216,7 +217,6 @@ def test_recognition_per_client_identity_and_the_override() -> None:
 
 
 def test_shared_pairs_are_told_apart_by_content() -> None:
-    key = r.RequestKey if hasattr(r, "RequestKey") else None  # noqa: F841 - keys come from captures
     prep_store_056 = next(f for _, f, _ in EX_056 if f[1] == b"\x10")
     assert ProtocolDetector.classify(prep_store_056)[0] == V056
     commit_retrieve_050 = next(f for _, f, _ in EX_050 if f[1] == b"\x10")
@@ -323,9 +323,6 @@ def test_descriptor_checks() -> None:
 
 def test_long_keys_take_the_fast_decoder_in_both_codecs() -> None:
     tokens = TokenBytes.from_tokens(list(range(32768)))
-    key = r.RequestKey if False else None  # noqa: F841
-    from lmcache_core.lookup import RequestKey
-
     frame = bytes(encode_key(RequestKey("m", 1, None, tokens, 0, 32768, "rid")))
     for codec_cls, op in ((CodecV050, 5), (CodecV056, 8)):
         decoder = KeyFrameDecoder()
@@ -439,3 +436,20 @@ def test_the_0_5_0_client_decodes_every_reply_we_send() -> None:
     results = _client_decode(REF_050, _DECODE_050, replies)
     assert all(status == "ok" for status, _ in results)
     assert results[-1] == ["ok", "'256'"]  # the ambiguous reply, read as 0.5.0 NOOP's str
+
+
+def test_recognised_clients_are_bounded() -> None:
+    det = ProtocolDetector(max_clients=2)
+    for ident in (b"A", b"B", b"C"):
+        assert det.detect(ident, [b"\x00", b"\x12"]).decided  # 0.5.0 GET_CHUNK_SIZE
+    assert det.version_of(b"A") is None and det.version_of(b"C") == V050
+    # A forgotten client is simply recognised again from its next message.
+    assert det.detect(b"A", [b"\x01", b"\x12"]).decided
+
+
+def test_an_undecodable_op_frame_is_still_answered_to_its_uid() -> None:
+    codec = CodecV056()
+    with pytest.raises(WireError) as info:
+        codec.decode([b"\x07", b"\xc1"])
+    [reply] = codec.error(info.value)
+    assert reply[0] == b"\x07" and "not msgpack" in msgpack.unpackb(reply[1])
