@@ -24,6 +24,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -104,7 +105,10 @@ class Recorder:
         self.count += 1
 
 
-def run(listen: str, upstream: str, recorder: Recorder, seconds: float | None) -> None:
+def run(
+    listen: str, upstream: str, recorder: Recorder, seconds: float | None, stop_event: threading.Event | None = None
+) -> None:
+    """Forward and record until SIGINT/SIGTERM (main thread), `stop_event`, or `seconds`."""
     ctx = zmq.Context()
     front = ctx.socket(zmq.ROUTER)
     front.setsockopt(zmq.LINGER, 0)
@@ -119,12 +123,15 @@ def run(listen: str, upstream: str, recorder: Recorder, seconds: float | None) -
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
     deadline = time.monotonic() + seconds if seconds else None
     print(f"proxy {listen} -> {upstream}", file=sys.stderr, flush=True)
     try:
-        while not stop and (deadline is None or time.monotonic() < deadline):
+        while not stop and not (stop_event is not None and stop_event.is_set()) and (
+            deadline is None or time.monotonic() < deadline
+        ):
             for sock, _ in poller.poll(200):
                 if sock is front:
                     identity, *frames = front.recv_multipart()

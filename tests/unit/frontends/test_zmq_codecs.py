@@ -174,7 +174,7 @@ def _result_from_reply(env: Envelope, value: Any) -> Any:
 
 
 @pytest.mark.parametrize(("codec", "exchanges"), [(CodecV056(), EX_056), (CodecV050(), EX_050)], ids=[V056, V050])
-def test_our_replies_are_byte_identical_to_the_reference_server(codec: Any, exchanges: list) -> None:
+def test_our_replies_are_byte_identical_to_the_recorded_server_replies(codec: Any, exchanges: list) -> None:
     compared = 0
     for name, frames, answer in exchanges:
         env = codec.decode(frames)
