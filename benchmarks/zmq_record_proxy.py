@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -106,13 +107,17 @@ class Recorder:
 
 
 def run(
-    listen: str, upstream: str, recorder: Recorder, seconds: float | None, stop_event: threading.Event | None = None
+    listen: str, upstream: str, recorder: Recorder, seconds: float | None, stop_event: threading.Event | None = None,
+    on_bound: Callable[[str], None] | None = None,
 ) -> None:
-    """Forward and record until SIGINT/SIGTERM (main thread), `stop_event`, or `seconds`."""
+    """Forward and record until SIGINT/SIGTERM (main thread), `stop_event`, or `seconds`.
+    `listen` may end in `:*` (any free port); `on_bound` gets the endpoint actually bound."""
     ctx = zmq.Context()
     front = ctx.socket(zmq.ROUTER)
     front.setsockopt(zmq.LINGER, 0)
     front.bind(listen)
+    if on_bound is not None:
+        on_bound(front.getsockopt_string(zmq.LAST_ENDPOINT))
     backs: dict[bytes, zmq.Socket[Any]] = {}
     owner: dict[zmq.Socket[Any], bytes] = {}
     poller = zmq.Poller()

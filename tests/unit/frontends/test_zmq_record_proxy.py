@@ -28,18 +28,22 @@ def test_the_proxy_forwards_and_records_each_client_and_direction() -> None:
     ctx = zmq.Context()
     upstream = ctx.socket(zmq.ROUTER)
     up_port = upstream.bind_to_random_port("tcp://127.0.0.1")
-    probe = ctx.socket(zmq.ROUTER)
-    listen_port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close()  # a free port for the proxy to listen on
     out = io.StringIO()
     recorder = proxy.Recorder(out, proxy._v056_names(), full_bytes=64)
-    stop = threading.Event()
+    stop, bound = threading.Event(), threading.Event()
+    endpoint: list[str] = []
+
+    def on_bound(where: str) -> None:
+        endpoint.append(where)
+        bound.set()
+
     thread = threading.Thread(
-        target=proxy.run, args=(f"tcp://127.0.0.1:{listen_port}", f"tcp://127.0.0.1:{up_port}", recorder, 20.0, stop)
+        target=proxy.run, args=("tcp://127.0.0.1:*", f"tcp://127.0.0.1:{up_port}", recorder, 20.0, stop, on_bound)
     )
     thread.start()
+    assert bound.wait(10)
     client = ctx.socket(zmq.DEALER)
-    client.connect(f"tcp://127.0.0.1:{listen_port}")
+    client.connect(endpoint[0])
     try:
         big = msgpack.packb(b"x" * 100, use_bin_type=True)
         client.send_multipart([b"\x00", msgpack.packb(22), msgpack.packb(None), big])
