@@ -2,9 +2,10 @@
 (same run), and the LOOKUP round trip of a 32k-token prompt (128 chunks, all hits) with blake3
 and xxh3; optionally the same workload against the reference server (LMCache 0.5.0).
 
-Every server is a real process (`lmcache-server` on loopback; the reference through
-`../shared/peer/reference.sh` when `--reference` is given); this process is the engine, using
-our client library. Figures are medians (p50) and p99 over the repetitions:
+Every server is a real process (`lmcache-server` on loopback; with `--reference`, also
+`lmcache server` of LMCache 0.5.0 from the virtualenv in LMCACHE_REFERENCE_VENV, default
+~/.cache/lmcache-reference/venv, made with `pip install lmcache==0.5.0`); this process is the
+engine, using our client library. Figures are medians (p50) and p99 over the repetitions:
 
     python benchmarks/bench_data_path.py [--chunks 4] [--reps 9] [--lookup-reps 400] [--reference]
 
@@ -43,11 +44,13 @@ import torch
 
 from lmcache_frontends.client import LMCacheClient, RequestKey, make_key, share_cpu_tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+import serverproc  # noqa: E402  (the tests' launchers: one way to start the reference server)
+
 CHUNK = 256
 BS, NH, HS, LAYERS = 16, 8, 128, 32  # fp16: 2 x 32 x 256 x 1024 x 2 B = 32 MiB per chunk
 LOOKUP_TOKENS, LOOKUP_CHUNKS = 32 * 1024, 128
-REFERENCE_SH = Path(__file__).resolve().parents[2] / "shared" / "peer" / "reference.sh"
-REFERENCE_VENV = Path(os.environ.get("VENV", Path.home() / ".cache" / "lmcache-reference" / "venv"))
+REFERENCE_VENV = serverproc.REFERENCE_VENV
 READY = re.compile(r"ready: admin (http://\S+) ")
 
 
@@ -129,13 +132,9 @@ def wait_prefaulted(admin_url: str, timeout: float = 120.0) -> None:
 
 @contextlib.contextmanager
 def reference_server(l1_gb: float) -> Iterator[Server]:
-    zmq_port, http_port = free_port(), free_port()
-    env = {**os.environ, "ZMQ_PORT": str(zmq_port), "HTTP_PORT": str(http_port), "L1_GB": str(int(max(1, l1_gb)))}
-    subprocess.run(["bash", str(REFERENCE_SH), "start"], env=env, check=True, stdout=subprocess.DEVNULL)
-    try:
-        yield Server("reference 0.5.0", f"tcp://127.0.0.1:{zmq_port}")
-    finally:
-        subprocess.run(["bash", str(REFERENCE_SH), "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+    """LMCache 0.5.0's `lmcache server` on loopback (the e2e tests' launcher)."""
+    with serverproc.reference_server(l1_gb) as url:
+        yield Server("reference 0.5.0", url)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -288,7 +287,8 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also run against the reference server")
     args = parser.parse_args()
     if args.reference and not (REFERENCE_VENV / "bin" / "lmcache").exists():
-        sys.exit(f"--reference: no reference install at {REFERENCE_VENV} (run {REFERENCE_SH} install)")
+        sys.exit(f"--reference: no LMCache 0.5.0 at {REFERENCE_VENV} (python -m venv {REFERENCE_VENV} && "
+                 f"{REFERENCE_VENV}/bin/pip install lmcache==0.5.0, or set LMCACHE_REFERENCE_VENV)")
     l1_gb = max(1.0, args.chunks * 32 * 2 / 1024 + 0.5)
     if not args.skip_transfer:
         results: dict[str, TransferResult] = {}

@@ -6,6 +6,9 @@ import socket
 
 import pytest
 
+# Fails the run when it leaves new lmcache_* segments in /dev/shm (see tests/shm_guard.py).
+pytest_plugins = ["shm_guard"]
+
 
 def pick_free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""

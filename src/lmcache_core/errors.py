@@ -63,3 +63,8 @@ class UnprocessableError(LMCacheError, ValueError):
 class UpstreamError(LMCacheError):
     """A server this process called on a client's behalf failed or could not be reached (maps
     to HTTP 502)."""
+
+
+class BackendUnavailableError(UnavailableError):
+    """An L2 adapter's backend cannot be used (missing bucket, unwritable path, dead endpoint);
+    the message names the problem for an operator."""

@@ -67,8 +67,10 @@ def _histogram(name: str, help: str, *labels: str, buckets: tuple[float, ...] = 
 LOOKUP_REQUESTS = _counter("lookup_requests", "Lookup requests received from engines.", *_T)
 LOOKUP_TOKENS = _counter("lookup_tokens", "Tokens asked for by lookup requests.", *_T)
 LOOKUP_HIT_TOKENS = _counter(
-    "lookup_hit_tokens", "Tokens found by lookups, by the tier that held them (tier=l1|l2).", "tier", *_T
+    "lookup_tier_hit_tokens", "Tokens found by lookups, by the tier that held them (tier=l1|l2).", "tier", *_T
 )
+"""Exported as lmcache_mp_lookup_tier_hit_tokens_total; the L1+L2 sum per model and salt is
+LMCache 0.5.0's lmcache_mp_lookup_hit_tokens_total (see lmcache_adapters.metrics.compat)."""
 STORE_REQUESTS = _counter("store_requests", "Store requests received from engines.", *_T)
 STORED_TOKENS = _counter("stored_tokens", "Tokens written into L1 by store requests.", *_T)
 RETRIEVE_REQUESTS = _counter("retrieve_requests", "Retrieve requests received from engines.", *_T)
@@ -80,11 +82,21 @@ RETRIEVE_THROUGHPUT_GBPS = _histogram("retrieve_throughput_gbps", "Throughput of
 
 L1_CHUNKS_WRITTEN = _counter("l1_chunks_written", "Chunks whose L1 write finished (stores and L2 prefetches).", *_T)
 L1_CHUNKS_READ = _counter(
-    "l1_chunks_read", "Chunks read-locked in L1 (engine retrieves, L2 write-back and prefetch reads).", *_T
+    "l1_chunks_read",
+    "Chunks whose L1 read finished (an engine retrieve, an L2 write-back, a lookup lock given back).",
+    *_T,
 )
 L1_CHUNKS_EVICTED = _counter("l1_chunks_evicted", "Chunks evicted from L1 to make room.", *_T)
 L1_ALLOCATION_FAILURES = MetricFamily(
     "l1_allocation_failures", COUNTER, "L1 write reservations refused for lack of memory.", scraped=True
+)
+L1_EVICTION_CYCLES = MetricFamily(
+    "l1_eviction_cycles", COUNTER, "Runs of the L1 eviction controller.", scraped=True
+)
+L1_EVICTION_PRESSURE_CYCLES = MetricFamily(
+    "l1_eviction_pressure_cycles", COUNTER,
+    "Runs of the L1 eviction controller with usage at or above the watermark (the policy picked victims).",
+    scraped=True,
 )
 L1_USAGE_BYTES = _gauge("l1_usage_bytes", "Bytes of the L1 pool in use.")
 L1_CAPACITY_BYTES = _gauge("l1_capacity_bytes", "Size of the L1 pool in bytes.")
@@ -96,14 +108,32 @@ L1_OBJECTS = _gauge("l1_objects", "Objects (chunks) held in L1.")
 L2_STORES_SUBMITTED = _counter("l2_stores_submitted", "Objects submitted for write-back to an L2 adapter.", "adapter")
 L2_STORES_COMPLETED = _counter("l2_stores_completed", "Objects durably written to an L2 adapter.", "adapter")
 L2_STORES_FAILED = _counter("l2_stores_failed", "Objects an L2 adapter failed to store.", "adapter")
+L2_STORE_BATCHES_SUBMITTED = _counter(
+    "l2_store_batches_submitted", "Write-back batches submitted to an L2 adapter.", "adapter"
+)
+L2_STORE_BATCHES_COMPLETED = _counter(
+    "l2_store_batches_completed", "Write-back batches an L2 adapter answered (whatever the outcome).", "adapter"
+)
 L2_STORE_THROUGHPUT_GBPS = _histogram("l2_store_throughput_gbps", "Throughput of L1 -> L2 write-back batches, in GB/s.")
 L2_STORES_IN_FLIGHT = _gauge("l2_stores_in_flight", "Objects being written back to L2 right now.")
+L2_STORES_UNWRITTEN_AT_SHUTDOWN = _counter(
+    "l2_stores_unwritten_at_shutdown",
+    "Objects queued or in flight for write-back when a shutdown stopped waiting for them (lost).",
+)
 L2_STORE_QUEUE = _gauge("l2_store_queue", "Objects waiting for write-back to L2 (the write-back lag).")
 
 # -- L2 prefetch (prefetch controller) --------------------------------------------------------
 
 PREFETCH_LOOKUPS = _counter("prefetch_lookups", "Prefetch jobs that looked keys up in L2.")
+PREFETCH_LOOKUP_KEYS = _counter("prefetch_lookup_keys", "Keys prefetch jobs looked up in L2.")
 PREFETCH_HITS = _counter("prefetch_hits", "Keys found in L2 by prefetch lookups (the loadable prefix).")
+PREFETCH_LOAD_BATCHES = _counter(
+    "prefetch_load_batches", "Load batches a prefetch submitted to an L2 adapter.", "adapter"
+)
+PREFETCH_LOAD_KEYS = _counter("prefetch_load_keys", "Keys a prefetch submitted to an L2 adapter for loading.", "adapter")
+PREFETCH_LOAD_BATCHES_COMPLETED = _counter(
+    "prefetch_load_batches_completed", "Load batches an L2 adapter answered (whatever the outcome).", "adapter"
+)
 PREFETCH_LOADS = _counter("prefetch_loads", "Objects loaded from an L2 adapter into L1.", "adapter")
 PREFETCH_FAILURES = _counter("prefetch_failures", "Prefetch jobs or loads that failed, by reason.", "reason")
 L2_LOAD_THROUGHPUT_GBPS = _histogram("l2_load_throughput_gbps", "Throughput of L2 -> L1 prefetch loads, in GB/s.")
@@ -112,7 +142,10 @@ PREFETCH_JOBS = _gauge("prefetch_jobs", "Prefetch jobs queued or running.")
 
 # -- L2 adapters ------------------------------------------------------------------------------
 
-L2_USAGE_BYTES = _gauge("l2_usage_bytes", "Bytes stored by an L2 adapter.", "adapter")
+L2_USAGE_BYTES = _gauge(
+    "l2_usage_bytes", "Bytes stored by an L2 adapter (l2_name: the same name, LMCache 0.5.0's label).", "adapter", "l2_name"
+)
+L2_ADAPTERS = _gauge("l2_adapters", "L2 adapters configured, by state (active; draining is always 0 here).", "state")
 L2_CAPACITY_BYTES = _gauge("l2_capacity_bytes", "Capacity of an L2 adapter in bytes (absent when unbounded).", "adapter")
 L2_EVICTED_OBJECTS = _counter("l2_evicted_objects", "Objects evicted from an L2 adapter by its eviction policy.", "adapter")
 L2_CHECKSUM_FAILURES = _counter("l2_checksum_failures", "Objects read from L2 whose checksum did not match.", "adapter")

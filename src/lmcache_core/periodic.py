@@ -30,8 +30,10 @@ class PeriodicThread:
     Exceptions from `target` are caught, logged and counted; the thread keeps going. If the
     thread dies anyway (a BaseException), `is_alive()` turns False while `running` stays True,
     the registry reports it, and `ensure_running()` starts a fresh thread. `stop()` returns at
-    once from the wait between runs. `run_once()` runs one iteration on the caller's thread
-    (deterministic tests, or a forced cycle)."""
+    once from the wait between runs; `wake()` starts the next run at once (a loop that works
+    off a queue wakes itself when work arrives and still runs at least every interval).
+    `run_once()` runs one iteration on the caller's thread (deterministic tests, or a forced
+    cycle)."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class PeriodicThread:
         self._state_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one iteration at a time, thread or run_once
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
         self._started_at: float | None = None
@@ -82,6 +85,7 @@ class PeriodicThread:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
+            self._wake.clear()
             self._running = True
             self._started_at = self._clock.monotonic()
             self._spawn()
@@ -91,6 +95,7 @@ class PeriodicThread:
         with self._state_lock:
             self._running = False
             self._stop.set()
+            self._wake.set()
             thread = self._thread
         if thread is None or thread is threading.current_thread():
             return True
@@ -119,9 +124,17 @@ class PeriodicThread:
         self._thread = thread
         thread.start()
 
+    def wake(self) -> None:
+        """Run the next iteration now instead of at the end of the interval."""
+        self._wake.set()
+
     def _loop(self) -> None:
         try:
-            while not self._stop.wait(self._interval):
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
                 self.run_once()
         except BaseException as exc:  # the thread ends here; status and ensure_running see it
             self._died_with = f"{type(exc).__name__}: {exc}"

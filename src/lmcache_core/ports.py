@@ -202,6 +202,21 @@ class L2Adapter(Protocol):
 
 
 @runtime_checkable
+class ProbesBackend(Protocol):
+    """Capability of an L2 adapter: check its backend for real, for readiness (`GET /readyz`),
+    the `l2-health` periodic thread and `/status`. Adapters without it are judged by their
+    `report_status()` alone."""
+
+    def probe(self) -> None:
+        """Exercise the backend the way the adapter depends on it (S3: the bucket exists and
+        the endpoint answers; fs: `base_path` is a directory a file can be written to and
+        removed from). Return when it is usable; otherwise raise an exception whose message
+        names the problem for an operator ("bucket 'kv' does not exist at http://..."). May
+        block on I/O (it runs on a probe thread with a deadline); must not change stored data."""
+        ...
+
+
+@runtime_checkable
 class KVTransfer(Protocol):
     """Moves KV blocks between an engine's paged KV cache and L1 objects (CUDA IPC or shared
     CPU tensors); implemented with torch in the adapters ring."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -12,6 +13,8 @@ from typing import Any
 
 from lmcache_core.errors import ConfigError
 from lmcache_core.keys import validate_cache_salt
+
+log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 
@@ -38,6 +41,7 @@ class QuotaManager:
         self._lock = threading.Lock()
         self._limits: dict[str, int] = {}
         self._state_path = Path(state_path) if state_path is not None else None
+        self._state_error: str | None = None
         if self._state_path is not None:
             self._limits = self._load(self._state_path)
 
@@ -94,12 +98,39 @@ class QuotaManager:
     def report_status(self) -> dict[str, Any]:
         with self._lock:
             count = len(self._limits)
+            error = self._state_error
         return {
-            "is_healthy": True,
+            "is_healthy": error is None,
             "quota_count": count,
             "persistent": self._state_path is not None,
             "state_path": str(self._state_path) if self._state_path is not None else None,
+            "state_error": error,
         }
+
+    def verify_persisted(self) -> str:
+        """Check that the state file still holds what memory holds, and write it again when it
+        does not (deleted, truncated, edited, the volume remounted): what a restart would load
+        must be what is in force. Raises OSError when the file cannot be read or written."""
+        path = self._state_path
+        if path is None:
+            return "not persistent"
+        with self._lock:
+            try:
+                try:
+                    on_disk: dict[str, int] | None = self._load(path) if path.exists() else None
+                except ConfigError:
+                    on_disk = None  # unreadable JSON: replace it with what is in force
+                if on_disk == self._limits:
+                    self._state_error = None
+                    return f"{len(self._limits)} quota(s) in sync with {path}"
+                self._persist()
+            except OSError as exc:
+                self._state_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self._state_error = None
+        what = "missing" if on_disk is None else "out of date"
+        log.warning("quota state file %s was %s; wrote the %d quota(s) in force", path, what, len(self._limits))
+        return f"rewrote {path} ({what})"
 
     # -- persistence ----------------------------------------------------------------------
 

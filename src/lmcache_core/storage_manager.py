@@ -14,6 +14,7 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l2.entry import L2AdapterEntry, adapter_type_name
 from lmcache_core.l2.eviction_controller import L2EvictionController, L2EvictionSettings
+from lmcache_core.l2.health import L2HealthMonitor
 from lmcache_core.l2.prefetch_controller import PrefetchController
 from lmcache_core.l2.store_controller import StoreController
 from lmcache_core.periodic import PeriodicThread
@@ -48,6 +49,8 @@ class StorageManager:
         l2_prefetch_max_in_flight: int = 8,
         l2_policy_factory: PolicyFactory | None = None,
         metrics: MetricsSink | None = None,
+        quota_check_interval_seconds: float = 10.0,
+        l2_probe_interval_seconds: float = 5.0,
     ) -> None:
         self.l1 = l1
         self.quotas = quotas
@@ -83,6 +86,7 @@ class StorageManager:
             policy=l2_store_policy,
             metrics=self.metrics,
             on_stored=self.l2_eviction.on_stored,
+            clock=clock,
         )
         l1.add_listener(self.store)
         self.prefetch: PrefetchController | None = None
@@ -96,6 +100,14 @@ class StorageManager:
                 skip_write_back=self.store.skip_once,
                 forget_skip=self.store.forget_skip,
                 on_loaded=self.l2_eviction.on_loaded,
+                clock=clock,
+            )
+        self.l2_health = L2HealthMonitor(self.l2_adapters, interval_seconds=l2_probe_interval_seconds, clock=clock)
+        self.quota_state: PeriodicThread | None = None
+        if quotas.state_path is not None:
+            self.quota_state = PeriodicThread(
+                "quota-state", quotas.verify_persisted, interval_seconds=quota_check_interval_seconds,
+                level="high", clock=clock,
             )
         self._state_lock = threading.Lock()
         self._started = False
@@ -109,7 +121,12 @@ class StorageManager:
                 return
             self.eviction.start()
             self.store.start()
+            if self.prefetch is not None:
+                self.prefetch.start()
             self.l2_eviction.start()
+            self.l2_health.start()
+            if self.quota_state is not None:
+                self.quota_state.start()
             self._started = True
 
     def close(self, *, drain_timeout: float = 10.0) -> None:
@@ -121,10 +138,22 @@ class StorageManager:
             self._closed = True
         if self.prefetch:
             self.prefetch.close()
+        pending = self.store.pending_objects()
+        if pending:
+            log.info("shutting down: writing %d object(s) back to L2 first (up to %.0f s)", pending, drain_timeout)
         if not self.store.stop(drain_timeout=drain_timeout):
-            log.warning("L2 write-back not fully drained within %.1f s", drain_timeout)
+            lost = self.store.unwritten_at_shutdown
+            self.metrics.inc("l2_stores_unwritten_at_shutdown", lost)
+            log.warning(
+                "L2 write-back stopped before it drained: %d object(s) were not written to L2 "
+                "(they were only in L1, which is freed now)",
+                lost,
+            )
         self.l2_eviction.stop()
+        self.l2_health.stop()
         self.eviction.stop()
+        if self.quota_state is not None:
+            self.quota_state.stop()
         for entry in self.l2_adapters:
             try:
                 entry.adapter.close()
@@ -132,11 +161,24 @@ class StorageManager:
                 log.exception("closing L2 adapter %s failed", entry.name)
         self.l1.clear(force=True)
 
+    def abandon_write_back(self) -> None:
+        """Stop waiting for the L2 write-back at shutdown (what is left is counted as lost).
+        Only sets a flag: safe from a signal handler."""
+        self.store.abandon()
+
     def periodic_threads(self) -> list[PeriodicThread]:
         """The periodic threads this manager runs (for the registry behind /periodic-threads)."""
         threads = [self.eviction.thread]
+        if self.l2_adapters:
+            threads.append(self.store.thread)
+        if self.prefetch is not None:
+            threads.append(self.prefetch.thread)
         if self.l2_eviction.enabled:
             threads.append(self.l2_eviction.thread)
+        if self.l2_health.enabled:
+            threads.append(self.l2_health.thread)
+        if self.quota_state is not None:
+            threads.append(self.quota_state)
         return threads
 
     # -- operations -----------------------------------------------------------------------
@@ -171,20 +213,25 @@ class StorageManager:
 
     # -- status ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _adapter_report(entry: L2AdapterEntry) -> dict[str, Any]:
+    def _adapter_report(self, entry: L2AdapterEntry) -> dict[str, Any]:
         """One entry of `l2_adapters`: a list in configuration order, each report tagged with
         its index, label and `type` (what LMCache's status clients key on), plus the reference's
-        size field names next to ours."""
+        size field names next to ours, and the last backend probe (`backend_check`)."""
         report = safe_report(entry.adapter)
+        check = self.l2_health.result(entry)
+        healthy = report["is_healthy"] and (check is None or check["ok"])
         out: dict[str, Any] = {
-            "is_healthy": report["is_healthy"],
+            "is_healthy": healthy,
             "index": entry.index,
             "name": entry.name,
             "type": entry.type_name,
             "primary": entry.primary,
         }
         out.update({k: v for k, v in report.items() if k not in out})
+        if check is not None:
+            out["backend_check"] = check
+            if check["error"]:
+                out["error"] = check["error"]
         if "used_bytes" in report:
             out.setdefault("current_size_bytes", report["used_bytes"])
         if "capacity_bytes" in report:
@@ -196,6 +243,7 @@ class StorageManager:
         adapters_healthy = all(report["is_healthy"] for report in adapters)
         children: dict[str, Any] = {
             "l1_manager": self.l1,
+            "quotas": self.quotas,
             "eviction_controller": self.eviction,
             "store_controller": self.store,
             "l2_eviction_controller": self.l2_eviction,

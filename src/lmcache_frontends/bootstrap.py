@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.engine import CacheEngine
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
-from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry
+from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry, Summary
 from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
 from lmcache_core.ports import Clock, L2Adapter, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
@@ -55,6 +56,8 @@ class Services:
     _closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list, repr=False)
     _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
+    closing_step: str | None = field(default=None, repr=False)
+    """What close() is stopping right now (None before and after): a stuck shutdown names it."""
 
     def on_close(self, name: str, closer: Callable[[], None]) -> None:
         """Run `closer` at close(), before everything registered earlier (LIFO)."""
@@ -71,6 +74,26 @@ class Services:
         """Make a module's periodic thread visible in /periodic-threads and /status health."""
         self.periodic_threads.register(thread)
 
+    def run_periodic(
+        self,
+        name: str,
+        target: Callable[[], Summary],
+        *,
+        interval_seconds: float,
+        level: str = "high",
+    ) -> PeriodicThread:
+        """Run `target` every `interval_seconds` as a supervised loop: registered (so
+        /periodic-threads, /periodic-threads-health and /status see it, dead or stalled),
+        started now, stopped at close() before everything registered earlier. What a frontend
+        uses for its housekeeping (a reaper, a heartbeat) instead of a thread of its own; the
+        returned thread's `wake()` runs the next iteration at once. A name already taken raises
+        ConflictError."""
+        thread = PeriodicThread(name, target, interval_seconds=interval_seconds, level=level, clock=self.clock)
+        self.periodic_threads.register(thread)
+        thread.start()
+        self.on_close(f"periodic thread {name}", thread.stop)
+        return thread
+
     def close(self) -> None:
         """Stop frontends, the engine, the storage manager, the adapters, then free L1 memory.
         Each step's failure is logged and the rest still run."""
@@ -81,10 +104,12 @@ class Services:
             closers = list(reversed(self._closers))
             self._closers.clear()
         for name, closer in closers:
+            self.closing_step = name
             try:
                 closer()
             except Exception:
                 log.exception("closing %s failed", name)
+        self.closing_step = None
 
 
 @dataclass
@@ -185,7 +210,7 @@ def bootstrap(
         pool: MemoryPool = container.adapters.memory_pool()
         closers.append(("L1 memory pool", pool.close))
         storage: StorageManager = container.services.storage()
-        closers.append(("storage manager", storage.close))
+        closers.append(("storage manager", lambda: storage.close(drain_timeout=config.shutdown_drain_seconds)))
         engine: CacheEngine = container.services.engine()
         closers.append(("cache engine", engine.close))
         cache_ops = CacheOperations.for_engine(engine)
@@ -222,7 +247,12 @@ def bootstrap(
 def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine, metrics: MetricsSink) -> PeriodicThreadRegistry:
     """Metrics and thread-health wiring: L1 chunk counters, scrape-time gauges, the periodic
     thread registry and its contribution to /status health."""
-    from lmcache_adapters.metrics import L1MetricsListener, PrometheusMetricsSink, stack_source
+    from lmcache_adapters.metrics import (
+        L1MetricsListener,
+        PrometheusMetricsSink,
+        legacy_metrics,
+        stack_source,
+    )
 
     threads = PeriodicThreadRegistry()
     for thread in storage.periodic_threads():
@@ -234,6 +264,8 @@ def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine,
     storage.l1.add_listener(L1MetricsListener(metrics, tenant_labels=bool(labels)))
     if isinstance(metrics, PrometheusMetricsSink):
         metrics.add_scrape_source("stack", stack_source(storage, engine, threads))
+        # LMCache 0.5.0's names for the same data, so its dashboards work unchanged.
+        metrics.add_derived_source("lmcache-0.5.0", functools.partial(legacy_metrics, chunk_size=config.chunk_size))
     return threads
 
 

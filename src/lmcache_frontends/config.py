@@ -297,6 +297,18 @@ class ServerConfig:
         "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: the process id.",
         check=_shm_suffix,
     )
+    ready_file: str | None = _opt(
+        None,
+        "Once the server is ready, write this JSON file (pid, admin URL, ZeroMQ endpoints, L1 segment) for "
+        "scripts to read instead of parsing logs; removed at shutdown.",
+        check=_non_empty,
+    )
+    shutdown_drain_seconds: float = _opt(
+        10.0,
+        "At shutdown, wait up to this long for the L2 write-back to drain. A second SIGINT/SIGTERM stops "
+        "waiting; objects not written are counted (l2_stores_unwritten_at_shutdown) and logged.",
+        check=_positive,
+    )
     config_file: str | None = _opt(
         None, "A JSON or TOML file with any of these options (lowest precedence after defaults).", flag="--config"
     )

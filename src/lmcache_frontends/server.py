@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -134,6 +138,10 @@ def serve(
             raise
         services.on_close("admin HTTP server", admin.stop)
         live.attach(services)
+        if services.storage is not None:
+            signals.on_repeat = services.storage.abandon_write_back
+            if signals.repeated_at is not None:  # signalled twice while it was starting
+                services.storage.abandon_write_back()
         if services.engine is not None:
             block = security_status(security_warnings, config)
             services.engine.add_status_contributor("security", lambda: block)
@@ -144,6 +152,13 @@ def serve(
             return _fail(prog, exc)
 
         log.info(_ready_line(prog, services, admin))
+        if config.ready_file:
+            try:
+                _write_ready_file(config.ready_file, services, admin)
+            except OSError as exc:
+                services.close()
+                return _fail(prog, OSError(f"cannot write --ready-file {config.ready_file}: {exc.strerror or exc}"))
+            services.on_close("ready file", functools.partial(_remove_file, config.ready_file))
         if on_ready is not None:
             on_ready(services, admin)
         exit_code = 0
@@ -158,7 +173,15 @@ def serve(
                 exit_code = 1
                 break
         log.info("shutting down%s", f" ({signals.received})" if signals.received else "")
-        services.close()
+        watchdog = None
+        if signals.installed and stop_event is None:  # never os._exit() a process that embeds us
+            watchdog = _ShutdownWatchdog(prog, services, signals, config.shutdown_drain_seconds + _SHUTDOWN_GRACE_S)
+            watchdog.start()
+        try:
+            services.close()
+        finally:
+            if watchdog is not None:
+                watchdog.done()
         log.info("stopped")
         return exit_code
     finally:
@@ -219,6 +242,18 @@ def _ready_line(prog: str, services: Services, admin: AdminServer) -> str:
     pool = services.memory_pool
     size_gib = pool.capacity_bytes / (1 << 30) if pool is not None else services.config.l1_size_gb
     parts.append(f"l1 {round(size_gib, 3)} GiB")
+    storage = services.storage
+    if storage is not None and storage.l2_adapters:
+        # The first backend probes run right after start; wait for them briefly, so a missing
+        # bucket or an unwritable path shows here and not only in /readyz.
+        storage.l2_health.wait_first_round(services.config.readyz_timeout_seconds)
+        problems = [
+            f"l2:{e.index}:{e.name} {r['error']}"
+            for e in storage.l2_adapters
+            if (r := storage.l2_health.result(e)) is not None and r["error"]
+        ]
+        if problems:
+            parts.append("(NOT READY: " + "; ".join(problems) + ")")
     return f"{prog} ready: " + " ".join(parts)
 
 
@@ -228,15 +263,27 @@ def _fail(prog: str, exc: BaseException) -> int:
 
 
 class _SignalHandlers:
-    """SIGINT/SIGTERM set the stop event; a second one exits at once (a hung shutdown must
-    still be stoppable). Installed only on the main thread, where Python allows it."""
+    """The first SIGINT/SIGTERM sets the stop event (a clean shutdown); later ones, from any mix
+    of the two (a terminal's Ctrl-C plus a supervisor's SIGTERM, an impatient operator), make
+    that shutdown hurry: it stops waiting for the L2 write-back (`on_repeat`), and the
+    watchdog ends a shutdown still stuck a few seconds later. Installed only on the main
+    thread, where Python allows it. Handlers only set flags: they may run while the main
+    thread holds any lock."""
 
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
         self._previous: dict[int, Any] = {}
         self.received: str = ""
+        self.count = 0
+        self.repeated_at: float | None = None
+        """time.monotonic() of the first signal that arrived during the shutdown."""
+        self.on_repeat: Callable[[], None] | None = None
         # A plain flag, not an Event: a handler must not take a lock the main thread may hold.
         self.reload_requested = False
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -256,12 +303,98 @@ class _SignalHandlers:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self._stop.is_set():
-            # Not via logging: the handler may run while the logging lock is held.
-            os.write(2, f"{PROG}: second {name} during shutdown, exiting now\n".encode())
-            os._exit(1)
-        self.received = name
-        self._stop.set()
+        self.count += 1
+        if not self._stop.is_set():
+            self.received = name
+            self._stop.set()
+            return
+        if self.repeated_at is None:
+            self.repeated_at = time.monotonic()
+        # Not via logging: the handler may run while the logging lock is held.
+        os.write(2, f"{PROG}: {name} again: already shutting down; not waiting for the L2 write-back\n".encode())
+        if self.on_repeat is not None:
+            self.on_repeat()
+
+
+# A shutdown may take the L2 drain plus this long (stopping threads, closing adapters) before
+# the watchdog ends it; after a repeated signal, _HURRIED_SHUTDOWN_S.
+_SHUTDOWN_GRACE_S = 20.0
+_HURRIED_SHUTDOWN_S = 5.0
+
+
+class _ShutdownWatchdog:
+    """Ends a shutdown that hangs (an adapter's close() stuck on a dead endpoint): it names the
+    step, still removes the L1 segment and the ready file, and exits with status 1."""
+
+    def __init__(self, prog: str, services: Services, signals: _SignalHandlers, limit_s: float) -> None:
+        self._prog = prog
+        self._services = services
+        self._signals = signals
+        self._limit_s = limit_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lmcache-shutdown-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def done(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        while not self._done.wait(0.1):
+            now = time.monotonic()
+            hurried = self._signals.repeated_at
+            if now - started > self._limit_s or (
+                hurried is not None and now - max(hurried, started) > _HURRIED_SHUTDOWN_S
+            ):
+                self._give_up()
+
+    def _give_up(self) -> None:
+        step = self._services.closing_step or "the server"
+        os.write(2, f"{self._prog}: shutdown stuck while closing {step}; removing the L1 segment and exiting\n".encode())
+        from lmcache_adapters.memory import SharedMemoryPool
+
+        pool = self._services.memory_pool
+        if isinstance(pool, SharedMemoryPool):
+            pool.unlink_segment()
+        if self._services.config.ready_file:
+            _remove_file(self._services.config.ready_file)
+        os._exit(1)
+
+
+def _write_ready_file(path: str, services: Services, admin: AdminServer) -> None:
+    """Atomically write what a script needs to reach this server (see --ready-file)."""
+    zmq = services.server_frontends.get("zmq")
+    pool = services.memory_pool
+    info = {
+        "pid": os.getpid(),
+        "admin_url": admin.url,
+        "zmq_url": getattr(zmq, "url", None),
+        "zmq_ipc_url": getattr(zmq, "ipc_url", None),
+        "l1_shm_name": pool.report_status().get("shm_name") if pool is not None else None,
+        "l1_capacity_bytes": pool.capacity_bytes if pool is not None else None,
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".ready-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+            f.write("\n")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        _remove_file(temp)
+        raise
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 if __name__ == "__main__":

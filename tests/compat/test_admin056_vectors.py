@@ -33,11 +33,16 @@ def register_bench_model(services: Services) -> None:
     """What the reference bench registers: instance 1000, model test-model, world size 1, two
     layers of [2, 256 blocks, 16 tokens, 2 heads, 64] float16, server-driven."""
     layout = KVCacheLayout([torch.randn(2, 256, 16, 2, 64).to(torch.float16) for _ in range(2)], chunk_size=256)
+    registration = SimpleNamespace(instance_id=1000, layout=layout)
     server = SimpleNamespace(
         data_path=SimpleNamespace(
             object_size=lambda m, ws: layout.object_size if (m, ws) == ("test-model", 1) else None
         ),
-        instances=lambda: {1000: SimpleNamespace(layout=layout)},
+        instances=lambda: {1000: registration},
+        registrations=lambda iid: [registration] if iid == 1000 else [],
+        kv_checksums=lambda inst, block_ids, chunk_size, *, layerwise: inst.layout.checksums(
+            block_ids, chunk_size, layerwise=layerwise
+        ),
     )
     assert services.engine is not None
     services.engine.kv_caches.add_source(DataPathKVCaches(server))

@@ -7,13 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import torch
-from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr, server_command
+from serverproc import launch
 
 from lmcache_frontends.client import LMCacheClient, make_key
 
@@ -24,22 +22,13 @@ ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, str]]:
-    cmd = server_command()
-    args = cmd + ["--http-port", "0", "--port", "0", "--l1-size-gb", "0.03125", "--chunk-size", "64",
-                  "--shm-name", f"e2e_cli_{uuid.uuid4().hex[:10]}",
-                  "--l2-adapter", '{"type": "mock", "serde": {"type": "zlib"}}']
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    sp = ServerProcess(proc)
-    threading.Thread(target=pump_stderr, args=(proc, sp), daemon=True).start()
+    sp = launch(["--chunk-size", "64", "--l2-adapter", '{"type": "mock", "serde": {"type": "zlib"}}'], shm_prefix="e2e_cli")
     try:
-        line = sp.wait_for_line(READY_RE, START_TIMEOUT_S).string
-        zmq_url = ZMQ_RE.search(line)
-        assert zmq_url is not None, line
-        yield READY_RE.search(line).group(1), zmq_url.group(1)  # type: ignore[union-attr]
+        zmq_url = ZMQ_RE.search(sp.stderr)
+        assert zmq_url is not None, sp.stderr
+        yield sp.url, zmq_url.group(1)
     finally:
-        if proc.poll() is None:
-            sp.stop()
+        sp.terminate()
 
 
 def lmcache(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,22 +1,18 @@
 """Our client library against the reference server (LMCache 0.5.0): the frames it sends (token
 ids in msgpack's fixed-width uint32 form among them) must mean the same to it as to ours.
 
-Needs the reference install of `../shared/peer/reference.sh install`; without it this module is
+Needs LMCache 0.5.0 in a virtualenv (see serverproc.REFERENCE_VENV); without it this module is
 skipped with that reason."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import torch
-from serverproc import REFERENCE_LMCACHE, requires_reference
+from serverproc import reference_server, requires_reference
 
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 
@@ -26,42 +22,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def reference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    zmq_port, http_port, prom_port = _free_port(), _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("reference") / "server.log"
-    env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(REFERENCE_LMCACHE), "server", "--host", "127.0.0.1", "--port", str(zmq_port),
-             "--http-host", "127.0.0.1", "--http-port", str(http_port), "--prometheus-port", str(prom_port),
-             "--l1-size-gb", "1", "--eviction-policy", "LRU"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the reference server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield f"tcp://127.0.0.1:{zmq_port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with reference_server(1.0, log_dir=tmp_path_factory.mktemp("reference")) as url:
+        yield url
 
 
 def test_engine_driven_round_trip_with_a_long_prompt(reference_url: str) -> None:

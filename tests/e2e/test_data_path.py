@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import threading
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 import zmq
-from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, pump_stderr, server_command
+from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, launch
 
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 from lmcache_frontends.zmq.protocol import encode
@@ -26,22 +24,13 @@ ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[ServerProcess, str]]:
-    cmd = server_command()
-    args = cmd + ["--http-port", "0", "--port", "0", "--l1-size-gb", "0.03125", "--chunk-size", "64",
-                  "--shm-name", f"e2e_dp_{uuid.uuid4().hex[:10]}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    sp = ServerProcess(proc)
-    threading.Thread(target=pump_stderr, args=(proc, sp), daemon=True).start()
+    sp = launch(["--chunk-size", "64"], shm_prefix="e2e_dp")
     try:
-        line = sp.wait_for_line(READY_RE, START_TIMEOUT_S).string
-        sp.url = READY_RE.search(line).group(1)  # type: ignore[union-attr]
-        zmq_url = ZMQ_RE.search(line)
-        assert zmq_url is not None, line
+        zmq_url = ZMQ_RE.search(sp.stderr)
+        assert zmq_url is not None, sp.stderr
         yield sp, zmq_url.group(1)
     finally:
-        if proc.poll() is None:
-            sp.stop()
+        sp.terminate()
 
 
 def _get(url: str) -> tuple[int, dict]:

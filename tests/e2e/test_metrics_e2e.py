@@ -19,7 +19,7 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.results import OpResult
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.server import AdminServer
-from lmcache_frontends.cli.bench import FILL_TOKEN, MODEL
+from lmcache_frontends.cli.bench import FILL_TOKEN, model_name_for
 from lmcache_frontends.cli.main import main as lmcache_main
 from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
@@ -61,7 +61,7 @@ def test_real_server_exposes_parsable_metrics_and_thread_registry(start_server: 
     assert headers["X-Request-ID"] == "e2e-1"
     samples = parse(body)
     assert samples[("lmcache_mp_l1_capacity_bytes", ())] == 0.03125 * (1 << 30)
-    assert ("lmcache_mp_l2_usage_bytes", (("adapter", "mock"),)) in samples
+    assert ("lmcache_mp_l2_usage_bytes", (("adapter", "mock"), ("l2_name", "mock"))) in samples
     assert samples[("lmcache_mp_periodic_threads_unhealthy", ())] == 0
     _, _, raw = fetch(server.url + "/periodic-threads")
     assert "l1-eviction" in [t["name"] for t in json.loads(raw)["threads"]]
@@ -126,12 +126,14 @@ def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
     server = start_server("--l2-adapter", '{"type": "mock"}')
     rpc = next(m.group(1) for line in server.stderr_lines if (m := ZMQ_RE.search(line)))
     sequences, num_tokens, layers, hidden = 12, 1024, 4, 8 * 64
+    spec = f"(2,256,16,8,64):float16:{layers}"
+    model = model_name_for(spec)
     rc = lmcache_main(["bench", "server", "--rpc-url", rpc, "--url", server.url, "--num-tokens", str(num_tokens),
-                       "--kvcache-shape-spec", f"(2,256,16,8,64):float16:{layers}", "--end", str(sequences),
+                       "--kvcache-shape-spec", spec, "--end", str(sequences),
                        "--format", "json"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0, report
-    assert report["checksum_pass"] == sequences and report["skipped"] == 0 and report["errors"] == 0
+    assert report["checksum_pass"] == sequences and report["reused"] == 0 and report["errors"] == 0
 
     with LMCacheClient(rpc, timeout=10.0) as client:
         chunk = client.get_chunk_size()
@@ -143,11 +145,11 @@ def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
         assert lat["lookup"]["count"] == 2 * sequences
         assert lat["store"]["count"] == lat["retrieve"]["count"] == sequences
         bench = parse(fetch(server.url + "/metrics")[2])
-        assert total(bench, "lmcache_mp_lookup_requests_total", model_name=MODEL) == 2 * sequences
+        assert total(bench, "lmcache_mp_lookup_requests_total", model_name=model) == 2 * sequences
         assert total(bench, "lmcache_mp_lookup_tokens_total") == 2 * sequences * seq_tokens
         assert total(bench, "lmcache_mp_lookup_hit_tokens_total") == sequences * seq_tokens
         assert total(bench, "lmcache_mp_store_requests_total") == sequences
-        assert total(bench, "lmcache_mp_stored_tokens_total", model_name=MODEL) == sequences * seq_tokens
+        assert total(bench, "lmcache_mp_stored_tokens_total", model_name=model) == sequences * seq_tokens
         assert total(bench, "lmcache_mp_retrieve_requests_total") == sequences
         assert total(bench, "lmcache_mp_retrieved_tokens_total") == sequences * seq_tokens
         assert total(bench, "lmcache_mp_store_throughput_gbps_count") == sequences
@@ -155,12 +157,12 @@ def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
         assert total(bench, "lmcache_mp_store_throughput_gbps_sum") > 0
 
         # Replay every sequence: the evicted ones come back through the L2 prefetch.
-        client.register_engine_driven(7, model_name=MODEL, num_layers=layers, hidden_dim_size=hidden)
+        client.register_engine_driven(7, model_name=model, num_layers=layers, hidden_dim_size=hidden)
         try:
             observed = 0
             for n in range(sequences):
                 tokens = [n] + [FILL_TOKEN] * num_tokens
-                key = make_key(MODEL, tokens, f"replay-{n}", end=seq_tokens)
+                key = make_key(model, tokens, f"replay-{n}", end=seq_tokens)
                 client.lookup(key)
                 hits = client.wait_for_lookup(key.request_id, timeout=10.0)
                 observed += hits
@@ -169,7 +171,7 @@ def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
         finally:
             client.unregister_engine_driven(7)
     after = parse(fetch(server.url + "/metrics")[2])
-    hit = "lmcache_mp_lookup_hit_tokens_total"
+    hit = "lmcache_mp_lookup_tier_hit_tokens_total"
     assert total(after, "lmcache_mp_lookup_requests_total") == 3 * sequences
     assert total(after, hit) - total(bench, hit) == observed * chunk
     assert total(after, hit, tier="l2") - total(bench, hit, tier="l2") > 0  # sequence 0 was evicted

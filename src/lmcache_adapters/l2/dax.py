@@ -35,6 +35,7 @@ from lmcache_adapters.l2.integrity import (
 )
 from lmcache_adapters.l2.listing import check_page_args, page_of
 from lmcache_core.errors import (
+    BackendUnavailableError,
     ConfigError,
     ConflictError,
     ForbiddenOperationError,
@@ -462,6 +463,24 @@ class DaxL2Adapter:
             used = len(self._index) * self.slot_bytes
             capacity = sum(d.slots_total for d in self._devices if d.state in _IN_CAPACITY) * self.slot_bytes
             return L2Usage(used_bytes=used, capacity_bytes=capacity, bytes_by_salt=dict(self._bytes_by_salt))
+
+    def probe(self) -> None:
+        """Readiness: at least one device is active and each active device's path still names
+        the device that is mapped (not removed or replaced since)."""
+        with self._lock:
+            active = [(d.path, d.identity) for d in self._devices if d.state == ACTIVE]
+            failed = [d.path for d in self._devices if d.state == FAILED]
+        if failed:
+            raise BackendUnavailableError(f"failed device(s): {', '.join(failed)}")
+        if not active:
+            raise BackendUnavailableError("no active device")
+        for path, identity in active:
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise BackendUnavailableError(f"device {path}: {exc.strerror or exc}") from exc
+            if _identity(st) != identity:
+                raise BackendUnavailableError(f"device {path} was replaced by another file since it was mapped")
 
     def report_status(self) -> dict[str, Any]:
         """Health, devices with their states and slot counts, bytes and integrity counters."""

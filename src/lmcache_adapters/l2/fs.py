@@ -32,7 +32,7 @@ from lmcache_adapters.l2.integrity import (
     verify,
 )
 from lmcache_adapters.l2.listing import check_page_args, page_of
-from lmcache_core.errors import ConfigError, InvalidKeyError
+from lmcache_core.errors import BackendUnavailableError, ConfigError, InvalidKeyError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import COMMON_FIELDS, ConfigField, config_field
 from lmcache_core.ports import KeyPage, L2Usage, MetricsSink, NullMetricsSink
@@ -562,6 +562,33 @@ class FSL2Adapter:
                 capacity_bytes=self._capacity,
                 bytes_by_salt=dict(self._by_salt),
             )
+
+    def probe(self) -> None:
+        """Write, read back and remove a small file in `base_path` (readiness): raises
+        BackendUnavailableError when the directory is missing or refuses it."""
+        if not os.path.isdir(self.base_path):
+            what = "is not a directory" if os.path.exists(self.base_path) else "does not exist"
+            raise BackendUnavailableError(f"base_path {self.base_path} {what}")
+        path = os.path.join(self.base_path, f".lmcache-probe-{os.getpid()}-{threading.get_ident()}")
+        payload = b"lmcache readiness probe\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, payload)
+            finally:
+                os.close(fd)
+            with open(path, "rb") as f:
+                if f.read() != payload:
+                    raise BackendUnavailableError(f"base_path {self.base_path}: a probe file read back wrong")
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"base_path {self.base_path} is not writable: {exc.strerror or exc}"
+            ) from exc
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def report_status(self) -> dict[str, Any]:
         writable = os.path.isdir(self.base_path) and os.access(self.base_path, os.W_OK | os.X_OK)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from lmcache_adapters.l2.batch import acquire_lock_count, release_lock_count
 from lmcache_adapters.l2.integrity import HEADER_SIZE, IntegrityError, frame, unframe
 from lmcache_core.clock import SystemClock
-from lmcache_core.errors import ConfigError, InvalidKeyError, LMCacheError
+from lmcache_core.errors import BackendUnavailableError, ConfigError, InvalidKeyError, LMCacheError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import ConfigField, config_field
 from lmcache_core.ports import Clock, KeyPage, L2Usage, MetricsSink, NullMetricsSink
@@ -436,6 +436,27 @@ class S3L2Adapter:
                 self._start_scan()
         else:
             log.warning("s3 adapter %r: probe failed; circuit stays open", self.bucket)
+
+    def probe(self) -> None:
+        """HeadBucket against the real endpoint (readiness): the bucket exists and these
+        credentials may use it. Raises BackendUnavailableError naming the problem."""
+        if self._bucket_pending:
+            self._ensure_bucket()
+        where = f"bucket {self.bucket!r} at {self.endpoint_url or 'the default AWS endpoint'}"
+        try:
+            self._call(self._client.head_bucket, Bucket=self.bucket)
+        except S3UnavailableError as exc:
+            raise BackendUnavailableError(f"{where}: endpoint unreachable ({exc.__cause__.__class__.__name__})") from exc
+        except self._client_error as exc:
+            code = self._error_code(exc)
+            self._note_error(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise BackendUnavailableError(
+                    f"{where} does not exist (create it, or set \"create_bucket\": true)"
+                ) from exc
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise BackendUnavailableError(f"{where}: access denied (check the credentials)") from exc
+            raise BackendUnavailableError(f"{where}: HeadBucket failed ({code or exc})") from exc
 
     def _ensure_bucket(self) -> None:
         try:

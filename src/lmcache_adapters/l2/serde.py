@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from lmcache_core.errors import ConfigError, NotInitializedError
 from lmcache_core.keys import ObjectKey
-from lmcache_core.ports import KeyPage, L2Adapter, L2Usage
+from lmcache_core.ports import KeyPage, L2Adapter, L2Usage, ProbesBackend
 from lmcache_core.status import compose_status
 
 log = logging.getLogger(__name__)
@@ -531,6 +531,11 @@ class SerdeL2Adapter:
     def usage(self) -> L2Usage:
         """The inner adapter's usage: bytes as stored (after encoding)."""
         return self.inner.usage()
+
+    def probe(self) -> None:
+        """The wrapped adapter's probe (nothing to check when it has none)."""
+        if isinstance(self.inner, ProbesBackend):
+            self.inner.probe()
 
     def report_status(self) -> dict[str, Any]:
         with self._lock:

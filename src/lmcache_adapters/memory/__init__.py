@@ -7,6 +7,8 @@ from lmcache_adapters.memory.shm_pool import (
     SharedMemoryPool,
     cleanup_stale_segments,
     create_l1_pool,
+    process_start_ticks,
+    segment_owner_alive,
 )
 
 __all__ = [
@@ -16,4 +18,6 @@ __all__ = [
     "SharedMemoryPool",
     "cleanup_stale_segments",
     "create_l1_pool",
+    "process_start_ticks",
+    "segment_owner_alive",
 ]

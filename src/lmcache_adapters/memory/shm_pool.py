@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import functools
@@ -12,6 +13,7 @@ import mmap
 import os
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -34,8 +36,8 @@ DEFAULT_PREFAULT_STEP_BYTES = 64 << 20
 _MAX_EXTRA_SPAN_SLABS = 8
 # Linux MADV_POPULATE_WRITE (5.14+); Python 3.11's mmap module does not export it.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
-_STALE_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}(\d+)$")
-_TEMP_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}.+\.tmp(\d+)$")
+# Creation leftovers: `<name>.tmp<pid>.<start ticks>` (older servers: `<name>.tmp<pid>`).
+_TEMP_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}.+\.tmp(\d+)(?:\.(\d+))?$")
 
 PrefaultMode = Literal["none", "sync", "background"]
 
@@ -44,26 +46,61 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), or None
+    when there is no such process. A pid reused by a later process has a later start time, so
+    (pid, start ticks) names one process for the life of the machine."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:  # no such process (or no /proc)
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _owner_alive(pid: int, start_ticks: int | None) -> bool:
+    """Whether the process that wrote (pid, start ticks) still runs; without a start time
+    (an older server's name) a live pid counts as alive, whoever now has it."""
+    started = process_start_ticks(pid)
+    if started is None:
         return False
-    except PermissionError:  # exists, belongs to someone else
-        return True
-    return True
+    return start_ticks is None or started == start_ticks
+
+
+@contextlib.contextmanager
+def _flocked(path: str, flags: int, lock: int) -> Iterator[int | None]:
+    """Open `path` and try to take `lock` without waiting: yields the fd when taken, None
+    when a live process holds a conflicting lock (or the file is gone). Closing releases it."""
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, lock | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _unlink_if_unlocked(path: str) -> bool:
-    """Unlink `path` when no live process holds its flock; True when it was removed."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    """Unlink `path` when no live process holds its flock; True when it was removed.
+
+    The server that owns a segment holds an exclusive flock on it from before the segment
+    appears under its name until it closes it; the kernel drops that lock when the process
+    dies, however it dies. A free lock is therefore proof that the owner is gone, and a reused
+    pid can neither keep a dead server's segment alive nor make a live one look dead."""
+    with _flocked(path, os.O_RDWR, fcntl.LOCK_EX) as fd:
+        if fd is None:
             return False
         # Unlink only the inode we locked: a fresh segment may have replaced it meanwhile.
         try:
@@ -73,17 +110,25 @@ def _unlink_if_unlocked(path: str) -> bool:
         except FileNotFoundError:
             return False
         return True
-    finally:
-        os.close(fd)
+
+
+def segment_owner_alive(path: str) -> bool:
+    """Whether a live process holds the owner's flock of the L1 segment at `path` (False when
+    the segment is gone). Read-only: it takes and releases a shared lock, never unlinks."""
+    if not os.path.exists(path):
+        return False
+    with _flocked(path, os.O_RDONLY, fcntl.LOCK_SH) as fd:
+        return fd is None and os.path.exists(path)
 
 
 def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
-    """Unlink `lmcache_l1_pool_<pid>` segments (and creation leftovers) of dead servers.
+    """Unlink the L1 segments (`lmcache_l1_pool_*`, named or pid-named) and creation
+    leftovers of servers that are provably dead. Returns the removed names.
 
-    A segment is removed only when we own it, its pid is not alive (or is our own pid, a
-    leftover of an earlier run in the same pid namespace) and nobody holds its flock, so a
-    live server in another pid namespace sharing /dev/shm is never touched. Returns the
-    removed names."""
+    Only segments of our uid are considered. A segment goes when nobody holds its owner's
+    flock (see _unlink_if_unlocked); a creation leftover (`.tmp<pid>.<start ticks>`, briefly
+    unlocked while it is being made) only when that exact process, pid and start time, is gone.
+    A live server, in this pid namespace or another one sharing /dev/shm, is never touched."""
     removed: list[str] = []
     try:
         names = os.listdir(shm_dir)
@@ -92,19 +137,27 @@ def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
         return removed
     uid = os.getuid()
     for name in names:
-        match = _STALE_NAME_RE.match(name) or _TEMP_NAME_RE.match(name)
-        if match is None:
+        if not name.startswith(SHM_NAME_PREFIX):
             continue
-        pid = int(match.group(1))
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
+        temp = _TEMP_NAME_RE.match(name)
+        if temp is not None:
+            start = int(temp.group(2)) if temp.group(2) is not None else None
+            if _owner_alive(int(temp.group(1)), start):
+                continue
         path = os.path.join(shm_dir, name)
         try:
-            if os.stat(path).st_uid != uid:
+            st = os.stat(path)
+            if st.st_uid != uid:
                 continue
             if _unlink_if_unlocked(path):
-                log.info("removed stale L1 segment %s (pid %d is gone)", path, pid)
+                log.warning(
+                    "removed stale L1 segment %s (%.1f MiB) of a server that is gone",
+                    path,
+                    st.st_size / (1 << 20),
+                )
                 removed.append(name)
+        except FileNotFoundError:
+            continue
         except OSError as exc:
             log.warning("cannot remove stale L1 segment %s: %s", path, exc)
     return removed
@@ -166,8 +219,10 @@ class SharedMemoryPool:
         self._close_lock = threading.Lock()
         self._lock = threading.Lock()
 
+        self.stale_segments_removed: list[str] = []
+        """Segments of dead servers this pool's start removed (shown in /status)."""
         if cleanup_stale:
-            cleanup_stale_segments(shm_dir)
+            self.stale_segments_removed = cleanup_stale_segments(shm_dir)
         self._fd = self._create_segment()
         try:
             self._inode = os.fstat(self._fd).st_ino
@@ -214,7 +269,8 @@ class SharedMemoryPool:
 
     def _create_segment(self) -> int:
         """Create the segment already flocked: it appears under its final name only once locked."""
-        temp = os.path.join(self._shm_dir, f"{self._name}.tmp{os.getpid()}")
+        pid = os.getpid()
+        temp = os.path.join(self._shm_dir, f"{self._name}.tmp{pid}.{process_start_ticks(pid) or 0}")
         for attempt in range(2):
             try:
                 fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -722,6 +778,7 @@ class SharedMemoryPool:
             "prefault": prefault,
             "prefault_mode": self._prefault_mode,
             "prefaulted_bytes": self._prefaulted,
+            "stale_segments_removed": list(self.stale_segments_removed),
             "truncation_guard": "sigbus" if self._guard.native else "size_checks",
             "truncation_recoveries_total": self.recoveries_total,
             "truncation_lost_bytes_total": self.lost_bytes_total,
@@ -778,6 +835,15 @@ class SharedMemoryPool:
             self._live.clear()
             self._used = 0
 
+    def unlink_segment(self) -> None:
+        """Remove the segment's name now, taking no lock (a stuck shutdown's last resort: the
+        memory is freed when the process exits). The mapping stays valid until then."""
+        try:
+            if os.stat(self._path).st_ino == self._inode:
+                os.unlink(self._path)
+        except OSError:
+            pass
+
     def __enter__(self) -> SharedMemoryPool:
         return self
 
@@ -806,7 +872,7 @@ def create_l1_pool(
     if nbytes < PAGE_BYTES:
         raise ConfigError(f"--l1-size-gb {size_gb} is smaller than one 4096-byte page")
     # Leftovers of dead servers count against /dev/shm until removed.
-    cleanup_stale_segments(shm_dir)
+    removed = cleanup_stale_segments(shm_dir)
     try:
         st = os.statvfs(shm_dir)
     except OSError as exc:
@@ -817,7 +883,7 @@ def create_l1_pool(
             f"--l1-size-gb {size_gb} ({nbytes} bytes) does not fit in {shm_dir}: "
             f"{available} bytes ({available / (1 << 30):.2f} GiB) available"
         )
-    return SharedMemoryPool(
+    pool = SharedMemoryPool(
         nbytes,
         shm_suffix=shm_suffix,
         slab_bytes=slab_bytes,
@@ -826,3 +892,5 @@ def create_l1_pool(
         cleanup_stale=False,
         shm_dir=shm_dir,
     )
+    pool.stale_segments_removed = removed
+    return pool

@@ -41,6 +41,13 @@ ScrapeSample = tuple[str, Mapping[str, str], float]
 ScrapeSource = Callable[[], Iterable[ScrapeSample]]
 """Called on every scrape; reads components' cheap counters (never on the hot path)."""
 
+CurrentSample = tuple[Mapping[str, str], str, float]
+"""(labels, sample suffix: "" | "_total" | "_bucket" | "_sum" | "_count", value) of one family."""
+
+DerivedSource = Callable[[Mapping[str, list[CurrentSample]]], Iterable[Metric]]
+"""Called on every scrape with the current samples of every family, by family name; returns
+whole metric families computed from them (other names for the same data, never new data)."""
+
 
 def effective_labels(family: MetricFamily, labels_enabled: bool) -> tuple[str, ...]:
     """The label names a family is exported with (tenant labels dropped when disabled)."""
@@ -138,6 +145,7 @@ class PrometheusMetricsSink:
         self._specs.setdefault(UNKNOWN_METRIC.name, UNKNOWN_METRIC)
         self._lock = threading.Lock()
         self._sources: list[tuple[str, ScrapeSource]] = []
+        self._derived: list[tuple[str, DerivedSource]] = []
         self._pushed = _PushedGauges()
         # Scraped counters are read from components that never reset; reset() records their
         # values here and the exposition subtracts them.
@@ -213,6 +221,48 @@ class PrometheusMetricsSink:
         with self._lock:
             self._sources = [(n, s) for n, s in self._sources if n != name]
             self._sources.append((name, source))
+
+    def add_derived_source(self, name: str, source: DerivedSource) -> None:
+        """Add (or replace, by `name`) families computed at scrape time from this sink's own
+        families (e.g. LMCache 0.5.0's names for them). Errors are logged, never raised."""
+        with self._lock:
+            self._derived = [(n, s) for n, s in self._derived if n != name]
+            self._derived.append((name, source))
+
+    def current(
+        self, scraped: Iterable[tuple[MetricFamily, tuple[str, ...], float]] | None = None
+    ) -> dict[str, list[CurrentSample]]:
+        """Every family's samples now, by family name (reported and scraped alike; `scraped`:
+        the scrape sources' samples when the caller already read them)."""
+        out: dict[str, list[CurrentSample]] = {}
+        for name, family in self._state.families.items():
+            prefix = family.spec.exported_name
+            rows = out.setdefault(name, [])
+            for metric in family.metric.collect():
+                for sample in metric.samples:
+                    suffix = sample.name[len(prefix) :]
+                    if suffix != "_created":
+                        rows.append((dict(sample.labels), suffix, float(sample.value)))
+        for spec, values, value in self._scrape() if scraped is None else scraped:
+            labels = dict(zip(effective_labels(spec, self.labels_enabled), values, strict=True))
+            out.setdefault(spec.name, []).append((labels, "_total" if spec.kind == COUNTER else "", value))
+        return out
+
+    def collect_derived(self, scraped: Iterable[tuple[MetricFamily, tuple[str, ...], float]] | None = None) -> list[Metric]:
+        with self._lock:
+            derived = list(self._derived)
+        if not derived:
+            return []
+        current = self.current(scraped)
+        out: list[Metric] = []
+        for name, source in derived:
+            try:
+                out.extend(source(current))
+            except Exception:
+                if name not in self._logged:
+                    self._logged.add(name)
+                    log.exception("derived metrics source %s failed (logged once)", name)
+        return out
 
     def remove_scrape_source(self, name: str) -> None:
         with self._lock:
@@ -301,10 +351,10 @@ class PrometheusMetricsSink:
                 value = max(0.0, value - baselines.get((name, values), 0.0))
             yield spec, values, value
 
-    def collect_scraped(self) -> list[Metric]:
+    def collect_scraped(self, scraped: Iterable[tuple[MetricFamily, tuple[str, ...], float]] | None = None) -> list[Metric]:
         """The scraped families as prometheus-client metric families (used by the collector)."""
         out: dict[str, Metric] = {}
-        for spec, values, value in self._scrape():
+        for spec, values, value in self._scrape() if scraped is None else scraped:
             metric = out.get(spec.name)
             if metric is None:
                 labelnames = list(effective_labels(spec, self.labels_enabled))
@@ -324,7 +374,8 @@ class _ScrapeCollector:
         self._sink = sink
 
     def collect(self) -> Iterable[Metric]:
-        return self._sink.collect_scraped()
+        scraped = list(self._sink._scrape())  # the sources run once per exposition
+        return [*self._sink.collect_scraped(scraped), *self._sink.collect_derived(scraped)]
 
     def describe(self) -> list[Metric]:
         # Empty: the families vary with the configured components; no name clash is possible

@@ -40,8 +40,8 @@ def _group_counts(keys: Sequence[ObjectKey]) -> dict[tuple[str, str], int]:
 
 
 class L1MetricsListener(L1Listener):
-    """Counts L1 chunks written, read (hits) and evicted, by model and tenant. It runs under the
-    L1 lock, so it only groups keys and increments counters."""
+    """Counts L1 chunks written, read (when the read finishes) and evicted, by model and tenant.
+    It runs under the L1 lock, so it only groups keys and increments counters."""
 
     def __init__(self, metrics: MetricsSink, *, tenant_labels: bool = True) -> None:
         self._metrics = metrics
@@ -57,7 +57,9 @@ class L1MetricsListener(L1Listener):
     def on_l1_keys_write_finished(self, keys: Sequence[ObjectKey], sizes: Sequence[int]) -> None:
         self._count(mn.L1_CHUNKS_WRITTEN, keys)
 
-    def on_l1_keys_read_reserved(self, keys: Sequence[ObjectKey]) -> None:
+    def on_l1_keys_read_finished(self, keys: Sequence[ObjectKey]) -> None:
+        # Counted when a read ends, as LMCache 0.5.0 counts l1_read: a read lock taken by a
+        # LOOKUP and the retrieve that uses it are one read, not two.
         self._count(mn.L1_CHUNKS_READ, keys)
 
     def on_l1_keys_removed(self, keys: Sequence[ObjectKey], sizes: Sequence[int], reason: str) -> None:
@@ -91,9 +93,14 @@ def storage_samples(storage: StorageManager) -> Iterator[ScrapeSample]:
         except Exception:
             log.debug("usage() of L2 adapter %s failed during a scrape", entry.name, exc_info=True)
             continue
-        yield mn.L2_USAGE_BYTES.name, {"adapter": entry.name}, usage.used_bytes
+        yield mn.L2_USAGE_BYTES.name, {"adapter": entry.name, "l2_name": entry.name}, usage.used_bytes
         if usage.capacity_bytes is not None:
             yield mn.L2_CAPACITY_BYTES.name, {"adapter": entry.name}, usage.capacity_bytes
+    yield mn.L2_ADAPTERS.name, {"state": "active"}, len(storage.l2_adapters)
+    yield mn.L2_ADAPTERS.name, {"state": "draining"}, 0
+    eviction = storage.eviction.report_status()
+    yield mn.L1_EVICTION_CYCLES.name, {}, eviction.get("cycles", 0)
+    yield mn.L1_EVICTION_PRESSURE_CYCLES.name, {}, eviction.get("pressure_cycles_total", 0)
     store = storage.store.report_status()
     yield mn.L2_STORES_IN_FLIGHT.name, {}, store.get("in_flight_keys", 0)
     yield mn.L2_STORE_QUEUE.name, {}, store.get("queue_size", 0)

@@ -15,7 +15,8 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.l2.entry import L2AdapterEntry
-from lmcache_core.ports import MemoryHandle, MetricsSink, NullMetricsSink
+from lmcache_core.periodic import PeriodicThread
+from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class PrefetchController:
         skip_write_back: SkipWriteBack | None = None,
         forget_skip: SkipWriteBack | None = None,
         on_loaded: LoadedCallback | None = None,
+        interval_seconds: float = 1.0,
+        stuck_after_seconds: float = 60.0,
+        clock: Clock | None = None,
     ) -> None:
         if policy not in PREFETCH_POLICIES:
             raise ValueError(f"l2 prefetch policy must be one of {', '.join(PREFETCH_POLICIES)}, got {policy!r}")
@@ -138,6 +142,13 @@ class PrefetchController:
         self.failed = 0
         self.keys_loaded = 0
         self._closed = False
+        self.stuck_after_seconds = stuck_after_seconds
+        self._stuck_jobs = 0
+        self.thread = PeriodicThread(
+            "l2-prefetch", self._housekeeping, interval_seconds=interval_seconds, level="high", clock=clock
+        )
+        """Jobs are driven by the adapters' Futures; this loop starts queued jobs a missed
+        callback left waiting and counts jobs stuck on an adapter that never answers."""
 
     # -- API ------------------------------------------------------------------------------
 
@@ -157,19 +168,44 @@ class PrefetchController:
         if warm:
             group_size, extra_read_count = 1, 0
         job = PrefetchJob(keys, object_size, group_size, extra_read_count, warm)
-        self.metrics.inc("prefetch_lookups")
         usable = len(job.keys) - len(job.keys) % job.group_size
         if not self.adapters or usable == 0 or self._closed:
             job.l2_hit_count = 0
             self._finish(job, "done", started=False)
             return job
+        # Counted only for jobs that really look keys up in L2.
+        self.metrics.inc("prefetch_lookups")
+        self.metrics.inc("prefetch_lookup_keys", len(job.keys))
         with self._lock:
             self._queue.append(job)
         self._pump()
         return job
 
+    def start(self) -> None:
+        self.thread.start()
+
+    def _housekeeping(self) -> dict[str, Any]:
+        self._pump()
+        now = time.monotonic()
+        with self._lock:
+            ages = [now - job.submitted_at for job in self._running]
+            queued = len(self._queue)
+        self._stuck_jobs = sum(1 for age in ages if age > self.stuck_after_seconds)
+        return {
+            "running": len(ages),
+            "queued": queued,
+            "oldest_job_seconds": round(max(ages, default=0.0), 3),
+            "stuck_jobs": self._stuck_jobs,
+        }
+
     def close(self, timeout: float = 5.0) -> None:
-        """Refuse new jobs and wait (bounded) for running ones."""
+        """Refuse new jobs, wait (bounded) for running ones, stop the loop."""
+        try:
+            self._close(timeout)
+        finally:
+            self.thread.stop(2.0)
+
+    def _close(self, timeout: float) -> None:
         self._closed = True
         with self._lock:
             queued = list(self._queue)
@@ -382,6 +418,7 @@ class PrefetchController:
                 self.metrics.inc("prefetch_failures", reason="load_error")
                 ok = [False] * len(keys)
             good = [k for k, g in zip(keys, ok, strict=True) if g]
+            self.metrics.inc("prefetch_load_batches_completed", adapter=entry.name)
             self.metrics.inc("prefetch_loads", len(good), adapter=entry.name)
             if good and self._on_loaded:
                 try:
@@ -415,6 +452,8 @@ class PrefetchController:
                 failed.set_result([False] * len(keys))
                 fut = failed
             else:
+                self.metrics.inc("prefetch_load_batches", adapter=entry.name)
+                self.metrics.inc("prefetch_load_keys", len(keys), adapter=entry.name)
                 try:
                     fut = entry.adapter.submit_load(keys, views)
                 except Exception as exc:
@@ -540,9 +579,14 @@ class PrefetchController:
             return len(self._running) + len(self._queue)
 
     def report_status(self) -> dict[str, Any]:
+        thread = self.thread.to_dict()
         with self._lock:
             return {
-                "is_healthy": True,
+                "is_healthy": self._stuck_jobs == 0 and thread["is_healthy"],
+                "thread_alive": thread["is_alive"],
+                "thread": thread,
+                "stuck_jobs": self._stuck_jobs,
+                "stuck_after_seconds": self.stuck_after_seconds,
                 "policy": self.policy,
                 "max_in_flight": self.max_in_flight,
                 "queued_jobs": len(self._queue),

@@ -17,7 +17,8 @@ from lmcache_core.l1.listener import L1Listener
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
 from lmcache_core.l2.entry import L2AdapterEntry
-from lmcache_core.ports import MemoryHandle, MetricsSink, NullMetricsSink
+from lmcache_core.periodic import PeriodicThread
+from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class StoreController(L1Listener):
         batch_size: int = 64,
         max_in_flight_batches: int = 32,
         on_stored: StoredCallback | None = None,
+        interval_seconds: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
         if policy not in STORE_POLICIES:
             raise ValueError(f"l2 store policy must be one of {', '.join(STORE_POLICIES)}, got {policy!r}")
@@ -74,8 +77,7 @@ class StoreController(L1Listener):
         self._queue: deque[tuple[ObjectKey, int]] = deque()
         self._skip: set[ObjectKey] = set()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = False
         self._slots = threading.BoundedSemaphore(max_in_flight_batches)
         self._max_in_flight = max_in_flight_batches
         self._in_flight = 0
@@ -83,8 +85,17 @@ class StoreController(L1Listener):
         self._idle = threading.Condition(self._lock)
         self._counters = {e.index: _AdapterCounters() for e in self.adapters}
         self._dropped = 0
-        self._thread: threading.Thread | None = None
+        self._written = 0
+        self.thread = PeriodicThread(
+            "l2-store", self._tick, interval_seconds=interval_seconds, level="high", clock=clock
+        )
+        """The write-back loop (in the registry behind /periodic-threads); woken by each
+        finished L1 write and each finished store, and at least every `interval_seconds`."""
         self._last_error: str | None = None
+        # A plain flag, not an Event: set from a signal handler on the main thread.
+        self._abandoned = False
+        self.unwritten_at_shutdown = 0
+        """Objects still queued or in flight when a shutdown stopped waiting for them."""
 
     # -- L1 events ------------------------------------------------------------------------
 
@@ -97,7 +108,7 @@ class StoreController(L1Listener):
                     self._skip.discard(key)  # came from L2: nothing to write back
                     continue
                 self._queue.append((key, size))
-        self._wake.set()
+        self.thread.wake()
 
     def skip_once(self, keys: Sequence[ObjectKey]) -> None:
         """The next write-finished event of these keys is not written back (prefetched from L2)."""
@@ -112,58 +123,76 @@ class StoreController(L1Listener):
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="lmcache-l2-store", daemon=True)
-        self._thread.start()
+        if not self.adapters:
+            return  # nothing to write back to: no thread to supervise
+        self._stopping = False
+        self.thread.start()
 
     def stop(self, *, drain_timeout: float = 10.0) -> bool:
-        """Stop after writing back what is queued and in flight (up to `drain_timeout`).
-        Returns True when everything was drained."""
+        """Stop after writing back what is queued and in flight (up to `drain_timeout`, or
+        until `abandon()`). Returns True when everything was drained; otherwise the objects
+        left unwritten are counted in `unwritten_at_shutdown`."""
         drained = self.drain(drain_timeout)
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=2.0)
+        self._stopping = True
+        if not drained:
+            self.unwritten_at_shutdown = self.pending_objects()
+        self.thread.stop(2.0)
         return drained
+
+    def abandon(self) -> None:
+        """Make a running or later `drain()` return at once (a second stop signal). Only sets a
+        flag, so a signal handler may call it."""
+        self._abandoned = True
+
+    def pending_objects(self) -> int:
+        """Objects queued for write-back plus objects being written right now."""
+        with self._lock:
+            return len(self._queue) + self._in_flight_keys
 
     def drain(self, timeout: float) -> bool:
         """Wait until the queue is empty and no store is in flight."""
         deadline = time.monotonic() + timeout
-        self._wake.set()
+        self.thread.wake()
         with self._idle:
             while self._queue or self._in_flight:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._abandoned:
                     return False
-                if not (self._thread and self._thread.is_alive()):
+                if not self.thread.is_alive():
                     return False
                 self._idle.wait(min(left, 0.05))
         return True
 
     def is_alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
+        return self.thread.is_alive()
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            while not self._stop.is_set():
-                with self._lock:
-                    if not self._queue:
-                        self._idle.notify_all()
-                        break
-                    batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                try:
-                    self._submit(batch)
-                except Exception as exc:  # never let one bad batch kill write-back
-                    log.exception("L2 write-back batch failed")
-                    self._last_error = f"{type(exc).__name__}: {exc}"
+    def _tick(self) -> dict[str, int]:
+        """One run of the loop: submit queued objects in batches while a batch slot is free
+        (a full pipeline leaves the rest queued: the run ends instead of blocking, and a
+        finished store wakes the next one)."""
+        submitted = 0
+        while not self._stopping:
+            if not self._slots.acquire(blocking=False):
+                break
+            with self._lock:
+                if not self._queue:
+                    self._idle.notify_all()
+                    self._slots.release()
+                    break
+                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            try:
+                submitted += self._submit(batch)
+            except Exception as exc:  # never let one bad batch stop write-back
+                log.exception("L2 write-back batch failed")
+                self._last_error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            return {"submitted": submitted, "queued": len(self._queue), "in_flight_batches": self._in_flight}
 
-    def _submit(self, batch: list[tuple[ObjectKey, int]]) -> None:
+    def _submit(self, batch: list[tuple[ObjectKey, int]]) -> int:
+        """Read-lock and submit one batch, holding one batch slot (released here when nothing
+        is left to write, else when the last adapter answered). Returns the objects submitted."""
         keys = [k for k, _ in batch]
         # A copy in flight on each object: a CLEAR meanwhile keeps its memory until we finish.
         results = self.l1.reserve_read(keys)
@@ -180,11 +209,8 @@ class StoreController(L1Listener):
             sizes.append(size)
             views.append(self.l1.pool.view(handle))
         if not locked:
-            return
-        while not self._slots.acquire(timeout=0.5):
-            if self._stop.is_set():
-                self.l1.finish_read(locked, handles=handles)
-                return
+            self._slots.release()
+            return 0
         state = _Batch(locked, sizes, remaining=len(self.adapters), started=time.perf_counter(), handles=handles)
         state.ok_everywhere = [True] * len(locked)
         with self._lock:
@@ -194,6 +220,7 @@ class StoreController(L1Listener):
             counters = self._counters[entry.index]
             counters.submitted += len(locked)
             self.metrics.inc("l2_stores_submitted", len(locked), adapter=entry.name)
+            self.metrics.inc("l2_store_batches_submitted", adapter=entry.name)
             try:
                 future = entry.adapter.submit_store(locked, views)
             except Exception as exc:
@@ -202,6 +229,7 @@ class StoreController(L1Listener):
                 failed.set_exception(exc)
                 future = failed
             future.add_done_callback(functools.partial(self._on_done, state, entry))
+        return len(locked)
 
     def _on_done(self, state: _Batch, entry: L2AdapterEntry, future: Future[list[bool]]) -> None:
         try:
@@ -217,6 +245,7 @@ class StoreController(L1Listener):
         stored_sizes = [s for s, good in zip(state.sizes, ok, strict=True) if good]
         counters.completed += len(stored_keys)
         counters.failed += len(state.keys) - len(stored_keys)
+        self.metrics.inc("l2_store_batches_completed", adapter=entry.name)
         counters.bytes_completed += sum(stored_sizes)
         self.metrics.inc("l2_stores_completed", len(stored_keys), adapter=entry.name)
         if len(stored_keys) < len(state.keys):
@@ -247,6 +276,7 @@ class StoreController(L1Listener):
             self._in_flight_keys -= len(state.keys)
             self._idle.notify_all()
         self._slots.release()
+        self.thread.wake()  # a slot is free: queued objects can go
 
     # -- status ---------------------------------------------------------------------------
 
@@ -257,14 +287,16 @@ class StoreController(L1Listener):
             in_flight = self._in_flight
             in_flight_keys = self._in_flight_keys
         return {
-            "is_healthy": alive or not self.adapters,
+            "is_healthy": (alive or not self.adapters) and self.thread.unhealthy_reason() is None,
             "thread_alive": alive,
+            "thread": self.thread.to_dict() if self.adapters else None,
             "policy": self.policy,
             "queue_size": queue,
             "in_flight_batches": in_flight,
             "in_flight_keys": in_flight_keys,
             "max_in_flight_batches": self._max_in_flight,
             "dropped_before_write_back": self._dropped,
+            "unwritten_at_shutdown": self.unwritten_at_shutdown,
             "last_error": self._last_error,
             "adapters": {
                 f"{e.index}:{e.name}": {

@@ -72,20 +72,27 @@ def check_l1(pool: Any) -> dict[str, Any]:
     return {"ok": True}
 
 
-def check_adapter(prober: _Prober, entry: Any, timeout: float) -> dict[str, Any]:
-    """The adapter reports healthy and answers an empty lookup, both within `timeout`."""
+def check_adapter(prober: _Prober, entry: Any, timeout: float, health: Any) -> dict[str, Any]:
+    """Within `timeout`: the adapter's backend passes a real probe (ProbesBackend: the bucket
+    exists, the path is writable, the endpoint answers; recorded for /status too), the adapter
+    reports healthy, and it answers an empty lookup."""
     label = f"{entry.index}:{entry.name}"
     deadline = time.monotonic() + timeout
 
     def ask() -> dict[str, Any]:
+        problem = health.probe(entry)
         report = entry.adapter.report_status()
         future = entry.adapter.submit_lookup_and_lock([])
         found = future.result(max(0.0, deadline - time.monotonic()))
-        return {"healthy": bool(report.get("is_healthy", False)), "lookup": list(found)}
+        return {"problem": problem, "healthy": bool(report.get("is_healthy", False)), "lookup": list(found),
+                "error": report.get("error") or report.get("last_error")}
 
     answer = prober.run(f"l2-{label}", ask, timeout)
+    if answer["problem"]:
+        return {"ok": False, "error": answer["problem"]}
     if not answer["healthy"]:
-        return {"ok": False, "error": "adapter reports unhealthy (see /status)"}
+        detail = f": {answer['error']}" if answer["error"] else " (see /status)"
+        return {"ok": False, "error": f"adapter reports unhealthy{detail}"}
     if answer["lookup"]:
         return {"ok": False, "error": "an empty lookup returned results"}
     return {"ok": True}
@@ -143,7 +150,9 @@ def readiness(services: Any, prober: _Prober, timeout: float) -> tuple[bool, dic
         checks["l1"] = _check(lambda: check_l1(pool))
     storage = services.storage
     for entry in storage.l2_adapters:
-        checks[f"l2:{entry.index}:{entry.name}"] = _check(functools.partial(check_adapter, prober, entry, timeout))
+        checks[f"l2:{entry.index}:{entry.name}"] = _check(
+            functools.partial(check_adapter, prober, entry, timeout, storage.l2_health)
+        )
     registry = getattr(services, "periodic_threads", None)
     checks["controllers"] = _check(lambda: check_controllers(storage, registry))
     frontend = (getattr(services, "server_frontends", None) or {}).get("zmq")

@@ -50,6 +50,17 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
 
 
+def auth_hint(reply: Reply, token: str | None) -> str:
+    """What to do about a 401/403: which flag or variable carries the token."""
+    if reply.status == 401:
+        if token:
+            return " (the token from --token / LMCACHE_TOKEN was not accepted)"
+        return " (this server needs a token: pass --token TOKEN or set LMCACHE_TOKEN)"
+    if reply.status == 403:
+        return " (the token from --token / LMCACHE_TOKEN lacks the scope this call needs, e.g. admin)"
+    return ""
+
+
 class Context:
     """What a command needs: the client, the output stream and how to print."""
 
@@ -68,7 +79,7 @@ class Context:
         body = reply.body if isinstance(reply.body, dict) else {"error": reply.message()}
         if reply.status == 409 and isinstance(reply.body, dict) and reply.body.get("status") == "rejected":
             raise CommandFailed(EXIT_REJECTED, reply.message(), body)
-        raise CommandFailed(EXIT_ERROR, f"HTTP {reply.status}: {reply.message()}", body)
+        raise CommandFailed(EXIT_ERROR, f"HTTP {reply.status}: {reply.message()}{auth_hint(reply, self.args.token)}", body)
 
     def emit(self, document: Any, lines: list[str]) -> None:
         if self.args.quiet:
@@ -246,7 +257,7 @@ def _ping(ctx: Context) -> None:
     if not reply.ok:
         doc["reason"] = reply.message()
         ctx.emit(doc, [f"{ctx.client.url}: {render.health_tag(False, ctx.colour)} ({reply.message()}), {ms} ms"])
-        raise CommandFailed(EXIT_ERROR, f"HTTP {reply.status}: {reply.message()}")
+        raise CommandFailed(EXIT_ERROR, f"HTTP {reply.status}: {reply.message()}{auth_hint(reply, ctx.args.token)}")
     ctx.emit(doc, [f"{ctx.client.url}: {render.health_tag(True, ctx.colour)}, round trip {ms} ms"])
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -20,6 +22,46 @@ class Unreachable(Exception):
     def __init__(self, url: str, detail: str) -> None:
         super().__init__(f"cannot reach {url}: {detail}")
         self.url = url
+
+
+class NotHTTP(OSError):
+    """The peer speaks another protocol (a ZeroMQ socket answers with its greeting)."""
+
+
+# A ZeroMQ (ZMTP) peer greets first: 0xFF, 8 padding bytes, 0x7F. HTTP servers never speak first.
+_ZMTP_SIGNATURE_FIRST = 0xFF
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """Before parsing an answer, look at its first bytes: a ZeroMQ greeting (the --url of the
+    data-path port, a common slip) fails at once instead of waiting for a status line."""
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        sock = self.sock
+        if sock is not None:
+            try:
+                first = sock.recv(16, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                first = b""
+            if first and first[0] == _ZMTP_SIGNATURE_FIRST:
+                raise NotHTTP(
+                    "it answered with a ZeroMQ greeting, not HTTP: --url must be the "
+                    "admin API (--http-port of the server, default 8080), not its ZeroMQ data-path port"
+                )
+        return super().getresponse()
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_CheckedHTTPConnection, req)
+
+
+_OPENER = urllib.request.build_opener(_CheckedHTTPHandler)
+
+
+def open_url(req: urllib.request.Request | str, timeout: float) -> Any:
+    """urllib's urlopen, except that a ZeroMQ port answers URLError(NotHTTP) at once."""
+    return _OPENER.open(req, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -66,7 +108,7 @@ class AdminClient:
             req.add_header("Authorization", f"Bearer {self._token}")
         started = time.monotonic()
         try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:  # noqa: S310 - http(s) checked above
+            with open_url(req, self._timeout) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read()

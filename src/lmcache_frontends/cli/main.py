@@ -21,11 +21,25 @@ EXIT_REJECTED = 2
 EXIT_INTERRUPTED = 130
 
 
+class UsageError(ConfigError):
+    """A command line argparse refused, with the usage line of the (sub)command it was for."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
 class CLIArgumentParser(argparse.ArgumentParser):
-    """Usage errors raise ConfigError, so every CLI error exits 1 with one message."""
+    """Usage errors raise UsageError, so every CLI error exits 1: the usage line of the
+    subcommand, then one message, which lists the choices of a missing ACTION."""
 
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+        for action in self._actions:
+            # A subcommand's metavar (ACTION, COMMAND) hides its choices in argparse's message.
+            if isinstance(action, argparse._SubParsersAction) and action.metavar and action.choices:
+                if f"required: {action.metavar}" in message:
+                    message += f" (choose from {', '.join(action.choices)})"
+        raise UsageError(message, self.format_usage().strip())
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lmcache` console script; returns the exit code."""
     try:
         namespace = build_parser(argv).parse_args(argv)
+    except UsageError as exc:
+        print(f"{exc.usage}\nlmcache: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except ConfigError as exc:
         print(f"lmcache: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -42,7 +42,7 @@ def test_counters_gauges_histograms_are_exported_with_prefix_and_labels() -> Non
     assert value(sink, "lmcache_mp_l2_stores_completed_total", adapter="fs") == 4
     assert value(sink, "lmcache_mp_l2_store_throughput_gbps_bucket", le="4.0") == 1
     assert value(sink, "lmcache_mp_l2_store_throughput_gbps_bucket", le="2.0") == 0
-    assert value(sink, "lmcache_mp_lookup_hit_tokens_total", tier="l1", model_name="m", cache_salt="t") == 256
+    assert value(sink, "lmcache_mp_lookup_tier_hit_tokens_total", tier="l1", model_name="m", cache_salt="t") == 256
 
 
 def test_two_sinks_do_not_share_state() -> None:
@@ -58,7 +58,7 @@ def test_tenant_labels_can_be_switched_off() -> None:
     sink.inc(mn.LOOKUP_REQUESTS.name, model_name="m2", cache_salt="b")
     sink.inc(mn.LOOKUP_HIT_TOKENS.name, 10, tier="l2", model_name="m1", cache_salt="a")
     assert value(sink, "lmcache_mp_lookup_requests_total") == 2
-    assert value(sink, "lmcache_mp_lookup_hit_tokens_total", tier="l2") == 10
+    assert value(sink, "lmcache_mp_lookup_tier_hit_tokens_total", tier="l2") == 10
     assert "model_name" not in sink.render()[0].decode()
 
 
@@ -98,7 +98,7 @@ def test_scrape_sources_are_read_at_exposition_and_broken_ones_skipped() -> None
 
     def good() -> list[tuple[str, dict[str, str], float]]:
         calls.append(1)
-        return [(mn.L1_USAGE_BYTES.name, {}, 1024), (mn.L2_USAGE_BYTES.name, {"adapter": "fs"}, 7)]
+        return [(mn.L1_USAGE_BYTES.name, {}, 1024), (mn.L2_USAGE_BYTES.name, {"adapter": "fs", "l2_name": "fs"}, 7)]
 
     def broken() -> list[tuple[str, dict[str, str], float]]:
         raise RuntimeError("component gone")
@@ -108,7 +108,7 @@ def test_scrape_sources_are_read_at_exposition_and_broken_ones_skipped() -> None
     assert not calls  # nothing on the hot path
     got = samples(sink)
     assert got[("lmcache_mp_l1_usage_bytes", ())] == 1024
-    assert got[("lmcache_mp_l2_usage_bytes", (("adapter", "fs"),))] == 7
+    assert got[("lmcache_mp_l2_usage_bytes", (("adapter", "fs"), ("l2_name", "fs")))] == 7
     assert len(calls) == 1
 
 

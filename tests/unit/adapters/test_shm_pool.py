@@ -24,6 +24,8 @@ from lmcache_adapters.memory import (
     SharedMemoryPool,
     cleanup_stale_segments,
     create_l1_pool,
+    process_start_ticks,
+    segment_owner_alive,
 )
 from lmcache_core.errors import ConfigError
 from lmcache_core.ports import MemoryHandle, MemoryPool
@@ -590,15 +592,68 @@ def test_segments_of_a_live_server_are_refused_and_replaced_once_it_is_killed(
     holder.stdin.write("die\n")
     holder.stdin.flush()
     holder.wait(timeout=60)
-    assert os.path.exists(f"/dev/shm/{pid_named}") and os.path.exists(f"/dev/shm/{held}")
+    # (The pid-named one is not checked here: any server starting on this machine may sweep it.)
+    assert os.path.exists(f"/dev/shm/{held}")
 
-    # ...and the next server's start removes the pid-named one and replaces the named one.
-    p = SharedMemoryPool(2 * MiB, shm_suffix=children.held_suffix, prefault="none")
+    # ...and the next server's start, under any name, removes both: nobody holds their lock.
+    other = f"other_{children.held_suffix}"
+    p = SharedMemoryPool(2 * MiB, shm_suffix=other, prefault="none")
     try:
-        assert not os.path.exists(f"/dev/shm/{pid_named}")
+        assert not os.path.exists(f"/dev/shm/{pid_named}") and not os.path.exists(f"/dev/shm/{held}")
+        # (Another server starting on this machine meanwhile may have swept the pid-named one.)
+        assert held in p.stale_segments_removed
+        assert p.report_status()["stale_segments_removed"] == p.stale_segments_removed
+    finally:
+        p.close()
+
+
+def test_a_leftover_of_the_same_name_is_replaced(suffix: str) -> None:
+    path = f"/dev/shm/{SHM_NAME_PREFIX}{suffix}"
+    with open(path, "wb") as f:  # a dead server's segment: nobody holds its lock
+        f.truncate(1 * MiB)
+    p = SharedMemoryPool(2 * MiB, shm_suffix=suffix, prefault="none", cleanup_stale=False)
+    try:
         assert os.stat(p.shm_path).st_size == 2 * MiB  # ours, not the 1 MiB leftover
     finally:
         p.close()
+
+
+def test_process_start_ticks_tell_a_reused_pid_apart() -> None:
+    mine = process_start_ticks(os.getpid())
+    assert isinstance(mine, int) and mine > 0
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    assert process_start_ticks(int(child.stdout)) is None  # gone
+    assert process_start_ticks(1) != mine
+
+
+def test_creation_leftovers_go_only_when_their_exact_process_is_gone(suffix: str) -> None:
+    """A `.tmp<pid>.<start>` name is briefly unlocked while a server creates its segment; it is
+    swept when that pid is dead or now belongs to a later process, kept while it is the same one."""
+    me, started = os.getpid(), process_start_ticks(os.getpid())
+    live = f"{SHM_NAME_PREFIX}{suffix}.tmp{me}.{started}"
+    reused = f"{SHM_NAME_PREFIX}{suffix}_b.tmp{me}.{(started or 0) + 1}"  # our pid, another start
+    dead = f"{SHM_NAME_PREFIX}{suffix}_c.tmp{2**22 + 7}.1"  # beyond pid_max: no such process
+    for name in (live, reused, dead):
+        open(f"/dev/shm/{name}", "wb").close()
+    try:
+        removed = cleanup_stale_segments()
+        assert reused in removed and dead in removed and live not in removed
+        assert os.path.exists(f"/dev/shm/{live}")
+    finally:
+        for name in (live, reused, dead):
+            if os.path.exists(f"/dev/shm/{name}"):
+                os.unlink(f"/dev/shm/{name}")
+
+
+def test_segment_owner_alive_reads_the_lock_without_taking_the_segment(pool: SharedMemoryPool, suffix: str) -> None:
+    assert segment_owner_alive(pool.shm_path) is True
+    path = f"/dev/shm/{SHM_NAME_PREFIX}{suffix}_orphan"
+    open(path, "wb").close()
+    try:
+        assert segment_owner_alive(path) is False and os.path.exists(path)
+    finally:
+        os.unlink(path)
+    assert segment_owner_alive(path) is False
 
 
 def test_atexit_fallback_unlinks_a_pool_that_was_never_closed(children: _Children) -> None:

@@ -29,6 +29,7 @@ def test_set_get_delete_list_and_limit_for() -> None:
         "quota_count": 1,
         "persistent": False,
         "state_path": None,
+        "state_error": None,
     }
 
 

@@ -53,7 +53,7 @@ def test_metrics_counts_l1_chunks_and_reports_usage(services: Services, client: 
     assert got[("lmcache_mp_l1_objects", ())] == 6
     assert got[("lmcache_mp_l1_usage_bytes", ())] >= 6 * 4096
     assert 0 < got[("lmcache_mp_l1_usage_ratio", ())] < 1
-    assert ("lmcache_mp_l2_usage_bytes", (("adapter", "mock"),)) in got
+    assert ("lmcache_mp_l2_usage_bytes", (("adapter", "mock"), ("l2_name", "mock"))) in got
 
 
 def test_metrics_labels_off_drops_tenant_labels() -> None:

@@ -279,13 +279,15 @@ def test_token_is_sent_as_bearer(url: str, capsys: pytest.CaptureFixture[str], m
     seen: list[str | None] = []
     import urllib.request
 
-    real = urllib.request.urlopen
+    from lmcache_frontends.cli import http
 
-    def spy(req: urllib.request.Request, *a: object, **k: object) -> object:
+    real = http.open_url
+
+    def spy(req: urllib.request.Request, timeout: float) -> object:
         seen.append(req.get_header("Authorization"))
-        return real(req, *a, **k)  # type: ignore[arg-type]
+        return real(req, timeout)
 
-    monkeypatch.setattr(urllib.request, "urlopen", spy)
+    monkeypatch.setattr(http, "open_url", spy)
     monkeypatch.setenv("LMCACHE_TOKEN", "s3cret")
     assert run(capsys, "ping", "--url", url)[0] == 0
     assert seen == ["Bearer s3cret"]
