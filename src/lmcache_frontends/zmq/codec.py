@@ -59,6 +59,12 @@ class WireCodec(Protocol):
 
     version: str
 
+    def operation(self, frames: Sequence[bytes]) -> str | None:
+        """The operation name of [uid, op, *payloads] from its op frame alone (payloads are not
+        decoded); None for an op this version does not have. What the transport's lane choice
+        and the frame caps read, before the payloads are decoded on the lane's thread."""
+        ...
+
     def decode(self, frames: Sequence[bytes]) -> Envelope:
         """[uid, op, *payloads] -> an Envelope; raises WireError naming the problem."""
         ...
@@ -242,6 +248,29 @@ def decode_op(frame: bytes) -> int | str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise WireError(f"the operation frame must be an int or a string, got {type(value).__name__}", op=frame)
     return value
+
+
+class OperationNames:
+    """op frame bytes -> operation name, memoised: an op frame is one to a few bytes and a
+    client sends the same few over and over, so the name is a dict lookup after the first time.
+    Only frames that name an operation are remembered (a bounded set: each operation has a
+    handful of valid msgpack encodings)."""
+
+    def __init__(self, name_of: Callable[[int | str], str | None]) -> None:
+        self._name_of = name_of
+        self._names: dict[bytes, str] = {}
+
+    def __call__(self, op: bytes) -> str | None:
+        name = self._names.get(op)
+        if name is not None:
+            return name
+        try:
+            name = self._name_of(decode_op(op))
+        except WireError:
+            return None
+        if name is not None and len(self._names) < 4096:
+            self._names[op] = name
+        return name
 
 
 PayloadParser = Callable[[PayloadReader], Request]

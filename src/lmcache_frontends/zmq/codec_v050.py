@@ -19,6 +19,7 @@ from lmcache_frontends.zmq.codec import (
     UNIFIED_LOOKUP_MISS,
     Envelope,
     Frames,
+    OperationNames,
     PayloadParser,
     PayloadReader,
     WireError,
@@ -162,6 +163,10 @@ class CodecV050:
 
     def __init__(self, key_decoder: KeyFrameDecoder | None = None) -> None:
         self._keys = key_decoder if key_decoder is not None else KeyFrameDecoder()
+        self._names = OperationNames(operation_of)
+
+    def operation(self, frames: Sequence[bytes]) -> str | None:
+        return self._names(frames[1]) if len(frames) >= 2 else None
 
     def decode(self, frames: Sequence[bytes]) -> Envelope:
         return decode_message(frames, self._keys, _resolve)
@@ -206,9 +211,10 @@ _FAILURES: dict[int, Any] = {
     RequestType.PREPARE_STORE.value: {"context": {"slots": [], "chunk_indices": []}},
     RequestType.PREPARE_RETRIEVE.value: {"success": False, "data": b"", "context": {}},
     RequestType.COMMIT_STORE.value: False,
-    RequestType.COMMIT_RETRIEVE.value: True,
+    RequestType.COMMIT_RETRIEVE.value: False,
     RequestType.QUERY_PREFETCH_STATUS.value: 0,
     RequestType.WAIT_PREFETCH_STATUS.value: 0,
     RequestType.QUERY_PREFETCH_LOOKUP_HITS.value: 0,
     RequestType.PING.value: False,
+    RequestType.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT.value: {"shm_name": "", "pool_size": 0},
 }

@@ -21,6 +21,7 @@ from lmcache_frontends.zmq.codec import (
     UNIFIED_LOOKUP_MISS,
     Envelope,
     Frames,
+    OperationNames,
     PayloadParser,
     PayloadReader,
     WireError,
@@ -242,6 +243,12 @@ class CodecV056:
 
     def __init__(self, key_decoder: KeyFrameDecoder | None = None) -> None:
         self._keys = key_decoder if key_decoder is not None else KeyFrameDecoder()
+        self._names = OperationNames(operation_of)
+
+    def operation(self, frames: Sequence[bytes]) -> str | None:
+        if len(frames) < 2:
+            return None
+        return "stream_control" if frames[1] == b"" else self._names(frames[1])
 
     def decode(self, frames: Sequence[bytes]) -> Envelope:
         if len(frames) >= 2 and frames[1] == b"":

@@ -97,6 +97,13 @@ class AmbiguousCodec:
 
     version = "ambiguous"
 
+    def operation(self, frames: Sequence[bytes]) -> str | None:
+        if len(frames) == 2 and frames[1] == b"\x15":
+            return "get_chunk_size"
+        if len(frames) == 3 and frames[1] == b"\x02":
+            return "unregister_kv_cache"
+        return None
+
     def decode(self, frames: Sequence[bytes]) -> Envelope:
         uid, op = frames[0], frames[1]
         if op == b"\x15" and len(frames) == 2:

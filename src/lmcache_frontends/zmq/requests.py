@@ -209,6 +209,11 @@ class RegisterEngineDrivenContext(Request):
     use_mla: bool
     num_physical_slots: int | None = None
 
+    def failure(self) -> Any:
+        # No pool offered: nothing is registered, and every later request of the instance is
+        # answered with its own failure value (the client learns it at once, not by a timeout).
+        return EngineDrivenContext("", 0)
+
 
 @dataclass(frozen=True, slots=True)
 class UnregisterEngineDrivenContext(Request):
@@ -299,12 +304,13 @@ class PrepareRetrieve(KeyRequest):
 
 @dataclass(frozen=True, slots=True)
 class CommitRetrieve(KeyRequest):
-    """Engine-driven retrieve, step 2: done reading. Result: bool (clients ignore it)."""
+    """Engine-driven retrieve, step 2: done reading. Result: bool (false: nothing of this
+    client was pending under the key; clients only log it)."""
 
     instance_id: int
 
     def failure(self) -> Any:
-        return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
