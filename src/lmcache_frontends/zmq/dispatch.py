@@ -187,7 +187,7 @@ class DataPathRouter:
         if instance is not None:
             fields["instance"] = instance
         self.oplog.record(
-            envelope.operation, client=client.hex() or "-", keys=_keys_of(request, self.chunk_size),
+            envelope.operation.upper(), client=client.hex() or "-", keys=_keys_of(request, self.chunk_size),
             duration_s=time.perf_counter() - started, ok=ok, **fields,
         )
 

@@ -90,7 +90,10 @@ class ServerDrivenHandlers:
         guards: list[GuardedRange] = []
         try:
             for handle in req.kv_caches:
-                tensor, guard = open_shared_tensor(open_handle(handle), refuse)
+                try:
+                    tensor, guard = open_shared_tensor(open_handle(handle), refuse)
+                except OSError as exc:  # no such segment, a symbolic link, no permission
+                    raise RequestFailed(f"cannot open the shared KV segment: {exc}") from None
                 tensors.append(tensor)
                 if guard is not None:
                     guards.append(guard)
