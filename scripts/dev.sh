@@ -2,7 +2,7 @@
 # Install lmcache-server into ./.venv and start it, stop it, or run the whole test suite.
 #   bash scripts/dev.sh start [lmcache-server flags...]   install, start, show it answering; Ctrl-C stops it
 #   bash scripts/dev.sh stop                              stop the server `start` runs (from another shell)
-#   bash scripts/dev.sh test  [pytest args...]            install everything (+ dev tools), run every test
+#   bash scripts/dev.sh test  [pytest args...]            install everything (+ dev tools, Chromium), run every test
 # Needs only Python 3.11 and pip. torch: an importable torch is kept (bring your CUDA build);
 # otherwise torch==2.13.0 (a CPU build) is installed first, so pip never pulls a multi-GB CUDA one.
 set -euo pipefail
@@ -38,6 +38,39 @@ ensure_venv() {
   say "installing lmcache-server (${extras:-no extras})"
   "$VENV/bin/python" -m pip install -q -e ".$extras"
   echo "$want" > "$stamp"
+}
+
+# The console's browser tests drive the system's Chromium headless (Playwright never downloads
+# one here): install it with apt when we can, else say how; those tests then fail with the same
+# message (they do not skip).
+ensure_chromium() {
+  local browser=${LMCACHE_CHROMIUM:-/usr/bin/chromium}
+  [ -x "$browser" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (the console's browser tests drive it headless)"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+      [ -x "$browser" ] && return 0
+    fi
+  fi
+  say "no Chromium at $browser: the console's browser tests (tests/e2e/test_console_browser.py) will FAIL." >&2
+  say "install it (as root: apt-get install chromium) or set LMCACHE_CHROMIUM to a Chromium binary" >&2
+}
+
+# The fleet's tests start a real redis-server (Debian's package) on a free loopback port:
+# install it with apt when we can, else say how; those tests then fail (they do not skip).
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  [ -x /usr/bin/redis-server ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing redis-server (the fleet's tests start one on a free loopback port)"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; then
+      [ -x /usr/bin/redis-server ] && return 0
+    fi
+  fi
+  say "no redis-server: the fleet's Redis tests will FAIL." >&2
+  say "install it (as root: apt-get install redis-server)" >&2
 }
 
 # The pid of the server `start` runs, when it is alive and really lmcache-server.
@@ -162,6 +195,8 @@ case "$cmd" in
     ;;
   test)
     ensure_venv "[dev]"
+    ensure_chromium
+    ensure_redis
     say "import contracts"
     "$VENV/bin/lint-imports" --no-cache
     say "pytest"

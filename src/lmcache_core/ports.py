@@ -79,6 +79,58 @@ class MemoryPool(Protocol):
         ...
 
 
+ARENA_ACTIVE, ARENA_DRAINING, ARENA_REMOVED = "active", "draining", "removed"
+"""States of an arena: takes new objects / takes none and goes once empty / unmapped."""
+
+
+@runtime_checkable
+class ArenaMemoryPool(Protocol):
+    """Capability of a MemoryPool made of arenas (Device-DAX devices or files) that can be
+    added and drained while the server runs (`/reconfigure/dax/l1/*`).
+
+    An arena status is a dict with `device_path`, `size_in_bytes`, `used_bytes`, `free_bytes`,
+    `active_allocations`, `state` (ARENA_*) and `is_primary` (LMCache 0.5.6's fields), plus
+    whatever else the pool reports. `capacity_bytes` and `used_bytes` count active arenas only
+    (what L1's eviction and room checks compare); a draining arena's bytes show in its status."""
+
+    backend: str
+    """The medium (`devdax`), as /status shows it."""
+
+    def arena_statuses(self) -> list[dict[str, Any]]:
+        """Every mapped arena (active or draining), primary first."""
+        ...
+
+    def arena_status(self, device_path: str) -> dict[str, Any]:
+        """One arena by the path it was added with; an arena removed since then answers its
+        last status with state ARENA_REMOVED. NotFoundError for a path never mapped."""
+        ...
+
+    def add_arena(self, device_path: str, size_bytes: int) -> dict[str, Any]:
+        """Map one more device and let it take new objects at once. ConflictError when the
+        device is already mapped (under any path) or cannot be opened, mapped or sized."""
+        ...
+
+    def drain_arena(self, device_path: str) -> dict[str, Any]:
+        """Stop new allocations in the arena; it is unmapped as soon as its last allocation is
+        freed (at once when it holds none). NotFoundError for an unknown path, ConflictError
+        for the primary arena. Idempotent for a draining arena."""
+        ...
+
+    def arena_of(self, handle: MemoryHandle) -> str | None:
+        """The device path of the arena holding `handle`, None when no mapped arena does."""
+        ...
+
+
+@runtime_checkable
+class OwnsDevices(Protocol):
+    """Capability of a component that maps devices or files (the DAX L1 pool, the dax L2
+    adapter): one device mapped by two of them would have each overwrite the other's bytes."""
+
+    def owns_device(self, device_path: str) -> bool:
+        """Whether the device or file at `device_path` (under any path naming it) is mapped."""
+        ...
+
+
 # --------------------------------------------------------------------------- metrics
 
 

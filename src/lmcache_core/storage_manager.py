@@ -11,6 +11,7 @@ from lmcache_core.errors import ConfigError, NotFoundError
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.eviction.controller import EvictionController
 from lmcache_core.keys import ObjectKey
+from lmcache_core.l1.arenas import L1Arenas
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l2.entry import L2AdapterEntry, adapter_type_name
 from lmcache_core.l2.eviction_controller import L2EvictionController, L2EvictionSettings
@@ -18,7 +19,15 @@ from lmcache_core.l2.health import L2HealthMonitor
 from lmcache_core.l2.prefetch_controller import PrefetchController
 from lmcache_core.l2.store_controller import StoreController
 from lmcache_core.periodic import PeriodicThread
-from lmcache_core.ports import Clock, L2Adapter, MetricsSink, NullMetricsSink
+from lmcache_core.ports import (
+    ArenaMemoryPool,
+    Clock,
+    L2Adapter,
+    MetricsSink,
+    NullMetricsSink,
+    OwnsDevices,
+    WrapsL2Adapter,
+)
 from lmcache_core.quota import QuotaManager
 from lmcache_core.status import compose_status, safe_report
 
@@ -109,6 +118,17 @@ class StorageManager:
                 "quota-state", quotas.verify_persisted, interval_seconds=quota_check_interval_seconds,
                 level="high", clock=clock,
             )
+        # An L1 on Device-DAX devices: arenas added and drained at run time, and a thread that
+        # finishes drains a request could not (objects that were locked then).
+        self.l1_arenas: L1Arenas | None = None
+        self.l1_arena_drain: PeriodicThread | None = None
+        if isinstance(l1.pool, ArenaMemoryPool):
+            self.l1_arenas = L1Arenas(l1, l1.pool, clock=clock, others=self.device_owners)
+            self._refuse_shared_devices(self.l1_arenas)
+            self.l1_arena_drain = PeriodicThread(
+                "l1-arena-drain", self.l1_arenas.progress, interval_seconds=eviction_interval_seconds,
+                level="low", clock=clock,
+            )
         self._state_lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -127,6 +147,8 @@ class StorageManager:
             self.l2_health.start()
             if self.quota_state is not None:
                 self.quota_state.start()
+            if self.l1_arena_drain is not None:
+                self.l1_arena_drain.start()
             self._started = True
 
     def close(self, *, drain_timeout: float = 10.0) -> None:
@@ -154,6 +176,8 @@ class StorageManager:
         self.eviction.stop()
         if self.quota_state is not None:
             self.quota_state.stop()
+        if self.l1_arena_drain is not None:
+            self.l1_arena_drain.stop()
         for entry in self.l2_adapters:
             try:
                 entry.adapter.close()
@@ -179,7 +203,29 @@ class StorageManager:
             threads.append(self.l2_health.thread)
         if self.quota_state is not None:
             threads.append(self.quota_state)
+        if self.l1_arena_drain is not None:
+            threads.append(self.l1_arena_drain)
         return threads
+
+    def device_owners(self) -> list[tuple[str, OwnsDevices]]:
+        """The L2 adapters that map devices (the dax kind, unwrapped from serde), by label."""
+        out: list[tuple[str, OwnsDevices]] = []
+        for entry in self.l2_adapters:
+            adapter: Any = entry.adapter
+            if not isinstance(adapter, OwnsDevices) and isinstance(adapter, WrapsL2Adapter):
+                adapter = adapter.inner
+            if isinstance(adapter, OwnsDevices):
+                out.append((entry.name, adapter))
+        return out
+
+    def _refuse_shared_devices(self, arenas: L1Arenas) -> None:
+        for status in arenas.statuses():
+            owners = [name for name, owner in self.device_owners() if owner.owns_device(status["device_path"])]
+            if owners:
+                raise ConfigError(
+                    f"L1 device {status['device_path']} is also a device of L2 adapter(s) {', '.join(owners)}; "
+                    "one device cannot hold both tiers"
+                )
 
     # -- operations -----------------------------------------------------------------------
 
@@ -250,8 +296,13 @@ class StorageManager:
         }
         if self.prefetch is not None:
             children["prefetch_controller"] = self.prefetch
+        if self.l1_arenas is not None:
+            children["l1_arenas"] = self.l1_arenas
+        pool = self.l1.pool
         return compose_status(
             {
+                # LMCache 0.5.6's field: L1 bytes per medium (dram: shared memory, devdax: arenas).
+                "l1_capacity_bytes_by_backend": {str(getattr(pool, "backend", "dram")): pool.capacity_bytes},
                 "l2_adapter_count": len(self.l2_adapters),
                 "l2_adapters": adapters,
                 "quota_count": len(self.quotas.list()),

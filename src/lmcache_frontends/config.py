@@ -159,6 +159,105 @@ def _l2_adapter_json(value: str) -> str:
     return json.dumps(obj, sort_keys=False)
 
 
+def _l1_manager_json(value: str) -> str:
+    # The whole object is checked here, so a bad one stops the start with the field named.
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    parse_l1_manager(obj)
+    return json.dumps(obj, sort_keys=False)
+
+
+L1_MANAGER_TYPES = ("DRAM", "DEVDAX")
+_L1_COMMON_FIELDS = {"type", "tag", "size_gb", "align_bytes", "eviction", "read_ttl_seconds", "write_ttl_seconds"}
+_L1_TYPE_FIELDS = {"DRAM": {"use_lazy", "init_size_gb", "shm_name", "use_hugepages"}, "DEVDAX": {"path"}}
+_L1_EVICTION_FIELDS = {"eviction_policy", "trigger_watermark", "eviction_ratio"}
+DEFAULT_L1_TAG = "_default"
+
+
+@dataclass(frozen=True)
+class L1ManagerSpec:
+    """One `--l1-manager` object (LMCache 0.5.6's tagged L1 JSON), checked."""
+
+    type: str
+    tag: str
+    size_gb: float
+    path: str | None = None
+    shm_name: str | None = None
+    eviction: Mapping[str, Any] = field(default_factory=dict)
+    read_ttl_seconds: float | None = None
+    write_ttl_seconds: float | None = None
+
+
+def parse_l1_manager(obj: Any) -> L1ManagerSpec:
+    """Check one `--l1-manager` object as LMCache 0.5.6 does (ValueError naming the field), for
+    the types this server has: DRAM (the shared-memory pool) and DEVDAX (Device-DAX arenas)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ValueError("must be a JSON object with a string \"type\"")
+    kind = obj["type"]
+    if kind == "GDS":
+        raise ValueError("type GDS (an NVMe slab over GPUDirect Storage) is not supported by this server; use DRAM or DEVDAX")
+    if kind not in L1_MANAGER_TYPES:
+        raise ValueError(f"requires type DRAM, DEVDAX or GDS, got {kind!r}")
+    unknown = sorted(set(obj) - _L1_COMMON_FIELDS - _L1_TYPE_FIELDS[kind])
+    if unknown:
+        raise ValueError(f"has unknown L1 fields for type {kind}: {unknown}")
+    tag = obj.get("tag")
+    if not isinstance(tag, str) or not tag.strip():
+        raise ValueError("tag must be a non-empty string")
+    if tag == DEFAULT_L1_TAG and kind != "DRAM":
+        raise ValueError("only DRAM can use the _default tag")
+    ints = {}
+    for name in ("align_bytes", "read_ttl_seconds", "write_ttl_seconds"):
+        raw = obj.get(name)
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0):
+            raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+        ints[name] = raw
+    align = ints["align_bytes"]
+    if align is not None and (align & (align - 1) or align > 4096):
+        raise ValueError(f"align_bytes must be a power of two up to 4096 (objects here are 4096-aligned), got {align}")
+    size = obj.get("size_gb")
+    if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) or size <= 0:
+        raise ValueError(f"size_gb must be a number > 0, got {size!r}")
+    eviction = obj.get("eviction", {})
+    if not isinstance(eviction, dict) or set(eviction) - _L1_EVICTION_FIELDS:
+        raise ValueError("eviction must contain eviction_policy, trigger_watermark and eviction_ratio only")
+    policy = eviction.get("eviction_policy", EVICTION_POLICIES[0])
+    if not isinstance(policy, str) or policy.lower() not in {p.lower() for p in EVICTION_POLICIES}:
+        raise ValueError(f"eviction_policy must be one of {', '.join(EVICTION_POLICIES)}, got {policy!r}")
+    for name in ("trigger_watermark", "eviction_ratio"):
+        if name in eviction:
+            value = eviction[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    path = shm_name = None
+    if kind == "DEVDAX":
+        path = obj.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError("path must be a non-empty string")
+    else:
+        if obj.get("use_hugepages", False) is not False:
+            raise ValueError("use_hugepages is not supported by this server (its DRAM L1 is a shared-memory segment)")
+        for name in ("use_lazy",):
+            if not isinstance(obj.get(name, True), bool):
+                raise ValueError(f"{name} must be true or false")
+        shm_name = obj.get("shm_name", "")
+        if not isinstance(shm_name, str):
+            raise ValueError("shm_name must be a string")
+        _shm_suffix(shm_name)
+    return L1ManagerSpec(
+        type=kind,
+        tag=tag,
+        size_gb=float(size),
+        path=path,
+        shm_name=shm_name or None,
+        eviction=dict(eviction),
+        read_ttl_seconds=ints["read_ttl_seconds"],
+        write_ttl_seconds=ints["write_ttl_seconds"],
+    )
+
+
 # --------------------------------------------------------------------------- option table
 
 
@@ -302,7 +401,7 @@ class ServerConfig:
     )
     shm_name: str | None = _opt(
         None,
-        "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: the process id.",
+        "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: srv-<pid>-<start ticks>.",
         check=_shm_suffix,
     )
     ready_file: str | None = _opt(
@@ -352,6 +451,28 @@ class ServerConfig:
         2.0, "GET /readyz: deadline of each L2 adapter check.", check=_positive
     )
     l1_size_gb: float = _opt(1.0, "Size of the L1 (CPU memory) pool in GiB.", section="storage_manager", check=_positive)
+    l1_devdax_path: str | None = _opt(
+        None,
+        "A Device-DAX device (/dev/daxX.Y) or an existing regular file that holds L1 instead of shared "
+        "memory, --l1-size-gb of it; more devices can be added at run time (POST /reconfigure/dax/l1/add). "
+        "Engine-driven engines then get pickle mode (no shared L1 segment).",
+        section="storage_manager",
+        check=_non_empty,
+    )
+    no_l1_use_lazy: bool = _opt(
+        False,
+        "Accepted so LMCache 0.5.6 command lines start unchanged (its --l1-devdax-path needs it); this "
+        "server never allocates L1 lazily, so it changes nothing.",
+        section="storage_manager",
+    )
+    l1_manager: tuple[str, ...] = _opt(
+        (),
+        'LMCache 0.5.6\'s tagged L1 as JSON instead of --l1-size-gb/--l1-devdax-path: {"type": "DRAM" or '
+        '"DEVDAX", "tag": "...", "size_gb": N, "path": "/dev/dax0.0" (DEVDAX)}; one L1 per server.',
+        section="storage_manager",
+        metavar="JSON",
+        check=_l1_manager_json,
+    )
     eviction_policy: str = _opt(
         "LRU",
         "L1 eviction policy: LRU, IsolatedLRU (one LRU per cache_salt, driven by quotas) or noop.",
@@ -429,6 +550,42 @@ class ServerConfig:
     def __post_init__(self) -> None:
         # Direct construction (tests, library users) gets the same checks as the command line.
         check_fields(self, OPTIONS)
+        self._fold_l1_manager()
+        if self.l1_devdax_path is not None and self.shm_name:
+            raise ConfigError(
+                f"--l1-devdax-path cannot be combined with --shm-name {self.shm_name!r}: the L1 bytes live in "
+                'the DAX map and are never shared by name (leave --shm-name unset, or set it to "")'
+            )
+
+    def _fold_l1_manager(self) -> None:
+        """Apply a `--l1-manager` to the L1 fields it stands for (size, device, shm name, eviction,
+        lock TTLs), so the rest of the server reads one set of fields and /conf shows them.
+        Idempotent: a config rebuilt from a folded one folds to the same values."""
+        if not self.l1_manager:
+            return
+        if len(self.l1_manager) > 1:
+            raise ConfigError("--l1-manager may be given once: this server runs one L1")
+        spec = parse_l1_manager(json.loads(self.l1_manager[0]))
+        clashes = []
+        if self.l1_size_gb not in (OPTIONS_BY_NAME["l1_size_gb"].default, spec.size_gb):
+            clashes.append("--l1-size-gb")
+        if self.l1_devdax_path not in (None, spec.path):
+            clashes.append("--l1-devdax-path")
+        if clashes:
+            raise ConfigError(f"use either --l1-manager or the legacy L1 flags ({', '.join(clashes)}), not both")
+        values: dict[str, Any] = {"l1_size_gb": spec.size_gb, "l1_devdax_path": spec.path}
+        if spec.shm_name is not None:
+            values["shm_name"] = spec.shm_name
+        for ours, theirs in (("eviction_policy", "eviction_policy"), ("eviction_trigger_watermark", "trigger_watermark"),
+                             ("eviction_ratio", "eviction_ratio")):
+            if theirs in spec.eviction:
+                values[ours] = spec.eviction[theirs]
+        for name in ("l1_read_ttl_seconds", "l1_write_ttl_seconds"):
+            value = getattr(spec, name.removeprefix("l1_"))
+            if value is not None:
+                values[name] = float(value)
+        for name, value in values.items():
+            object.__setattr__(self, name, _check(OPTIONS_BY_NAME[name], value, f"--l1-manager {name}"))
 
     @property
     def l1_size_bytes(self) -> int:
@@ -441,7 +598,7 @@ class ServerConfig:
             value = getattr(self, spec.name)
             if spec.secret:
                 value = REDACTED if value else value
-            elif spec.name == "l2_adapters":
+            elif spec.name in ("l2_adapters", "l1_manager"):
                 value = [_redact_mapping(json.loads(raw)) for raw in value]
             out.setdefault(spec.section, {})[spec.name] = value
         return out

@@ -56,7 +56,12 @@ class AdapterContext:
 
 
 def create_memory_pool(config: ServerConfig) -> MemoryPool:
-    """The shared-memory L1 pool sized by --l1-size-gb (imports torch: only when really built)."""
+    """The L1 pool sized by --l1-size-gb: on the --l1-devdax-path device when given, else in
+    shared memory (imports torch: only when really built)."""
+    if config.l1_devdax_path is not None:
+        from lmcache_adapters.memory.dax_pool import create_dax_pool
+
+        return create_dax_pool(config.l1_devdax_path, config.l1_size_gb)
     from lmcache_adapters.memory.shm_pool import create_l1_pool
 
     return create_l1_pool(config.l1_size_gb, shm_suffix=config.shm_name)

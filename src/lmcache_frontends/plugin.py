@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from lmcache_adapters.plugin import hookimpl
 from lmcache_core.plugin import FrontendRegistry
+from lmcache_frontends.admin.audit import create_audit_blueprint
 from lmcache_frontends.admin.auth import create_auth_blueprint
 from lmcache_frontends.admin.cache import create_cache_blueprint
 from lmcache_frontends.admin.config import create_config_blueprint
@@ -20,6 +21,7 @@ from lmcache_frontends.admin.readyz import create_readyz_blueprint
 from lmcache_frontends.admin.reconfigure import create_reconfigure_blueprint
 from lmcache_frontends.admin.requests import create_requests_blueprint
 from lmcache_frontends.admin.status import create_status_blueprint
+from lmcache_frontends.console.routes import create_console_blueprint
 
 BUILTIN_ROUTE_GROUPS = {
     "health": create_health_blueprint,
@@ -36,6 +38,8 @@ BUILTIN_ROUTE_GROUPS = {
     "openapi": create_openapi_blueprint,
     "requests": create_requests_blueprint,
     "readyz": create_readyz_blueprint,
+    "audit": create_audit_blueprint,
+    "console": create_console_blueprint,
     "auth": create_auth_blueprint,  # its hook puts itself before every other one
 }
 

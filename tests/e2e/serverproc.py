@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_adapters.memory import SHM_NAME_PREFIX, cleanup_stale_segments, segment_owner_alive
+from lmcache_adapters.memory import SHM_NAME_PREFIX, remove_dead_segment
 
 READY_RE = re.compile(r"ready: admin (http://\S+) ")
 
@@ -107,8 +107,8 @@ class ServerProcess:
 
     def remove_orphaned_segment(self) -> None:
         """Unlink this server's L1 segment once nobody holds it (what its next start would do)."""
-        if self.shm_name is not None and not segment_owner_alive(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}"):
-            cleanup_stale_segments()
+        if self.shm_name is not None:
+            remove_dead_segment(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}")
 
     def _drain_reader(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_adapters.memory import SHM_NAME_PREFIX, cleanup_stale_segments
+from lmcache_adapters.memory import SHM_NAME_PREFIX, remove_dead_segment
 
 pytestmark = pytest.mark.e2e
 
@@ -64,8 +64,7 @@ class DevStart:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        if os.path.exists(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}"):
-            cleanup_stale_segments()
+        remove_dead_segment(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}")
 
 
 @pytest.fixture

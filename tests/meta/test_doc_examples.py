@@ -86,6 +86,26 @@ class Server:
         self.services: Services = in_memory_stack(ServerConfig(l2_adapters=('{"type": "mock"}', json.dumps(dax))))
         self.client: FlaskClient = create_app(self.services).test_client()
         self.layout: Any = None
+        self._dax: Services | None = None
+
+    def dax(self) -> FlaskClient:
+        """The app over a second stack whose L1 is on a Device-DAX stand-in (a 4 MiB file)."""
+        from lmcache_adapters.memory.dax_pool import DaxMemoryPool
+
+        if self._dax is None:
+            for name in ("l1-a.img", "l1-b.img"):
+                with open(self.tmp / name, "wb") as f:
+                    f.truncate(4 << 20)
+            self._dax = in_memory_stack(memory_pool=DaxMemoryPool(str(self.tmp / "l1-a.img"), 4 << 20))
+        return create_app(self._dax).test_client()
+
+    def dax_add(self) -> Any:
+        return self.dax().post("/reconfigure/dax/l1/add", json={"device_path": str(self.tmp / "l1-b.img"), "size": "1MiB"})
+
+    def close(self) -> None:
+        self.services.close()
+        if self._dax is not None:
+            self._dax.close()
 
     def register_kv_cache(self) -> None:
         """A server-driven registration (instance 0, model `m`, world size 1) as the data path
@@ -169,7 +189,22 @@ def _poll_prefetch(s: Server) -> Any:
         time.sleep(0.01)
 
 
+def _audit_events(s: Server) -> Any:
+    s.client.put("/quota/alice", json={"limit_gb": 1})
+    return s.client.get("/audit/events?limit=2")
+
+
+def _whoami(s: Server) -> Any:
+    secured = in_memory_stack(ServerConfig(admin_token="adm-0123456789abcdef-secret", read_token="rd-0123456789abcdef-secret"))
+    try:
+        return create_app(secured).test_client().get("/auth/whoami", headers={"Authorization": "Bearer rd-0123456789abcdef-secret"})
+    finally:
+        secured.close()
+
+
 PRODUCERS: dict[tuple[str, int], Producer] = {
+    ("GET /audit/events", 200): _audit_events,
+    ("GET /auth/whoami", 200): _whoami,
     ("GET /", 200): lambda s: s.client.get("/"),
     ("GET /healthcheck", 200): lambda s: s.client.get("/healthcheck"),
     ("GET /healthcheck", 503): lambda s: s.without("engine", lambda: s.client.get("/healthcheck")),
@@ -224,7 +259,16 @@ PRODUCERS: dict[tuple[str, int], Producer] = {
     ("POST /reconfigure/{backend}/l2/{operation}", 404): lambda s: s.client.post(
         "/reconfigure/dax/l2/add", json={"adapter_index": 3, "device_path": "/x", "size": 4096}
     ),
+    ("GET /reconfigure/dax/l1/status", 200): lambda s: s.dax().get("/reconfigure/dax/l1/status"),
     ("GET /reconfigure/dax/l1/status", 409): lambda s: s.client.get("/reconfigure/dax/l1/status"),
+    ("POST /reconfigure/dax/l1/add", 200): lambda s: s.dax_add(),
+    ("POST /reconfigure/dax/l1/add", 409): lambda s: (s.dax_add(), s.dax_add())[1],
+    ("POST /reconfigure/dax/l1/remove", 200): lambda s: (s.dax_add(), s.dax().post(
+        "/reconfigure/dax/l1/remove", json={"device_path": str(s.tmp / "l1-b.img")}
+    ))[1],
+    ("POST /reconfigure/dax/l1/remove", 404): lambda s: s.dax().post(
+        "/reconfigure/dax/l1/remove", json={"device_path": "/dev/dax9.0"}
+    ),
     ("POST /reconfigure/dax/l1/remove", 422): lambda s: s.client.post(
         "/reconfigure/dax/l1/remove", json={"device_path": "/dev/dax0.0", "mode": "evict"}
     ),
@@ -237,7 +281,7 @@ EXAMPLES = examples(DOC.read_text(encoding="utf-8"))
 def server(tmp_path: Path) -> Iterator[Server]:
     s = Server(tmp_path)
     yield s
-    s.services.close()
+    s.close()
 
 
 def test_the_doc_has_examples_and_every_one_has_a_producer() -> None:

@@ -7,7 +7,6 @@ import logging
 import mmap
 import os
 import re
-import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +33,16 @@ from lmcache_adapters.l2.integrity import (
     verify,
 )
 from lmcache_adapters.l2.listing import check_page_args, page_of
+from lmcache_adapters.memory.devices import (
+    DEFAULT_DAX_ALIGN,
+    dax_geometry,
+    device_identity,
+    extend_file,
+    inspect_device,
+    map_device,
+    open_device,
+    unmap_device,
+)
 from lmcache_core.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -83,9 +92,6 @@ _RECORD_FIXED = _RECORD.size + 8  # + xxh3-64 over the fixed fields and the name
 MAX_NAME_BYTES = RECORD_BYTES - _RECORD_FIXED
 SLOT_OVERHEAD = RECORD_BYTES + HEADER_SIZE
 MIN_SLOT_BYTES = 4096
-
-SYSFS_DAX_ROOT = "/sys/bus/dax/devices"
-DEFAULT_DAX_ALIGN = 2 * 1024 * 1024
 
 ACTIVE, DRAINING, MIGRATING, RESIZING, REMOVING, FAILED, REMOVED = (
     "active",
@@ -209,24 +215,6 @@ def _body_path(body: Mapping[str, Any], where: str, allowed: set[str]) -> str:
 # ---------------------------------------------------------------------- devices
 
 
-def dax_geometry(path: str) -> tuple[int, int]:
-    """(size, alignment) in bytes of a Device-DAX character device, from sysfs."""
-    name = os.path.basename(os.path.realpath(path))
-    base = os.path.join(SYSFS_DAX_ROOT, name)
-    try:
-        with open(os.path.join(base, "size")) as f:
-            size = int(f.read().strip())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"device_path {path!r} is a character device but {base}/size is unreadable: {exc}") from None
-    align = DEFAULT_DAX_ALIGN
-    try:
-        with open(os.path.join(base, "align")) as f:
-            align = int(f.read().strip()) or DEFAULT_DAX_ALIGN
-    except (OSError, ValueError):
-        pass  # older kernels have no align attribute; 2 MiB is the devdax default
-    return size, align
-
-
 @dataclass(slots=True)
 class _Loc:
     """Where one key lives."""
@@ -263,12 +251,6 @@ class _Device:
 
     def slot_offset(self, slot: int) -> int:
         return SUPERBLOCK_BYTES + slot * self.slot_bytes
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int]:
-    if stat.S_ISCHR(st.st_mode):
-        return (1, st.st_rdev, 0)
-    return (0, st.st_dev, st.st_ino)
 
 
 def _encode_record(name: bytes, seq: int, length: int) -> bytes:
@@ -479,7 +461,7 @@ class DaxL2Adapter:
                 st = os.stat(path)
             except OSError as exc:
                 raise BackendUnavailableError(f"device {path}: {exc.strerror or exc}") from exc
-            if _identity(st) != identity:
+            if device_identity(st) != identity:
                 raise BackendUnavailableError(f"device {path} was replaced by another file since it was mapped")
 
     def report_status(self) -> dict[str, Any]:
@@ -527,6 +509,15 @@ class DaxL2Adapter:
 
     def __repr__(self) -> str:
         return f"DaxL2Adapter(name={self.name!r}, devices={[d.path for d in self._devices]}, slot_bytes={self.slot_bytes})"
+
+    def owns_device(self, device_path: str) -> bool:
+        """Whether a device of this adapter (not removed) is the file or device at `device_path`."""
+        try:
+            identity = device_identity(os.stat(device_path))
+        except (OSError, ValueError, TypeError):
+            return False
+        with self._lock:
+            return any(d.state != REMOVED and d.identity == identity for d in self._devices)
 
     # ------------------------------------------------------------------ runtime reconfiguration
 
@@ -1287,69 +1278,29 @@ class DaxL2Adapter:
         return slots
 
     def _extend_file(self, fd: int, path: str, size: int) -> None:
-        current = os.fstat(fd).st_size
-        if current >= size:
-            return
-        try:
-            if self.preallocate:
-                # reserve the blocks now: a store into a sparse file on a full filesystem would
-                # kill the process with SIGBUS instead of failing
-                os.posix_fallocate(fd, current, size - current)
-            else:
-                os.ftruncate(fd, size)
-        except OSError as exc:
-            raise ConfigError(f"cannot extend {path!r} to {size} bytes: {exc}") from None
+        extend_file(fd, path, size, preallocate=self.preallocate)
 
     def _open_device(self, path: str, size: int | None, *, where: str) -> _Device:
-        path = os.path.abspath(path)
+        info = inspect_device(path, size, where=where)
+        path = info.path
+        slots = self._check_size(path, info.size, info.is_dax, info.dax_size, info.align)
+        fd = open_device(info, where=where, create=True)
         try:
-            st = os.stat(path)
-            exists = True
-        except FileNotFoundError:
-            st, exists = None, False
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot stat {path!r}: {exc}") from None
-        is_dax = st is not None and stat.S_ISCHR(st.st_mode)
-        if st is not None and not is_dax and not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{where}: {path!r} is neither a Device-DAX character device nor a regular file")
-        align = DEFAULT_DAX_ALIGN
-        dax_size: int | None = None
-        if is_dax:
-            dax_size, align = dax_geometry(path)
-            if size is None:
-                size = dax_size - dax_size % align
-        elif size is None:
-            raise ConfigError(f"{where}: size is required for a regular file ({path!r})")
-        slots = self._check_size(path, size, is_dax, dax_size, align)
-        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-        if not is_dax:
-            flags |= os.O_CREAT
-            parent = os.path.dirname(path)
-            if not os.path.isdir(parent):
-                raise ConfigError(f"{where}: directory {parent!r} of {path!r} does not exist")
-        try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot open {path!r} read-write: {exc}") from None
-        try:
-            if not is_dax:
-                self._check_foreign_file(fd, path, exists, where)
-                self._extend_file(fd, path, size)
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        except ConfigError:
+            if not info.is_dax:
+                self._check_foreign_file(fd, path, info.exists, where)
+                self._extend_file(fd, path, info.size)
+            mm = map_device(fd, path, info.size, where=where)
+        except BaseException:
             os.close(fd)
             raise
-        except (OSError, ValueError) as exc:
-            os.close(fd)
-            raise ConfigError(f"{where}: cannot map {size} bytes of {path!r}: {exc}") from None
         dev = _Device(
             path=path,
-            size=size,
-            is_dax=is_dax,
-            align=align,
+            size=info.size,
+            is_dax=info.is_dax,
+            align=info.align,
             fd=fd,
             mm=mm,
-            identity=_identity(os.fstat(fd)),
+            identity=device_identity(os.fstat(fd)),
             slots_total=slots,
             slot_bytes=self.slot_bytes,
             owner=[None] * slots,
@@ -1457,19 +1408,11 @@ class DaxL2Adapter:
         found[key] = (slot, seq, length)
 
     def _close_device(self, dev: _Device) -> None:
-        if dev.mm is not None:
-            try:
-                dev.mm.flush()
-                dev.mm.close()
-            except (OSError, ValueError, BufferError) as exc:
-                log.warning("dax: unmapping %s failed: %s", dev.path, exc)
-            dev.mm = None
-        if dev.fd >= 0:
-            try:
-                os.close(dev.fd)
-            except OSError:
-                pass
-            dev.fd = -1
+        error = unmap_device(dev.mm, dev.fd)
+        if error is not None:
+            log.warning("dax: unmapping %s failed: %s", dev.path, error)
+        dev.mm = None
+        dev.fd = -1
 
     # ------------------------------------------------------------------ reports
 

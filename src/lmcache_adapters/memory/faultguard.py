@@ -30,7 +30,9 @@ try:  # the optional native part (see setup.py)
 except ImportError:  # pragma: no cover - built wherever a C compiler exists
     _native = None
 
-__all__ = ["GuardedRange", "SegmentFaultError", "fault_count", "native_guard"]
+__all__ = ["GuardedRange", "SegmentFaultError", "fault_count", "native_guard", "restore_mapping"]
+
+_PAGE = 4096
 
 _install_lock = threading.Lock()
 _installed = False
@@ -124,3 +126,28 @@ class GuardedRange:
 def _unregister(slot: tuple[int, int]) -> None:
     if _native is not None:
         _native.unregister(*slot)
+
+
+def restore_mapping(guard: GuardedRange, fd: int, length: int, *, resizable: bool = True) -> int | None:
+    """After a fault or a truncation of the file mapped at `guard` (its first `length` bytes of
+    `fd`): give the file its length back, map it again over the pages the guard patched and
+    reserve its blocks again. Returns the offset (from the range's start) from which bytes were
+    lost, or None when nothing was wrong. `resizable` False: a device whose size never changes
+    (Device-DAX): only patched pages count as lost, nothing is truncated or reserved."""
+    lowest = guard.take_lowest_fault()
+    size = os.fstat(fd).st_size if resizable else length
+    if lowest is None and size >= length:
+        return None
+    lost_from = min(size, length) // _PAGE * _PAGE
+    if lowest is not None:
+        lost_from = min(lost_from, lowest)
+    if size < length:
+        os.ftruncate(fd, length)
+    if lowest is not None and native_guard():
+        guard.remap(fd, lowest, lowest, length - lowest)
+    if resizable:
+        try:
+            os.posix_fallocate(fd, lost_from, length - lost_from)
+        except OSError as exc:
+            log.error("re-reserving %s after a truncation failed: %s", guard.name, exc)
+    return lost_from

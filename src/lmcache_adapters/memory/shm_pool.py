@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import torch
 
-from lmcache_adapters.memory.faultguard import GuardedRange, native_guard
+from lmcache_adapters.memory.faultguard import GuardedRange, restore_mapping
+from lmcache_adapters.memory.pinning import cuda_host_register, cuda_host_unregister
+from lmcache_adapters.memory.slabs import PAGE_BYTES, SlabAllocator, check_nbytes, round_up
 from lmcache_core.errors import ConfigError
 from lmcache_core.ports import MemoryHandle
 
@@ -26,24 +28,26 @@ log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
 SHM_NAME_PREFIX = "lmcache_l1_pool_"
-PAGE_BYTES = 4096
-DEFAULT_SLAB_BYTES = 32 << 20
-# A small pool still gets this many slabs, so a few size classes can coexist in it.
-MIN_SLABS_FOR_DEFAULT = 16
 DEFAULT_PREFAULT_FIRST_BYTES = 256 << 20
 DEFAULT_PREFAULT_STEP_BYTES = 64 << 20
-# A span (the unit one size class owns) may grow to this many slabs to cut tail waste.
-_MAX_EXTRA_SPAN_SLABS = 8
 # Linux MADV_POPULATE_WRITE (5.14+); Python 3.11's mmap module does not export it.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 # Creation leftovers: `<name>.tmp<pid>.<start ticks>` (older servers: `<name>.tmp<pid>`).
 _TEMP_NAME_RE = re.compile(rf"^{SHM_NAME_PREFIX}.+\.tmp(\d+)(?:\.(\d+))?$")
+# The default segment name of OUR servers: the owner process (pid, start ticks) is in the name.
+# Other programs share the `lmcache_l1_pool_` prefix (LMCache's own servers name theirs
+# `lmcache_l1_pool_<pid>` and hold no flock), so only this form is ever swept by name.
+_OWN_DEFAULT_PREFIX = f"{SHM_NAME_PREFIX}srv-"
+_OWN_DEFAULT_RE = re.compile(rf"^{re.escape(_OWN_DEFAULT_PREFIX)}(\d+)-(\d+)$")
+
+
+def default_segment_name(pid: int | None = None) -> str:
+    """The segment name a server gets without --shm-name: `lmcache_l1_pool_srv-<pid>-<start
+    ticks>`, which names its owner process for the life of the machine."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_OWN_DEFAULT_PREFIX}{pid}-{process_start_ticks(pid) or 0}"
 
 PrefaultMode = Literal["none", "sync", "background"]
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -121,14 +125,30 @@ def segment_owner_alive(path: str) -> bool:
         return fd is None and os.path.exists(path)
 
 
-def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
-    """Unlink the L1 segments (`lmcache_l1_pool_*`, named or pid-named) and creation
-    leftovers of servers that are provably dead. Returns the removed names.
+def remove_dead_segment(path: str) -> bool:
+    """Unlink the named L1 segment at `path` when nobody holds its owner's flock (its server is
+    gone, however it died); True when it was removed. For the owner of a name (a server's own
+    --shm-name, a test that started that server), never a sweep over other programs' names."""
+    try:
+        if os.stat(path).st_uid != os.getuid():
+            return False
+        return _unlink_if_unlocked(path)
+    except FileNotFoundError:
+        return False
 
-    Only segments of our uid are considered. A segment goes when nobody holds its owner's
-    flock (see _unlink_if_unlocked); a creation leftover (`.tmp<pid>.<start ticks>`, briefly
-    unlocked while it is being made) only when that exact process, pid and start time, is gone.
-    A live server, in this pid namespace or another one sharing /dev/shm, is never touched."""
+
+def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink the default-named L1 segments and creation leftovers of our servers that are
+    provably dead. Returns the removed names.
+
+    Only names that prove the segment is ours are considered: `lmcache_l1_pool_srv-<pid>-<start
+    ticks>` (a server's default name) and `<name>.tmp<pid>.<start ticks>` (a creation leftover),
+    of our uid. Other programs use the same prefix without our lock (LMCache's own servers:
+    `lmcache_l1_pool_<pid>`), and an `--shm-name`d segment may be anyone's, so neither is ever
+    swept here (a server replaces a dead leftover of its OWN --shm-name at creation). A default-
+    named segment goes when its owner process (pid and start time) is gone AND nobody holds its
+    flock (see _unlink_if_unlocked): a live server, in this pid namespace or another one sharing
+    /dev/shm, keeps its lock and its segment."""
     removed: list[str] = []
     try:
         names = os.listdir(shm_dir)
@@ -139,11 +159,12 @@ def cleanup_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
     for name in names:
         if not name.startswith(SHM_NAME_PREFIX):
             continue
-        temp = _TEMP_NAME_RE.match(name)
-        if temp is not None:
-            start = int(temp.group(2)) if temp.group(2) is not None else None
-            if _owner_alive(int(temp.group(1)), start):
-                continue
+        owner = _TEMP_NAME_RE.match(name) or _OWN_DEFAULT_RE.match(name)
+        if owner is None:
+            continue  # not provably one of ours
+        start = int(owner.group(2)) if owner.group(2) is not None else None
+        if _owner_alive(int(owner.group(1)), start):
+            continue
         path = os.path.join(shm_dir, name)
         try:
             st = os.stat(path)
@@ -170,6 +191,27 @@ def _unlink_at_exit(path: str, inode: int) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+def object_tensor(
+    tensor: torch.Tensor,
+    start: int,
+    handle: MemoryHandle,
+    dtype: torch.dtype = torch.uint8,
+    shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """A zero-copy tensor over `handle`'s bytes, which begin at `start` of the uint8 `tensor`:
+    `shape` of `dtype` (1-D when None); ValueError when the shape needs more than the object."""
+    itemsize = dtype.itemsize
+    if shape is None:
+        shape = (handle.nbytes // itemsize,)
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > handle.nbytes:
+        raise ValueError(f"shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the object has {handle.nbytes}")
+    view = tensor[start : start + nbytes]
+    if dtype is not torch.uint8:
+        view = view.view(dtype)
+    return view if len(shape) == 1 else view.view(shape)
 
 
 class SharedMemoryPool:
@@ -203,16 +245,11 @@ class SharedMemoryPool:
             raise ConfigError(
                 f"--shm-name must be a non-empty name without '/', got {shm_suffix!r}"
             )
-        if slab_bytes is None:
-            slab_bytes = min(DEFAULT_SLAB_BYTES, capacity_bytes // MIN_SLABS_FOR_DEFAULT)
-        slab_bytes = max(PAGE_BYTES, slab_bytes // PAGE_BYTES * PAGE_BYTES)
-        slab_bytes = min(slab_bytes, capacity_bytes // PAGE_BYTES * PAGE_BYTES)
-        self._slab_bytes = slab_bytes
-        self._n_slabs = capacity_bytes // slab_bytes
+        self._slabs = SlabAllocator(capacity_bytes, slab_bytes=slab_bytes)
         # Whole slabs only: the segment size is exactly what can be handed out.
-        self._capacity = self._n_slabs * slab_bytes
+        self._capacity = self._slabs.capacity_bytes
 
-        self._name = f"{SHM_NAME_PREFIX}{os.getpid() if shm_suffix is None else shm_suffix}"
+        self._name = default_segment_name() if shm_suffix is None else f"{SHM_NAME_PREFIX}{shm_suffix}"
         self._shm_dir = shm_dir
         self._path = os.path.join(shm_dir, self._name)
         self._closed = False
@@ -249,8 +286,6 @@ class SharedMemoryPool:
         self._recovered_faults = 0
         self.recoveries_total = 0
         self.lost_bytes_total = 0
-
-        self._init_allocator()
 
         self._pinned = False
         self._pin_note = "not requested"
@@ -369,22 +404,11 @@ class SharedMemoryPool:
             if self._closed:
                 return None
             faults = self._guard.faults()
-            lowest = self._guard.take_lowest_fault()
             size = os.fstat(self._fd).st_size
-            if lowest is None and size >= self._capacity:
+            lost_from = restore_mapping(self._guard, self._fd, self._capacity)
+            if lost_from is None:
                 self._recovered_faults = faults
                 return None
-            lost_from = min(size, self._capacity) // PAGE_BYTES * PAGE_BYTES
-            if lowest is not None:
-                lost_from = min(lost_from, lowest)
-            if size < self._capacity:
-                os.ftruncate(self._fd, self._capacity)
-            if lowest is not None and native_guard():
-                self._guard.remap(self._fd, lowest, lowest, self._capacity - lowest)
-            try:
-                os.posix_fallocate(self._fd, lost_from, self._capacity - lost_from)
-            except OSError as exc:
-                log.error("re-reserving L1 pool pages after a truncation failed: %s", exc)
             self._recovered_faults = faults
             self.recoveries_total += 1
             self.lost_bytes_total += self._capacity - lost_from
@@ -397,37 +421,13 @@ class SharedMemoryPool:
     # ------------------------------------------------------------------ CUDA
 
     def _pin(self) -> None:
-        try:
-            available = torch.cuda.is_available()
-        except Exception as exc:  # a broken driver must not stop a CPU-only server
-            available = False
-            log.warning("torch.cuda.is_available() failed: %s", exc)
-        if not available:
-            self._pin_note = "CUDA not available"
-            return
         assert self._tensor is not None
-        try:
-            rt = torch.cuda.cudart()  # type: ignore[no-untyped-call]
-            err = rt.cudaHostRegister(self._tensor.data_ptr(), self._capacity, 0)
-            if err != rt.cudaError.success:
-                raise RuntimeError(rt.cudaGetErrorString(err))
-        except Exception as exc:
-            self._pin_note = f"cudaHostRegister failed: {exc}"
-            log.warning("could not pin the L1 pool (%s); continuing unpinned", exc)
-            return
-        self._pinned = True
-        self._pin_note = "cudaHostRegister"
+        self._pinned, self._pin_note = cuda_host_register(self._tensor, self._capacity, "the L1 pool")
 
     def _unpin(self) -> None:
         if not self._pinned or self._tensor is None:
             return
-        try:
-            rt = torch.cuda.cudart()  # type: ignore[no-untyped-call]
-            err = rt.cudaHostUnregister(self._tensor.data_ptr())
-            if err != rt.cudaError.success:
-                log.warning("cudaHostUnregister failed: %s", rt.cudaGetErrorString(err))
-        except Exception as exc:
-            log.warning("cudaHostUnregister failed: %s", exc)
+        cuda_host_unregister(self._tensor)
         self._pinned = False
 
     # ------------------------------------------------------------------ pre-fault
@@ -441,11 +441,11 @@ class SharedMemoryPool:
         if self._prefault_mode == "none":
             self._prefault_done.set()
             return
-        step = max(PAGE_BYTES, _round_up(step_bytes, PAGE_BYTES))
+        step = max(PAGE_BYTES, round_up(step_bytes, PAGE_BYTES))
         if self._prefault_mode == "sync":
             first = self._capacity
         else:
-            first = min(self._capacity, _round_up(max(0, first_bytes), PAGE_BYTES))
+            first = min(self._capacity, round_up(max(0, first_bytes), PAGE_BYTES))
         self._prefault_range(0, first, step)
         if self._prefault_error is not None:
             error = self._prefault_error
@@ -507,171 +507,25 @@ class SharedMemoryPool:
 
     # ------------------------------------------------------------------ allocator
 
-    def _init_allocator(self) -> None:
-        n = self._n_slabs
-        # Free single slabs as a stack, lowest address on top: early objects land in the
-        # pre-faulted start of the pool, and recently freed (warm) slabs are reused first.
-        self._free_stack: list[int] = list(range(n - 1, -1, -1))
-        self._in_stack = [True] * n
-        self._slab_head = [-1] * n  # span head of each slab, -1 when free
-        self._free_slabs = n
-        # Per span (indexed by head slab).
-        self._span_slot = [0] * n
-        self._span_len = [0] * n
-        self._span_cap = [0] * n
-        self._span_live = [0] * n
-        self._span_bump = [0] * n
-        self._span_free: list[list[int]] = [[] for _ in range(n)]
-        self._span_prev = [-1] * n
-        self._span_next = [-1] * n
-        # Per size class: head of its doubly linked list of spans with a free slot.
-        self._partial_head: dict[int, int] = {}
-        self._class_spans: dict[int, int] = {}
-        self._class_span_len: dict[int, int] = {}
-        self._live: dict[int, MemoryHandle] = {}
-        self._used = 0
-
-    def _span_len_for(self, slot: int) -> int:
-        cached = self._class_span_len.get(slot)
-        if cached is not None:
-            return cached
-        base = math.ceil(slot / self._slab_bytes)
-        best, best_waste = base, 1.0
-        for k in range(base, min(base + _MAX_EXTRA_SPAN_SLABS, self._n_slabs) + 1):
-            span = k * self._slab_bytes
-            waste = (span % slot) / span
-            if waste < best_waste:
-                best, best_waste = k, waste
-            if waste <= 0.125:
-                break
-        self._class_span_len[slot] = best
-        return best
-
-    def _take_slabs(self, k: int) -> int:
-        """Reserve `k` contiguous free slabs; the first index, or -1."""
-        if k > self._free_slabs:
-            return -1
-        if k == 1:
-            while self._free_stack:
-                s = self._free_stack.pop()
-                self._in_stack[s] = False
-                if self._slab_head[s] == -1:  # entries of slabs taken by a run are stale
-                    return s
-            return -1
-        # Runs are rare (objects near or above a slab): a scan from the top keeps them away
-        # from the single slabs handed out from the bottom.
-        run = 0
-        heads = self._slab_head
-        for s in range(self._n_slabs - 1, -1, -1):
-            run = run + 1 if heads[s] == -1 else 0
-            if run == k:
-                return s
-        return -1
-
-    def _link(self, head: int, slot: int) -> None:
-        first = self._partial_head.get(slot, -1)
-        self._span_prev[head] = -1
-        self._span_next[head] = first
-        if first != -1:
-            self._span_prev[first] = head
-        self._partial_head[slot] = head
-
-    def _unlink(self, head: int, slot: int) -> None:
-        prev, nxt = self._span_prev[head], self._span_next[head]
-        if prev != -1:
-            self._span_next[prev] = nxt
-        else:
-            if nxt == -1:
-                del self._partial_head[slot]
-            else:
-                self._partial_head[slot] = nxt
-        if nxt != -1:
-            self._span_prev[nxt] = prev
-        self._span_prev[head] = self._span_next[head] = -1
-
     def allocate(self, nbytes: int) -> MemoryHandle | None:
         """Reserve `nbytes` (> 0) at a 4096-aligned offset; None when no room is left."""
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes <= 0:
-            raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
-        slot = _round_up(nbytes, PAGE_BYTES)
-        if slot > self._capacity:
-            return None
+        check_nbytes(nbytes)
         with self._lock:
             if self._closed:
                 return None
-            head = self._partial_head.get(slot, -1)
-            if head == -1:
-                k = self._span_len_for(slot)
-                head = self._take_slabs(k)
-                if head == -1:
-                    return None
-                for s in range(head, head + k):
-                    self._slab_head[s] = head
-                self._free_slabs -= k
-                self._span_slot[head] = slot
-                self._span_len[head] = k
-                self._span_cap[head] = k * self._slab_bytes // slot
-                self._span_live[head] = 0
-                self._span_bump[head] = 0
-                self._span_free[head] = []
-                self._class_spans[slot] = self._class_spans.get(slot, 0) + 1
-                self._link(head, slot)
-            free_slots = self._span_free[head]
-            if free_slots:
-                offset = free_slots.pop()
-            else:
-                offset = head * self._slab_bytes + self._span_bump[head] * slot
-                self._span_bump[head] += 1
-            self._span_live[head] += 1
-            if self._span_live[head] == self._span_cap[head]:
-                self._unlink(head, slot)
-            handle = MemoryHandle(offset=offset, nbytes=nbytes, slot_bytes=slot)
-            self._live[offset] = handle
-            self._used += slot
-            return handle
+            return self._slabs.allocate(nbytes)
 
     def free(self, handle: MemoryHandle) -> None:
         """Return a handle from `allocate`; a double or foreign free raises ValueError."""
         with self._lock:
-            if self._live.get(handle.offset) != handle:
-                raise ValueError(f"{handle} is not a live allocation of L1 pool {self._name}")
-            del self._live[handle.offset]
-            self._used -= handle.slot_bytes
-            slot = handle.slot_bytes
-            head = self._slab_head[handle.offset // self._slab_bytes]
-            was_full = self._span_live[head] == self._span_cap[head]
-            self._span_live[head] -= 1
-            if self._span_live[head] == 0:
-                if not was_full:
-                    self._unlink(head, slot)
-                self._release_span(head, slot)
-            else:
-                self._span_free[head].append(handle.offset)
-                if was_full:
-                    self._link(head, slot)
-
-    def _release_span(self, head: int, slot: int) -> None:
-        k = self._span_len[head]
-        self._span_free[head] = []
-        remaining = self._class_spans[slot] - 1
-        if remaining:
-            self._class_spans[slot] = remaining
-        else:
-            del self._class_spans[slot]
-        # Push in reverse so the lowest slab of the span is reused first.
-        for s in range(head + k - 1, head - 1, -1):
-            self._slab_head[s] = -1
-            if not self._in_stack[s]:
-                self._in_stack[s] = True
-                self._free_stack.append(s)
-        self._free_slabs += k
+            self._slabs.free(handle, f"L1 pool {self._name}")
 
     # ------------------------------------------------------------------ access
 
     def _check_live(self, handle: MemoryHandle) -> None:
         if self._closed:
             raise ValueError(f"L1 pool {self._name} is closed")
-        if self._live.get(handle.offset) != handle:
+        if not self._slabs.is_live(handle):
             raise ValueError(f"{handle} is not a live allocation of L1 pool {self._name}")
 
     def view(self, handle: MemoryHandle) -> memoryview:
@@ -689,20 +543,9 @@ class SharedMemoryPool:
     ) -> torch.Tensor:
         """A zero-copy tensor over the object's bytes: `shape` of `dtype` (1-D when None)."""
         self._check_live(handle)
-        itemsize = dtype.itemsize
-        if shape is None:
-            shape = (handle.nbytes // itemsize,)
-        nbytes = math.prod(shape) * itemsize
-        if nbytes > handle.nbytes:
-            raise ValueError(
-                f"shape {tuple(shape)} of {dtype} needs {nbytes} bytes, the object has {handle.nbytes}"
-            )
         tensor = self._tensor
         assert tensor is not None
-        view = tensor[handle.offset : handle.offset + nbytes]
-        if dtype is not torch.uint8:
-            view = view.view(dtype)
-        return view if len(shape) == 1 else view.view(shape)
+        return object_tensor(tensor, handle.offset, handle, dtype, shape)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -721,12 +564,12 @@ class SharedMemoryPool:
     @property
     def used_bytes(self) -> int:
         """Slot bytes currently handed out."""
-        return self._used
+        return self._slabs.used_bytes
 
     @property
     def slab_bytes(self) -> int:
         """Size of one slab (the unit a size class takes from the pool)."""
-        return self._slab_bytes
+        return self._slabs.slab_bytes
 
     @property
     def shm_name(self) -> str:
@@ -750,7 +593,7 @@ class SharedMemoryPool:
 
     def report_status(self) -> dict[str, Any]:
         """Status fields for the /status tree; O(1)."""
-        used = self._used
+        used = self._slabs.used_bytes
         if self._prefault_mode == "none" and not self._pinned:
             prefault = "none"
         elif self._prefault_done.is_set() and self._prefaulted >= self._capacity:
@@ -768,11 +611,7 @@ class SharedMemoryPool:
             "used_bytes": used,
             "free_bytes": self._capacity - used,
             "usage_ratio": used / self._capacity,
-            "slab_bytes": self._slab_bytes,
-            "slabs_total": self._n_slabs,
-            "slabs_free": self._free_slabs,
-            "size_classes": len(self._class_spans),
-            "objects": len(self._live),
+            **self._slabs.report(),
             "pinned": self._pinned,
             "pin_note": self._pin_note,
             "prefault": prefault,
@@ -832,8 +671,7 @@ class SharedMemoryPool:
                 log.warning("could not unlink %s: %s", self._path, exc)
             os.close(self._fd)
             atexit.unregister(self._atexit_cb)
-            self._live.clear()
-            self._used = 0
+            self._slabs.reset()
 
     def unlink_segment(self) -> None:
         """Remove the segment's name now, taking no lock (a stuck shutdown's last resort: the
@@ -852,7 +690,7 @@ class SharedMemoryPool:
 
     def __repr__(self) -> str:
         return (
-            f"SharedMemoryPool(name={self._name!r}, capacity={self._capacity}, used={self._used})"
+            f"SharedMemoryPool(name={self._name!r}, capacity={self._capacity}, used={self._slabs.used_bytes})"
         )
 
 

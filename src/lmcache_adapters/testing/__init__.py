@@ -1,4 +1,5 @@
-"""Shared test suites for adapter authors: subclass `L2AdapterContract` to test an L2 adapter.
+"""Shared test suites for adapter authors: subclass `L2AdapterContract` to test an L2 adapter,
+`MemoryPoolContract` (in `lmcache_adapters.testing.memory_contract`) to test an L1 memory pool.
 
 Usage in a third-party package (pytest collects the subclass, not the base)::
 

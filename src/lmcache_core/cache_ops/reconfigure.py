@@ -1,5 +1,5 @@
 """ReconfigureService: the L2 adapters whose devices change at runtime, their status by backend,
-and one operation applied to one of them."""
+and one operation applied to one of them; and the arenas of an L1 on Device-DAX."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmcache_core.cache_ops.objects import reconfigurable_target
-from lmcache_core.errors import InvalidRequestError, NotFoundError
+from lmcache_core.errors import ConflictError, InvalidRequestError, NotFoundError
+from lmcache_core.l1.arenas import L1Arenas
 from lmcache_core.l2.entry import L2AdapterEntry
 from lmcache_core.ports import Reconfigurable
 from lmcache_core.storage_manager import StorageManager
 
 log = logging.getLogger(__name__)
+
+L1_NOT_DAX = "L1 is not Device-DAX backed (--l1-devdax-path not set)"
+"""LMCache 0.5.6's answer (409) on its L1 DAX routes when L1 is not on Device-DAX."""
 
 
 @dataclass(frozen=True)
@@ -77,5 +81,18 @@ class ReconfigureService:
 
     def apply(self, target: ReconfigurableAdapter, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Apply `operation` with `body` to one adapter (its errors propagate: ConfigError for a
-        bad body, NotFoundError, ConflictError, ForbiddenOperationError)."""
-        return target.target.apply_reconfiguration(normalize(operation, "operation"), body)
+        bad body, NotFoundError, ConflictError, ForbiddenOperationError). Adding a device that
+        L1 maps is a ConflictError: both tiers would overwrite each other's bytes."""
+        op = normalize(operation, "operation")
+        arenas = self._storage.l1_arenas
+        path = body.get("device_path", body.get("path")) if op == "add" else None
+        if arenas is not None and isinstance(path, str) and arenas.owns_device(path):
+            raise ConflictError(f"device {path!r} is mapped by the L1 pool (an L1 Device-DAX arena)")
+        return target.target.apply_reconfiguration(op, body)
+
+    def l1_arenas(self) -> L1Arenas:
+        """The arenas of an L1 on Device-DAX; ConflictError (as LMCache 0.5.6) when L1 is not."""
+        arenas = self._storage.l1_arenas
+        if arenas is None:
+            raise ConflictError(L1_NOT_DAX)
+        return arenas

@@ -739,11 +739,43 @@ class L1Manager:
         """Force-remove every object whose memory `lost(handle)` says is gone (a pool segment
         that was truncated under us, say), as `clear(force=True)` removes them. Returns the
         number removed."""
+        return self.remove_where(lost, force=True, reason=reason)[0]
+
+    def remove_where(
+        self,
+        match: Callable[[MemoryHandle], bool],
+        *,
+        force: bool = False,
+        reason: str = "delete",
+        keys: Iterable[ObjectKey] | None = None,
+    ) -> tuple[int, list[ObjectKey]]:
+        """Remove the objects whose memory `match(handle)` selects (an arena being drained, say),
+        as `delete` removes them: unlocked ones leave and their memory is freed (pinned and
+        temporary ones too: an operator's removal wins over a pin); locked ones stay, or with
+        `force` leave as `clear(force=True)` removes them. `keys` limits the walk to those keys
+        (the ones a previous call left locked) instead of the whole table. Returns (number
+        removed, keys left because they are locked)."""
         with self._lock:
             now = self._clock.monotonic()
-            doomed = [obj for obj in self._objects.values() if lost(obj.handle)]
-            self._force_remove(doomed, now, reason)
-            return len(doomed)
+            doomed: list[_L1Object] = []
+            parked: list[_L1Object] = []
+            left: list[ObjectKey] = []
+            if keys is None:
+                candidates: Iterable[_L1Object] = list(self._objects.values())
+            else:
+                candidates = [o for o in (self._objects.get(k) for k in dict.fromkeys(keys)) if o is not None]
+            for obj in candidates:
+                if not match(obj.handle):
+                    continue
+                if not obj.locked(now):
+                    doomed.append(obj)
+                elif force:
+                    parked.append(obj)
+                else:
+                    left.append(obj.key)
+            self._drop(doomed, reason)
+            self._force_remove(parked, now, reason)
+            return len(doomed) + len(parked), left
 
     def _force_remove(self, objs: list[_L1Object], now: float, reason: str) -> None:
         for obj in objs:

@@ -1,4 +1,5 @@
-"""Audit records for state-changing admin calls: who, what, when, outcome, as one JSON line each."""
+"""Audit records for state-changing admin calls: who, what, when, outcome, as one JSON line each;
+the newest kept in a bounded ring that `GET /audit/events` reads."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from flask import g, has_request_context, request
+from flask import Blueprint, Response, current_app, g, has_request_context, jsonify, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import ConfigError
+from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
+from lmcache_frontends.admin.params import bounded_int, single
 
 audit_log = logging.getLogger("lmcache.audit")
 
@@ -27,6 +31,13 @@ _SECRET_PARAM_RE = re.compile(r"secret|token|password|passwd|credential|authoriz
 # Bodies larger than this are summarised by size only: the audit line stays one short line.
 _MAX_BODY_BYTES = 16 << 10
 _MAX_VALUE_CHARS = 512
+
+RECENT_EVENTS = 256
+"""Audit records an app keeps in memory for `GET /audit/events` (the newest; the log and the
+`--audit-log` file keep them all)."""
+DEFAULT_EVENTS_LIMIT = 50
+TRAIL_KEY = "lmcache.audit"
+"""`app.extensions` key of the app's AuditTrail (set by the auth route group)."""
 
 _PENDING = "lmcache_audit_notes"
 _STARTED = "lmcache_audit_started"
@@ -54,11 +65,15 @@ class AuditTrail:
     """Where audit records go: the `lmcache.audit` logger, and a JSON-lines file when configured.
 
     The file is opened, appended and closed per record (admin calls are rare), so every line
-    is on disk when the call returns and logrotate needs no reopen signal."""
+    is on disk when the call returns and logrotate needs no reopen signal. The newest `keep`
+    records also stay in memory (a bounded ring) for `GET /audit/events`."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, *, keep: int = RECENT_EVENTS) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._ring_lock = threading.Lock()
+        self._recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._recorded = 0
         if path is not None:
             try:
                 with open(path, "a", encoding="utf-8"):
@@ -69,6 +84,10 @@ class AuditTrail:
     def emit(self, record: Mapping[str, Any]) -> None:
         """Write one record to the log and the file; a failing file write is logged, not raised."""
         line = json.dumps(record, default=str, separators=(",", ":"))
+        with self._ring_lock:
+            # The JSON form, not the live dict: a reader never sees a record a caller mutates.
+            self._recent.append(json.loads(line))
+            self._recorded += 1
         # The log gets key=value text for people (and greps); the record rides along as
         # `extra` for structured handlers, and the file gets the JSON line.
         audit_log.info("%s", format_record(record), extra={"audit": dict(record)})
@@ -80,6 +99,20 @@ class AuditTrail:
                 f.flush()
         except OSError:
             audit_log.exception("cannot append to the audit log %s", self.path)
+
+
+    @property
+    def capacity(self) -> int:
+        """How many records the in-memory ring holds at most."""
+        return self._recent.maxlen or 0
+
+    def recent(self, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """(the newest `limit` records, newest first; how many were recorded since start)."""
+        with self._ring_lock:
+            newest = list(self._recent)[-limit:] if limit > 0 else []
+            recorded = self._recorded
+        newest.reverse()
+        return newest, recorded
 
 
 def format_record(record: Mapping[str, Any]) -> str:
@@ -189,3 +222,75 @@ def _params() -> dict[str, Any]:
     elif length > 0:
         params["body_bytes"] = length
     return redact(params)  # type: ignore[no-any-return]
+
+
+def app_trail() -> AuditTrail:
+    """The current app's trail (the auth route group's), else the log-only one `audit()` uses
+    when no auth hook collects records."""
+    trail = current_app.extensions.get(TRAIL_KEY)
+    return trail if isinstance(trail, AuditTrail) else _LOG_ONLY
+
+
+def create_audit_blueprint(services: Any) -> Blueprint:
+    """`GET /audit/events`: the newest audit records, from the bounded in-memory ring."""
+    bp = Blueprint("audit", __name__)
+
+    @bp.get("/audit/events")
+    def audit_events() -> Response:
+        trail = app_trail()
+        limit = bounded_int("limit", single(request.args, "limit"), DEFAULT_EVENTS_LIMIT, lo=1, hi=trail.capacity)
+        events, recorded = trail.recent(limit)
+        return jsonify(events=events, capacity=trail.capacity, recorded_total=recorded)
+
+    bp.openapi = AUDIT_OPENAPI  # type: ignore[attr-defined]
+    return bp
+
+
+_EVENT = obj(
+    {
+        "ts": {"type": "string", "description": "UTC, ISO 8601 with milliseconds"},
+        "who": {"type": "string", "description": "The token's name, or `anonymous`"},
+        "remote": {"type": "string"},
+        "method": {"type": "string"},
+        "route": {"type": "string", "nullable": True},
+        "path": {"type": "string"},
+        "params": {"type": "object", "description": "Query, path and small JSON body parameters, secrets redacted"},
+        "request_id": {"type": "string", "nullable": True},
+        "status": {"type": "integer"},
+        "duration_ms": {"type": "number", "nullable": True},
+        "action": {"type": "string"},
+        "outcome": {"type": "string"},
+        "details": {"type": "object"},
+    },
+    required=["ts", "who", "method", "path", "action", "outcome"],
+)
+
+AUDIT_OPENAPI: dict[str, Any] = {
+    "/audit/events": {
+        "get": {
+            "summary": "The newest audit records (state-changing calls, admin-scope reads, refused "
+            "authentications), newest first, from a bounded in-memory ring",
+            "tags": ["observability"],
+            "parameters": [
+                query_param(
+                    "limit",
+                    f"How many records (1..{RECENT_EVENTS}, default {DEFAULT_EVENTS_LIMIT})",
+                    {"type": "integer", "minimum": 1, "maximum": RECENT_EVENTS},
+                )
+            ],
+            "responses": {
+                "200": json_response(
+                    "The records; `recorded_total` counts every record since start",
+                    obj(
+                        {
+                            "events": {"type": "array", "items": _EVENT},
+                            "capacity": {"type": "integer"},
+                            "recorded_total": {"type": "integer"},
+                        }
+                    ),
+                ),
+                **error_responses(400, 422),
+            },
+        }
+    }
+}

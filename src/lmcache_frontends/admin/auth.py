@@ -13,12 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import ConfigError
 from lmcache_frontends.admin import audit as audit_mod
 from lmcache_frontends.admin.errors import json_error
+from lmcache_frontends.admin.openapi import json_response, obj
 from lmcache_frontends.config import MIN_TOKEN_LENGTH
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class ScopePolicy:
 
 
 DEFAULT_POLICY = ScopePolicy()
+
+SCOPES_ATTRIBUTE = "scopes"
+"""A route group may declare the scope of its rules as `bp.scopes = {"/rule": scope}`: None
+leaves a GET open (static pages), `read` or `admin` as for any route. A declaration never opens a
+state-changing method: only a read can be declared open."""
 
 EXTENSION_KEY = "lmcache.auth"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -207,11 +213,18 @@ def required_scope(
     *,
     metrics_require_token: bool = False,
     policy: ScopePolicy = DEFAULT_POLICY,
+    declared: Mapping[str, str | None] | None = None,
 ) -> str | None:
     """The scope a request needs: None for the open probes, `read` for reads, `admin` for
     everything that changes state and for reads of process internals. Unknown paths need
-    `read` (GET) or `admin`, so a token-less caller cannot map the API by 404 vs 401."""
+    `read` (GET) or `admin`, so a token-less caller cannot map the API by 404 vs 401.
+    `declared` is the matched route group's own declaration (see SCOPES_ATTRIBUTE)."""
     safe = method in SAFE_METHODS
+    if declared is not None and rule is not None and rule in declared:
+        scope = declared[rule]
+        if safe:
+            return scope
+        return READ if scope == READ else ADMIN
     if safe and rule in policy.probe_rules:
         return None
     if safe and rule == "/metrics":
@@ -243,10 +256,18 @@ def _unauthorized(message: str, error_code: str | None) -> WerkzeugResponse:
     return response
 
 
+def _declared_scopes() -> Mapping[str, str | None] | None:
+    # The matched endpoint's route group, if it declared the scopes of its rules.
+    blueprint = current_app.blueprints.get(request.blueprint) if request.blueprint else None
+    declared = getattr(blueprint, SCOPES_ATTRIBUTE, None)
+    return declared if isinstance(declared, Mapping) else None
+
+
 def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -> Blueprint:
-    """No routes: an app-wide hook that authenticates every request against the configured
-    tokens (none configured = all open) and writes one audit record per state-changing call.
-    `policy` says which routes are probes and which POSTs only read."""
+    """An app-wide hook that authenticates every request against the configured tokens (none
+    configured = all open) and writes one audit record per state-changing call, and
+    `GET /auth/whoami` (the caller's token name and scope). `policy` says which routes are
+    probes and which POSTs only read."""
     bp = Blueprint("auth", __name__)
     config = services.config
     store = TokenStore.from_config(config)
@@ -257,7 +278,8 @@ def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -
         audit_mod.begin_request()
         rule = request.url_rule.rule if request.url_rule is not None else None
         scope = required_scope(
-            rule, request.method, request.args, metrics_require_token=metrics_require_token, policy=policy
+            rule, request.method, request.args, metrics_require_token=metrics_require_token, policy=policy,
+            declared=_declared_scopes(),
         )
         g.lmcache_required_scope = scope
         header = request.headers.get("Authorization")
@@ -265,6 +287,7 @@ def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -
         token = store.authenticate(presented) if presented is not None and store.enabled else None
         if token is not None:
             g.lmcache_principal = token.name
+            g.lmcache_token_scope = token.scope
         if scope is None or not store.enabled:
             return None
         if presented is None:
@@ -294,6 +317,13 @@ def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -
     bp.before_app_request(authenticate)
     bp.after_app_request(record)
 
+    @bp.get("/auth/whoami")
+    def whoami() -> Response:
+        # Without tokens every route is open: the caller may do everything.
+        if not store.enabled:
+            return jsonify(tokens_required=False, token=None, scope=ADMIN)
+        return jsonify(tokens_required=True, token=g.get("lmcache_principal"), scope=g.get("lmcache_token_scope"))
+
     def _first(state: Any) -> None:
         # Before every other before-request hook (the body limit, other route groups): an
         # unauthenticated caller learns nothing but 401.
@@ -303,9 +333,32 @@ def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -
             funcs.remove(authenticate)
         funcs.insert(0, authenticate)
         app.extensions[EXTENSION_KEY] = store
+        app.extensions[audit_mod.TRAIL_KEY] = trail
 
     bp.record_once(_first)
     if store.enabled:
         log.info("admin API authentication on: %s", ", ".join(f"{n}:{s}" for n, s in store.names()))
-    bp.openapi = {}  # type: ignore[attr-defined]
+    bp.openapi = WHOAMI_OPENAPI  # type: ignore[attr-defined]
     return bp
+
+
+WHOAMI_OPENAPI: dict[str, Any] = {
+    "/auth/whoami": {
+        "get": {
+            "summary": "The caller's token name and scope (what a console shows and enables)",
+            "tags": ["auth"],
+            "responses": {
+                "200": json_response(
+                    "`scope` is `admin` when no tokens are configured (every route is open)",
+                    obj(
+                        {
+                            "tokens_required": {"type": "boolean"},
+                            "token": {"type": "string", "nullable": True},
+                            "scope": {"type": "string", "enum": list(SCOPES)},
+                        }
+                    ),
+                )
+            },
+        }
+    }
+}

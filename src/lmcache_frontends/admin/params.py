@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from werkzeug.datastructures import MultiDict
 
-from lmcache_core.errors import InvalidKeyError
+from lmcache_core.errors import InvalidKeyError, UnprocessableError
 from lmcache_core.keys import validate_cache_salt, validate_model_name
 
 DEFAULT_SALT_ALIAS = "_default"
@@ -28,6 +28,20 @@ def single(args: MultiDict[str, str] | Mapping[str, str], name: str) -> str | No
             raise InvalidKeyError(f"query parameter {name} given {len(values)} times; give it once")
         return values[0] if values else None
     return args.get(name)
+
+
+def bounded_int(name: str, raw: str | None, default: int, *, lo: int, hi: int) -> int:
+    """Query parameter `name` (its raw value, None when absent) as an integer in [lo, hi];
+    UnprocessableError (422) naming the parameter otherwise."""
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UnprocessableError(f"query parameter {name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise UnprocessableError(f"query parameter {name} must be in [{lo}, {hi}]")
+    return value
 
 
 def optional_salt(args: MultiDict[str, str] | Mapping[str, str], name: str = "cache_salt") -> str | None:

@@ -6,9 +6,9 @@
   and the L1-on-Device-DAX routes `GET /reconfigure/dax/l1/status`,
   `POST /reconfigure/dax/l1/add|remove`.
 
-L1 of this server lives in POSIX shared memory (CPU engines map it by name), never on a DAX
-device, so the L1 routes answer as a 0.5.6 server whose L1 is not DAX-backed: the body is
-validated as there, then 409."""
+The L1 routes change the arenas of an L1 on Device-DAX (`--l1-devdax-path`, or a DEVDAX
+`--l1-manager`); a server whose L1 is in shared memory answers them as a 0.5.6 server whose L1
+is not DAX-backed: the body is validated as there, then 409."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from lmcache_adapters.l2.dax import InvalidSizeError, parse_size
-from lmcache_core.cache_ops.reconfigure import ReconfigurableAdapter, normalize
+from lmcache_core.cache_ops.reconfigure import L1_NOT_DAX, ReconfigurableAdapter, normalize
 from lmcache_core.errors import ConfigError, InvalidRequestError, LMCacheError, NotFoundError
+from lmcache_core.l1.arenas import DEFAULT_REMOVE_TIMEOUT_SECONDS, MAX_REMOVE_TIMEOUT_SECONDS
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
     cache_operations,
@@ -30,6 +31,7 @@ from lmcache_frontends.admin.errors import (
     status_for,
 )
 from lmcache_frontends.admin.openapi import (
+    ERROR_SCHEMA,
     detail_error_responses,
     error_responses,
     json_body,
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 _BAD_VALUE_ERRORS = ("InvalidSizeError", "UnsupportedOperationError")
 
 SIZE_ERROR = "size must be a positive integer byte count or a string like '100GiB'"
-L1_NOT_DAX = "L1 is not Device-DAX backed (--l1-devdax-path not set)"
-"""0.5.6's answer (409) on its L1 DAX routes when L1 is not on a DAX device: always, here."""
 
 _DAX_L2_FIELDS: dict[str, tuple[Field, ...]] = {
     "add": (Field("adapter_index", "int", default=0), Field("device_path", "str"), Field("size", "strict_int_or_str")),
@@ -74,7 +74,14 @@ _DAX_L2_FIELDS: dict[str, tuple[Field, ...]] = {
 _GENERIC_L2_FIELDS = (Field("adapter_index", "int", default=0),)
 _L1_FIELDS = {
     "add": (Field("device_path", "str"), Field("size", "strict_int_or_str")),
-    "remove": (Field("device_path", "str"), Field("mode", "enum", default="drain", choices=("drain",))),
+    "remove": (
+        Field("device_path", "str"),
+        Field("mode", "enum", default="drain", choices=("drain",)),
+        # Ours, beyond 0.5.6 (which takes neither): drop objects still locked at the deadline,
+        # and how long to wait for them first.
+        Field("force", "bool", default=False),
+        Field("timeout_seconds", "int", default=int(DEFAULT_REMOVE_TIMEOUT_SECONDS), ge=0, le=int(MAX_REMOVE_TIMEOUT_SECONDS)),
+    ),
 }
 
 
@@ -225,36 +232,56 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
 
     @bp.get("/reconfigure/dax/l1/status")
     def l1_status() -> Response:
-        if cache_operations(services) is None:
+        ops = cache_operations(services)
+        if ops is None:
             return engine_not_initialized()
-        return json_error(409, L1_NOT_DAX)
+        try:
+            return jsonify(arenas=ops.reconfigure.l1_arenas().statuses())
+        except LMCacheError as exc:
+            return _error_response(exc)
 
-    def l1_refusal(operation: str) -> Response:
+    def l1_change(operation: str) -> Response:
         # 0.5.6's order: the body (422), the engine (503), the size (400), then L1's state (409).
         try:
             body = parse_model_body(_L1_FIELDS[operation])
         except BodyInvalid as exc:
             audit("reconfigure-l1", "rejected", operation=operation, reason=str(exc))
             return exc.response()
-        if cache_operations(services) is None:
+        ops = cache_operations(services)
+        if ops is None:
             audit("reconfigure-l1", "refused: engine not initialized", operation=operation)
             return engine_not_initialized()
         try:
-            if "size" in body:
-                parse_size(body["size"])
+            size = parse_size(body["size"]) if "size" in body else None
         except InvalidSizeError:
             audit("reconfigure-l1", "rejected", operation=operation, reason=SIZE_ERROR)
             return json_error(400, SIZE_ERROR)
-        audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation=operation, device_path=body["device_path"])
-        return json_error(409, L1_NOT_DAX)
+        path = body["device_path"]
+        try:
+            arenas = ops.reconfigure.l1_arenas()
+        except LMCacheError as exc:
+            audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation=operation, device_path=path)
+            return _error_response(exc)
+        try:
+            if size is not None:
+                result: dict[str, Any] = {"added": arenas.add(path, size)}
+            else:
+                status = arenas.remove(path, force=body["force"], timeout_seconds=body["timeout_seconds"])
+                result = {"removed": {"device_path": status["device_path"], "arenas": [status]}}
+        except LMCacheError as exc:
+            status_code = _status_for_reconfigure_error(exc)
+            audit("reconfigure-l1", f"failed: {status_code}", operation=operation, device_path=path, reason=str(exc))
+            return _error_response(exc)
+        audit("reconfigure-l1", "ok", operation=operation, **{k: v for k, v in body.items() if k != "mode"}, result=result)
+        return jsonify(result)
 
     @bp.post("/reconfigure/dax/l1/add")
     def l1_add() -> Response:
-        return l1_refusal("add")
+        return l1_change("add")
 
     @bp.post("/reconfigure/dax/l1/remove")
     def l1_remove() -> Response:
-        return l1_refusal("remove")
+        return l1_change("remove")
 
     bp.openapi = _OPENAPI  # type: ignore[attr-defined]
     return bp
@@ -291,7 +318,24 @@ _OPERATION_BODY = {
         "force": {"type": "boolean", "default": False},
     },
 }
-_L1_NOT_DAX_409 = {"409": json_response(f"Always here: `{L1_NOT_DAX}`", obj({"error": {"type": "string"}}))}
+_ARENA = obj(
+    {
+        "device_path": {"type": "string"},
+        "size_in_bytes": {"type": "integer"},
+        "used_bytes": {"type": "integer"},
+        "free_bytes": {"type": "integer"},
+        "active_allocations": {"type": "integer"},
+        "state": {"type": "string", "enum": ["active", "draining", "removed"]},
+        "is_primary": {"type": "boolean"},
+    }
+)
+_L1_409 = {
+    "409": json_response(
+        f"L1 is not on Device-DAX (`{L1_NOT_DAX}`), or the request conflicts with the arenas "
+        "(already mapped, primary, cannot be opened, sized or mapped)",
+        ERROR_SCHEMA,
+    )
+}
 
 _OPENAPI: dict[str, Any] = {
     "/reconfigure/backends": {
@@ -368,31 +412,64 @@ _OPENAPI: dict[str, Any] = {
     },
     "/reconfigure/dax/l1/status": {
         "get": {
-            "summary": "Device-DAX L1 arenas (LMCache 0.5.6); L1 here is shared memory, never DAX",
+            "summary": "The Device-DAX arenas of L1 (LMCache 0.5.6), primary first",
             "tags": ["reconfigure"],
-            "responses": {**_L1_NOT_DAX_409, **error_responses(503)},
+            "responses": {
+                "200": json_response("Every mapped arena, active or draining", obj({"arenas": {"type": "array", "items": _ARENA}})),
+                **_L1_409,
+                **error_responses(503),
+            },
         }
     },
     "/reconfigure/dax/l1/add": {
         "post": {
-            "summary": "Add a Device-DAX device to L1 (LMCache 0.5.6); refused here, L1 is not on DAX",
+            "summary": "Map one more Device-DAX device (or regular file) into L1; capacity grows at once (LMCache 0.5.6)",
             "tags": ["reconfigure"],
             "requestBody": json_body(obj({"device_path": {"type": "string"}, "size": _SIZE}, extra=False)),
-            "responses": {**_L1_NOT_DAX_409, **error_responses(400, 413, 503), **detail_error_responses(422)},
+            "responses": {
+                "200": json_response("The new arena", obj({"added": _ARENA})),
+                **_L1_409,
+                **error_responses(400, 413, 503),
+                **detail_error_responses(422),
+            },
         }
     },
     "/reconfigure/dax/l1/remove": {
         "post": {
-            "summary": "Remove a Device-DAX device from L1 (LMCache 0.5.6); refused here, L1 is not on DAX",
+            "summary": "Drain a Device-DAX arena out of L1: no new objects, its objects leave, then it is unmapped (LMCache 0.5.6)",
             "tags": ["reconfigure"],
             "requestBody": json_body(
                 obj(
-                    {"device_path": {"type": "string"}, "mode": {"type": "string", "enum": ["drain"], "default": "drain"}},
+                    {
+                        "device_path": {"type": "string"},
+                        "mode": {"type": "string", "enum": ["drain"], "default": "drain"},
+                        "force": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "Not in 0.5.6: objects still locked at the deadline leave too "
+                            "(their memory is freed when copies in flight finish)",
+                        },
+                        "timeout_seconds": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": int(MAX_REMOVE_TIMEOUT_SECONDS),
+                            "default": int(DEFAULT_REMOVE_TIMEOUT_SECONDS),
+                            "description": "Not in 0.5.6: how long to wait for locked objects",
+                        },
+                    },
                     required=["device_path"],
                     extra=False,
                 )
             ),
-            "responses": {**_L1_NOT_DAX_409, **error_responses(413, 503), **detail_error_responses(422)},
+            "responses": {
+                "200": json_response(
+                    "The arena afterwards: `removed`, or `draining` while objects are locked or copies in flight",
+                    obj({"removed": obj({"device_path": {"type": "string"}, "arenas": {"type": "array", "items": _ARENA}})}),
+                ),
+                **_L1_409,
+                **error_responses(404, 413, 503),
+                **detail_error_responses(422),
+            },
         }
     },
 }

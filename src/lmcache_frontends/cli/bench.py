@@ -161,12 +161,20 @@ class _Engine:
                 raise RuntimeError("STORE answered false")
             return
         assert self.ctx is not None
-        # Engine-driven: gather this engine's blocks straight into the slots the server hands out.
-        ok = self.client.store_engine_driven_with(
-            self.ctx, key, lambda index, slot: self.layout.gather([blocks], [index], [slot]))
+        if self.ctx.pickle_mode:
+            # The server offered no shared pool (L1 on Device-DAX, say): the chunks travel in
+            # the COMMIT_STORE frame, gathered here first.
+            objects = [torch.empty(self.chunk_bytes, dtype=torch.uint8) for _ in range(nchunks)]
+            self.layout.gather([blocks], list(range(nchunks)), objects)
+            chunks = [o.view(self.ctx.dtype).view(self.ctx.object_shape) for o in objects]
+            ok = self.client.store_engine_driven(self.ctx, key, chunks)
+        else:
+            # Engine-driven: gather this engine's blocks straight into the slots the server hands out.
+            ok = self.client.store_engine_driven_with(
+                self.ctx, key, lambda index, slot: self.layout.gather([blocks], [index], [slot]))
         if not ok:
             raise RuntimeError("COMMIT_STORE answered false")
-        del bpc, first_chunk, nchunks
+        del bpc, first_chunk
 
     def retrieve(self, key: Any, blocks: list[int]) -> None:
         if self.mode == "lmcache_driven":
@@ -174,8 +182,15 @@ class _Engine:
                 raise RuntimeError("RETRIEVE answered false")
             return
         assert self.ctx is not None
-        ok = self.client.retrieve_engine_driven_with(
-            self.ctx, key, lambda index, slot: self.layout.scatter([blocks], [index], [slot]))
+        if self.ctx.pickle_mode:
+            got = self.client.retrieve_engine_driven(self.ctx, key)
+            if got is not None:
+                objects = [t.contiguous().view(torch.uint8).flatten() for t in got]
+                self.layout.scatter([blocks], list(range(len(objects))), objects)
+            ok = got is not None
+        else:
+            ok = self.client.retrieve_engine_driven_with(
+                self.ctx, key, lambda index, slot: self.layout.scatter([blocks], [index], [slot]))
         if not ok:
             raise RuntimeError("PREPARE_RETRIEVE failed")
 

@@ -9,7 +9,9 @@ from flask import Flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_frontends.admin.app import create_app
+from lmcache_frontends.admin.audit import create_audit_blueprint
 from lmcache_frontends.admin.auth import ADMIN_GET_RULES, ScopePolicy, create_auth_blueprint
+from lmcache_frontends.console.routes import create_fleet_console_blueprint
 from lmcache_frontends.coordinator.cache import create_cache_blueprint
 from lmcache_frontends.coordinator.common import CoordinatorContext
 from lmcache_frontends.coordinator.directory import create_directory_blueprint
@@ -37,6 +39,8 @@ ROUTE_GROUPS = {
     "quota": create_quota_blueprint,
     "cache": create_cache_blueprint,
     "ops": create_ops_blueprint,
+    "audit": create_audit_blueprint,
+    "console": create_fleet_console_blueprint,
 }
 
 

@@ -14,7 +14,7 @@ from lmcache_core.fleet.service import FleetService
 from lmcache_core.fleet.wire import record_placements
 from lmcache_core.keys import ObjectKey
 from lmcache_frontends.admin.openapi import obj
-from lmcache_frontends.admin.params import salt_from_url
+from lmcache_frontends.admin.params import bounded_int, salt_from_url
 from lmcache_frontends.coordinator.config import CoordinatorConfig
 
 GIB = 1024**3
@@ -78,16 +78,7 @@ def key_result(key: ObjectKey, record: KeyRecord | None) -> dict[str, Any]:
 
 
 def int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UnprocessableError(f"query parameter {name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise UnprocessableError(f"query parameter {name} must be in [{lo}, {hi}]")
-    return value
+    return bounded_int(name, request.args.get(name), default, lo=lo, hi=hi)
 
 
 # ---------------------------------------------------------------------- OpenAPI fragments

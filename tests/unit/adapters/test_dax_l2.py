@@ -24,6 +24,7 @@ from lmcache_adapters.l2.dax import (
     dax_geometry,
     parse_size,
 )
+from lmcache_adapters.memory import devices as devices_module
 from lmcache_core.errors import ConfigError, ConflictError, ForbiddenOperationError, NotFoundError
 from lmcache_core.keys import ObjectKey, kv_rank_for
 
@@ -172,7 +173,7 @@ def test_device_dax_geometry_comes_from_sysfs(tmp_path: Path, monkeypatch: pytes
     (sysfs / "dax3.1" / "align").write_text("1073741824\n")
     (sysfs / "dax4.0").mkdir()
     (sysfs / "dax4.0" / "size").write_text("4294967296\n")  # an older kernel: no align attribute
-    monkeypatch.setattr(dax_module, "SYSFS_DAX_ROOT", str(sysfs))
+    monkeypatch.setattr(devices_module, "SYSFS_DAX_ROOT", str(sysfs))
     assert dax_geometry("/dev/dax3.1") == (64 * 1024**3, 1024**3)
     assert dax_geometry("/dev/dax4.0") == (4 * 1024**3, 2 * 1024**2)
     with pytest.raises(ConfigError, match="unreadable"):

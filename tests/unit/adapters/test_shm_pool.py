@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -24,6 +25,7 @@ from lmcache_adapters.memory import (
     SharedMemoryPool,
     cleanup_stale_segments,
     create_l1_pool,
+    default_segment_name,
     process_start_ticks,
     segment_owner_alive,
 )
@@ -85,8 +87,8 @@ def test_segment_is_private_named_and_sized_while_open_and_gone_after_close(suff
 def test_default_name_is_the_server_pid() -> None:
     p = SharedMemoryPool(1 * MiB, prefault="none")
     try:
-        assert p.shm_name == f"{SHM_NAME_PREFIX}{os.getpid()}"
-        assert os.path.exists(f"/dev/shm/{SHM_NAME_PREFIX}{os.getpid()}")
+        assert p.shm_name == default_segment_name() == f"{SHM_NAME_PREFIX}srv-{os.getpid()}-{process_start_ticks(os.getpid())}"
+        assert os.path.exists(f"/dev/shm/{p.shm_name}")
     finally:
         p.close()
 
@@ -579,7 +581,7 @@ def test_segments_of_a_live_server_are_refused_and_replaced_once_it_is_killed(
     holder = children.holder
     assert holder.stdout is not None and holder.stdin is not None
     pid_named = holder.stdout.readline().strip()
-    assert pid_named == f"{SHM_NAME_PREFIX}{holder.pid}"
+    assert pid_named == default_segment_name(holder.pid)
     held = f"{SHM_NAME_PREFIX}{children.held_suffix}"
 
     # While the owner lives, its segments are untouchable.
@@ -595,16 +597,22 @@ def test_segments_of_a_live_server_are_refused_and_replaced_once_it_is_killed(
     # (The pid-named one is not checked here: any server starting on this machine may sweep it.)
     assert os.path.exists(f"/dev/shm/{held}")
 
-    # ...and the next server's start, under any name, removes both: nobody holds their lock.
+    # ...the next server's start, under any name, removes the default-named one (its name
+    # proves it is ours and its owner process is gone)...
     other = f"other_{children.held_suffix}"
     p = SharedMemoryPool(2 * MiB, shm_suffix=other, prefault="none")
     try:
-        assert not os.path.exists(f"/dev/shm/{pid_named}") and not os.path.exists(f"/dev/shm/{held}")
-        # (Another server starting on this machine meanwhile may have swept the pid-named one.)
-        assert held in p.stale_segments_removed
+        assert not os.path.exists(f"/dev/shm/{pid_named}")
+        # (Another server starting on this machine meanwhile may have swept it first.)
         assert p.report_status()["stale_segments_removed"] == p.stale_segments_removed
+        # ...but never another --shm-name: it may be anyone's. Only a server of that name
+        # replaces it (the next test).
+        assert os.path.exists(f"/dev/shm/{held}") and held not in p.stale_segments_removed
     finally:
         p.close()
+    q = SharedMemoryPool(1 * MiB, shm_suffix=children.held_suffix, prefault="none", cleanup_stale=False)
+    q.close()
+    assert not os.path.exists(f"/dev/shm/{held}")
 
 
 def test_a_leftover_of_the_same_name_is_replaced(suffix: str) -> None:
@@ -689,3 +697,40 @@ def test_create_l1_pool_sizes_in_gib_and_checks_dev_shm(suffix: str) -> None:
     with pytest.raises(ConfigError, match=r"--l1-size-gb.*available"):
         create_l1_pool(1e9, shm_suffix=suffix)
     assert not os.path.exists(f"/dev/shm/lmcache_l1_pool_{suffix}")
+
+
+def test_segments_of_other_programs_with_our_prefix_are_never_swept() -> None:
+    """LMCache's own servers name their pool `lmcache_l1_pool_<pid>` and hold no flock; any
+    other program may use our prefix too. A sweep must leave them alone, live or not: it cannot
+    prove who owns them (a server of ours once deleted a running reference server's pool)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    names = [
+        f"{SHM_NAME_PREFIX}{sleeper.pid}",  # a live LMCache server's default name, no lock
+        f"{SHM_NAME_PREFIX}{2**22 + 11}",  # the same form, its pid gone
+        f"{SHM_NAME_PREFIX}someones_{uuid.uuid4().hex[:8]}",  # a name chosen by someone else
+    ]
+    try:
+        for name in names:
+            with open(f"/dev/shm/{name}", "wb") as f:
+                f.truncate(PAGE_BYTES)
+        removed = cleanup_stale_segments()
+        assert not set(names) & set(removed)
+        assert all(os.path.exists(f"/dev/shm/{name}") for name in names)
+    finally:
+        sleeper.communicate(timeout=30)
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/{name}")
+
+
+def test_a_dead_default_named_segment_is_swept_even_without_its_owner() -> None:
+    dead = default_segment_name(2**22 + 13)  # beyond pid_max: that process cannot exist
+    assert dead.endswith(f"-{0}")
+    with open(f"/dev/shm/{dead}", "wb") as f:
+        f.truncate(PAGE_BYTES)
+    try:
+        assert dead in cleanup_stale_segments()
+        assert not os.path.exists(f"/dev/shm/{dead}")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{dead}")

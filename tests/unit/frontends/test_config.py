@@ -223,3 +223,57 @@ def test_the_server_re_executes_itself_once_with_the_copy_tunable(monkeypatch: p
     monkeypatch.setattr(ntcopy, "supported", lambda: False)
     server.reexec_with_copy_tunables(config, ["x"])
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- L1 on Device-DAX
+
+
+DEVDAX = {"type": "DEVDAX", "tag": "dax0", "size_gb": 0.5, "path": "/dev/dax0.0"}
+
+
+def test_l1_devdax_path_takes_the_size_of_l1_size_gb_and_refuses_a_shm_name() -> None:
+    config = load_config(["--l1-devdax-path", "/dev/dax0.0", "--l1-size-gb", "64"], env={})
+    assert (config.l1_devdax_path, config.l1_size_gb) == ("/dev/dax0.0", 64.0)
+    assert load_config(["--l1-devdax-path", "/dev/dax0.0", "--shm-name", ""], env={}).shm_name == ""
+    # LMCache 0.5.6's Device-DAX command line, unchanged:
+    assert load_config(["--l1-devdax-path", "/dev/dax0.0", "--no-l1-use-lazy", "--shm-name", ""], env={}).no_l1_use_lazy
+    with pytest.raises(ConfigError, match="--l1-devdax-path cannot be combined with --shm-name 'node0'"):
+        load_config(["--l1-devdax-path", "/dev/dax0.0", "--shm-name", "node0"], env={})
+    assert load_config([], env={"LMCACHE_L1_DEVDAX_PATH": "/data/l1.img"}).l1_devdax_path == "/data/l1.img"
+
+
+def test_a_devdax_l1_manager_sets_the_l1_fields_it_stands_for() -> None:
+    raw = {**DEVDAX, "eviction": {"eviction_policy": "noop", "eviction_ratio": 0.5}, "read_ttl_seconds": 7}
+    config = load_config(["--l1-manager", json.dumps(raw)], env={})
+    assert (config.l1_devdax_path, config.l1_size_gb) == ("/dev/dax0.0", 0.5)
+    assert (config.eviction_policy, config.eviction_ratio, config.l1_read_ttl_seconds) == ("noop", 0.5, 7.0)
+    assert ServerConfig(**{o.name: getattr(config, o.name) for o in OPTIONS}) == config  # folding is idempotent
+    assert config.to_public_dict()["storage_manager"]["l1_devdax_path"] == "/dev/dax0.0"
+    dram = load_config(["--l1-manager", '{"type": "DRAM", "tag": "_default", "size_gb": 2, "shm_name": "n0"}'], env={})
+    assert (dram.l1_devdax_path, dram.l1_size_gb, dram.shm_name) == (None, 2.0, "n0")
+    from_env = load_config([], env={"LMCACHE_L1_MANAGER": json.dumps(DEVDAX)})
+    assert from_env.l1_devdax_path == "/dev/dax0.0"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--l1-manager", json.dumps({**DEVDAX, "type": "GDS"})], "GDS .* is not supported by this server"),
+        (["--l1-manager", json.dumps({**DEVDAX, "type": "NVME"})], "requires type DRAM, DEVDAX or GDS"),
+        (["--l1-manager", json.dumps({**DEVDAX, "tag": "_default"})], "only DRAM can use the _default tag"),
+        (["--l1-manager", json.dumps({k: v for k, v in DEVDAX.items() if k != "path"})], "path must be a non-empty string"),
+        (["--l1-manager", json.dumps({**DEVDAX, "colour": 1})], r"unknown L1 fields for type DEVDAX: \['colour'\]"),
+        (["--l1-manager", json.dumps({**DEVDAX, "size_gb": 0})], "size_gb must be a number > 0"),
+        (["--l1-manager", json.dumps({**DEVDAX, "align_bytes": 8192})], "align_bytes must be a power of two up to 4096"),
+        (["--l1-manager", json.dumps({**DEVDAX, "eviction": {"eviction_policy": "ARC"}})], "eviction_policy must be one of"),
+        (["--l1-manager", json.dumps({**DEVDAX, "eviction": {"policy": "LRU"}})], "eviction must contain"),
+        (["--l1-manager", '{"type": "DRAM", "tag": "t", "size_gb": 1, "use_hugepages": true}'], "use_hugepages is not supported"),
+        (["--l1-manager", "[1]"], 'must be a JSON object with a string "type"'),
+        (["--l1-manager", json.dumps(DEVDAX), "--l1-manager", json.dumps({**DEVDAX, "tag": "b"})], "may be given once"),
+        (["--l1-manager", json.dumps(DEVDAX), "--l1-size-gb", "2"], r"use either --l1-manager or the legacy L1 flags \(--l1-size-gb\)"),
+        (["--l1-manager", json.dumps(DEVDAX), "--l1-devdax-path", "/dev/dax1.0"], r"legacy L1 flags \(--l1-devdax-path\)"),
+    ],
+)
+def test_bad_l1_managers_stop_the_start_naming_the_problem(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, env={})
