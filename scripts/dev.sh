@@ -57,6 +57,22 @@ ensure_chromium() {
   say "install it (as root: apt-get install chromium) or set LMCACHE_CHROMIUM to a Chromium binary" >&2
 }
 
+# The fleet's tests start a real redis-server (Debian's package) on a free loopback port:
+# install it with apt when we can, else say how; those tests then fail (they do not skip).
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  [ -x /usr/bin/redis-server ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing redis-server (the fleet's tests start one on a free loopback port)"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; then
+      [ -x /usr/bin/redis-server ] && return 0
+    fi
+  fi
+  say "no redis-server: the fleet's Redis tests will FAIL." >&2
+  say "install it (as root: apt-get install redis-server)" >&2
+}
+
 # The pid of the server `start` runs, when it is alive and really lmcache-server.
 running_pid() {
   local pid
@@ -180,6 +196,7 @@ case "$cmd" in
   test)
     ensure_venv "[dev]"
     ensure_chromium
+    ensure_redis
     say "import contracts"
     "$VENV/bin/lint-imports" --no-cache
     say "pytest"

@@ -1,5 +1,5 @@
 """Start and stop a real `redis-server` on a free loopback port (no persistence), for the fleet's
-tests. Tests skip with a clear reason when the binary is missing (`.ci/run` installs it)."""
+tests. Tests fail with a clear reason when the binary is missing (`bash scripts/dev.sh test` installs it)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ def free_port() -> int:
 
 def require_redis() -> None:
     if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
+        pytest.fail(
+            f"redis-server is not installed at {REDIS_SERVER}: the fleet's tests need a real one "
+            "(apt-get install redis-server; `bash scripts/dev.sh test` installs it when run as root)"
+        )
 
 
 class RedisProcess:
