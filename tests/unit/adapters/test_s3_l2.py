@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from lmcache_adapters.l2 import s3 as s3_module
+from lmcache_adapters.l2.breaker import CircuitBreaker
 from lmcache_adapters.l2.integrity import HEADER_SIZE
 from lmcache_adapters.l2.s3 import (
     S3_FIELDS,
-    CircuitBreaker,
     S3L2Adapter,
     S3UnavailableError,
     create_s3_adapter,
