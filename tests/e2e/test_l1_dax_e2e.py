@@ -119,6 +119,7 @@ def test_reference_bench_server_driven_passes_every_checksum(
 ) -> None:
     server = dax_server(start_server, tmp_path)
     report = run_reference_bench(
+        "0.5.0",
         server, tmp_path, "--kvcache-shape-spec", "(2,256,16,4,64):bfloat16:4", "--num-tokens", "1024",
         "--start", "0", "--end", "12", "--transfer-mode", "lmcache_driven",
     )
