@@ -170,7 +170,7 @@ def test_public_dict_is_grouped_like_the_reference_and_hides_secrets() -> None:
     adapter = {"type": "s3", "bucket": "kv", "aws_secret_access_key": "hunter2", "nested": {"token": "t"}}
     config = ServerConfig(http_port=9000, l2_adapters=(json.dumps(adapter),))
     public = config.to_public_dict()
-    assert set(public) == {"mp", "storage_manager", "observability"}
+    assert set(public) == {"mp", "storage_manager", "observability", "coordinator"}  # 0.5.6's sections
     assert public["mp"]["http_port"] == 9000 and public["mp"]["http_host"] == "127.0.0.1"
     assert public["storage_manager"]["l1_size_gb"] == 1.0
     assert public["observability"]["log_level"] == "INFO"
