@@ -217,7 +217,8 @@ def test_three_servers_two_coordinators_one_redis_one_bucket(redis_proc: RedisPr
         redis_proc.restart()
         poll(lambda: len(get_json(f"{b.url}/instances")[1]["instances"]) == 3, 20, "registrations after the restart")
         poll(lambda: matches_the_bucket(b.url, members[2], sizes_reported=False), 30, "the bucket resynced after the Redis restart")
-        assert get_json(f"{b.url}/fleet/status")[1]["resync"] == "done"
+        poll(lambda: get_json(f"{b.url}/fleet/status")[1]["resync"] == "done", 15, "the resync marked done")
+        poll(lambda: matches_the_bucket(b.url, members[2], sizes_reported=False), 15, "the directory after the resync")
         # A server killed with SIGKILL: its lease lapses and its L1 placements leave the directory.
         # (L1 placements lost with Redis come back with each server's next stores.)
         victim = members[1].instance_id()
