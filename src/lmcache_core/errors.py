@@ -68,3 +68,14 @@ class UpstreamError(LMCacheError):
 class BackendUnavailableError(UnavailableError):
     """An L2 adapter's backend cannot be used (missing bucket, unwritable path, dead endpoint);
     the message names the problem for an operator."""
+
+
+class BackendUnreachableError(BackendUnavailableError):
+    """An L2 backend did not answer at all (connection refused, timed out, reset), or its
+    circuit breaker is open. The circuit-breaking wrapper counts these, and only these: an
+    answer that refuses (missing object, access denied) proves the backend reachable."""
+
+
+class CorruptObjectError(LMCacheError):
+    """A stored object failed verification (bad header, wrong length, checksum mismatch). A
+    backend raises it from `get_into` after removing the object; the caller sees a miss."""

@@ -35,7 +35,7 @@ DEFAULT_JOB_TTL_SECONDS = 600.0
 _KEY_CACHE_ENTRIES = 256
 
 
-def _token_count(tokens: Any) -> int:
+def token_count(tokens: Any) -> int:
     """How many token ids `tokens` holds (TokenBytes carry 4 bytes per token); 0 when unknown."""
     if isinstance(tokens, TokenBytes):
         return len(tokens) // 4
@@ -280,9 +280,9 @@ class DataPath:
 
     # -- keys -----------------------------------------------------------------------------
 
-    def check_token_count(self, key: RequestKey) -> None:
+    def checktoken_count(self, key: RequestKey) -> None:
         """InvalidKeyError when the key holds more token ids than `max_tokens_per_key`."""
-        n = _token_count(key.token_ids)
+        n = token_count(key.token_ids)
         if n > self.limits.max_tokens_per_key:
             raise InvalidKeyError(
                 f"the key holds {n} token ids, more than the {self.limits.max_tokens_per_key} allowed "
@@ -291,7 +291,7 @@ class DataPath:
 
     def chunk_hashes(self, key: RequestKey, client: ClientId = LOCAL_CLIENT) -> list[bytes]:
         """Hashes of every full chunk of the key's tokens (through its session)."""
-        self.check_token_count(key)
+        self.checktoken_count(key)
         return self.sessions.chunk_hashes(
             key.request_id, key.token_ids, model_name=key.model_name, world_size=key.world_size,
             cache_salt=key.cache_salt, client=client,
@@ -357,26 +357,33 @@ class DataPath:
     # -- lookup ---------------------------------------------------------------------------
 
     @staticmethod
-    def extra_locks(tp_size: int, world_size: int) -> int:
-        """Extra read locks per key: MLA engines run tp_size readers over world_size KV ranks."""
-        return tp_size - 1 if tp_size > world_size else 0
+    def extra_locks(tp_size: int, world_size: int, readers: int = 0) -> int:
+        """Extra read locks per key (beyond one): MLA engines run tp_size readers over
+        world_size KV ranks (0.5.0's rule); a client that says how many workers will read each
+        object (LMCache 0.5.6's `num_kv_readers`, >= 1) gets at least that many locks. The
+        larger of the two: too many locks only hold an object until the lease lapses or is
+        freed, too few would fail a rank's retrieve."""
+        from_tp = tp_size - 1 if tp_size > world_size else 0
+        return max(from_tp, readers - 1)
 
-    def lookup(self, key: RequestKey, tp_size: int = 1, client: ClientId = LOCAL_CLIENT) -> LookupJob:
+    def lookup(
+        self, key: RequestKey, tp_size: int = 1, client: ClientId = LOCAL_CLIENT, *, readers: int = 0
+    ) -> LookupJob:
         """Lock the leading run of L1 hits over all full chunks (start/end ignored, as 0.5.0
-        does) as promises in the lease (client, request_id), hand the rest to the L2
-        prefetcher, and record the job under (client, request_id)."""
+        does) as promises in the lease (client, request_id), `1 + extra_locks(...)` per key,
+        hand the rest to the L2 prefetcher, and record the job under (client, request_id)."""
         ws = key.world_size
         now = self._clock.monotonic()
         object_size = self.object_size(key.model_name, ws)
         if object_size is None:
-            self.check_token_count(key)
+            self.checktoken_count(key)
             job = LookupJob(key.request_id, ws, 0, 0, None, now, owner=client)
             self._put_job(job)
-            self._report_lookup(key, _token_count(key.token_ids) // self.chunk_size, 0)
+            self._report_lookup(key, token_count(key.token_ids) // self.chunk_size, 0)
             return job
         hashes = self.chunk_hashes(key, client)
         keys = self.keys_of(key, hashes)
-        extra = self.extra_locks(tp_size, ws)
+        extra = self.extra_locks(tp_size, ws, readers)
         # Only the leading run of whole chunks (every rank) is locked: past a hole the engine
         # cannot use a chunk. An object of another size under the same key was stored under an
         # earlier layout of this model name: it cannot be served to this engine, so it is a miss.
@@ -501,7 +508,9 @@ class DataPath:
             job = self._jobs.get((client, request_id))
             return 0 if job is None else job.lookup_hits()
 
-    def free_lookup_locks(self, key: RequestKey, tp_size: int = 1, client: ClientId = LOCAL_CLIENT) -> int:
+    def free_lookup_locks(
+        self, key: RequestKey, tp_size: int = 1, client: ClientId = LOCAL_CLIENT, *, readers: int = 0
+    ) -> int:
         """Release up to `1 + extra` locks on each key of [start, end) (all ranks when
         worker_id is nil) from the caller's own lease of the request. Returns how many keys
         had locks released."""
@@ -509,7 +518,8 @@ class DataPath:
         keys = self.keys_of(key, hashes, key.worker_id)
         if not keys:
             return 0
-        return self.leases.release(client, key.request_id, keys, 1 + self.extra_locks(tp_size, key.world_size))
+        extra = self.extra_locks(tp_size, key.world_size, readers)
+        return self.leases.release(client, key.request_id, keys, 1 + extra)
 
     def end_session(self, request_id: str, client: ClientId = LOCAL_CLIENT) -> bool:
         """END_SESSION: forget the session and LRU-touch its chunks; releases no locks (as

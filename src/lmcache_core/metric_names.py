@@ -148,8 +148,10 @@ L2_USAGE_BYTES = _gauge(
 L2_ADAPTERS = _gauge("l2_adapters", "L2 adapters configured, by state (active; draining is always 0 here).", "state")
 L2_CAPACITY_BYTES = _gauge("l2_capacity_bytes", "Capacity of an L2 adapter in bytes (absent when unbounded).", "adapter")
 L2_EVICTED_OBJECTS = _counter("l2_evicted_objects", "Objects evicted from an L2 adapter by its eviction policy.", "adapter")
-L2_CHECKSUM_FAILURES = _counter("l2_checksum_failures", "Objects read from L2 whose checksum did not match.", "adapter")
-L2_CIRCUIT_OPENED = _counter("l2_circuit_opened", "Times an L2 adapter's circuit breaker opened.", "adapter")
+L2_CHECKSUM_FAILURES = _counter(
+    "l2_checksum_failures", "Objects read from L2 whose checksum did not match.", "adapter", "kind"
+)
+L2_CIRCUIT_OPENED = _counter("l2_circuit_opened", "Times an L2 adapter's circuit breaker opened.", "adapter", "kind")
 
 # -- engine, sessions, instances --------------------------------------------------------------
 

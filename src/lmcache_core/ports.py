@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from lmcache_core.keys import ObjectKey
 
@@ -316,7 +316,146 @@ class Reconfigurable(Protocol):
 
 
 @runtime_checkable
-class WrapsL2Adapter(Protocol):
-    """A wrapper around another adapter (serde): capabilities of the wrapped one still count."""
+class NamesItsType(Protocol):
+    """An adapter that names the class /l2/adapters shows (a wrapper names what it wraps)."""
 
-    inner: L2Adapter
+    @property
+    def type_name(self) -> str:
+        """`FSL2Adapter`, `S3L2Adapter`, ... or a third-party backend's class name."""
+        ...
+
+
+_Cap = TypeVar("_Cap")
+
+
+@runtime_checkable
+class ForwardsCapabilities(Protocol):
+    """A wrapper (the standard L2 stack, serde) that answers for the capabilities of what it
+    wraps. A wrapper cannot *be* every capability of its inner object (runtime-checkable
+    Protocols look at methods, and a wrapper's methods are fixed), so it says which object
+    provides one instead."""
+
+    def capability(self, protocol: type[_Cap]) -> _Cap | None:
+        """The object (this one, or one it wraps) implementing `protocol`; None when none does."""
+        ...
+
+
+def capability_of(obj: object, protocol: type[_Cap]) -> _Cap | None:
+    """`obj` when it implements the runtime-checkable `protocol`, else what a wrapper declares
+    for it (ForwardsCapabilities), else None. The one way to ask an adapter for a capability."""
+    if isinstance(obj, ForwardsCapabilities):
+        return obj.capability(protocol)
+    return obj if isinstance(obj, protocol) else None
+
+
+# --------------------------------------------------------------------------- storage backends
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """The narrow port a storage tier implements: synchronous, one key at a time, I/O only.
+
+    The standard wrappers (`lmcache_adapters.l2.stack`) turn a backend into a full L2Adapter:
+    they run calls on a thread pool and hand out Futures, count pending work, refuse work after
+    close, keep the per-key lookup locks (and skip locked keys on delete, atomically), record
+    metrics under one label scheme, optionally break the circuit on an unreachable backend,
+    and optionally compress (serde). A backend does none of that.
+
+    Methods may block on I/O and are called from several threads at once: a backend protects
+    its own state. `BackendUnreachableError` means "did not answer" (the circuit breaker counts
+    it); any other exception from put/get_into/exists fails that key only.
+    """
+
+    kind: str
+    """The registered kind (`fs`, `s3`, ...), shown in /status and as the `kind` metric label."""
+
+    def put(self, key: ObjectKey, payload: memoryview) -> bool:
+        """Store `payload` (a flat byte view, valid for this call only) under `key`, replacing
+        any older object. True when durably stored; False when it does not fit or failed."""
+        ...
+
+    def get_into(self, key: ObjectKey, buffer: memoryview) -> bool:
+        """Fill `buffer` (a writable flat byte view) with the object's bytes. False when the key
+        is absent or its length differs from `buffer`'s; raise CorruptObjectError (after
+        removing the object) when it fails verification. Never leave a partial object trusted."""
+        ...
+
+    def exists(self, key: ObjectKey) -> bool:
+        """Whether `key` is stored now."""
+        ...
+
+    def delete(self, key: ObjectKey) -> bool:
+        """Remove `key`; True when it was there. The wrappers never call this for a locked key."""
+        ...
+
+    def list_keys(
+        self,
+        page_size: int,
+        page_token: str | None = None,
+        *,
+        model_name: str | None = None,
+        cache_salt: str | None = None,
+    ) -> KeyPage:
+        """One page of stored keys, as `L2Adapter.list_keys` (ListingNotSupportedError if it
+        cannot enumerate; ValueError for a bad page size or token)."""
+        ...
+
+    def usage(self) -> L2Usage:
+        """Bytes used, capacity and bytes per cache_salt (cheap: no I/O)."""
+        ...
+
+    def report_status(self) -> dict[str, Any]:
+        """The backend's own status fields with `is_healthy` (cheap: no I/O). The wrappers add
+        `pending_operations`, `locked_key_count`, `closed` and the circuit's fields."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; called once, after every operation submitted has finished."""
+        ...
+
+
+@runtime_checkable
+class DeletesInBatches(Protocol):
+    """Capability of a backend that removes many keys in one request (S3's DeleteObjects)."""
+
+    def delete_many(self, keys: Sequence[ObjectKey]) -> list[bool]:
+        """Remove distinct `keys`; per key, True when it was there and is now gone."""
+        ...
+
+
+@runtime_checkable
+class KeyLockView(Protocol):
+    """The lookup locks the wrappers keep, as a backend that must not move or drop locked
+    objects (dax during a device removal) sees them."""
+
+    def is_locked(self, key: ObjectKey) -> bool:
+        """Whether a lookup holds `key` now."""
+        ...
+
+    def locked_keys(self) -> list[ObjectKey]:
+        """Every key a lookup holds now."""
+        ...
+
+    def discard(self, keys: Sequence[ObjectKey]) -> None:
+        """Forget every lock on `keys`: the backend dropped them for good (a forced device
+        removal, a corrupt object); the holders' later unlocks are ignored."""
+        ...
+
+
+@runtime_checkable
+class SeesKeyLocks(Protocol):
+    """Capability of a backend that needs to know which keys are locked (see KeyLockView)."""
+
+    def attach_key_locks(self, locks: KeyLockView) -> None:
+        """Called once by the wrappers, before any operation, with their lock table."""
+        ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """Capability of a backend whose calls may block for long (a simulated slow link): at close
+    the wrappers interrupt it before waiting for the calls in flight."""
+
+    def interrupt(self) -> None:
+        """Make blocked and later calls give up promptly (they fail their keys)."""
+        ...

@@ -27,7 +27,7 @@ from lmcache_core.ports import (
     MetricsSink,
     NullMetricsSink,
     OwnsDevices,
-    WrapsL2Adapter,
+    capability_of,
 )
 from lmcache_core.quota import QuotaManager
 from lmcache_core.status import compose_status, safe_report
@@ -221,14 +221,12 @@ class StorageManager:
         return threads
 
     def device_owners(self) -> list[tuple[str, OwnsDevices]]:
-        """The L2 adapters that map devices (the dax kind, unwrapped from serde), by label."""
+        """The L2 adapters that map devices (the dax kind, also under serde), by label."""
         out: list[tuple[str, OwnsDevices]] = []
         for entry in self.l2_adapters:
-            adapter: Any = entry.adapter
-            if not isinstance(adapter, OwnsDevices) and isinstance(adapter, WrapsL2Adapter):
-                adapter = adapter.inner
-            if isinstance(adapter, OwnsDevices):
-                out.append((entry.name, adapter))
+            owner = capability_of(entry.adapter, OwnsDevices)
+            if owner is not None:
+                out.append((entry.name, owner))
         return out
 
     def _refuse_shared_devices(self, arenas: L1Arenas) -> None:

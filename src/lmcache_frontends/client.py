@@ -168,7 +168,11 @@ class LMCacheClient:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(url)
-        self._uid = 0
+        # Opens as LMCache 0.5.0's own clients do, with GET_CHUNK_SIZE (not waited for: its
+        # reply is dropped as a late one): the server recognises this client's protocol from
+        # its first message, so even a first NOOP is answered as 0.5.0's (docs/protocol.md).
+        self._sock.send_multipart([encode(0), encode(int(RequestType.GET_CHUNK_SIZE))])
+        self._uid = 1
         self._lock = threading.Lock()
         self._chunk_size: int | None = None
         self._mappings: list[mmap.mmap] = []

@@ -21,6 +21,7 @@ REDACTED = "***"
 HASH_ALGORITHMS = ("blake3", "xxh3", "sha256", "builtin")
 EVICTION_POLICIES = ("LRU", "IsolatedLRU", "noop")
 TRANSFER_MODES = ("auto", "engine_driven", "lmcache_driven")
+PROTOCOLS = ("auto", "0.5.0", "0.5.6")
 L2_PREFETCH_POLICIES = ("default", "retain")
 L2_STORE_POLICIES = ("default", "skip_l1")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -369,6 +370,13 @@ class ServerConfig:
         "lmcache_driven (server gathers/scatters the engine's shared KV tensors only).",
         metavar=_choices_metavar(TRANSFER_MODES),
         check=_one_of(TRANSFER_MODES),
+    )
+    protocol: str = _opt(
+        "auto",
+        "LMCache wire protocol of the data path: auto (each client recognised from its own messages, "
+        "0.5.0 and 0.5.6 at once), or 0.5.0 / 0.5.6 for every client.",
+        metavar=_choices_metavar(PROTOCOLS),
+        check=_one_of(PROTOCOLS),
     )
     transfer_threads: int = _opt(
         0,

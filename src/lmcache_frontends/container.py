@@ -14,6 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from lmcache_adapters.l2.serde import make_codec, wrap_with_serde
+from lmcache_adapters.l2.stack import as_l2_adapter
 from lmcache_adapters.metrics import PrometheusMetricsSink
 from lmcache_adapters.plugin_manager import LMCachePluginManager
 from lmcache_core.clock import SystemClock
@@ -109,7 +110,10 @@ def build_l2_adapters(
                 config=config, clock=clock, index=index, name=name, metrics=metrics or NullMetricsSink()
             )
             try:
-                adapter = spec.factory(dict(fields), context)
+                # A factory returns a full L2Adapter or a bare StorageBackend (given the standard stack).
+                adapter = as_l2_adapter(
+                    spec.factory(dict(fields), context), name=name, metrics=context.metrics, clock=clock
+                )
                 if serde is not None:
                     adapter = wrap_with_serde(adapter, serde)
             except ConfigError as exc:

@@ -42,15 +42,46 @@ def raw_request(url: str, frames: list[bytes], timeout_ms: int = 300) -> list[by
     """Send `frames` on a fresh DEALER connection to a data-path server (a client of its own,
     as an engine would connect) and return the reply's frames, or None when none came within
     `timeout_ms` (the server dropped the request, or the connection)."""
-    import zmq
+    with RawClient(url) as client:
+        return client.request(frames, timeout_ms)
 
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(url)
-    try:
-        sock.send_multipart(frames)
-        if not sock.poll(timeout_ms):
+
+class RawClient:
+    """One DEALER connection to a data-path server sending hand-made frames: the server sees
+    one client (one identity) across requests, so it recognises the client's protocol from its
+    first messages as it would an engine's. A context manager; `close()` ends the connection."""
+
+    def __init__(self, url: str) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(url)
+
+    def request(self, frames: list[bytes], timeout_ms: int = 300) -> list[bytes] | None:
+        """The first reply to `frames` (late replies to earlier requests are dropped first), or
+        None when none came within `timeout_ms`."""
+        while self._sock.poll(0):
+            self._sock.recv_multipart()
+        self._sock.send_multipart(frames)
+        if not self._sock.poll(timeout_ms):
             return None
-        return sock.recv_multipart()
-    finally:
-        sock.close()
+        reply: list[bytes] = self._sock.recv_multipart()
+        return reply
+
+    def replies(self, timeout_ms: int = 300) -> list[list[bytes]]:
+        """Every further reply that arrives within `timeout_ms` of the previous one."""
+        out = []
+        while self._sock.poll(timeout_ms):
+            out.append(self._sock.recv_multipart())
+        return out
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,4 +1,4 @@
-"""The L2 adapter contract over the `dax` adapter on regular files standing in for Device-DAX devices."""
+"""The storage backend contract and the L2 contract over the `dax` kind, on regular files standing in for Device-DAX devices."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_adapters.l2.dax import SLOT_OVERHEAD, DaxL2Adapter
-from lmcache_adapters.testing import L2AdapterContract
+from lmcache_adapters.l2.dax import SLOT_OVERHEAD, DaxBackend, DaxL2Adapter
+from lmcache_adapters.testing import L2AdapterContract, StorageBackendContract
 from lmcache_core.keys import ObjectKey
 
 MIB = 1024 * 1024
@@ -20,6 +20,38 @@ SLOTS_PER_DEVICE = 400
 
 def device_size(slots: int, slot_bytes: int) -> int:
     return 4096 + slots * slot_bytes
+
+
+def flip_payload_byte(backend: DaxBackend, key: ObjectKey) -> None:
+    loc = backend._index[key]
+    offset = loc.device.slot_offset(loc.slot) + SLOT_OVERHEAD + loc.length // 2  # inside the payload
+    fd = os.open(loc.device.path, os.O_RDWR)
+    try:
+        byte = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([byte[0] ^ 0x10]), offset)
+    finally:
+        os.close(fd)
+
+
+class TestDaxBackendContract(StorageBackendContract):
+    supports_listing = True
+    persists_bytes = True
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[DaxBackend]:
+        size = device_size(16, SLOT_BYTES)
+        backend = DaxBackend([{"path": str(tmp_path / "dax0"), "size": size}], SLOT_BYTES, preallocate=False)
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def capacity_limited_backend(self, tmp_path: Path) -> Iterator[DaxBackend]:
+        backend = DaxBackend([{"path": str(tmp_path / "small"), "size": device_size(4, 8192)}], 8192)
+        yield backend
+        backend.close()
+
+    def corrupt(self, backend: DaxBackend, key: ObjectKey) -> None:  # type: ignore[override]
+        flip_payload_byte(backend, key)
 
 
 class TestDaxContract(L2AdapterContract):
@@ -50,13 +82,4 @@ class TestDaxContract(L2AdapterContract):
         adapter.close()
 
     def corrupt(self, adapter: DaxL2Adapter, key: ObjectKey) -> None:  # type: ignore[override]
-        loc = adapter._index[key]
-        offset = (
-            loc.device.slot_offset(loc.slot) + SLOT_OVERHEAD + loc.length // 2
-        )  # inside the payload
-        fd = os.open(loc.device.path, os.O_RDWR)
-        try:
-            byte = os.pread(fd, 1, offset)
-            os.pwrite(fd, bytes([byte[0] ^ 0x10]), offset)
-        finally:
-            os.close(fd)
+        flip_payload_byte(adapter.backend, key)

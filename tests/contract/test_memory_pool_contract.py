@@ -1,5 +1,6 @@
 """The MemoryPool contract over both L1 pools: shared memory, and Device-DAX arenas on regular files
-(one arena, and two arenas so that allocation, churn and frees cross an arena boundary)."""
+(one arena, and two arenas so that allocation, churn and frees cross an arena boundary), and the
+tests' pure-python BytearrayMemoryPool."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from lmcache_adapters.memory import SharedMemoryPool
 from lmcache_adapters.memory.dax_pool import DaxMemoryPool
 from lmcache_adapters.testing.memory_contract import CAPACITY, MemoryPoolContract, device_file
+from lmcache_core.testing import BytearrayMemoryPool
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
@@ -38,5 +40,15 @@ class TestTwoArenaDaxMemoryPoolContract(MemoryPoolContract):
         half = CAPACITY // 2
         p = DaxMemoryPool(device_file(tmp_path / "a.img", half), half)
         p.add_arena(device_file(tmp_path / "b.img", half), half)
+        yield p
+        p.close()
+
+
+class TestBytearrayMemoryPoolContract(MemoryPoolContract):
+    """The test allocator obeys the same contract, so unit tests over it mean what they say."""
+
+    @pytest.fixture
+    def pool(self) -> Iterator[BytearrayMemoryPool]:
+        p = BytearrayMemoryPool(CAPACITY)
         yield p
         p.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_adapters.l2.s3 import S3L2Adapter
-from lmcache_adapters.testing import L2AdapterContract
+from lmcache_adapters.l2.s3 import S3Backend, S3L2Adapter
+from lmcache_adapters.testing import L2AdapterContract, StorageBackendContract
 from lmcache_core.keys import ObjectKey
 from lmcache_core.ports import L2Adapter
 
@@ -64,4 +64,40 @@ class TestS3Contract(L2AdapterContract):
         name = adapter.object_name(key)
         blob = bytearray(client.get_object(Bucket=BUCKET, Key=name)["Body"].read())
         blob[len(blob) // 2] ^= 0x01  # one flipped bit in the payload
+        client.put_object(Bucket=BUCKET, Key=name, Body=bytes(blob))
+
+
+class TestS3BackendContract(StorageBackendContract):
+    supports_listing = True
+    persists_bytes = True
+
+    @staticmethod
+    def _backend(s3: MotoServer, **extra: object) -> S3Backend:
+        return S3Backend(
+            bucket=BUCKET,
+            endpoint_url=s3.url,
+            prefix=f"t-{uuid.uuid4().hex[:12]}/",
+            connect_timeout=2.0,
+            read_timeout=5.0,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    @pytest.fixture
+    def backend(self, s3: MotoServer) -> Iterator[S3Backend]:
+        backend = self._backend(s3)
+        self._s3 = s3
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def capacity_limited_backend(self, s3: MotoServer) -> Iterator[S3Backend]:
+        backend = self._backend(s3, capacity_bytes=32 * 1024)
+        yield backend
+        backend.close()
+
+    def corrupt(self, backend: S3Backend, key: ObjectKey) -> None:  # type: ignore[override]
+        client = self._s3.client()
+        name = backend.object_name(key)
+        blob = bytearray(client.get_object(Bucket=BUCKET, Key=name)["Body"].read())
+        blob[len(blob) // 2] ^= 0x01
         client.put_object(Bucket=BUCKET, Key=name, Body=bytes(blob))

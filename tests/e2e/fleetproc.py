@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from serverproc import ServerProcess, pump_stderr, server_command
 from lmcache_adapters.fleet.client import CoordinatorClient
 from lmcache_core.fleet.model import Tier
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.server import AdminServer
 
 READY_RE = re.compile(r"listening on (http://\S+)")
@@ -50,18 +50,14 @@ def get_json(url: str, method: str = "GET", body: Any = None, timeout: float = 5
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Call `check` until it returns a truthy value (exceptions count as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (OSError, AssertionError, KeyError, TypeError, ValueError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    """Call `check` until it returns a truthy value (a server's errors count as not yet)."""
+    return poll_until(
+        check,
+        timeout=timeout,
+        interval=interval,
+        what=what,
+        ignore=(OSError, AssertionError, KeyError, TypeError, ValueError),
+    )
 
 
 class RoundRobinProxy:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ from serverproc import ServerProcess
 
 from lmcache_adapters.metrics import LMCACHE_050_FAMILIES
 from lmcache_core import metric_names as mn
+from lmcache_core.testing import poll_until
 from lmcache_frontends.client import LMCacheClient, make_key
 
 pytestmark = pytest.mark.e2e
@@ -54,12 +53,6 @@ def status(url: str) -> dict[str, Any]:
         return json.loads(resp.read())
 
 
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.05)
-
 
 def drive(server: ServerProcess) -> None:
     """The known sequence. Comments say what each step must count."""
@@ -72,9 +65,9 @@ def drive(server: ServerProcess) -> None:
         # 1. STORE 4 chunks: 4 written to L1, then written back to the mock L2 (4 read, 4 stored).
         assert client.store_engine_driven(ctx, make_key(MODEL, TOKENS, "a", end=N * CHUNK, worker_id=0), data)
         client.end_session("a")
-        wait_until(lambda: status(server.url)["storage_manager"]["store_controller"]["adapters"]["0:mock"]["completed"] == N
+        poll_until(lambda: status(server.url)["storage_manager"]["store_controller"]["adapters"]["0:mock"]["completed"] == N
                    and status(server.url)["storage_manager"]["store_controller"]["in_flight_batches"] == 0,
-                   "write-back of request a")
+                   what="write-back of request a", timeout=20.0, interval=0.05)
         # 2. LOOKUP: all 4 in L1 (256 L1 hit tokens, no L2 lookup); RETRIEVE them: 4 read.
         client.lookup(make_key(MODEL, TOKENS, "b"))
         assert client.wait_for_lookup("b", timeout=10) == N
@@ -171,7 +164,7 @@ def counted(request: pytest.FixtureRequest) -> Samples:
     server = launch(["--chunk-size", str(CHUNK), "--l2-adapter", '{"type": "mock"}'], shm_prefix="e2e_counters")
     try:
         drive(server)
-        wait_until(lambda: status(server.url)["storage_manager"]["store_controller"]["in_flight_batches"] == 0, "idle")
+        poll_until(lambda: status(server.url)["storage_manager"]["store_controller"]["in_flight_batches"] == 0, what="idle", timeout=20.0, interval=0.05)
         return scrape(server.url)
     finally:
         assert server.stop() == 0

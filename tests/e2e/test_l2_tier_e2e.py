@@ -16,6 +16,7 @@ import torch
 from serverproc import ServerProcess
 
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from lmcache_frontends.client import LMCacheClient, make_key
 from s3_server import MotoServer, moto_server
 
@@ -36,14 +37,6 @@ def adapter_report(server: ServerProcess) -> dict[str, Any]:
     (report,) = status(server)["storage_manager"]["l2_adapters"]
     return report
 
-
-def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def written_back(server: ServerProcess, n: int) -> bool:
@@ -102,7 +95,7 @@ def test_fs_chunks_survive_sigkill_and_come_back_as_l2_hits(fs_server: Callable[
     data = chunks(1)
     first = fs_server()
     store(first, data)
-    wait_until(lambda: written_back(first, 4), what="write-back of 4 chunks")
+    poll_until(lambda: written_back(first, 4), what="write-back of 4 chunks", timeout=20.0, interval=0.1)
     first.stop(signal.SIGKILL)
 
     second = fs_server()
@@ -120,7 +113,7 @@ def test_a_flipped_byte_on_disk_is_a_miss_never_a_wrong_hit(fs_server: Callable[
     data = chunks(2)
     first = fs_server()
     store(first, data)
-    wait_until(lambda: written_back(first, 4), what="write-back of 4 chunks")
+    poll_until(lambda: written_back(first, 4), what="write-back of 4 chunks", timeout=20.0, interval=0.1)
     assert first.stop() == 0
 
     files = stored_files(tmp_path / "l2")
@@ -169,7 +162,7 @@ def test_s3_outage_degrades_to_misses_and_recovers_without_restart(
     }
     server = start_server("--chunk-size", str(CHUNK), "--l2-adapter", json.dumps(adapter))
     store(server, chunks(3), "before")
-    wait_until(lambda: written_back(server, 4), what="write-back before the outage")
+    poll_until(lambda: written_back(server, 4), what="write-back before the outage", timeout=20.0, interval=0.1)
     assert adapter_report(server)["is_healthy"] is True
 
     moto.stop()
@@ -180,18 +173,18 @@ def test_s3_outage_degrades_to_misses_and_recovers_without_restart(
     hits, _ = lookup_and_retrieve(server, "during")
     assert hits == 0
     assert time.monotonic() - started < 15
-    wait_until(lambda: adapter_report(server)["is_healthy"] is False, what="s3 reported unhealthy")
+    poll_until(lambda: adapter_report(server)["is_healthy"] is False, what="s3 reported unhealthy", timeout=20.0, interval=0.1)
     assert adapter_report(server)["circuit"] in ("open", "half_open")
     assert status(server)["is_healthy"] is False
 
     moto.restart()
     moto.client().create_bucket(Bucket="kv-cache")  # moto keeps no state across a restart
-    wait_until(lambda: adapter_report(server)["is_healthy"] is True, timeout=30, what="s3 recovered")
+    poll_until(lambda: adapter_report(server)["is_healthy"] is True, timeout=30, what="s3 recovered", interval=0.1)
     data = chunks(4)
     with LMCacheClient(zmq_url(server)) as client:
         client.clear()
     store(server, data, "after")
-    wait_until(lambda: written_back(server, 8), what="write-back after recovery")
+    poll_until(lambda: written_back(server, 8), what="write-back after recovery", timeout=20.0, interval=0.1)
     with LMCacheClient(zmq_url(server)) as client:
         client.clear()
     hits, got = lookup_and_retrieve(server, "after-lookup")

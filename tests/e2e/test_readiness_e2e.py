@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from serverproc import ServerProcess
 
+from lmcache_core.testing import poll_until
 from s3_server import MotoServer, moto_server
 
 pytestmark = pytest.mark.e2e
@@ -35,14 +35,6 @@ def get(url: str) -> tuple[int, dict[str, Any]]:
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def l2_report(server: ServerProcess) -> dict[str, Any]:
@@ -79,7 +71,7 @@ def test_a_missing_bucket_is_not_ready_from_the_start_and_recovers_once_created(
     assert get(f"{server.url}/healthcheck")[0] == 200  # alive, just not ready: no restart loop
 
     moto.client().create_bucket(Bucket="no-such-bucket")
-    wait_for(lambda: get(f"{server.url}/readyz")[0] == 200, what="/readyz ready")
+    poll_until(lambda: get(f"{server.url}/readyz")[0] == 200, what="/readyz ready", timeout=30.0, interval=0.2)
     # /status agrees (the readiness probe recorded it; the l2-health thread would within 5 s).
     assert get(f"{server.url}/status")[1]["is_healthy"] is True
     server.wait_for_line(re.compile("L2 adapter 0:s3 is usable again"), 10)
@@ -98,12 +90,12 @@ def test_a_dead_endpoint_is_not_ready_and_recovers_with_it(
     moto.stop()
     code, body = get(f"{server.url}/readyz")
     assert code == 503 and "endpoint unreachable" in body["checks"]["l2:0:s3"]["error"]
-    wait_for(lambda: get(f"{server.url}/status")[1]["is_healthy"] is False, what="/status unhealthy")
+    poll_until(lambda: get(f"{server.url}/status")[1]["is_healthy"] is False, what="/status unhealthy", timeout=30.0, interval=0.2)
 
     moto.restart()
     moto.client().create_bucket(Bucket="kv-cache")  # moto keeps no state across a restart
-    wait_for(lambda: get(f"{server.url}/readyz")[0] == 200, what="/readyz ready again")
-    wait_for(lambda: l2_report(server)["is_healthy"] is True, what="/status healthy again")
+    poll_until(lambda: get(f"{server.url}/readyz")[0] == 200, what="/readyz ready again", timeout=30.0, interval=0.2)
+    poll_until(lambda: l2_report(server)["is_healthy"] is True, what="/status healthy again", timeout=30.0, interval=0.2)
     assert server.stop() == 0
 
 
@@ -122,6 +114,6 @@ def test_an_unusable_fs_path_is_not_ready_and_recovers(start_server: Callable[..
 
     base.unlink()
     base.mkdir()
-    wait_for(lambda: get(f"{server.url}/readyz")[0] == 200, what="/readyz ready again")
+    poll_until(lambda: get(f"{server.url}/readyz")[0] == 200, what="/readyz ready again", timeout=30.0, interval=0.2)
     assert get(f"{server.url}/status")[1]["is_healthy"] is True
     assert server.stop() == 0

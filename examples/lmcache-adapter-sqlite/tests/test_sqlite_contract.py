@@ -1,4 +1,5 @@
-"""The sqlite adapter passes lmcache's L2 contract suite (run by lmcache-server's own tests)."""
+"""The sqlite backend passes lmcache's storage backend contract, and the L2 contract behind the
+standard stack (run by lmcache-server's own tests)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,41 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lmcache_sqlite.adapter import SqliteL2Adapter
+from lmcache_sqlite.adapter import SqliteBackend
 
-from lmcache_adapters.testing import L2AdapterContract
+from lmcache_adapters.l2.stack import BackendL2Adapter
+from lmcache_adapters.testing import L2AdapterContract, StorageBackendContract
 from lmcache_core.keys import ObjectKey
+
+
+def flip_last_byte(path: str, key: ObjectKey) -> None:
+    conn = sqlite3.connect(path)
+    (blob,) = conn.execute("SELECT blob FROM objects WHERE name = ?", (key.to_storage_name(),)).fetchone()
+    flipped = bytearray(blob)
+    flipped[-1] ^= 0xFF
+    conn.execute("UPDATE objects SET blob = ? WHERE name = ?", (bytes(flipped), key.to_storage_name()))
+    conn.commit()
+    conn.close()
+
+
+class TestSqliteBackendContract(StorageBackendContract):
+    supports_listing = True
+    persists_bytes = True
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[SqliteBackend]:
+        b = SqliteBackend(str(tmp_path / "l2.sqlite3"))
+        yield b
+        b.close()
+
+    @pytest.fixture
+    def capacity_limited_backend(self, tmp_path: Path) -> Iterator[SqliteBackend]:
+        b = SqliteBackend(str(tmp_path / "small.sqlite3"), capacity_bytes=32 * 1024)
+        yield b
+        b.close()
+
+    def corrupt(self, backend: SqliteBackend, key: ObjectKey) -> None:  # type: ignore[override]
+        flip_last_byte(backend.path, key)
 
 
 class TestSqliteContract(L2AdapterContract):
@@ -18,22 +50,17 @@ class TestSqliteContract(L2AdapterContract):
     persists_bytes = True
 
     @pytest.fixture
-    def adapter(self, tmp_path: Path) -> Iterator[SqliteL2Adapter]:
-        a = SqliteL2Adapter(str(tmp_path / "l2.sqlite3"))
+    def adapter(self, tmp_path: Path) -> Iterator[BackendL2Adapter]:
+        a = BackendL2Adapter(SqliteBackend(str(tmp_path / "l2.sqlite3")))
         yield a
         a.close()
 
     @pytest.fixture
-    def capacity_limited_adapter(self, tmp_path: Path) -> Iterator[SqliteL2Adapter]:
-        a = SqliteL2Adapter(str(tmp_path / "small.sqlite3"), capacity_bytes=32 * 1024)
+    def capacity_limited_adapter(self, tmp_path: Path) -> Iterator[BackendL2Adapter]:
+        a = BackendL2Adapter(SqliteBackend(str(tmp_path / "small.sqlite3"), capacity_bytes=32 * 1024))
         yield a
         a.close()
 
-    def corrupt(self, adapter: SqliteL2Adapter, key: ObjectKey) -> None:  # type: ignore[override]
-        conn = sqlite3.connect(adapter.path)
-        (blob,) = conn.execute("SELECT blob FROM objects WHERE name = ?", (key.to_storage_name(),)).fetchone()
-        flipped = bytearray(blob)
-        flipped[-1] ^= 0xFF
-        conn.execute("UPDATE objects SET blob = ? WHERE name = ?", (bytes(flipped), key.to_storage_name()))
-        conn.commit()
-        conn.close()
+    def corrupt(self, adapter: BackendL2Adapter, key: ObjectKey) -> None:  # type: ignore[override]
+        assert isinstance(adapter.backend, SqliteBackend)
+        flip_last_byte(adapter.backend.path, key)

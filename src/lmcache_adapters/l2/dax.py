@@ -10,21 +10,15 @@ import re
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import xxhash
 
-from lmcache_adapters.l2.batch import (
-    acquire_lock_count,
-    check_lengths,
-    failed_future,
-    release_lock_count,
-)
+from lmcache_adapters.l2.instruments import L2Instruments
 from lmcache_adapters.l2.integrity import (
     HEADER_SIZE,
     IntegrityError,
@@ -33,6 +27,7 @@ from lmcache_adapters.l2.integrity import (
     verify,
 )
 from lmcache_adapters.l2.listing import check_page_args, page_of
+from lmcache_adapters.l2.stack import BackendL2Adapter, StackContext
 from lmcache_adapters.memory.devices import (
     DEFAULT_DAX_ALIGN,
     dax_geometry,
@@ -54,11 +49,12 @@ from lmcache_core.errors import (
 )
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import COMMON_FIELDS, ConfigField, config_field
-from lmcache_core.ports import KeyPage, L2Usage, MetricsSink, NullMetricsSink
+from lmcache_core.ports import KeyLockView, KeyPage, L2Usage, MetricsSink
 
 __all__ = [
     "DAX_FIELDS",
     "DEVICE_STATES",
+    "DaxBackend",
     "DaxDeviceConfig",
     "DaxL2Adapter",
     "InvalidSizeError",
@@ -69,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 
 # ---------------------------------------------------------------------- on-device layout
 #
@@ -308,7 +303,20 @@ def _copy(dst: memoryview, src: memoryview) -> None:
 # ---------------------------------------------------------------------- the adapter
 
 
-class DaxL2Adapter:
+class _NoLocks:
+    """The lock view of a backend used without the standard stack: nothing is ever locked."""
+
+    def is_locked(self, key: ObjectKey) -> bool:
+        return False
+
+    def locked_keys(self) -> list[ObjectKey]:
+        return []
+
+    def discard(self, keys: Sequence[ObjectKey]) -> None:
+        return None
+
+
+class DaxBackend:
     """Fixed-size slots across one or more mmap'ed devices, with add / remove / resize at run time.
 
     Every slot holds `record || integrity header || payload`; an object larger than
@@ -323,19 +331,16 @@ class DaxL2Adapter:
         devices: Sequence[DaxDeviceConfig | Mapping[str, Any]],
         slot_bytes: int,
         *,
-        max_workers: int = 4,
         placement: str = "most_free",
         preallocate: bool = True,
         name: str = "dax",
-        metrics: MetricsSink | None = None,
+        instruments: L2Instruments | None = None,
         reconfigure_timeout_s: float = DEFAULT_RECONFIGURE_TIMEOUT_S,
     ) -> None:
         configs = _device_configs(list(devices))
         slot_bytes = parse_size(slot_bytes, "slot_bytes")
         if slot_bytes < MIN_SLOT_BYTES:
             raise ConfigError(f"slot_bytes must be at least {MIN_SLOT_BYTES}, got {slot_bytes}")
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= MAX_WORKERS_LIMIT:
-            raise ConfigError(f"max_workers must be an integer in 1..{MAX_WORKERS_LIMIT}, got {max_workers!r}")
         if placement not in PLACEMENTS:
             raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         if not isinstance(preallocate, bool):
@@ -346,17 +351,16 @@ class DaxL2Adapter:
         self.placement = placement
         self.preallocate = preallocate
         self.reconfigure_timeout_s = reconfigure_timeout_s
-        self._metrics: MetricsSink = metrics or NullMetricsSink()
+        self._instruments = instruments or L2Instruments(None, adapter=name, kind=self.kind)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._devices: list[_Device] = []
         self._index: dict[ObjectKey, _Loc] = {}
-        self._locks: dict[ObjectKey, int] = {}
+        self._key_locks: KeyLockView = _NoLocks()
         self._bytes_by_salt: dict[str, int] = {}
         self._seq = 0
         self._rr = 0
         self._checksum_failures = 0
-        self._pending = 0
         self._sorted_names: list[str] | None = None
         self._name_to_key: dict[str, ObjectKey] = {}
         self._closed = False
@@ -375,49 +379,27 @@ class DaxL2Adapter:
             for dev in self._devices:
                 self._close_device(dev)
             raise
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"l2-{name}")
 
-    # ------------------------------------------------------------------ async operations
+    # ------------------------------------------------------------------ StorageBackend
 
-    def submit_store(self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]) -> Future[list[bool]]:
-        """Store each payload in a free slot (overwrite: new slot, then the old one is freed)."""
-        check_lengths(keys, payloads, "payloads")
-        return self._submit(self._store, list(keys), list(payloads))
+    def attach_key_locks(self, locks: KeyLockView) -> None:
+        """SeesKeyLocks: locked objects block a removal or shrink without `force`."""
+        self._key_locks = locks
 
-    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
-        """Hit bitmap; each hit takes one lock count until `unlock`."""
-        return self._submit(self._lookup_and_lock, list(keys))
-
-    def submit_load(self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]) -> Future[list[bool]]:
-        """Copy each object into its buffer and verify it; a corrupt object is a miss and is freed."""
-        check_lengths(keys, buffers, "buffers")
-        return self._submit(self._load, list(keys), list(buffers))
-
-    # ------------------------------------------------------------------ synchronous operations
-
-    def unlock(self, keys: Sequence[ObjectKey]) -> None:
-        """Drop one lock count per key; unknown or unlocked keys are ignored."""
+    def exists(self, key: ObjectKey) -> bool:
         with self._lock:
-            for key in keys:
-                release_lock_count(self._locks, key)
+            loc = self._index.get(key)
+            return loc is not None and loc.device.state in _READABLE
 
-    def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
-        """Remove unlocked keys; False for locked or absent ones. A draining device that becomes
-        empty is removed."""
-        results: list[bool] = []
+    def delete(self, key: ObjectKey) -> bool:
+        """Remove `key`; a draining device that becomes empty is removed."""
         with self._lock:
-            touched: set[_Device] = set()
-            for key in keys:
-                loc = self._index.get(key)
-                if loc is None or self._locks.get(key, 0) > 0:
-                    results.append(False)
-                    continue
-                self._drop_locked(key)
-                touched.add(loc.device)
-                results.append(True)
-            for dev in touched:
-                self._maybe_finish_drain_locked(dev)
-        return results
+            loc = self._index.get(key)
+            if loc is None:
+                return False
+            self._drop_locked(key)
+            self._maybe_finish_drain_locked(loc.device)
+            return True
 
     def list_keys(
         self,
@@ -484,9 +466,6 @@ class DaxL2Adapter:
                 "capacity_bytes": sum(d.slots_total for d in self._devices if d.state in _IN_CAPACITY)
                 * self.slot_bytes,
                 "checksum_failures": self._checksum_failures,
-                "locked_key_count": len(self._locks),
-                "pending_operations": self._pending,
-                "closed": self._closed,
             }
             if failed:
                 report["error"] = f"failed device(s): {', '.join(failed)}"
@@ -498,17 +477,15 @@ class DaxL2Adapter:
             if self._closed:
                 return
             self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for dev in self._devices:
                 if dev.mm is not None:
                     self._wait_idle_locked(dev, self.reconfigure_timeout_s)
                 self._close_device(dev)
             self._index.clear()
-            self._locks.clear()
 
     def __repr__(self) -> str:
-        return f"DaxL2Adapter(name={self.name!r}, devices={[d.path for d in self._devices]}, slot_bytes={self.slot_bytes})"
+        return f"DaxBackend(name={self.name!r}, devices={[d.path for d in self._devices]}, slot_bytes={self.slot_bytes})"
 
     def owns_device(self, device_path: str) -> bool:
         """Whether a device of this adapter (not removed) is the file or device at `device_path`."""
@@ -753,41 +730,11 @@ class DaxL2Adapter:
             "state": dev.state,
         }
 
-    # ------------------------------------------------------------------ workers
+    # ------------------------------------------------------------------ I/O
 
-    def _submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
-        with self._lock:
-            if self._closed:
-                return failed_future(NotInitializedError(f"L2 adapter {self.name!r} (dax) is closed"))
-            self._pending += 1
-        try:
-            future = self._executor.submit(fn, *args)
-        except RuntimeError:
-            with self._lock:
-                self._pending -= 1
-            return failed_future(NotInitializedError(f"L2 adapter {self.name!r} (dax) is closed"))
-        future.add_done_callback(self._operation_done)
-        return future
-
-    def _operation_done(self, _future: Future[Any]) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    def _store(self, keys: list[ObjectKey], payloads: list[memoryview]) -> list[bool]:
-        results: list[bool] = []
-        for key, payload in zip(keys, payloads, strict=True):
-            try:
-                results.append(self._store_one(key, payload))
-            except Exception:  # one bad key must not fail the batch
-                log.exception("dax: store of %r failed", key)
-                results.append(False)
-        return results
-
-    def _store_one(self, key: ObjectKey, payload: memoryview) -> bool:
-        try:
-            src = _byte_view(payload)
-        except TypeError:
-            return False
+    def put(self, key: ObjectKey, payload: memoryview) -> bool:
+        """Write into a free slot (an overwrite takes a new slot, then frees the old one)."""
+        src = payload
         name = key.to_storage_name().encode("utf-8")
         if src.nbytes > self.max_payload_bytes or len(name) > MAX_NAME_BYTES:
             return False
@@ -840,34 +787,10 @@ class DaxL2Adapter:
             start = offset - offset % page
             dev.mm.flush(start, offset + length - start)
 
-    def _lookup_and_lock(self, keys: list[ObjectKey]) -> list[bool]:
-        hits: list[bool] = []
-        with self._lock:
-            for key in keys:
-                loc = self._index.get(key)
-                hit = loc is not None and loc.device.state in _READABLE
-                if hit:
-                    acquire_lock_count(self._locks, key)
-                hits.append(hit)
-        return hits
-
-    def _load(self, keys: list[ObjectKey], buffers: list[memoryview]) -> list[bool]:
-        results: list[bool] = []
-        for key, buffer in zip(keys, buffers, strict=True):
-            try:
-                results.append(self._load_one(key, buffer))
-            except Exception:
-                log.exception("dax: load of %r failed", key)
-                results.append(False)
-        return results
-
-    def _load_one(self, key: ObjectKey, buffer: memoryview) -> bool:
-        try:
-            dst = _byte_view(buffer)
-        except TypeError:
-            return False
-        if dst.readonly:
-            return False
+    def get_into(self, key: ObjectKey, buffer: memoryview) -> bool:
+        """Copy the object out and verify it; a corrupt one is freed and IntegrityError raised."""
+        dst = buffer
+        failure: IntegrityError | None = None
         with self._lock:
             loc = self._pin_locked(key)
             if loc is None or loc.length != dst.nbytes:
@@ -886,7 +809,7 @@ class DaxL2Adapter:
             verify(header, dst)
         except IntegrityError as exc:
             log.warning("dax: %r on %s slot %d failed verification (%s); dropped", key, dev.path, loc.slot, exc)
-            corrupt = True
+            corrupt, failure = True, exc
         finally:
             with self._lock:
                 self._unpin_locked(loc)
@@ -895,9 +818,9 @@ class DaxL2Adapter:
                     if self._index.get(key) is loc:
                         self._drop_locked(key)
                         self._maybe_finish_drain_locked(dev)
-        if corrupt:
-            self._metrics.inc("l2_checksum_failures", adapter=self.name)
-        return not corrupt
+        if failure is not None:
+            raise failure
+        return True
 
     # ------------------------------------------------------------------ index bookkeeping (hold the lock)
 
@@ -933,8 +856,8 @@ class DaxL2Adapter:
             self._bytes_by_salt[key.cache_salt] = remaining
         else:
             self._bytes_by_salt.pop(key.cache_salt, None)
-        if not keep_lock:
-            self._locks.pop(key, None)
+        if not keep_lock:  # the object is gone for good (forced removal, corruption): so are its locks
+            self._key_locks.discard([key])
         self._sorted_names = None
         self._release_slot_locked(dev, loc.slot)
 
@@ -999,7 +922,9 @@ class DaxL2Adapter:
 
     def _locked_count_locked(self, dev: _Device) -> int:
         # walk the lock table (small), not the device's slots (up to millions)
-        return sum(1 for key in self._locks if (loc := self._index.get(key)) is not None and loc.device is dev)
+        return sum(
+            1 for key in self._key_locks.locked_keys() if (loc := self._index.get(key)) is not None and loc.device is dev
+        )
 
     def _find_locked(self, path: str) -> _Device:
         if not isinstance(path, str) or not path.strip():
@@ -1140,11 +1065,8 @@ class DaxL2Adapter:
             self._unpin_locked(loc)
             current = self._index.get(key)
             if outcome == "moved" and current is loc and dest.state != FAILED:
-                lock_count = self._locks.get(key)
                 self._drop_locked(key, keep_lock=True)
                 self._publish_locked(key, dest, dslot, loc.length, seq)
-                if lock_count:
-                    self._locks[key] = lock_count
                 self._after_io_locked(dest)
                 return "moved", loc.length
             if dest.state != FAILED:
@@ -1155,7 +1077,7 @@ class DaxL2Adapter:
                 if current is loc:
                     self._drop_locked(key)
         if outcome == "corrupt":
-            self._metrics.inc("l2_checksum_failures", adapter=self.name)
+            self._instruments.checksum_failure()
             return "corrupt", 0
         if outcome == "failed":
             return "no_room", 0
@@ -1171,7 +1093,7 @@ class DaxL2Adapter:
             dev.free = [s for s in dev.free if s < new_slots]
             heapq.heapify(dev.free)
             tail = [k for k in dev.owner[new_slots:] if k is not None]
-            locked = sum(1 for k in tail if self._locks.get(k, 0) > 0)
+            locked = sum(1 for k in tail if self._key_locks.is_locked(k))
             if locked and not force:
                 raise ConflictError(
                     f"{locked} locked object(s) in the slots a shrink of {dev.path!r} would drop; retry later or pass force=true"
@@ -1446,6 +1368,68 @@ class DaxL2Adapter:
         }
 
 
+class DaxL2Adapter(BackendL2Adapter):
+    """The `dax` kind: a DaxBackend behind the standard L2 stack; reconfigurable at run time."""
+
+    backend: DaxBackend
+
+    def __init__(
+        self,
+        devices: Sequence[DaxDeviceConfig | Mapping[str, Any]],
+        slot_bytes: int,
+        *,
+        max_workers: int = 4,
+        placement: str = "most_free",
+        preallocate: bool = True,
+        name: str = "dax",
+        metrics: MetricsSink | None = None,
+        reconfigure_timeout_s: float = DEFAULT_RECONFIGURE_TIMEOUT_S,
+    ) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= MAX_WORKERS_LIMIT:
+            raise ConfigError(f"max_workers must be an integer in 1..{MAX_WORKERS_LIMIT}, got {max_workers!r}")
+        instruments = L2Instruments(metrics, adapter=name, kind=DaxBackend.kind)
+        backend = DaxBackend(
+            devices,
+            slot_bytes,
+            placement=placement,
+            preallocate=preallocate,
+            name=name,
+            instruments=instruments,
+            reconfigure_timeout_s=reconfigure_timeout_s,
+        )
+        # memory speed: one task per batch, keys in order
+        super().__init__(backend, name=name, max_workers=max_workers, instruments=instruments, split_batches=False)
+
+    @property
+    def slot_bytes(self) -> int:
+        return self.backend.slot_bytes
+
+    def owns_device(self, device_path: str) -> bool:
+        """OwnsDevices: the backend's answer."""
+        return self.backend.owns_device(device_path)
+
+    def probe(self) -> None:
+        """ProbesBackend: the backend's probe."""
+        self.backend.probe()
+
+    def reconfigure_status(self) -> dict[str, Any]:
+        """Reconfigurable: the backend's devices."""
+        return self.backend.reconfigure_status()
+
+    def apply_reconfiguration(self, operation: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Reconfigurable: add / remove / resize a device."""
+        return self.backend.apply_reconfiguration(operation, body)
+
+    def add_device(self, path: str, size: int | None) -> dict[str, Any]:
+        return self.backend.add_device(path, size)
+
+    def remove_device(self, path: str, *, mode: str = "migrate", force: bool = False) -> dict[str, Any]:
+        return self.backend.remove_device(path, mode=mode, force=force)
+
+    def resize_device(self, path: str, size: int, *, mode: str = "migrate", force: bool = False) -> dict[str, Any]:
+        return self.backend.resize_device(path, size, mode=mode, force=force)
+
+
 # ---------------------------------------------------------------------- factory
 
 DAX_FIELDS: Mapping[str, ConfigField] = {
@@ -1475,15 +1459,15 @@ def create_dax_adapter(config: dict[str, Any], services: Any) -> DaxL2Adapter:
             continue
         if not spec.accepts(value):
             raise ConfigError(f"field {field_name!r} of L2 adapter 'dax' must be {spec.type_names()}, got {value!r}")
-    metrics = getattr(services, "metrics", None)
+    context = StackContext.of(services, config, "dax")
     return DaxL2Adapter(
         config["devices"],
         config["slot_bytes"],
         max_workers=config.get("max_workers") or 4,
         placement=config.get("placement") or "most_free",
         preallocate=True if config.get("preallocate") is None else config["preallocate"],
-        name=str(config.get("name") or "dax"),
-        metrics=metrics if isinstance(metrics, MetricsSink) else None,
+        name=context.name,
+        metrics=context.metrics,
     )
 
 

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import bisect
 import errno
-import functools
 import logging
 import mmap
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lmcache_adapters.l2.batch import acquire_lock_count, release_lock_count
 from lmcache_adapters.l2.integrity import (
     HEADER_SIZE,
     IntegrityError,
@@ -32,10 +29,11 @@ from lmcache_adapters.l2.integrity import (
     verify,
 )
 from lmcache_adapters.l2.listing import check_page_args, page_of
+from lmcache_adapters.l2.stack import BackendL2Adapter, StackContext
 from lmcache_core.errors import BackendUnavailableError, ConfigError, InvalidKeyError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import COMMON_FIELDS, ConfigField, config_field
-from lmcache_core.ports import KeyPage, L2Usage, MetricsSink, NullMetricsSink
+from lmcache_core.ports import KeyPage, L2Usage, MetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +73,8 @@ class _Entry:
     size: int  # bytes on disk, header included
 
 
-class FSL2Adapter:
-    """L2 adapter storing one integrity-framed file per key under `base_path`."""
+class FSBackend:
+    """Storage backend keeping one integrity-framed file per key under `base_path`."""
 
     kind = KIND
 
@@ -86,16 +84,11 @@ class FSL2Adapter:
         *,
         capacity_bytes: int | None = None,
         use_odirect: bool = False,
-        max_workers: int = 4,
         fsync: bool = True,
-        metrics: MetricsSink | None = None,
-        name: str = KIND,
     ) -> None:
         self.base_path = os.path.abspath(base_path)
-        self.name = name
         self._capacity = capacity_bytes
         self._fsync = fsync
-        self._metrics: MetricsSink = metrics or NullMetricsSink()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}  # by storage name
         self._names: list[str] = []  # sorted storage names, for paged listing
@@ -104,19 +97,16 @@ class FSL2Adapter:
         self._reserved = (
             0  # bytes of stores in flight, so concurrent stores cannot overshoot capacity
         )
-        self._locks: dict[str, int] = {}
         self._known_dirs: set[str] = set()
         self._checksum_failures = 0
         self._write_failures = 0
         self._skipped_files = 0
         self._removed_temp_files = 0
-        self._pending = 0
         self._closed = False
         self._local = threading.local()
         os.makedirs(self.base_path, exist_ok=True)
         self._odirect = use_odirect and self._probe_odirect()
         self._scan()
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"l2-{name}")
 
     # ------------------------------------------------------------------ start-up
 
@@ -238,61 +228,10 @@ class FSL2Adapter:
         d1, d2 = shard_dirs(key)
         return os.path.join(self.base_path, d1, d2, name)
 
-    def _submit_each(self, items: Sequence[Any], op: Callable[[Any], bool]) -> Future[list[bool]]:
-        """Run `op` per item on the pool; one Future for the whole batch, per-item False on error."""
-        out: Future[list[bool]] = Future()
-        n = len(items)
-        if n == 0:
-            out.set_result([])
-            return out
-        if self._closed:
-            out.set_result([False] * n)
-            return out
-        results: list[bool] = [False] * n
-        remaining = [n]
-        guard = threading.Lock()
-        with self._lock:
-            self._pending += 1
-
-        def finish(i: int, fut: Future[bool]) -> None:
-            ok = False
-            if not fut.cancelled():
-                exc = fut.exception()
-                if exc is None:
-                    ok = bool(fut.result())
-                else:
-                    log.error("fs L2 adapter: unexpected error in an I/O task", exc_info=exc)
-            with guard:
-                results[i] = ok
-                remaining[0] -= 1
-                done = remaining[0] == 0
-            if done:
-                with self._lock:
-                    self._pending -= 1
-                out.set_result(results)
-
-        for i, item in enumerate(items):
-            fut: Future[bool]
-            try:
-                fut = self._pool.submit(op, item)
-            except RuntimeError:  # the pool shut down under us (close() raced this submit)
-                fut = Future()
-                fut.set_result(False)
-            fut.add_done_callback(functools.partial(finish, i))
-        return out
-
     # ------------------------------------------------------------------ store
 
-    def submit_store(
-        self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]
-    ) -> Future[list[bool]]:
-        if len(keys) != len(payloads):
-            raise ValueError(f"{len(keys)} keys but {len(payloads)} payloads")
-        return self._submit_each(list(zip(keys, payloads, strict=True)), self._store_one)
-
-    def _store_one(self, item: tuple[ObjectKey, memoryview]) -> bool:
-        key, payload = item
-        payload = memoryview(payload).cast("B")
+    def put(self, key: ObjectKey, payload: memoryview) -> bool:
+        """Write `header || payload` to a temporary file, fsync, rename over the object's name."""
         name = key.to_storage_name()
         size = HEADER_SIZE + payload.nbytes
         with self._lock:
@@ -379,25 +318,16 @@ class FSL2Adapter:
 
     # ------------------------------------------------------------------ lookup / unlock / delete
 
-    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
-        out: Future[list[bool]] = Future()
-        names = [k.to_storage_name() for k in keys]
+    def exists(self, key: ObjectKey) -> bool:
+        """Answered from the in-memory index: never blocks on I/O."""
         with self._lock:
-            if self._closed:
-                hits = [False] * len(names)
-            else:
-                hits = [n in self._entries for n in names]
-                for n, hit in zip(names, hits, strict=True):
-                    if hit:
-                        acquire_lock_count(self._locks, n)
-        out.set_result(hits)  # the index is in memory: answering inline never blocks on I/O
-        return out
+            return not self._closed and key.to_storage_name() in self._entries
 
     def stored_nbytes(self, keys: Sequence[ObjectKey]) -> list[int | None]:
         """Payload length of each stored key (what a load buffer must hold), None when absent.
 
-        An optional extension beyond the L2Adapter protocol, answered from the in-memory index:
-        the serde wrapper uses it to size load buffers for objects stored before a restart."""
+        The KnowsStoredSizes capability, answered from the in-memory index: the serde wrapper
+        uses it to size load buffers for objects stored before a restart."""
         with self._lock:
             out: list[int | None] = []
             for key in keys:
@@ -405,41 +335,24 @@ class FSL2Adapter:
                 out.append(None if entry is None else max(entry.size - HEADER_SIZE, 0))
             return out
 
-    def unlock(self, keys: Sequence[ObjectKey]) -> None:
+    def delete(self, key: ObjectKey) -> bool:
+        name = key.to_storage_name()
         with self._lock:
-            for key in keys:
-                release_lock_count(self._locks, key.to_storage_name())
-
-    def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
-        out: list[bool] = []
-        for key in keys:
-            name = key.to_storage_name()
-            with self._lock:
-                if self._closed or name not in self._entries or self._locks.get(name, 0) > 0:
-                    out.append(False)
-                    continue
-                self._index_remove(name)
-                try:
-                    os.unlink(self._path(key, name))
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("fs L2 adapter: removing %r from disk failed: %s", key, exc)
-            out.append(True)
-        return out
+            if self._closed or name not in self._entries:
+                return False
+            self._index_remove(name)
+            try:
+                os.unlink(self._path(key, name))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("fs L2 adapter: removing %r from disk failed: %s", key, exc)
+        return True
 
     # ------------------------------------------------------------------ load
 
-    def submit_load(
-        self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]
-    ) -> Future[list[bool]]:
-        if len(keys) != len(buffers):
-            raise ValueError(f"{len(keys)} keys but {len(buffers)} buffers")
-        return self._submit_each(list(zip(keys, buffers, strict=True)), self._load_one)
-
-    def _load_one(self, item: tuple[ObjectKey, memoryview]) -> bool:
-        key, buffer = item
-        buffer = memoryview(buffer).cast("B")
+    def get_into(self, key: ObjectKey, buffer: memoryview) -> bool:
+        """Read and verify the object into `buffer`; a corrupt file is deleted and IntegrityError raised."""
         name = key.to_storage_name()
         with self._lock:
             if self._closed or name not in self._entries:
@@ -468,7 +381,7 @@ class FSL2Adapter:
             log.debug("fs L2 adapter: %r: %s", key, problem)
             return False
         self._drop_corrupt(key, name, path, st.st_ino, str(problem))
-        return False
+        raise problem
 
     def _read_verified(self, fd: int, file_size: int, buffer: memoryview) -> Exception | None:
         """Fill `buffer` from the open object file. None when verified; _WrongBuffer when the
@@ -513,7 +426,6 @@ class FSL2Adapter:
 
     def _drop_corrupt(self, key: ObjectKey, name: str, path: str, inode: int, why: str) -> None:
         log.warning("fs L2 adapter: %r failed verification (%s); deleting it", key, why)
-        self._metrics.inc("l2_checksum_failures", adapter=self.name)
         with self._lock:
             self._checksum_failures += 1
             try:
@@ -598,27 +510,52 @@ class FSL2Adapter:
                 "kind": KIND,
                 "base_path": self.base_path,
                 "writable": writable,
-                "closed": self._closed,
                 "stored_object_count": len(self._entries),
                 "used_bytes": self._used,
                 "capacity_bytes": self._capacity,
-                "locked_key_count": len(self._locks),
                 "checksum_failures": self._checksum_failures,
                 "write_failures": self._write_failures,
                 "skipped_files": self._skipped_files,
                 "removed_temp_files": self._removed_temp_files,
-                "pending_operations": self._pending,
                 "odirect": self._odirect,
                 "fsync": self._fsync,
             }
 
     def close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
-        # queued work is cancelled (its keys complete as False); running writes finish cleanly
-        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class FSL2Adapter(BackendL2Adapter):
+    """The `fs` kind: an FSBackend behind the standard L2 stack."""
+
+    backend: FSBackend
+
+    def __init__(
+        self,
+        base_path: str,
+        *,
+        capacity_bytes: int | None = None,
+        use_odirect: bool = False,
+        max_workers: int = 4,
+        fsync: bool = True,
+        metrics: MetricsSink | None = None,
+        name: str = KIND,
+    ) -> None:
+        backend = FSBackend(base_path, capacity_bytes=capacity_bytes, use_odirect=use_odirect, fsync=fsync)
+        super().__init__(backend, name=name, max_workers=max_workers, metrics=metrics)
+
+    @property
+    def base_path(self) -> str:
+        return self.backend.base_path
+
+    def stored_nbytes(self, keys: Sequence[ObjectKey]) -> list[int | None]:
+        """KnowsStoredSizes: the backend's answer."""
+        return self.backend.stored_nbytes(keys)
+
+    def probe(self) -> None:
+        """ProbesBackend: the backend's probe."""
+        self.backend.probe()
 
 
 class _WrongBuffer(Exception):
@@ -717,7 +654,7 @@ def create_fs_adapter(config: dict[str, Any], services: Any) -> FSL2Adapter:
         raise ConfigError(
             f"field 'base_path' of L2 adapter 'fs': {base_path!r} exists and is not a directory"
         )
-    metrics = getattr(services, "metrics", None)
+    context = StackContext.of(services, config, KIND)
     try:
         return FSL2Adapter(
             base_path,
@@ -725,8 +662,8 @@ def create_fs_adapter(config: dict[str, Any], services: Any) -> FSL2Adapter:
             use_odirect=bool(config.get("use_odirect") or False),
             max_workers=workers,
             fsync=config.get("fsync", True) is not False,
-            metrics=metrics if isinstance(metrics, MetricsSink) else None,
-            name=str(config.get("name") or KIND),
+            metrics=context.metrics,
+            name=context.name,
         )
     except OSError as exc:
         raise ConfigError(

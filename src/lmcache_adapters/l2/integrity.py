@@ -2,7 +2,8 @@
 
 Every object written by the fs, s3 and dax adapters is `header || payload`. On load the header is
 checked (magic, version, length) and the checksum recomputed: any mismatch means the object is
-torn or corrupt, which the adapter turns into a miss (and deletes the object) — never a hit.
+torn or corrupt: the backend deletes the object and raises IntegrityError (a CorruptObjectError),
+which the standard L2 stack counts and turns into a miss — never a hit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import xxhash
 
+from lmcache_core.errors import CorruptObjectError
+
 MAGIC = b"LMC2"
 VERSION = 1
 # magic(4) | version(u16) | flags(u16) | payload length(u64) | xxh3-64 of payload(u64) | xxh3-64 of the 24 bytes before (u64)
@@ -19,7 +22,7 @@ _HEADER = struct.Struct(">4sHHQQQ")
 HEADER_SIZE = _HEADER.size  # 32
 
 
-class IntegrityError(ValueError):
+class IntegrityError(CorruptObjectError, ValueError):
     """A stored object failed verification (bad header, wrong length, checksum mismatch)."""
 
 

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from lmcache_adapters.l2.batch import (
-    acquire_lock_count,
-    check_lengths,
-    failed_future,
-    release_lock_count,
-)
 from lmcache_adapters.l2.listing import check_page_args, page_of
-from lmcache_core.errors import ConfigError, NotInitializedError
+from lmcache_adapters.l2.stack import BackendL2Adapter, StackContext
+from lmcache_core.errors import ConfigError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import COMMON_FIELDS, ConfigField, config_field
-from lmcache_core.ports import KeyPage, L2Usage
+from lmcache_core.ports import KeyPage, L2Usage, MetricsSink
 
-__all__ = ["MOCK_FIELDS", "MockL2Adapter", "create_mock_adapter"]
-
-_T = TypeVar("_T")
+__all__ = ["MOCK_FIELDS", "MockBackend", "MockL2Adapter", "create_mock_adapter"]
 
 MAX_WORKERS_LIMIT = 64
 
@@ -34,12 +26,10 @@ MOCK_FIELDS: Mapping[str, ConfigField] = {
 }
 
 
-class MockL2Adapter:
-    """An in-memory L2 adapter: a dict of bytes behind a small thread pool (tests, demos, benchmarks).
-
-    Operations run on the adapter's worker threads, so a simulated slow tier (`bandwidth_gbps`)
-    delays the Futures, never the caller. `sleep(seconds)` is the delay hook (default: a wait
-    that `close()` interrupts; an operation cut short by close fails)."""
+class MockBackend:
+    """An in-memory storage backend: a dict of bytes, with an optional capacity and a simulated
+    link speed (tests, demos, benchmarks). `sleep(seconds)` is the delay hook (default: a wait
+    that `interrupt()` cuts short; a transfer cut short fails its key)."""
 
     kind = "mock"
 
@@ -48,8 +38,6 @@ class MockL2Adapter:
         *,
         capacity_bytes: int | None = None,
         bandwidth_gbps: float | None = None,
-        max_workers: int = 2,
-        name: str = "mock",
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         _check_int("capacity_bytes", capacity_bytes, minimum=0, optional=True)
@@ -57,60 +45,55 @@ class MockL2Adapter:
             isinstance(bandwidth_gbps, bool) or not isinstance(bandwidth_gbps, int | float) or not bandwidth_gbps > 0
         ):
             raise ConfigError(f"bandwidth_gbps must be a number > 0, got {bandwidth_gbps!r}")
-        _check_int("max_workers", max_workers, minimum=1, maximum=MAX_WORKERS_LIMIT)
-        self.name = name
         self._capacity = capacity_bytes
         self._bytes_per_second = float(bandwidth_gbps) * 1e9 if bandwidth_gbps is not None else None
         self._bandwidth_gbps = bandwidth_gbps
         self._sleep = sleep
         self._objects: dict[ObjectKey, bytes] = {}
-        self._locks: dict[ObjectKey, int] = {}
         self._bytes_by_salt: dict[str, int] = {}
         self._used = 0
-        self._pending = 0
         # Listing order by storage name, rebuilt lazily after a mutation.
         self._sorted_names: list[str] | None = None
         self._name_to_key: dict[str, ObjectKey] = {}
         self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"lmcache-l2-{name}")
+        self._interrupted = threading.Event()
 
-    # ------------------------------------------------------------------ async operations
-
-    def submit_store(self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]) -> Future[list[bool]]:
-        """Store each payload (copied on a worker thread); per key False when it does not fit."""
-        check_lengths(keys, payloads, "payloads")
-        keys, payloads = list(keys), list(payloads)
-        return self._submit(self._store, keys, payloads)
-
-    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
-        """Hit bitmap; every hit takes one lock count until `unlock`."""
-        return self._submit(self._lookup_and_lock, list(keys))
-
-    def submit_load(self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]) -> Future[list[bool]]:
-        """Copy stored bytes into the buffers; False for a missing key or a buffer of another length."""
-        check_lengths(keys, buffers, "buffers")
-        return self._submit(self._load, list(keys), list(buffers))
-
-    # ------------------------------------------------------------------ synchronous operations
-
-    def unlock(self, keys: Sequence[ObjectKey]) -> None:
-        """Drop one lock count per key; unknown or unlocked keys are ignored."""
+    def put(self, key: ObjectKey, payload: memoryview) -> bool:
+        """Copy the payload in; False when it does not fit the capacity."""
+        blob = bytes(payload)  # one copy: the caller's view is only valid during the call
+        if not self._transfer(len(blob)):
+            return False
         with self._lock:
-            for key in keys:
-                release_lock_count(self._locks, key)
-
-    def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
-        """Remove unlocked keys; False for locked or absent ones."""
-        results: list[bool] = []
-        with self._lock:
-            for key in keys:
-                if self._locks.get(key, 0) > 0 or key not in self._objects:
-                    results.append(False)
-                    continue
+            old = self._objects.get(key)
+            used_after = self._used - (len(old) if old is not None else 0) + len(blob)
+            if self._capacity is not None and used_after > self._capacity:
+                return False
+            if old is not None:
                 self._remove_locked(key)
-                results.append(True)
-        return results
+            self._objects[key] = blob
+            self._used += len(blob)
+            self._bytes_by_salt[key.cache_salt] = self._bytes_by_salt.get(key.cache_salt, 0) + len(blob)
+            self._sorted_names = None
+        return True
+
+    def get_into(self, key: ObjectKey, buffer: memoryview) -> bool:
+        with self._lock:
+            blob = self._objects.get(key)
+        if blob is None or not self._transfer(len(blob)) or buffer.nbytes != len(blob):
+            return False
+        buffer[:] = blob
+        return True
+
+    def exists(self, key: ObjectKey) -> bool:
+        with self._lock:
+            return key in self._objects
+
+    def delete(self, key: ObjectKey) -> bool:
+        with self._lock:
+            if key not in self._objects:
+                return False
+            self._remove_locked(key)
+            return True
 
     def list_keys(
         self,
@@ -136,108 +119,37 @@ class MockL2Adapter:
             return L2Usage(used_bytes=self._used, capacity_bytes=self._capacity, bytes_by_salt=dict(self._bytes_by_salt))
 
     def report_status(self) -> dict[str, Any]:
-        """Counts and bytes for /status; unhealthy once closed."""
         with self._lock:
             return {
-                "is_healthy": not self._closed.is_set(),
-                "type": type(self).__name__,
+                "is_healthy": True,
                 "kind": self.kind,
-                "name": self.name,
                 "stored_object_count": len(self._objects),
-                "locked_key_count": len(self._locks),
                 "used_bytes": self._used,
                 "capacity_bytes": self._capacity,
                 "bandwidth_gbps": self._bandwidth_gbps,
-                "pending_operations": self._pending,
-                "closed": self._closed.is_set(),
             }
 
+    def interrupt(self) -> None:
+        """Cut simulated transfers short (close does this before waiting for them)."""
+        self._interrupted.set()
+
     def close(self) -> None:
-        """Cancel queued operations, interrupt simulated transfers, wait for the workers. Idempotent."""
-        self._closed.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._interrupted.set()
 
     def __repr__(self) -> str:
-        return f"MockL2Adapter(name={self.name!r}, capacity_bytes={self._capacity}, bandwidth_gbps={self._bandwidth_gbps})"
-
-    # ------------------------------------------------------------------ workers
-
-    def _submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
-        if self._closed.is_set():
-            return failed_future(self._closed_error())
-        with self._lock:
-            self._pending += 1
-        try:
-            future = self._executor.submit(fn, *args)
-        except RuntimeError:  # the executor shut down between the check and the submit
-            with self._lock:
-                self._pending -= 1
-            return failed_future(self._closed_error())
-        future.add_done_callback(self._operation_done)
-        return future
-
-    def _operation_done(self, _future: Future[Any]) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    def _closed_error(self) -> NotInitializedError:
-        return NotInitializedError(f"L2 adapter {self.name!r} (mock) is closed")
+        return f"MockBackend(capacity_bytes={self._capacity}, bandwidth_gbps={self._bandwidth_gbps})"
 
     def _transfer(self, nbytes: int) -> bool:
-        """Simulate moving `nbytes`; False when close() interrupted it."""
+        """Simulate moving `nbytes`; False when interrupted."""
         if self._bytes_per_second is None or nbytes == 0:
-            return not self._closed.is_set()
+            return not self._interrupted.is_set()
         seconds = nbytes / self._bytes_per_second
         if self._sleep is not None:
             self._sleep(seconds)
-            return not self._closed.is_set()
-        return not self._closed.wait(seconds)
+            return not self._interrupted.is_set()
+        return not self._interrupted.wait(seconds)
 
-    def _store(self, keys: list[ObjectKey], payloads: list[memoryview]) -> list[bool]:
-        blobs = [_to_bytes(p) for p in payloads]
-        if not self._transfer(sum(len(b) for b in blobs)):
-            return [False] * len(keys)
-        results: list[bool] = []
-        with self._lock:
-            for key, blob in zip(keys, blobs, strict=True):
-                old = self._objects.get(key)
-                used_after = self._used - (len(old) if old is not None else 0) + len(blob)
-                if self._capacity is not None and used_after > self._capacity:
-                    results.append(False)
-                    continue
-                if old is not None:
-                    self._remove_locked(key, keep_lock=True)
-                self._objects[key] = blob
-                self._used += len(blob)
-                self._bytes_by_salt[key.cache_salt] = self._bytes_by_salt.get(key.cache_salt, 0) + len(blob)
-                if old is None:
-                    self._sorted_names = None
-                results.append(True)
-        return results
-
-    def _lookup_and_lock(self, keys: list[ObjectKey]) -> list[bool]:
-        hits: list[bool] = []
-        with self._lock:
-            for key in keys:
-                hit = key in self._objects
-                if hit:
-                    acquire_lock_count(self._locks, key)
-                hits.append(hit)
-        return hits
-
-    def _load(self, keys: list[ObjectKey], buffers: list[memoryview]) -> list[bool]:
-        with self._lock:
-            blobs = [self._objects.get(key) for key in keys]
-        if not self._transfer(sum(len(b) for b in blobs if b is not None)):
-            return [False] * len(keys)
-        results: list[bool] = []
-        for blob, buffer in zip(blobs, buffers, strict=True):
-            results.append(blob is not None and _copy_into(buffer, blob))
-        return results
-
-    # ------------------------------------------------------------------ bookkeeping (hold self._lock)
-
-    def _remove_locked(self, key: ObjectKey, *, keep_lock: bool = False) -> None:
+    def _remove_locked(self, key: ObjectKey) -> None:
         blob = self._objects.pop(key)
         self._used -= len(blob)
         remaining = self._bytes_by_salt[key.cache_salt] - len(blob)
@@ -245,9 +157,7 @@ class MockL2Adapter:
             self._bytes_by_salt[key.cache_salt] = remaining
         else:
             del self._bytes_by_salt[key.cache_salt]
-        if not keep_lock:
-            self._locks.pop(key, None)
-            self._sorted_names = None
+        self._sorted_names = None
 
     def _sorted_names_locked(self) -> list[str]:
         if self._sorted_names is None:
@@ -256,9 +166,34 @@ class MockL2Adapter:
         return self._sorted_names
 
 
+class MockL2Adapter(BackendL2Adapter):
+    """The `mock` kind: a MockBackend behind the standard L2 stack (operations run on the
+    adapter's worker threads, so a simulated slow tier delays the Futures, never the caller)."""
+
+    backend: MockBackend
+
+    def __init__(
+        self,
+        *,
+        capacity_bytes: int | None = None,
+        bandwidth_gbps: float | None = None,
+        max_workers: int = 2,
+        name: str = "mock",
+        sleep: Callable[[float], None] | None = None,
+        metrics: MetricsSink | None = None,
+    ) -> None:
+        _check_int("max_workers", max_workers, minimum=1, maximum=MAX_WORKERS_LIMIT)
+        super().__init__(
+            MockBackend(capacity_bytes=capacity_bytes, bandwidth_gbps=bandwidth_gbps, sleep=sleep),
+            name=name,
+            max_workers=max_workers,
+            metrics=metrics,
+            split_batches=False,  # memory speed: a batch stores in order (capacity fills front first)
+        )
+
+
 def create_mock_adapter(config: dict[str, Any], services: Any) -> MockL2Adapter:
     """Factory registered for kind `mock`: `config` is the `--l2-adapter` JSON without `type`."""
-    del services  # the mock needs nothing from the server
     unknown = sorted(set(config) - set(MOCK_FIELDS) - set(COMMON_FIELDS))
     if unknown:
         raise ConfigError(
@@ -268,13 +203,14 @@ def create_mock_adapter(config: dict[str, Any], services: Any) -> MockL2Adapter:
         value = config.get(field_name)
         if value is not None and not spec.accepts(value):
             raise ConfigError(f"field {field_name!r} of L2 adapter 'mock' must be {spec.type_names()}, got {value!r}")
-    name = config.get("name") or "mock"
+    context = StackContext.of(services, config, "mock")
     max_workers = config.get("max_workers")
     return MockL2Adapter(
         capacity_bytes=config.get("capacity_bytes"),
         bandwidth_gbps=config.get("bandwidth_gbps"),
         max_workers=2 if max_workers is None else max_workers,
-        name=str(name),
+        name=context.name,
+        metrics=context.metrics,
     )
 
 
@@ -288,20 +224,3 @@ def _check_int(field_name: str, value: Any, *, minimum: int, maximum: int | None
         bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         raise ConfigError(f"{field_name} must be an integer {bounds}, got {value!r}")
 
-
-def _to_bytes(payload: memoryview) -> bytes:
-    # One copy on the worker thread: the caller's view is only valid until the Future completes.
-    return bytes(payload)
-
-
-def _copy_into(buffer: memoryview, blob: bytes) -> bool:
-    try:
-        view = memoryview(buffer)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-    except TypeError:  # non-contiguous: cannot be filled in one copy
-        return False
-    if view.readonly or view.nbytes != len(blob):
-        return False
-    view[:] = blob
-    return True

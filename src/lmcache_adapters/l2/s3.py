@@ -1,25 +1,30 @@
-"""S3L2Adapter: an L2 tier in any S3-compatible object store (boto3), with a circuit breaker."""
+"""S3L2Adapter: an L2 tier in any S3-compatible object store (boto3).
+
+`S3Backend` does the requests; the standard L2 stack adds the thread pool, the key locks, the
+metrics and the circuit breaker (configured by this kind's `circuit_breaker_*` fields)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from typing import Any, TypeVar
 
-from lmcache_adapters.l2.batch import acquire_lock_count, release_lock_count
+from lmcache_adapters.l2.breaker import BreakerSettings
 from lmcache_adapters.l2.integrity import HEADER_SIZE, IntegrityError, frame, unframe
-from lmcache_core.clock import SystemClock
-from lmcache_core.errors import BackendUnavailableError, ConfigError, InvalidKeyError, LMCacheError
+from lmcache_adapters.l2.stack import BackendL2Adapter, StackContext
+from lmcache_core.errors import (
+    BackendUnavailableError,
+    BackendUnreachableError,
+    ConfigError,
+    InvalidKeyError,
+)
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin.registry import ConfigField, config_field
-from lmcache_core.ports import Clock, KeyPage, L2Usage, MetricsSink, NullMetricsSink
+from lmcache_core.ports import Clock, KeyPage, L2Usage, MetricsSink, ProbesBackend, capability_of
 
 log = logging.getLogger(__name__)
 
@@ -54,95 +59,8 @@ S3_FIELDS: Mapping[str, ConfigField] = {
     "capacity_bytes": config_field(int, help="refuse stores beyond this many bytes (default: unbounded)"),
 }
 
-_CIRCUIT_CLOSED = "closed"
-_CIRCUIT_OPEN = "open"
-_CIRCUIT_HALF_OPEN = "half_open"
-
-
-class S3UnavailableError(LMCacheError):
-    """The S3 endpoint cannot be reached (connection failure, or the circuit breaker is open)."""
-
-
-class CircuitBreaker:
-    """Counts consecutive connection failures; opens after `threshold`; lets one probe through
-    after a back-off that doubles (up to a cap) each time a probe fails. Thread-safe."""
-
-    def __init__(self, threshold: int, backoff_seconds: float, max_backoff_seconds: float, clock: Clock) -> None:
-        self._threshold = threshold
-        self._base_backoff = backoff_seconds
-        self._max_backoff = max(max_backoff_seconds, backoff_seconds)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = _CIRCUIT_CLOSED
-        self._failures = 0
-        self._backoff = backoff_seconds
-        self._retry_at = 0.0
-        self._times_opened = 0
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            return self._state
-
-    @property
-    def is_closed(self) -> bool:
-        with self._lock:
-            return self._state == _CIRCUIT_CLOSED
-
-    def record_success(self) -> None:
-        """The endpoint answered (any HTTP status): the failure streak ends."""
-        with self._lock:
-            if self._state == _CIRCUIT_CLOSED:
-                self._failures = 0
-
-    def record_failure(self) -> bool:
-        """A connection-level failure; True when this one opened the circuit."""
-        with self._lock:
-            if self._state != _CIRCUIT_CLOSED:
-                return False  # stragglers of an already-open circuit change nothing
-            self._failures += 1
-            if self._failures < self._threshold:
-                return False
-            self._open_locked(self._base_backoff)
-            return True
-
-    def try_begin_probe(self) -> bool:
-        """True (and half-open) for exactly one caller once the back-off has passed."""
-        with self._lock:
-            if self._state != _CIRCUIT_OPEN or self._clock.monotonic() < self._retry_at:
-                return False
-            self._state = _CIRCUIT_HALF_OPEN
-            return True
-
-    def end_probe(self, reachable: bool) -> None:
-        """Close the circuit after a successful probe, or re-open it with a doubled back-off."""
-        with self._lock:
-            if self._state != _CIRCUIT_HALF_OPEN:
-                return
-            if reachable:
-                self._state = _CIRCUIT_CLOSED
-                self._failures = 0
-                self._backoff = self._base_backoff
-            else:
-                self._open_locked(min(self._backoff * 2, self._max_backoff))
-
-    def _open_locked(self, backoff: float) -> None:
-        self._state = _CIRCUIT_OPEN
-        self._backoff = backoff
-        self._retry_at = self._clock.monotonic() + backoff
-        self._times_opened += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            out: dict[str, Any] = {
-                "circuit": self._state,
-                "consecutive_failures": self._failures,
-                "circuit_times_opened": self._times_opened,
-            }
-            if self._state == _CIRCUIT_OPEN:
-                out["circuit_retry_in_seconds"] = round(max(0.0, self._retry_at - self._clock.monotonic()), 3)
-                out["circuit_backoff_seconds"] = self._backoff
-            return out
+S3UnavailableError = BackendUnreachableError
+"""The S3 endpoint cannot be reached (connection failure, or the circuit breaker is open)."""
 
 
 _loader_lock = threading.Lock()
@@ -159,12 +77,6 @@ def _shared_loader() -> Any:
 
             _loader = create_loader()
         return _loader
-
-
-def _done(value: T) -> Future[T]:
-    fut: Future[T] = Future()
-    fut.set_result(value)
-    return fut
 
 
 def _as_bytes_view(buf: memoryview) -> memoryview:
@@ -204,10 +116,9 @@ def _escaped_model(model_name: str) -> str:
     return model_name.replace("%", "%25").replace("/", "%2F")
 
 
-class S3L2Adapter:
-    """L2 tier in an S3-compatible bucket: one framed object per key, requests on a thread pool,
-    locks and usage tracked locally, and a circuit breaker that fails fast while the endpoint is
-    unreachable and recovers on its own."""
+class S3Backend:
+    """Storage backend in an S3-compatible bucket: one integrity-framed object per key; sizes
+    and usage tracked locally (rebuilt by a background scan of the prefix on start)."""
 
     kind = "s3"
 
@@ -227,12 +138,7 @@ class S3L2Adapter:
         read_timeout: float = 30.0,
         max_attempts: int = 2,
         create_bucket: bool = False,
-        circuit_breaker_threshold: int = 5,
-        circuit_breaker_backoff_seconds: float = 5.0,
-        circuit_breaker_max_backoff_seconds: float = 60.0,
         capacity_bytes: int | None = None,
-        clock: Clock | None = None,
-        metrics: MetricsSink | None = None,
         scan_on_start: bool = True,
     ) -> None:
         _validate(
@@ -245,9 +151,6 @@ class S3L2Adapter:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_attempts=max_attempts,
-            circuit_breaker_threshold=circuit_breaker_threshold,
-            circuit_breaker_backoff_seconds=circuit_breaker_backoff_seconds,
-            circuit_breaker_max_backoff_seconds=circuit_breaker_max_backoff_seconds,
             capacity_bytes=capacity_bytes,
         )
         if (aws_access_key_id is None) != (aws_secret_access_key is None):
@@ -269,14 +172,6 @@ class S3L2Adapter:
         self.endpoint_url = _redact_url(endpoint_url)  # shown in status; the client gets the original
         self.region = region
         self._capacity = capacity_bytes
-        self._clock: Clock = clock or SystemClock()
-        self._metrics: MetricsSink = metrics or NullMetricsSink()
-        self._breaker = CircuitBreaker(
-            circuit_breaker_threshold,
-            float(circuit_breaker_backoff_seconds),
-            float(circuit_breaker_max_backoff_seconds),
-            self._clock,
-        )
 
         conn_errors: list[type[BaseException]] = [
             botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, SSL, proxy
@@ -327,18 +222,14 @@ class S3L2Adapter:
         self._bytes_by_salt: dict[str, int] = {}
         self._used = 0
         self._reserved = 0
-        self._locks: dict[ObjectKey, int] = {}
-        self._pending = 0
         self._checksum_failures = 0
         self._foreign_objects_seen = 0
         self._last_error: str | None = None
-        self._probing = False
         self._bucket_pending = create_bucket
         self._scan_state = "not_started"
         self._scan_deleted: set[ObjectKey] | None = None
         self._scan_thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"lmcache-s3-{bucket}")
 
         if create_bucket:
             self._ensure_bucket()
@@ -346,7 +237,7 @@ class S3L2Adapter:
             self._start_scan()
 
     def __repr__(self) -> str:
-        return f"S3L2Adapter(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
+        return f"S3Backend(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
 
     # ------------------------------------------------------------------ names
 
@@ -365,30 +256,16 @@ class S3L2Adapter:
     # ------------------------------------------------------------------ S3 calls
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one S3 request, feeding the circuit breaker. Connection-level failures become
-        S3UnavailableError; HTTP errors (ClientError) pass through and count as "reachable"."""
+        """Run one S3 request. Connection-level failures become S3UnavailableError (what the
+        circuit breaker counts); HTTP errors (ClientError) pass through: the endpoint answered."""
         try:
-            result = fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except self._client_error:
-            self._breaker.record_success()
             raise
         except self._conn_errors as exc:
-            self._on_connection_failure(exc)
-            raise S3UnavailableError(f"s3 endpoint unreachable: {type(exc).__name__}") from exc
-        self._breaker.record_success()
-        return result
-
-    def _on_connection_failure(self, exc: BaseException) -> None:
-        self._note_error(exc)
-        if self._breaker.record_failure():
-            log.warning(
-                "s3 adapter %r: circuit opened after repeated connection failures (%s); failing fast",
-                self.bucket,
-                type(exc).__name__,
-            )
-            self._metrics.inc("l2_circuit_opened", adapter=self.kind)
-        else:
+            self._note_error(exc)
             log.debug("s3 adapter %r: connection failure %s", self.bucket, type(exc).__name__)
+            raise S3UnavailableError(f"s3 endpoint unreachable: {type(exc).__name__}") from exc
 
     def _note_error(self, exc: BaseException) -> None:
         with self._lock:
@@ -401,53 +278,23 @@ class S3L2Adapter:
     def _is_not_found(self, exc: BaseException) -> bool:
         return self._error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
-    # ------------------------------------------------------------------ circuit breaker
-
-    def _maybe_probe(self) -> None:
-        """Schedule one probe (HeadBucket) on the pool when the back-off has passed. Never blocks."""
-        if not self._breaker.try_begin_probe():
-            return
-        try:
-            self._pool.submit(self._probe)
-        except RuntimeError:  # pool shut down by close()
-            self._breaker.end_probe(False)
-
-    def _probe(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-            reachable = True
-        except self._client_error:
-            reachable = True  # the endpoint answered (a missing bucket is not a connection problem)
-        except self._conn_errors as exc:
-            self._note_error(exc)
-            reachable = False
-        except Exception as exc:  # an unexpected probe failure must not wedge the breaker half-open
-            log.exception("s3 adapter %r: probe failed unexpectedly", self.bucket)
-            self._note_error(exc)
-            reachable = False
-        self._breaker.end_probe(reachable)
-        if reachable:
-            log.warning("s3 adapter %r: endpoint reachable again; circuit closed", self.bucket)
-            if self._bucket_pending:
-                self._ensure_bucket()
-            with self._lock:
-                rescan = self._scan_state == "failed" and not self._closed
-            if rescan:
-                self._start_scan()
-        else:
-            log.warning("s3 adapter %r: probe failed; circuit stays open", self.bucket)
-
     def probe(self) -> None:
-        """HeadBucket against the real endpoint (readiness): the bucket exists and these
-        credentials may use it. Raises BackendUnavailableError naming the problem."""
+        """HeadBucket against the real endpoint (readiness, and the circuit breaker's probe):
+        the bucket exists and these credentials may use it. Raises BackendUnreachableError when
+        the endpoint does not answer, BackendUnavailableError naming any other problem. An
+        answer also finishes what an outage interrupted (a pending create_bucket, a failed
+        usage scan)."""
         if self._bucket_pending:
             self._ensure_bucket()
         where = f"bucket {self.bucket!r} at {self.endpoint_url or 'the default AWS endpoint'}"
         try:
             self._call(self._client.head_bucket, Bucket=self.bucket)
         except S3UnavailableError as exc:
-            raise BackendUnavailableError(f"{where}: endpoint unreachable ({exc.__cause__.__class__.__name__})") from exc
+            raise BackendUnreachableError(
+                f"{where}: endpoint unreachable ({exc.__cause__.__class__.__name__})"
+            ) from exc
         except self._client_error as exc:
+            self._rescan_if_failed()
             code = self._error_code(exc)
             self._note_error(exc)
             if code in ("404", "NoSuchBucket", "NotFound"):
@@ -457,6 +304,13 @@ class S3L2Adapter:
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise BackendUnavailableError(f"{where}: access denied (check the credentials)") from exc
             raise BackendUnavailableError(f"{where}: HeadBucket failed ({code or exc})") from exc
+        self._rescan_if_failed()
+
+    def _rescan_if_failed(self) -> None:
+        with self._lock:
+            rescan = self._scan_state == "failed" and not self._closed
+        if rescan:
+            self._start_scan()
 
     def _ensure_bucket(self) -> None:
         try:
@@ -474,69 +328,10 @@ class S3L2Adapter:
             return
         self._bucket_pending = False
 
-    # ------------------------------------------------------------------ batches
+    # ------------------------------------------------------------------ store
 
-    def _run_batch(self, n: int, item: Callable[..., bool], args: Sequence[tuple[Any, ...]]) -> Future[list[bool]]:
-        """One pool task per key; the returned Future completes with every key's bool."""
-        if n == 0:
-            return _done([])
-        with self._lock:
-            closed = self._closed
-        if closed:
-            return _done([False] * n)
-        if not self._breaker.is_closed:
-            self._maybe_probe()
-            return _done([False] * n)  # fail fast: no network call while the circuit is open
-
-        outer: Future[list[bool]] = Future()
-        results = [False] * n
-        state = {"remaining": n}
-        gate = threading.Lock()
-
-        def finish(i: int, fut: Future[bool] | None) -> None:
-            ok = False
-            if fut is not None and not fut.cancelled():
-                exc = fut.exception()
-                if exc is None:
-                    ok = bool(fut.result())
-                else:
-                    log.error("s3 adapter %r: unexpected error in a request", self.bucket, exc_info=exc)
-            with self._lock:
-                self._pending -= 1
-            with gate:
-                results[i] = ok
-                state["remaining"] -= 1
-                last = state["remaining"] == 0
-            if last:
-                outer.set_result(list(results))
-
-        for i, a in enumerate(args):
-            with self._lock:
-                self._pending += 1
-            try:
-                fut = self._pool.submit(self._guarded, item, *a)
-            except RuntimeError:  # closed concurrently
-                finish(i, None)
-                continue
-            fut.add_done_callback(functools.partial(finish, i))
-        return outer
-
-    def _guarded(self, item: Callable[..., bool], *args: Any) -> bool:
-        if not self._breaker.is_closed:
-            return False  # queued before the circuit opened: fail fast
-        try:
-            return item(*args)
-        except S3UnavailableError:
-            return False
-
-    # ------------------------------------------------------------------ L2Adapter: store
-
-    def submit_store(self, keys: Sequence[ObjectKey], payloads: Sequence[memoryview]) -> Future[list[bool]]:
-        if len(keys) != len(payloads):
-            raise ValueError(f"{len(keys)} keys but {len(payloads)} payloads")
-        return self._run_batch(len(keys), self._store_one, list(zip(keys, payloads, strict=True)))
-
-    def _store_one(self, key: ObjectKey, payload: memoryview) -> bool:
+    def put(self, key: ObjectKey, payload: memoryview) -> bool:
+        """PUT `header || payload`; False when it does not fit the capacity or S3 refuses it."""
         blob = frame(payload)
         size = len(blob)
         reserved = self._reserve(key, size)
@@ -551,7 +346,7 @@ class S3L2Adapter:
             return False
         except S3UnavailableError:
             self._release(reserved)
-            return False
+            raise
         with self._lock:
             self._reserved -= reserved
             self._index_put_locked(key, size)
@@ -593,59 +388,34 @@ class S3L2Adapter:
             if self._scan_deleted is not None:
                 self._scan_deleted.add(key)
 
-    # ------------------------------------------------------------------ L2Adapter: lookup / lock
+    # ------------------------------------------------------------------ exists
 
-    def submit_lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
-        return self._run_batch(len(keys), self._lookup_one, [(k,) for k in keys])
-
-    def _lookup_one(self, key: ObjectKey) -> bool:
-        # Lock before the HEAD so a concurrent delete skips the key; released again on a miss.
-        self._lock_key(key)
+    def exists(self, key: ObjectKey) -> bool:
+        """HEAD the object; one another server stored becomes known (its size too)."""
         try:
             head = self._call(self._client.head_object, Bucket=self.bucket, Key=self.object_name(key))
         except self._client_error as exc:
-            self._unlock_key(key)
             if self._is_not_found(exc):
                 self._forget(key)
             else:
                 self._note_error(exc)
             return False
-        except BaseException:
-            self._unlock_key(key)
-            raise
         size = int(head.get("ContentLength", 0))
         with self._lock:
             if key not in self._objects:  # written by another server sharing the bucket
                 self._index_put_locked(key, size)
         return True
 
-    def _lock_key(self, key: ObjectKey) -> None:
-        with self._lock:
-            acquire_lock_count(self._locks, key)
-
-    def _unlock_key(self, key: ObjectKey) -> None:
-        with self._lock:
-            release_lock_count(self._locks, key)
-
-    def unlock(self, keys: Sequence[ObjectKey]) -> None:
-        for key in keys:
-            self._unlock_key(key)
-
     def stored_nbytes(self, keys: Sequence[ObjectKey]) -> list[int | None]:
         """Payload length of each key this adapter knows of (what a load buffer must hold), None
-        otherwise. An optional extension beyond the protocol, answered from memory (no request):
+        otherwise. The KnowsStoredSizes capability, answered from memory (no request):
         the serde wrapper uses it to size load buffers for objects it did not store itself; a
         lookup makes objects written by other servers known."""
         with self._lock:
             sizes = [self._objects.get(key) for key in keys]
         return [None if size is None else max(size - HEADER_SIZE, 0) for size in sizes]
 
-    # ------------------------------------------------------------------ L2Adapter: load
-
-    def submit_load(self, keys: Sequence[ObjectKey], buffers: Sequence[memoryview]) -> Future[list[bool]]:
-        if len(keys) != len(buffers):
-            raise ValueError(f"{len(keys)} keys but {len(buffers)} buffers")
-        return self._run_batch(len(keys), self._load_one, list(zip(keys, buffers, strict=True)))
+    # ------------------------------------------------------------------ load
 
     def _get_bytes(self, name: str) -> bytes:
         resp = self._client.get_object(Bucket=self.bucket, Key=name)
@@ -655,7 +425,8 @@ class S3L2Adapter:
         finally:
             body.close()
 
-    def _load_one(self, key: ObjectKey, buffer: memoryview) -> bool:
+    def get_into(self, key: ObjectKey, buffer: memoryview) -> bool:
+        """GET and verify; a corrupt object is deleted and IntegrityError raised."""
         name = self.object_name(key)
         try:
             blob = self._call(self._get_bytes, name)
@@ -669,17 +440,15 @@ class S3L2Adapter:
             payload = unframe(blob)
         except IntegrityError as exc:
             self._on_corrupt(key, name, exc)
-            return False
-        target = _as_bytes_view(buffer)
-        if payload.nbytes != target.nbytes:
+            raise
+        if payload.nbytes != buffer.nbytes:
             return False  # a valid object of another size: the caller asked for something else
-        target[:] = payload
+        buffer[:] = payload
         return True
 
     def _on_corrupt(self, key: ObjectKey, name: str, exc: IntegrityError) -> None:
         with self._lock:
             self._checksum_failures += 1
-        self._metrics.inc("l2_checksum_failures", adapter=self.kind)
         log.warning("s3 adapter %r: object %s failed verification (%s); deleting it", self.bucket, name, exc)
         try:
             self._call(self._client.delete_object, Bucket=self.bucket, Key=name)
@@ -688,73 +457,54 @@ class S3L2Adapter:
             return
         self._forget(key)
 
-    # ------------------------------------------------------------------ L2Adapter: delete
+    # ------------------------------------------------------------------ delete
 
-    def delete(self, keys: Sequence[ObjectKey]) -> list[bool]:
+    def delete(self, key: ObjectKey) -> bool:
+        return self.delete_many([key])[0]
+
+    def delete_many(self, keys: Sequence[ObjectKey]) -> list[bool]:
+        """DeleteObjects in batches of DELETE_BATCH (the DeletesInBatches capability). Keys must
+        be distinct (the stack's lock table makes them so)."""
         results = [False] * len(keys)
         with self._lock:
-            closed = self._closed
-        if not keys or closed:
-            return results
-        if not self._breaker.is_closed:
-            self._maybe_probe()
-            return results
-        # Locked keys are skipped; a key named twice is deleted (and reported True) once.
-        first_index: dict[ObjectKey, int] = {}
-        with self._lock:
-            for i, key in enumerate(keys):
-                if key not in first_index and self._locks.get(key, 0) == 0:
-                    first_index[key] = i
-            unknown = [k for k in first_index if k not in self._objects]
+            if self._closed or not keys:
+                return results
+            unknown = [k for k in keys if k not in self._objects]
         # S3 reports success for deleting a missing object: ask about keys we do not know of.
         missing = self._missing(unknown)
-        targets = [k for k in first_index if k not in missing]
+        targets = [(i, k) for i, k in enumerate(keys) if k not in missing]
         for start in range(0, len(targets), DELETE_BATCH):
             chunk = targets[start : start + DELETE_BATCH]
             try:
                 resp = self._call(
                     self._client.delete_objects,
                     Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self.object_name(k)} for k in chunk], "Quiet": True},
+                    Delete={"Objects": [{"Key": self.object_name(k)} for _, k in chunk], "Quiet": True},
                 )
-            except (self._client_error, S3UnavailableError) as exc:
+            except self._client_error as exc:
                 log.warning("s3 adapter %r: batch delete failed: %s", self.bucket, exc)
                 self._note_error(exc)
                 break
             failed = {err.get("Key") for err in resp.get("Errors", [])}
-            for key in chunk:
+            for i, key in chunk:
                 if self.object_name(key) in failed:
                     continue
                 self._forget(key)
-                results[first_index[key]] = True
+                results[i] = True
         return results
 
     def _missing(self, keys: Sequence[ObjectKey]) -> set[ObjectKey]:
-        """Keys whose HEAD answers 404 (checked concurrently; unreachable counts as not missing)."""
-        if not keys:
-            return set()
-
-        def exists(key: ObjectKey) -> bool:
+        """Keys whose HEAD answers 404 (rare: keys this process never saw stored or looked up)."""
+        missing: set[ObjectKey] = set()
+        for key in keys:
             try:
                 self._call(self._client.head_object, Bucket=self.bucket, Key=self.object_name(key))
             except self._client_error as exc:
-                return not self._is_not_found(exc)
-            return True
-
-        try:
-            futures = {self._pool.submit(exists, k): k for k in keys}
-        except RuntimeError:
-            return set(keys)
-        wait_futures(futures)
-        missing: set[ObjectKey] = set()
-        for fut, key in futures.items():
-            if fut.exception() is None and not fut.result():
-                missing.add(key)
-            elif fut.exception() is not None:
-                missing.add(key)  # unreachable: the delete below would fail too
+                if self._is_not_found(exc):
+                    missing.add(key)
         return missing
 
-    # ------------------------------------------------------------------ L2Adapter: listing
+    # ------------------------------------------------------------------ listing
 
     def list_keys(
         self,
@@ -767,9 +517,6 @@ class S3L2Adapter:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a positive integer, got {page_size!r}")
         start_after = _decode_token(page_token) if page_token is not None else None
-        if not self._breaker.is_closed:
-            self._maybe_probe()
-            raise S3UnavailableError(f"s3 adapter {self.bucket!r} is unavailable: circuit open")
         list_prefix = self.prefix + (_escaped_model(model_name) + "@" if model_name is not None else "")
         keys: list[ObjectKey] = []
         last_name: str | None = start_after
@@ -850,30 +597,21 @@ class S3L2Adapter:
     # ------------------------------------------------------------------ status / close
 
     def report_status(self) -> dict[str, Any]:
-        # Cheap (no I/O): at most it schedules a probe, so /status polling alone lets a quiet
-        # adapter recover once the endpoint is back.
-        if not self._breaker.is_closed:
-            self._maybe_probe()
-        breaker = self._breaker.snapshot()
         with self._lock:
             report: dict[str, Any] = {
-                "is_healthy": breaker["circuit"] == _CIRCUIT_CLOSED and not self._closed,
+                "is_healthy": not self._closed,
                 "kind": self.kind,
                 "bucket": self.bucket,
                 "prefix": self.prefix,
                 "endpoint_url": self.endpoint_url,
                 "region": self.region,
-                **breaker,
                 "checksum_failures": self._checksum_failures,
                 "stored_object_count": len(self._objects),
                 "used_bytes": self._used,
                 "capacity_bytes": self._capacity,
-                "locked_key_count": len(self._locks),
-                "pending_operations": self._pending,
                 "usage_scan": self._scan_state,
                 "foreign_objects_seen": self._foreign_objects_seen,
                 "last_error": self._last_error,
-                "closed": self._closed,
             }
         return report
 
@@ -883,13 +621,67 @@ class S3L2Adapter:
                 return
             self._closed = True
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
         if self._scan_thread is not None:
             self._scan_thread.join(timeout=30)
         try:
             self._client.close()
         except Exception:  # closing HTTP connections must not fail shutdown
             log.debug("s3 adapter %r: client close failed", self.bucket, exc_info=True)
+
+
+class S3L2Adapter(BackendL2Adapter):
+    """The `s3` kind: an S3Backend behind the standard L2 stack, with a circuit breaker that
+    fails fast while the endpoint is unreachable and recovers on its own."""
+
+    backend: S3Backend
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        max_workers: int = 8,
+        circuit_breaker_threshold: int = 5,
+        circuit_breaker_backoff_seconds: float = 5.0,
+        circuit_breaker_max_backoff_seconds: float = 60.0,
+        clock: Clock | None = None,
+        metrics: MetricsSink | None = None,
+        name: str = "s3",
+        **backend_fields: Any,
+    ) -> None:
+        _check_positive("circuit_breaker_threshold", circuit_breaker_threshold, integer=True)
+        _check_positive("circuit_breaker_backoff_seconds", circuit_breaker_backoff_seconds, integer=False)
+        _check_positive("circuit_breaker_max_backoff_seconds", circuit_breaker_max_backoff_seconds, integer=False)
+        breaker = BreakerSettings(
+            circuit_breaker_threshold,
+            float(circuit_breaker_backoff_seconds),
+            float(circuit_breaker_max_backoff_seconds),
+        )
+        backend = S3Backend(bucket=bucket, max_workers=max_workers, **backend_fields)
+        try:
+            super().__init__(
+                backend, name=name, max_workers=max_workers, metrics=metrics, clock=clock, circuit_breaker=breaker
+            )
+        except BaseException:
+            backend.close()
+            raise
+
+    @property
+    def bucket(self) -> str:
+        return self.backend.bucket
+
+    def object_name(self, key: ObjectKey) -> str:
+        """The S3 object name of `key`: prefix + storage name."""
+        return self.backend.object_name(key)
+
+    def stored_nbytes(self, keys: Sequence[ObjectKey]) -> list[int | None]:
+        """KnowsStoredSizes: the backend's answer (no request)."""
+        return self.backend.stored_nbytes(keys)
+
+    def probe(self) -> None:
+        """ProbesBackend: HeadBucket, through the circuit breaker (which counts the answer)."""
+        prober = capability_of(self._io, ProbesBackend)
+        if prober is not None:
+            prober.probe()
 
 
 # --------------------------------------------------------------------------- config
@@ -918,25 +710,18 @@ def _validate(**fields: Any) -> None:
         raise ConfigError(
             f"s3 adapter field 'addressing_style' must be auto, path or virtual, got {fields['addressing_style']!r}"
         )
-    for name in ("max_workers", "max_attempts", "circuit_breaker_threshold"):
+    for name in ("max_workers", "max_attempts"):
         _check_positive(name, fields[name], integer=True)
-    for name in ("connect_timeout", "read_timeout", "circuit_breaker_backoff_seconds",
-                 "circuit_breaker_max_backoff_seconds"):
+    for name in ("connect_timeout", "read_timeout"):
         _check_positive(name, fields[name], integer=False)
     if fields["capacity_bytes"] is not None:
         _check_positive("capacity_bytes", fields["capacity_bytes"], integer=True)
 
 
-def _service(services: Any, name: str) -> Any:
-    if isinstance(services, Mapping):
-        return services.get(name)
-    return getattr(services, name, None)
-
-
 def create_s3_adapter(config: dict[str, Any], services: Any) -> S3L2Adapter:
     """Factory for the `s3` kind: `config` is the validated `--l2-adapter` JSON without `type`.
 
-    Uses `services.clock` and `services.metrics` when the services object provides them."""
+    Uses the services' name, clock and metrics when it provides them."""
     from lmcache_core.plugin.registry import COMMON_FIELDS
 
     unknown = sorted(set(config) - set(S3_FIELDS) - set(COMMON_FIELDS))
@@ -945,10 +730,5 @@ def create_s3_adapter(config: dict[str, Any], services: Any) -> S3L2Adapter:
     kwargs = {name: value for name, value in config.items() if name in S3_FIELDS and value is not None}
     if "bucket" not in kwargs:
         raise ConfigError("L2 adapter 's3' requires field 'bucket'")
-    clock = _service(services, "clock")
-    metrics = _service(services, "metrics")
-    return S3L2Adapter(
-        **kwargs,
-        clock=clock if isinstance(clock, Clock) else None,
-        metrics=metrics if isinstance(metrics, MetricsSink) else None,
-    )
+    context = StackContext.of(services, config, "s3")
+    return S3L2Adapter(**kwargs, clock=context.clock, metrics=context.metrics, name=context.name)

@@ -25,16 +25,25 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from lmcache_core.errors import ConfigError, NotInitializedError
 from lmcache_core.keys import ObjectKey
-from lmcache_core.ports import KeyPage, L2Adapter, L2Usage, ProbesBackend
+from lmcache_core.ports import (
+    KeyPage,
+    KnowsStoredSizes,
+    L2Adapter,
+    L2Usage,
+    NamesItsType,
+    ProbesBackend,
+    capability_of,
+)
 from lmcache_core.status import compose_status
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_Cap = TypeVar("_Cap")
 
 _MAGIC = b"LS"
 # magic(2) | codec id(u8) | flags(u8, was reserved: always 0 before RECODED) | original length(u64)
@@ -261,9 +270,9 @@ class SerdeL2Adapter:
         with self._lock:
             lengths: list[int | None] = [self._lengths.get(k) for k in keys]
         missing = [i for i, n in enumerate(lengths) if n is None]
-        ask = getattr(self.inner, "stored_nbytes", None)
-        if missing and callable(ask):
-            answers = ask([keys[i] for i in missing])
+        sizes = capability_of(self.inner, KnowsStoredSizes)
+        if missing and sizes is not None:
+            answers = sizes.stored_nbytes([keys[i] for i in missing])
             for i, n in zip(missing, answers, strict=True):
                 lengths[i] = n
         return lengths
@@ -534,8 +543,28 @@ class SerdeL2Adapter:
 
     def probe(self) -> None:
         """The wrapped adapter's probe (nothing to check when it has none)."""
-        if isinstance(self.inner, ProbesBackend):
-            self.inner.probe()
+        prober = capability_of(self.inner, ProbesBackend)
+        if prober is not None:
+            prober.probe()
+
+    @property
+    def type_name(self) -> str:
+        """The wrapped adapter's class: /l2/adapters shows what stores the bytes."""
+        if isinstance(self.inner, NamesItsType):
+            return self.inner.type_name
+        return type(self.inner).__name__
+
+    def capability(self, protocol: type[_Cap]) -> _Cap | None:
+        """Probing and recoding are this wrapper's; anything else (reconfiguration, device
+        ownership) is the wrapped adapter's. Stored sizes are not forwarded: the inner sizes
+        are of encoded blobs, not of what a caller loads."""
+        if protocol is ProbesBackend:
+            return cast(_Cap, self) if capability_of(self.inner, ProbesBackend) is not None else None
+        if protocol is KnowsStoredSizes:
+            return None
+        if isinstance(self, protocol):
+            return self
+        return capability_of(self.inner, protocol)
 
     def report_status(self) -> dict[str, Any]:
         with self._lock:

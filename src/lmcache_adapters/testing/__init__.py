@@ -1,18 +1,24 @@
-"""Shared test suites for adapter authors: subclass `L2AdapterContract` to test an L2 adapter,
-`MemoryPoolContract` (in `lmcache_adapters.testing.memory_contract`) to test an L1 memory pool.
+"""Shared test suites for adapter authors (pytest, numpy; no torch).
+
+- `StorageBackendContract`: what a narrow `StorageBackend` must do (its own part);
+- `L2AdapterContract`: what a complete `L2Adapter` must do (the standard wrappers run it once
+  over an in-memory backend; a backend author may run it over `BackendL2Adapter(backend)` too);
+- `MemoryPoolContract` (in `lmcache_adapters.testing.memory_contract`): an L1 memory pool.
 
 Usage in a third-party package (pytest collects the subclass, not the base)::
 
-    from lmcache_adapters.testing import L2AdapterContract
+    from lmcache_adapters.testing import StorageBackendContract
 
-    class TestMyContract(L2AdapterContract):
+    class TestMyBackend(StorageBackendContract):
         @pytest.fixture
-        def adapter(self, tmp_path):
-            a = MyL2Adapter(...)
-            yield a
-            a.close()
+        def backend(self, tmp_path):
+            b = MyBackend(...)
+            yield b
+            b.close()
 """
 
-from lmcache_adapters.testing.l2_contract import L2AdapterContract, make_key, tensor_payload
+from lmcache_adapters.testing.backend_contract import StorageBackendContract
+from lmcache_adapters.testing.l2_contract import L2AdapterContract
+from lmcache_adapters.testing.l2_data import make_key, tensor_payload
 
-__all__ = ["L2AdapterContract", "make_key", "tensor_payload"]
+__all__ = ["L2AdapterContract", "StorageBackendContract", "make_key", "tensor_payload"]

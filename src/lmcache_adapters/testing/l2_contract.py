@@ -13,8 +13,10 @@ collects only the subclasses) and provides:
 - optionally the hook `assert_payload_equal(original, loaded)` for lossy wrappers (default:
   bit-exact).
 
-Every payload is real tensor bytes (bfloat16 viewed as uint8), every wait is bounded by
-`TIMEOUT` seconds, and the whole class runs in a few seconds per adapter.
+Every payload is real bfloat16 values viewed as bytes (made with numpy: the suite needs no
+torch), every wait is bounded by `TIMEOUT` seconds, and the whole class runs in a few seconds per
+adapter. The wrappers every backend gets run this suite once over an in-memory backend
+(`tests/contract/test_stack_contract.py`); a backend's own part is `StorageBackendContract`.
 """
 
 from __future__ import annotations
@@ -27,36 +29,15 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-import torch
 
-from lmcache_core.keys import ObjectKey, kv_rank_for
+from lmcache_adapters.testing.l2_data import SMALL_ELEMS, make_key, tensor_payload
+from lmcache_core.keys import ObjectKey
 from lmcache_core.ports import L2Adapter, ListingNotSupportedError
+
+__all__ = ["SMALL_ELEMS", "TIMEOUT", "L2AdapterContract", "make_key", "tensor_payload"]
 
 TIMEOUT = 10.0
 """Seconds any single Future may take before the suite calls the adapter hung."""
-
-SMALL_ELEMS = 512  # 1 KiB of bfloat16
-
-
-def make_key(
-    i: int, *, model_name: str = "contract/model-a", cache_salt: str = "", rank: int = 0
-) -> ObjectKey:
-    """A deterministic key: the chunk hash is 32 bytes derived from `i` (so distinct i -> distinct key)."""
-    chunk_hash = i.to_bytes(8, "big") * 4
-    return ObjectKey(
-        chunk_hash=chunk_hash,
-        model_name=model_name,
-        kv_rank=kv_rank_for(2, rank),
-        object_group_id=0,
-        cache_salt=cache_salt,
-    )
-
-
-def tensor_payload(n_elems: int = SMALL_ELEMS, seed: int = 0) -> memoryview:
-    """`n_elems` bfloat16 values from a seeded normal distribution, as a read-only byte view."""
-    gen = torch.Generator().manual_seed(seed)
-    tensor = torch.randn(n_elems, dtype=torch.bfloat16, generator=gen)
-    return memoryview(tensor.view(torch.uint8).numpy().tobytes())
 
 
 def _result(future: Future[list[bool]]) -> list[bool]:

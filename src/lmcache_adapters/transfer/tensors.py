@@ -357,3 +357,65 @@ def find_cuda_device(device_uuid: str) -> int:
         if uuid == want:
             return i
     raise RuntimeError(f"no local GPU has UUID {device_uuid}")
+
+
+# ---------------------------------------------------------------------------- 0.5.6 descriptors
+
+DESCRIPTOR_WRAPPERS: dict[str, type[_SharedTensorWrapper]] = {
+    "cpu_shm": CpuShmTensorWrapper,
+    "cuda": CudaIPCWrapper,
+    "cuda_raw": RawCudaIPCWrapper,
+}
+"""LMCache 0.5.6's tensor-descriptor tags -> the wrapper whose checks and mapping they get."""
+
+
+def wrapper_from_descriptor(
+    kind: str,
+    *,
+    dtype: str,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    storage_offset: int,
+    device_uuid: str,
+    shm_name: str = "",
+    nbytes: int = 0,
+    cuda_handle: tuple[Any, ...] | None = None,
+    ipc_handle: bytes = b"",
+) -> CpuShmTensorWrapper | CudaIPCWrapper:
+    """The wrapper of a data-only tensor descriptor (LMCache 0.5.6 sends msgpack, no pickle),
+    built through the same state schema as an unpickled 0.5.0 wrapper, so it passes exactly the
+    same checks (one name under /dev/shm, geometry inside the segment, a well-formed CUDA
+    handle). WrapperStateError for a descriptor it does not accept; ValueError for a tag this
+    server cannot open (`cuda_vmm`, `musa`, `npu`)."""
+    cls = DESCRIPTOR_WRAPPERS.get(kind)
+    if cls is None:
+        raise ValueError(f"tensor descriptor type {kind!r} is not supported by this server")
+    if dtype not in ALLOWED_DTYPES:
+        raise WrapperStateError(f"dtype must be one of {', '.join(ALLOWED_DTYPES)}, got {dtype!r}")
+    state: dict[str, Any] = {
+        "dtype": getattr(torch, dtype), "shape": tuple(shape), "stride": tuple(stride),
+        "storage_offset": storage_offset, "device_uuid": device_uuid,
+    }
+    if cls is CpuShmTensorWrapper:
+        state.update(shm_name=shm_name, nbytes=nbytes)
+    elif cls is RawCudaIPCWrapper:
+        state.update(_ipc_handle_reserved=ipc_handle, _nbytes=nbytes)
+    else:
+        state["handle"] = cuda_handle
+    wrapper = cls.__new__(cls)
+    wrapper.__setstate__(state)
+    assert isinstance(wrapper, CpuShmTensorWrapper | CudaIPCWrapper)
+    return wrapper
+
+
+def open_shared_tensor(
+    wrapper: CpuShmTensorWrapper | CudaIPCWrapper, refuse: Collection[tuple[int, int]] = ()
+) -> tuple[torch.Tensor, GuardedRange | None]:
+    """Map an engine's shared KV tensor (CPU: its /dev/shm segment, watched for truncation;
+    CUDA: the IPC memory on the GPU it names). `refuse`: (st_dev, st_ino) of segments that must
+    never be opened this way (the server's own L1 segment)."""
+    if isinstance(wrapper, CpuShmTensorWrapper):
+        return wrapper.map_segment(refuse)
+    if isinstance(wrapper, RawCudaIPCWrapper):
+        return wrapper.to_tensor(), None
+    return wrapper.to_tensor(refuse=refuse), None

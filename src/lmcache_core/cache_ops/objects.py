@@ -11,7 +11,7 @@ from lmcache_core.errors import InvalidRequestError, UnavailableError
 from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.results import OpResult
 from lmcache_core.l2.entry import L2AdapterEntry
-from lmcache_core.ports import KnowsStoredSizes, L2Adapter, Reconfigurable, WrapsL2Adapter
+from lmcache_core.ports import KnowsStoredSizes, L2Adapter, Reconfigurable, capability_of
 from lmcache_core.storage_manager import StorageManager
 
 MAX_DELETE_BATCH = 10_000
@@ -20,12 +20,8 @@ NO_L2_ADAPTERS = "no L2 adapters configured"
 
 
 def reconfigurable_target(adapter: L2Adapter) -> Reconfigurable | None:
-    """The adapter itself, or the one a wrapper (serde) wraps, when it is Reconfigurable."""
-    if isinstance(adapter, Reconfigurable):
-        return adapter
-    if isinstance(adapter, WrapsL2Adapter) and isinstance(adapter.inner, Reconfigurable):
-        return adapter.inner
-    return None
+    """What reconfigures the adapter (itself, or what a wrapper declares), or None."""
+    return capability_of(adapter, Reconfigurable)
 
 
 def check_delete_batch(count: int) -> None:
@@ -125,8 +121,9 @@ class ObjectService:
         except ValueError as exc:
             raise InvalidRequestError(f"invalid page_token: {exc}") from None
         sizes: Sequence[int | None] = [None] * len(page.keys)
-        if isinstance(adapter, KnowsStoredSizes) and page.keys:
-            sizes = adapter.stored_nbytes(page.keys)
+        known = capability_of(adapter, KnowsStoredSizes)
+        if known is not None and page.keys:
+            sizes = known.stored_nbytes(page.keys)
         return ObjectPage(entry, list(zip(page.keys, sizes, strict=True)), page.next_page_token)
 
     # -- delete ---------------------------------------------------------------------------

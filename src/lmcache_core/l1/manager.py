@@ -7,11 +7,14 @@ import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.listener import L1Listener
-from lmcache_core.l1.locks import TTLLock
+from lmcache_core.l1.objects import L1Object, lock_reads
+from lmcache_core.l1.pending import PendingFrees
+from lmcache_core.l1.pins import Pins
 from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.ports import Clock, MemoryHandle, MemoryPool
 from lmcache_core.status import compose_status
@@ -42,71 +45,6 @@ class L1ObjectInfo:
     @property
     def locked(self) -> bool:
         return self.write_locked or self.read_lock_count > 0
-
-
-class _L1Object:
-    """One resident object: its memory and its lock state."""
-
-    __slots__ = (
-        "copy_lock",
-        "created_at",
-        "handle",
-        "key",
-        "last_access",
-        "pending",
-        "read_lock",
-        "ready",
-        "size",
-        "stamp",
-        "temporary",
-        "write_lock",
-    )
-
-    def __init__(
-        self,
-        key: ObjectKey,
-        handle: MemoryHandle,
-        size: int,
-        temporary: bool,
-        write_ttl: float,
-        read_ttl: float,
-        clock: Clock,
-        now: float,
-    ) -> None:
-        self.key = key
-        self.handle = handle
-        self.size = size
-        self.temporary = temporary
-        # False until a write finishes; an object whose write lock expires before that was
-        # abandoned by a crashed writer and holds garbage, so it is never made readable.
-        self.ready = False
-        self.write_lock = TTLLock(write_ttl, clock)
-        # Every read lock counts in `read_lock`; the ones held by a copy in flight (the object's
-        # memory is being read right now) count in `copy_lock` too. The rest are promises (a
-        # LOOKUP's locks kept for a later retrieve): nothing reads the memory yet.
-        self.read_lock = TTLLock(read_ttl, clock)
-        self.copy_lock = TTLLock(read_ttl, clock)
-        # True once force-cleared with a copy in flight: out of the table, memory kept until
-        # the copy finishes (found by its handle, never by its key).
-        self.pending = False
-        self.created_at = now
-        self.last_access = now
-        # Set by a batch operation to its own token: a second sight of the object in the same
-        # batch is a duplicate key (cheaper than hashing every key into a "seen" set).
-        self.stamp: object = None
-
-    def locked(self, now: float) -> bool:
-        return self.write_lock.is_locked(now) or self.read_lock.is_locked(now) or self.copy_lock.is_locked(now)
-
-    def in_flight(self, now: float) -> bool:
-        """A writer or a copy is using the memory right now (promises do not count)."""
-        return self.write_lock.is_locked(now) or self.copy_lock.is_locked(now)
-
-    def promises(self, now: float) -> int:
-        return max(0, self.read_lock.count(now) - self.copy_lock.count(now))
-
-    def readable(self, now: float) -> bool:
-        return self.ready and not self.write_lock.is_locked(now)
 
 
 def _missing_status(key: ObjectKey, seen: set[ObjectKey]) -> OpResult:
@@ -201,10 +139,9 @@ class L1Manager:
         self._listeners: list[L1Listener] = []
         self._receivers: dict[str, list[tuple[L1Listener, Callable[..., None]]]] = {event: [] for event in _EVENTS}
         self._reclaimer: Reclaimer | None = None
-        self._objects: dict[ObjectKey, _L1Object] = {}
-        # Force-cleared objects with a copy or writer in flight, by id() of their handle (the
-        # handle object stays referenced by its object, so its id is not reused meanwhile).
-        self._pending: dict[int, _L1Object] = {}
+        self._objects: dict[ObjectKey, L1Object] = {}
+        # Force-cleared objects with a copy or writer in flight.
+        self._pending = PendingFrees(pool.free)
         # Keys of table objects holding a lock (may include expired ones until _expire runs);
         # small sets, so status never walks the whole table.
         self._write_locked: set[ObjectKey] = set()
@@ -212,9 +149,7 @@ class L1Manager:
         self._temporary: set[ObjectKey] = set()
         # Keys the reclaimer must not evict (existing objects a reserve_write is about to rewrite).
         self._protected: set[ObjectKey] = set()
-        # Pinned keys -> monotonic deadline (inf = until unpinned); kept small by the admission
-        # rule in pin(), so status and expiry walk only this dict, never the table.
-        self._pins: dict[ObjectKey, float] = {}
+        self._pins = Pins()
         self._bytes_by_salt: dict[str, int] = {}
         self._object_bytes = 0
         self._expired_locks_total = 0
@@ -284,13 +219,13 @@ class L1Manager:
             now = self._clock.monotonic()
             seen: set[ObjectKey] = set()
             # (index, key, size, existing object or None)
-            plan: list[tuple[int, ObjectKey, int, _L1Object | None]] = []
+            plan: list[tuple[int, ObjectKey, int, L1Object | None]] = []
             for i, (key, size) in enumerate(zip(keys, checked_sizes, strict=True)):
                 if key in seen:
                     continue  # answered KEY_IN_WRONG_STATE
                 seen.add(key)
                 obj = self._objects.get(key)
-                if obj is not None and mode is not WriteMode.UPDATE and self._abandoned(obj, now):
+                if obj is not None and mode is not WriteMode.UPDATE and obj.abandoned(now):
                     self._drop([obj], "aborted")
                     obj = None
                 if obj is None:
@@ -300,7 +235,7 @@ class L1Manager:
                         plan.append((i, key, size, None))
                 elif mode is WriteMode.NEW:
                     results[i] = (OpResult.KEY_IN_WRONG_STATE, None)
-                elif obj.temporary or obj.locked(now):
+                elif not obj.writable(now):
                     results[i] = (OpResult.KEY_NOT_WRITABLE, None)
                 else:
                     plan.append((i, key, size, obj))
@@ -317,20 +252,12 @@ class L1Manager:
                 return results
 
             fresh = iter(handles)
+            write_until = now + self._write_ttl
             reserved_keys: list[ObjectKey] = []
             reserved_sizes: list[int] = []
             for i, key, size, existing in plan:
                 if existing is None:
-                    obj = _L1Object(
-                        key,
-                        next(fresh),
-                        size,
-                        temporary,
-                        self._write_ttl,
-                        self._read_ttl,
-                        self._clock,
-                        now,
-                    )
+                    obj = L1Object(key, next(fresh), size, temporary, now)
                     self._attach(obj)
                 else:
                     obj = existing
@@ -346,7 +273,7 @@ class L1Manager:
                         obj.temporary = True
                         self._temporary.add(key)
                     obj.last_access = now
-                obj.write_lock.lock(1, now)
+                obj.lock_write(now, write_until)
                 self._write_locked.add(key)
                 results[i] = (OpResult.SUCCESS, obj.handle)
                 reserved_keys.append(key)
@@ -407,12 +334,11 @@ class L1Manager:
         with self._lock:
             now = self._clock.monotonic()
             results: list[tuple[OpResult, MemoryHandle | None]] = []
-            readable: list[_L1Object] = []
-            # Hot loop (128+ keys per LOOKUP). Locals are bound once, and the TTL locks' state
-            # is read and updated inline (same rules as TTLLock.is_locked/lock, no call per
-            # key). A duplicate is recognised by a per-call stamp on the object, so a found
-            # key is hashed once; the stored key (obj.key) is used from here on so later
-            # set/dict/LRU lookups hit on identity, skipping __eq__.
+            readable: list[L1Object] = []
+            # Hot loop (128+ keys per LOOKUP): locals are bound once. A duplicate is recognised
+            # by a per-call stamp on the object, so a found key is hashed once; the stored key
+            # (obj.key) is used from here on so later set/dict/LRU lookups hit on identity,
+            # skipping __eq__.
             stamp = object()
             get = self._objects.get
             append, append_readable = results.append, readable.append
@@ -428,8 +354,7 @@ class L1Manager:
                     append(wrong)
                     continue
                 obj.stamp = stamp
-                wl = obj.write_lock
-                if not obj.ready or (wl._count > 0 and now < wl._deadline):
+                if not obj.readable(now):
                     append(unreadable)
                     continue
                 append_readable(obj)
@@ -457,44 +382,27 @@ class L1Manager:
         with self._lock:
             now = self._clock.monotonic()
             # Hot loop, as in reserve_read: checks first (so no lock is taken and dropped for a
-            # partial group), lock state read inline, duplicates recognised by a per-call stamp.
+            # partial group), duplicates recognised by a per-call stamp.
             stamp = object()
-            get = self._objects.get
-            run: list[_L1Object] = []
+            run: list[L1Object] = []
             append = run.append
-            for key in keys:
-                obj = get(key)
-                if obj is None or obj.stamp is stamp or not obj.ready:
+            for obj in map(self._objects.get, keys):
+                if obj is None or obj.stamp is stamp:
                     break
                 obj.stamp = stamp
-                wl = obj.write_lock
-                if (wl._count > 0 and now < wl._deadline) or (nbytes is not None and obj.handle.nbytes != nbytes):
+                if not obj.readable(now) or (nbytes is not None and obj.handle.nbytes != nbytes):
                     break
                 append(obj)
             del run[len(run) - len(run) % group :]
             self._emit("on_l1_keys_read_reserved", self._lock_for_read(run, holders, now, not promise))
             return [obj.handle for obj in run]
 
-    def _lock_for_read(self, objs: list[_L1Object], holders: int, now: float, copy: bool) -> list[ObjectKey]:
+    def _lock_for_read(self, objs: list[L1Object], holders: int, now: float, copy: bool) -> list[ObjectKey]:
         """Add `holders` read locks (copies in flight with `copy`, else promises) to readable
-        objects (the caller holds the L1 lock); returns their stored keys. The TTL lock rules
-        of TTLLock.lock, inline: one loop per batch."""
-        add_locked = self._read_locked.add
-        locked: list[ObjectKey] = []
-        append_locked = locked.append
-        for obj in objs:
-            rl = obj.read_lock
-            if rl._count > 0 and now >= rl._deadline:
-                rl._count = 0  # expired: its holders are presumed dead
-            rl._count += holders
-            rl._deadline = now + rl._ttl
-            if copy:
-                obj.copy_lock.lock(holders, now)
-            obj.last_access = now
-            # The stored key: later set/dict/LRU lookups hit on identity.
-            stored = obj.key
-            add_locked(stored)
-            append_locked(stored)
+        objects (the caller holds the L1 lock); returns their stored keys (later set/dict/LRU
+        lookups hit on identity)."""
+        locked = lock_reads(objs, holders, now, now + self._read_ttl, copy)
+        self._read_locked.update(locked)
         return locked
 
     def finish_read(
@@ -516,23 +424,20 @@ class L1Manager:
             now = self._clock.monotonic()
             results: list[OpResult] = []
             finished: list[ObjectKey] = []
-            spent: list[_L1Object] = []
-            # Hot loop: as in reserve_read, lock state inline (TTLLock.unlock's rules) and
-            # duplicates recognised by a per-call stamp.
+            spent: list[L1Object] = []
+            # Hot loop: as in reserve_read, duplicates recognised by a per-call stamp.
             stamp = object()
             append, append_finished = results.append, finished.append
-            get, discard_locked = self._objects.get, self._read_locked.discard
+            get, discard_locked, pending = self._objects.get, self._read_locked.discard, self._pending
             missing_seen: set[ObjectKey] = set()
             success, wrong, missing = OpResult.SUCCESS, OpResult.KEY_IN_WRONG_STATE, OpResult.KEY_NOT_EXIST
-            for i, key in enumerate(keys):
-                obj = get(key)
-                if handles is None:
-                    if obj is None and self._pending:
-                        obj = self._pending_of_key(key)
-                else:
-                    handle = handles[i]
-                    if handle is not None and (obj is None or obj.handle is not handle):
-                        obj = self._exact(key, handle)
+            by_key = handles is None
+            for key, obj, handle in zip(keys, map(get, keys), repeat(None) if handles is None else handles, strict=False):
+                if by_key:
+                    if obj is None and pending:
+                        obj = pending.latest_of_key(key)
+                elif handle is not None and (obj is None or obj.handle is not handle):
+                    obj = self._exact(key, handle)
                 if obj is None:
                     append(_missing_status(key, missing_seen))
                     continue
@@ -540,33 +445,20 @@ class L1Manager:
                     append(wrong)
                     continue
                 obj.stamp = stamp
-                rl, cl = obj.read_lock, obj.copy_lock
-                reads = rl._count
-                if reads > 0 and now >= rl._deadline:
-                    rl._count = reads = 0  # expired: a late unlock is answered "wrong state"
-                copies = cl._count
-                if copies > 0 and now >= cl._deadline:
-                    cl._count = copies = 0
-                if promise:
-                    held = reads - copies
-                else:
-                    held = copies if copies < reads else reads
-                if count > held:
+                left = obj.unlock_read(count, now, promise)
+                if left < 0:
                     append(missing if obj.pending else wrong)
                     continue
-                rl._count = reads - count
-                if not promise:
-                    cl._count = copies - count
                 if obj.pending:
-                    self._free_pending_if_unlocked(obj, now)
+                    pending.free_if_unlocked(obj, now)
                     append(missing)
                     continue
                 key = obj.key  # identity hits in the sets and listeners below
                 append_finished(key)
                 append(success)
-                if reads == count:
+                if left == 0:
                     discard_locked(key)
-                    if obj.temporary and not obj.write_lock.is_locked(now):
+                    if obj.temporary and not obj.write_locked(now):
                         spent.append(obj)
             self._emit("on_l1_keys_read_finished", finished)
             self._drop(spent, "temporary")
@@ -581,6 +473,7 @@ class L1Manager:
             raise ValueError(f"got {len(keys)} keys but {len(handles)} handles")
         with self._lock:
             now = self._clock.monotonic()
+            until = now + self._read_ttl
             results: list[OpResult] = []
             stamp = object()
             for key, handle in zip(keys, handles, strict=True):
@@ -595,15 +488,7 @@ class L1Manager:
                 if not obj.readable(now):
                     results.append(OpResult.KEY_NOT_READABLE)
                     continue
-                if obj.promises(now) < 1:
-                    results.append(OpResult.KEY_IN_WRONG_STATE)
-                    continue
-                obj.copy_lock.lock(1, now)
-                # The promise's read lock now covers the copy: give it the copy's deadline, so
-                # the read count cannot lapse under a copy still running.
-                obj.read_lock._deadline = max(obj.read_lock._deadline, now + obj.read_lock.ttl_seconds)
-                obj.last_access = now
-                results.append(OpResult.SUCCESS)
+                results.append(OpResult.SUCCESS if obj.convert_promise(now, until) else OpResult.KEY_IN_WRONG_STATE)
             return results
 
     def delete(self, keys: Sequence[ObjectKey], *, force: bool = False) -> list[OpResult]:
@@ -615,8 +500,8 @@ class L1Manager:
             now = self._clock.monotonic()
             results: list[OpResult] = []
             seen: set[ObjectKey] = set()
-            doomed: list[_L1Object] = []
-            parked: list[_L1Object] = []
+            doomed: list[L1Object] = []
+            parked: list[L1Object] = []
             for key in keys:
                 if key in seen:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
@@ -655,7 +540,7 @@ class L1Manager:
             if max_bytes is not None and max_bytes <= 0:
                 return [], 0
             now = self._clock.monotonic()
-            victims: list[_L1Object] = []
+            victims: list[L1Object] = []
             freed = 0
             seen: set[ObjectKey] = set()
             try:
@@ -669,7 +554,7 @@ class L1Manager:
                         or obj.temporary
                         or key in self._protected
                         or obj.locked(now)
-                        or self._pinned(key, now)
+                        or self._pins.pinned(key, now)
                     ):
                         continue
                     # Detach at once so a repeated or later key cannot pick the same object.
@@ -723,13 +608,13 @@ class L1Manager:
         transfer never touches reused memory). Returns the number of objects removed."""
         with self._lock:
             now = self._clock.monotonic()
-            doomed: list[_L1Object] = []
+            doomed: list[L1Object] = []
             for key, obj in list(self._objects.items()):
                 if cache_salt is not None and key.cache_salt != cache_salt:
                     continue
                 if model_name is not None and key.model_name != model_name:
                     continue
-                if not force and (obj.locked(now) or self._pinned(key, now)):
+                if not force and (obj.locked(now) or self._pins.pinned(key, now)):
                     continue
                 doomed.append(obj)
             self._force_remove(doomed, now, "clear")
@@ -757,11 +642,11 @@ class L1Manager:
         removed, keys left because they are locked)."""
         with self._lock:
             now = self._clock.monotonic()
-            doomed: list[_L1Object] = []
-            parked: list[_L1Object] = []
+            doomed: list[L1Object] = []
+            parked: list[L1Object] = []
             left: list[ObjectKey] = []
             if keys is None:
-                candidates: Iterable[_L1Object] = list(self._objects.values())
+                candidates: Iterable[L1Object] = list(self._objects.values())
             else:
                 candidates = [o for o in (self._objects.get(k) for k in dict.fromkeys(keys)) if o is not None]
             for obj in candidates:
@@ -777,14 +662,11 @@ class L1Manager:
             self._force_remove(parked, now, reason)
             return len(doomed) + len(parked), left
 
-    def _force_remove(self, objs: list[_L1Object], now: float, reason: str) -> None:
+    def _force_remove(self, objs: list[L1Object], now: float, reason: str) -> None:
         for obj in objs:
             self._detach(obj)
             if obj.in_flight(now):
-                # Promises die with the object; the copies and the writer keep the memory.
-                obj.read_lock._count = min(obj.read_lock.count(now), obj.copy_lock.count(now))
-                obj.pending = True
-                self._pending[id(obj.handle)] = obj
+                self._pending.park(obj, now)  # promises die with it; copies and writer keep the memory
             else:
                 self._pool.free(obj.handle)
         self._emit("on_l1_keys_removed", [o.key for o in objs], [o.size for o in objs], reason)
@@ -807,10 +689,10 @@ class L1Manager:
             raise ValueError(f"ttl_seconds must be > 0 or None, got {ttl_seconds!r}")
         with self._lock:
             now = self._clock.monotonic()
-            self._expire_pins(now)
+            self._pins.expire(now)
             results: list[OpResult] = []
             seen: set[ObjectKey] = set()
-            chosen: list[tuple[int, _L1Object]] = []
+            chosen: list[tuple[int, L1Object]] = []
             for key in keys:
                 if key in seen:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
@@ -828,20 +710,19 @@ class L1Manager:
                     results.append(OpResult.SUCCESS)
             if max_pinned_bytes is not None and chosen:
                 added = sum(o.size for _, o in chosen if o.key not in self._pins)
-                if self._pinned_bytes() + added > max_pinned_bytes:
+                if self._pins.pinned_bytes(self._objects) + added > max_pinned_bytes:
                     for i, _ in chosen:
                         results[i] = OpResult.OUT_OF_MEMORY
                     return results
             deadline = float("inf") if ttl_seconds is None else now + float(ttl_seconds)
-            for _, obj in chosen:
-                self._pins[obj.key] = deadline
+            self._pins.pin([obj.key for _, obj in chosen], deadline)
             return results
 
     def unpin(self, keys: Sequence[ObjectKey]) -> list[OpResult]:
         """Release pins. Per key: SUCCESS, KEY_NOT_EXIST (not resident) or KEY_IN_WRONG_STATE
         (resident but not pinned, or repeated in the batch)."""
         with self._lock:
-            self._expire_pins(self._clock.monotonic())
+            self._pins.expire(self._clock.monotonic())
             results: list[OpResult] = []
             seen: set[ObjectKey] = set()
             for key in keys:
@@ -849,7 +730,7 @@ class L1Manager:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
                     continue
                 seen.add(key)
-                if self._pins.pop(key, None) is not None:
+                if self._pins.unpin(key):
                     results.append(OpResult.SUCCESS)
                 elif key in self._objects:
                     results.append(OpResult.KEY_IN_WRONG_STATE)
@@ -871,10 +752,10 @@ class L1Manager:
                     L1ObjectInfo(
                         size=obj.size,
                         readable=obj.readable(now),
-                        write_locked=obj.write_lock.is_locked(now),
-                        read_lock_count=obj.read_lock.count(now),
+                        write_locked=obj.write_locked(now),
+                        read_lock_count=obj.read_count(now),
                         temporary=obj.temporary,
-                        pinned_until=self._pins[key] if self._pinned(key, now) else None,
+                        pinned_until=self._pins.deadline(key, now),
                     )
                 )
             return out
@@ -883,22 +764,19 @@ class L1Manager:
         """Monotonic time at which the pin of `key` lapses (inf: until unpinned); None when not
         pinned."""
         with self._lock:
-            deadline = self._pins.get(key)
-            if deadline is None or deadline <= self._clock.monotonic():
-                return None
-            return deadline
+            return self._pins.deadline(key, self._clock.monotonic())
 
     def pinned_count(self) -> int:
         """Live pins (O(pinned))."""
         with self._lock:
-            self._expire_pins(self._clock.monotonic())
+            self._pins.expire(self._clock.monotonic())
             return len(self._pins)
 
     def pinned_bytes(self) -> int:
         """Bytes of pinned objects (O(pinned))."""
         with self._lock:
-            self._expire_pins(self._clock.monotonic())
-            return self._pinned_bytes()
+            self._pins.expire(self._clock.monotonic())
+            return self._pins.pinned_bytes(self._objects)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -963,14 +841,14 @@ class L1Manager:
             self._expire(self._clock.monotonic())
             fields: dict[str, Any] = {
                 "pinned_count": len(self._pins),
-                "pinned_bytes": self._pinned_bytes(),
+                "pinned_bytes": self._pins.pinned_bytes(self._objects),
                 "total_object_count": len(self._objects),
                 "write_locked_count": len(self._write_locked),
                 "read_locked_count": len(self._read_locked),
                 "temporary_count": len(self._temporary),
                 "object_bytes": self._object_bytes,
                 "pending_free_count": len(self._pending),
-                "pending_free_bytes": sum(o.size for o in self._pending.values()),
+                "pending_free_bytes": sum(o.size for o in self._pending.objects()),
                 "write_ttl_seconds": self._write_ttl,
                 "read_ttl_seconds": self._read_ttl,
                 "expired_locks_total": self._expired_locks_total,
@@ -990,10 +868,7 @@ class L1Manager:
 
     # -- internals (lock held) ------------------------------------------------------------
 
-    def _abandoned(self, obj: _L1Object, now: float) -> bool:
-        return not obj.ready and not obj.write_lock.is_locked(now)
-
-    def _account(self, obj: _L1Object, delta: int) -> None:
+    def _account(self, obj: L1Object, delta: int) -> None:
         salt = obj.key.cache_salt
         total = self._bytes_by_salt.get(salt, 0) + delta
         if total:
@@ -1002,13 +877,13 @@ class L1Manager:
             self._bytes_by_salt.pop(salt, None)
         self._object_bytes += delta
 
-    def _attach(self, obj: _L1Object) -> None:
+    def _attach(self, obj: L1Object) -> None:
         self._objects[obj.key] = obj
         self._account(obj, obj.size)
         if obj.temporary:
             self._temporary.add(obj.key)
 
-    def _detach(self, obj: _L1Object) -> None:
+    def _detach(self, obj: L1Object) -> None:
         """Take an object out of the table and its counters (its memory is the caller's)."""
         key = obj.key
         del self._objects[key]
@@ -1016,10 +891,9 @@ class L1Manager:
         self._write_locked.discard(key)
         self._read_locked.discard(key)
         self._temporary.discard(key)
-        if self._pins:
-            self._pins.pop(key, None)
+        self._pins.discard(key)
 
-    def _drop(self, objs: list[_L1Object], reason: str) -> None:
+    def _drop(self, objs: list[L1Object], reason: str) -> None:
         """Detach and free unlocked objects, then tell the listeners."""
         if not objs:
             return
@@ -1030,43 +904,16 @@ class L1Manager:
             self._aborted_total += len(objs)
         self._emit("on_l1_keys_removed", [o.key for o in objs], [o.size for o in objs], reason)
 
-    def _pinned(self, key: ObjectKey, now: float) -> bool:
-        deadline = self._pins.get(key) if self._pins else None
-        return deadline is not None and now < deadline
-
-    def _pinned_bytes(self) -> int:
-        return sum(self._objects[k].size for k in self._pins if k in self._objects)
-
-    def _expire_pins(self, now: float) -> None:
-        if self._pins:
-            for key in [k for k, deadline in self._pins.items() if deadline <= now]:
-                del self._pins[key]
-
-    def _free_pending_if_unlocked(self, obj: _L1Object, now: float) -> None:
-        if not obj.locked(now) and self._pending.pop(id(obj.handle), None) is obj:
-            self._pool.free(obj.handle)
-
-    def _exact(self, key: ObjectKey, handle: MemoryHandle) -> _L1Object | None:
+    def _exact(self, key: ObjectKey, handle: MemoryHandle) -> L1Object | None:
         """The object of `key` whose memory is `handle` (in the table or pending), else None."""
         obj = self._objects.get(key)
         if obj is not None and obj.handle is handle:
             return obj
-        if self._pending:
-            obj = self._pending.get(id(handle))
-            if obj is not None and obj.handle is handle and obj.key == key:
-                return obj
-        return None
-
-    def _pending_of_key(self, key: ObjectKey) -> _L1Object | None:
-        """The most recently cleared pending object of `key` (for callers without handles)."""
-        for obj in reversed(self._pending.values()):
-            if obj.key == key:
-                return obj
-        return None
+        return self._pending.exact(key, handle)
 
     def _finish_write_locked(
         self, keys: Sequence[ObjectKey], now: float, handles: Sequence[MemoryHandle | None] | None = None
-    ) -> tuple[list[OpResult], list[_L1Object]]:
+    ) -> tuple[list[OpResult], list[L1Object]]:
         results, done = self._release_write_locks(keys, now, handles)
         for obj in done:
             self._write_locked.discard(obj.key)
@@ -1076,7 +923,7 @@ class L1Manager:
 
     def _release_write_locks(
         self, keys: Sequence[ObjectKey], now: float, handles: Sequence[MemoryHandle | None] | None = None
-    ) -> tuple[list[OpResult], list[_L1Object]]:
+    ) -> tuple[list[OpResult], list[L1Object]]:
         """Release one write lock per key (finish or abort), on the exact object when its handle
         is given. Returns the per-key results and the objects whose lock was released; a
         force-cleared (pending) object answers KEY_NOT_EXIST and its memory is freed once
@@ -1084,7 +931,7 @@ class L1Manager:
         if handles is not None and len(handles) != len(keys):
             raise ValueError(f"got {len(keys)} keys but {len(handles)} handles")
         results: list[OpResult] = []
-        released: list[_L1Object] = []
+        released: list[L1Object] = []
         seen: set[ObjectKey] = set()
         for i, key in enumerate(keys):
             if key in seen:
@@ -1095,17 +942,17 @@ class L1Manager:
             if handle is None:
                 obj = self._objects.get(key)
                 if obj is None and self._pending:
-                    obj = self._pending_of_key(key)
+                    obj = self._pending.latest_of_key(key)
             else:
                 obj = self._exact(key, handle)
             if obj is not None and obj.pending:
-                obj.write_lock.unlock(1, now)
-                self._free_pending_if_unlocked(obj, now)
+                obj.unlock_write(now)
+                self._pending.free_if_unlocked(obj, now)
                 results.append(OpResult.KEY_NOT_EXIST)
                 continue
             if obj is None:
                 results.append(OpResult.KEY_NOT_EXIST)
-            elif not obj.write_lock.unlock(1, now):
+            elif not obj.unlock_write(now):
                 results.append(OpResult.KEY_IN_WRONG_STATE)
             else:
                 released.append(obj)
@@ -1178,20 +1025,20 @@ class L1Manager:
 
     def _expire(self, now: float) -> int:
         expired = 0
-        aborted: dict[ObjectKey, _L1Object] = {}
+        aborted: dict[ObjectKey, L1Object] = {}
         for key in list(self._write_locked):
             obj = self._objects.get(key)
-            if obj is None or not obj.write_lock.is_locked(now):
+            if obj is None or not obj.write_locked(now):
                 self._write_locked.discard(key)
                 expired += obj is not None
                 if obj is not None and not obj.ready:
                     aborted[key] = obj
         for key in list(self._read_locked):
             obj = self._objects.get(key)
-            if obj is None or not obj.read_lock.is_locked(now):
+            if obj is None or not obj.read_locked(now):
                 self._read_locked.discard(key)
                 expired += obj is not None
-        stale: list[_L1Object] = []
+        stale: list[L1Object] = []
         for key in self._temporary:
             obj = self._objects[key]
             if (
@@ -1200,11 +1047,9 @@ class L1Manager:
                 and now - obj.last_access >= self._read_ttl
             ):
                 stale.append(obj)
-        for obj in list(self._pending.values()):
-            expired += obj.write_lock.expired(now) + obj.read_lock.expired(now) + obj.copy_lock.expired(now)
-            self._free_pending_if_unlocked(obj, now)
+        expired += self._pending.expire(now)
         self._expired_locks_total += expired
-        self._expire_pins(now)
+        self._pins.expire(now)
         self._drop(list(aborted.values()), "aborted")
         self._drop(stale, "temporary")
         return expired

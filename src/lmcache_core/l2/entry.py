@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmcache_core.ports import L2Adapter
+from lmcache_core.ports import L2Adapter, NamesItsType
 
 
 def adapter_type_name(adapter: L2Adapter) -> str:
-    """The class name shown by /l2/adapters (`MockL2Adapter`, `FSL2Adapter`, ...)."""
-    inner = getattr(adapter, "inner", None)  # a wrapper (serde) reports what it wraps
-    return type(inner).__name__ if inner is not None else type(adapter).__name__
+    """The class name shown by /l2/adapters (`MockL2Adapter`, `FSL2Adapter`, ...); a wrapper
+    (serde) names what it wraps."""
+    return adapter.type_name if isinstance(adapter, NamesItsType) else type(adapter).__name__
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from lmcache_core.l2.entry import L2AdapterEntry
 from lmcache_core.periodic import PeriodicThread
-from lmcache_core.ports import Clock, ProbesBackend
+from lmcache_core.ports import Clock, ProbesBackend, capability_of
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class L2HealthMonitor:
 
     def __init__(self, adapters: Sequence[L2AdapterEntry], *, interval_seconds: float = 5.0, clock: Clock) -> None:
         self._clock = clock
-        self._probed = [e for e in adapters if isinstance(e.adapter, ProbesBackend)]
+        self._probed = [e for e in adapters if capability_of(e.adapter, ProbesBackend) is not None]
         self._results: dict[int, _Result] = {}
         self._lock = threading.Lock()
         self._first_round = threading.Event()
@@ -54,11 +54,11 @@ class L2HealthMonitor:
     def probe(self, entry: L2AdapterEntry) -> str | None:
         """Probe one adapter now; the problem it reports, or None when its backend is usable
         (also None for an adapter that cannot be probed)."""
-        adapter = entry.adapter
-        if not isinstance(adapter, ProbesBackend):
+        prober = capability_of(entry.adapter, ProbesBackend)
+        if prober is None:
             return None
         try:
-            adapter.probe()
+            prober.probe()
             error = None
         except Exception as exc:
             error = str(exc) or type(exc).__name__

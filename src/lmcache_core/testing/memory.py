@@ -70,7 +70,7 @@ class BytearrayMemoryPool:
         slot = self.slot_size(nbytes)
         with self._lock:
             if self._buf is None:
-                raise ValueError("the memory pool is closed")
+                return None  # as the real pools: a closed pool has no room, it does not raise
             offset = self._take_slot(slot)
             if offset is None:
                 self._failed_allocations_total += 1
@@ -132,6 +132,7 @@ class BytearrayMemoryPool:
             self._buf = None
             self._live.clear()
             self._free_slots.clear()
+            self._used = 0
 
     # -- allocator internals (lock held) --------------------------------------------------
 

@@ -34,6 +34,9 @@ def create_zmq_server(services: Any) -> Any:
         curve=load_curve_config(config),
         metrics=getattr(services, "metrics", None),
         max_frame_bytes=config.max_frame_bytes,
+        protocol=config.protocol,
+        # The reaper runs in the server's periodic-thread registry (/periodic-threads, health).
+        run_periodic=services.run_periodic,
         limits=ClientLimits(
             max_tokens_per_key=config.max_tokens_per_key,
             max_sessions=config.max_sessions,

@@ -1,4 +1,8 @@
-"""LMCache 0.5.0's multiprocess wire protocol: request types, payload counts, msgpack framing."""
+"""Wire primitives both LMCache protocols share: msgpack framing, keys, and 0.5.0's type numbers.
+
+The codecs (`codec_v050.py`, `codec_v056.py`) build on these; our client library (`client.py`)
+speaks 0.5.0 with them and writes token arrays in a fixed-width form the server decodes fast
+(`fastkey.py`)."""
 
 from __future__ import annotations
 
@@ -78,12 +82,6 @@ NO_RESPONSE: frozenset[RequestType] = frozenset(
         RequestType.REPORT_BLOCK_ALLOCATION,
     }
 )
-
-KEY_FIELDS = ("model_name", "world_size", "worker_id", "token_ids", "start", "end", "request_id", "cache_salt")
-REGISTER_ED_FIELDS = (
-    "instance_id", "model_name", "world_size", "block_size", "num_layers", "hidden_dim_size", "dtype_str", "use_mla",
-)
-
 
 class ProtocolError(ValueError):
     """A frame that does not decode into what its request type declares."""
@@ -272,28 +270,3 @@ def key_to_wire(key: RequestKey) -> dict[str, Any]:
         "request_id": key.request_id,
         "cache_salt": key.cache_salt,
     }
-
-
-# Request types whose first payload is an IPCCacheServerKey.
-KEY_FIRST_TYPES: frozenset[RequestType] = frozenset(
-    {
-        RequestType.STORE,
-        RequestType.RETRIEVE,
-        RequestType.LOOKUP,
-        RequestType.FREE_LOOKUP_LOCKS,
-        RequestType.PREPARE_STORE,
-        RequestType.COMMIT_STORE,
-        RequestType.PREPARE_RETRIEVE,
-        RequestType.COMMIT_RETRIEVE,
-    }
-)
-
-
-def parse_type(frame: bytes) -> RequestType:
-    value = decode(frame)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError("request type must be an integer")
-    try:
-        return RequestType(value)
-    except ValueError:
-        raise ProtocolError(f"unknown request type {value}") from None

@@ -67,7 +67,7 @@ def device(adapter: DaxL2Adapter, path: Path) -> dict[str, Any]:
 
 
 def keys_on(adapter: DaxL2Adapter, path: Path) -> list[ObjectKey]:
-    return [k for k, loc in adapter._index.items() if loc.device.path == str(path)]
+    return [k for k, loc in adapter.backend._index.items() if loc.device.path == str(path)]
 
 
 @pytest.fixture
@@ -302,7 +302,7 @@ def test_remove_migrate_without_room_is_refused_then_forced(adapter: DaxL2Adapte
     assert_served(adapter, items)
     result = adapter.apply_reconfiguration("remove", {"device_path": str(paths[0]), "mode": "migrate", "force": True})
     assert result["state"] == "removed" and result["moved_keys"] == 0 and result["deleted_keys"] == 8
-    survivors = {k: v for k, v in items.items() if k in adapter._index}
+    survivors = {k: v for k, v in items.items() if k in adapter.backend._index}
     assert len(survivors) == 8
     assert_served(adapter, survivors)
 
@@ -463,7 +463,7 @@ def test_resize_shrink_over_objects_is_refused_then_forced(adapter: DaxL2Adapter
     assert_served(adapter, items)
     result = adapter.apply_reconfiguration("resize", {**body, "force": True})
     assert result["deleted_keys"] == 3 and result["slots_total"] == 5
-    survivors = {k: v for k, v in items.items() if k in adapter._index}
+    survivors = {k: v for k, v in items.items() if k in adapter.backend._index}
     assert len(survivors) == 13
     assert_served(adapter, survivors)
     assert adapter.usage().used_bytes == 13 * SLOT
@@ -491,7 +491,7 @@ def test_resize_shrink_migrate_relocates_the_tail(adapter: DaxL2Adapter, paths: 
     result = adapter.apply_reconfiguration("resize", {"device_path": str(paths[0]), "size": dev_size(4)})
     assert result["moved_keys"] >= 1 and result["deleted_keys"] == 0
     assert_served(adapter, items)
-    assert all(adapter._index[k].slot < 4 for k in keys_on(adapter, paths[0]))
+    assert all(adapter.backend._index[k].slot < 4 for k in keys_on(adapter, paths[0]))
 
 
 def test_resize_refuses_bad_sizes_and_extra_fields(adapter: DaxL2Adapter, paths: list[Path]) -> None:
@@ -575,7 +575,7 @@ def test_state_during_a_resize_is_visible(
     t.join(TIMEOUT)
     assert not t.is_alive() and out[0]["state"] == "active", out
     assert device(adapter, paths[0])["state"] == "active"
-    assert_served(adapter, {k: v for k, v in items.items() if k in adapter._index})
+    assert_served(adapter, {k: v for k, v in items.items() if k in adapter.backend._index})
 
 
 def test_concurrent_stores_during_a_migration_never_lose_an_acknowledged_object(paths: list[Path]) -> None:
@@ -620,10 +620,10 @@ def test_a_store_in_flight_into_the_device_when_a_migration_starts_is_migrated(
 ) -> None:
     entered, release = threading.Event(), threading.Event()
     real_copy = dax_module._copy
-    dev0 = adapter._devices[0]
+    dev0 = adapter.backend._devices[0]
 
     def copy(dst: memoryview, src: memoryview) -> None:
-        if dst.obj is dev0.mm and threading.current_thread().name.startswith("l2-") and not entered.is_set():
+        if dst.obj is dev0.mm and threading.current_thread().name.startswith("lmcache-l2-") and not entered.is_set():
             entered.set()  # a store is half-way into dax0
             assert release.wait(TIMEOUT)
         real_copy(dst, src)
@@ -650,7 +650,7 @@ def test_a_failing_device_is_marked_failed_and_can_be_removed(
 ) -> None:
     items = fill(adapter, 4)
     real_copy = dax_module._copy
-    bad = adapter._devices[0]
+    bad = adapter.backend._devices[0]
 
     def copy(dst: memoryview, src: memoryview) -> None:
         if dst.obj is bad.mm:
@@ -701,7 +701,7 @@ def test_a_restarted_adapter_serves_what_was_stored(paths: list[Path]) -> None:
 def test_after_restart_a_corrupt_payload_is_a_miss_and_freed(paths: list[Path]) -> None:
     a = reopen(paths)
     items = fill(a, 4)
-    loc = a._index[key(1)]
+    loc = a.backend._index[key(1)]
     offset = loc.device.slot_offset(loc.slot) + SLOT_OVERHEAD + 100
     target = loc.device.path
     a.close()
@@ -725,7 +725,7 @@ def test_after_restart_a_corrupt_payload_is_a_miss_and_freed(paths: list[Path]) 
 def test_after_restart_a_torn_directory_entry_is_a_free_slot(paths: list[Path]) -> None:
     a = reopen(paths)
     items = fill(a, 4)
-    loc = a._index[key(2)]
+    loc = a.backend._index[key(2)]
     base, target = loc.device.slot_offset(loc.slot), loc.device.path
     a.close()
     with open(target, "r+b") as f:

@@ -5,8 +5,7 @@ counted drops, never an exception)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,20 +18,13 @@ from lmcache_core.fleet.model import CapacityDecl, InstanceInfo, Tier
 from lmcache_core.fleet.ports import ServerUnreachable
 from lmcache_core.fleet.service import FleetService
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.server import AdminServer
 
 
 def key(i: int) -> ObjectKey:
     return ObjectKey(i.to_bytes(4, "big") * 8, "m", 0x01000100)
 
-
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -57,14 +49,14 @@ def test_register_report_and_leave(coordinator: tuple[str, FleetService]) -> Non
     client.events.access(Tier.L1, [key(1)])
     client.start()
     try:
-        wait_for(lambda: service.usage().placements[Tier.L1] == 2 and service.usage().placements[Tier.L2] == 1)
+        poll_until(lambda: service.usage().placements[Tier.L1] == 2 and service.usage().placements[Tier.L2] == 1, interval=0.02)
         assert service.store.capacities()["srv"][0].capacity_bytes == 1 << 30
         record = service.lookup([key(1)])[0]
         assert record is not None and record.access_count == 1 and {p.incarnation for p in record.placements} == {7}
         # The coordinator forgets the server (its store was wiped, say): the next heartbeat
         # gets a 404 and the client registers again.
         service.store.deregister("srv")
-        wait_for(lambda: service.store.instance("srv") is not None and client.registrations >= 2)
+        poll_until(lambda: service.store.instance("srv") is not None and client.registrations >= 2, interval=0.02)
         assert client.status()["registered"] and client.status()["dropped_events"] == 0
     finally:
         client.stop()

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from lmcache_adapters.l2 import s3 as s3_module
+from lmcache_adapters.l2.breaker import CircuitBreaker
 from lmcache_adapters.l2.integrity import HEADER_SIZE
 from lmcache_adapters.l2.s3 import (
     S3_FIELDS,
-    CircuitBreaker,
     S3L2Adapter,
     S3UnavailableError,
     create_s3_adapter,
@@ -28,6 +28,7 @@ from lmcache_core.errors import ConfigError
 from lmcache_core.plugin.registry import L2AdapterRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the moto helper module
+from lmcache_core.testing import poll_until
 from s3_server import MotoServer, moto_server  # noqa: E402
 
 TIMEOUT = 10.0
@@ -69,13 +70,6 @@ def make_adapter(s3: MotoServer, bucket: str) -> Iterator[Callable[..., S3L2Adap
     for adapter in made:
         adapter.close()
 
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def store(adapter: S3L2Adapter, keys: list[Any], payloads: list[memoryview]) -> list[bool]:
@@ -175,7 +169,7 @@ def test_outage_fails_fast_reports_unhealthy_and_recovers_without_restart(
     # A probe after the back-off that still finds no server re-opens with a doubled back-off.
     clock.advance(5.5)
     adapter.report_status()  # schedules the probe
-    wait_for(lambda: adapter.report_status().get("circuit_backoff_seconds") == 10, "the failed probe")
+    poll_until(lambda: adapter.report_status().get("circuit_backoff_seconds") == 10, what="the failed probe", timeout=TIMEOUT)
     assert adapter.report_status()["circuit"] == "open"
 
     s3.restart()  # same port, empty state
@@ -183,7 +177,7 @@ def test_outage_fails_fast_reports_unhealthy_and_recovers_without_restart(
     assert adapter.submit_store([during], [payload]).done(), "still open until the back-off passes"
     clock.advance(10.5)
     adapter.report_status()
-    wait_for(lambda: adapter.report_status()["circuit"] == "closed", "the circuit to close")
+    poll_until(lambda: adapter.report_status()["circuit"] == "closed", what="the circuit to close", timeout=TIMEOUT)
     status = adapter.report_status()
     assert status["is_healthy"] is True and status["consecutive_failures"] == 0
 
@@ -291,7 +285,7 @@ def test_usage_scan_counts_existing_objects_and_ignores_foreign_names(
     assert expected.used_bytes > 0
 
     second = make_adapter()  # a restart: it learns what is already in the bucket
-    wait_for(lambda: second.report_status()["usage_scan"] == "done", "the usage scan")
+    poll_until(lambda: second.report_status()["usage_scan"] == "done", what="the usage scan", timeout=TIMEOUT)
     assert second.usage() == expected
     status = second.report_status()
     assert status["stored_object_count"] == 5

@@ -32,6 +32,7 @@ from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
+from lmcache_core.testing import poll_until
 from lmcache_core.testing.memory import BytearrayMemoryPool
 
 OBJ = 4096
@@ -42,13 +43,6 @@ MODEL = "m"
 def key(i: int, salt: str = "") -> ObjectKey:
     return ObjectKey(i.to_bytes(32, "big"), MODEL, kv_rank_for(1, 0), 0, salt)
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.002)
 
 
 def put_l1(l1: L1Manager, keys: Sequence[ObjectKey], size: int = OBJ, l2: MockL2Adapter | None = None) -> None:
@@ -62,8 +56,8 @@ def put_l1(l1: L1Manager, keys: Sequence[ObjectKey], size: int = OBJ, l2: MockL2
         view[:] = bytes([k.chunk_hash[-1]]) * size
     assert all(r is OpResult.SUCCESS for r in l1.finish_write(list(keys)))
     if l2 is not None:
-        wait_for(lambda: all(in_l2(l2, keys)))
-        wait_for(lambda: not any(info is not None and info.locked for info in l1.inspect(list(keys))))
+        poll_until(lambda: all(in_l2(l2, keys)))
+        poll_until(lambda: not any(info is not None and info.locked for info in l1.inspect(list(keys))))
 
 
 def in_l2(adapter: MockL2Adapter, keys: Sequence[ObjectKey]) -> list[bool]:

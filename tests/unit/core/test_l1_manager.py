@@ -719,15 +719,15 @@ def _recount(l1: L1Manager, pool: BytearrayMemoryPool, now: float) -> dict[str, 
     by_salt: dict[str, int] = {}
     for k, obj in objects.items():
         by_salt[k.cache_salt] = by_salt.get(k.cache_salt, 0) + obj.size
-    handles = [o.handle for o in objects.values()] + [o.handle for o in pending.values()]
+    handles = [o.handle for o in objects.values()] + [o.handle for o in pending.objects()]
     spans = sorted((h.offset, h.offset + h.slot_bytes) for h in handles)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (
         "memory handed out twice"
     )
     return {
         "total_object_count": len(objects),
-        "write_locked_count": sum(o.write_lock.is_locked(now) for o in objects.values()),
-        "read_locked_count": sum(o.read_lock.is_locked(now) for o in objects.values()),
+        "write_locked_count": sum(o.write_locked(now) for o in objects.values()),
+        "read_locked_count": sum(o.read_locked(now) for o in objects.values()),
         "temporary_count": sum(o.temporary for o in objects.values()),
         "pending_free_count": len(pending),
         "memory_used_bytes": sum(h.slot_bytes for h in handles),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from lmcache_core.l1.results import OpResult
 from lmcache_core.l2.listener import L2Listener
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
+from lmcache_core.testing import poll_until
 from lmcache_core.testing.memory import BytearrayMemoryPool
 
 OBJ = 8192
@@ -26,14 +26,6 @@ OBJ = 8192
 def key(i: int, salt: str = "") -> ObjectKey:
     return ObjectKey(i.to_bytes(32, "big"), "test-model", kv_rank_for(1, 0), 0, salt)
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not met before the deadline")
 
 
 def put(l1: L1Manager, keys: list[ObjectKey], fill: Callable[[int], bytes] | None = None) -> None:
@@ -112,7 +104,7 @@ def test_skip_l1_drops_objects_once_stored(make_manager: Any) -> None:
     keys = [key(i) for i in range(4)]
     put(sm.l1, keys)
     assert sm.store.drain(5)
-    wait_for(lambda: sm.l1.object_count() == 0)
+    poll_until(lambda: sm.l1.object_count() == 0)
     assert l2_has(a, keys) == [True] * 4
 
 

@@ -161,6 +161,5 @@ def test_status_and_close() -> None:
     pool.close()
     pool.close()  # idempotent
     assert pool.report_status()["is_healthy"] is False
-    with pytest.raises(ValueError):
-        pool.allocate(10)
+    assert pool.allocate(10) is None  # the MemoryPool contract: no room, no exception
     pool.free(h)  # type: ignore[arg-type]  # after close, frees are no-ops

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.results import OpResult
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import LiveServices, Services, StartingServices
 from lmcache_frontends.config import ServerConfig
@@ -36,12 +37,6 @@ def bearer(secret: str) -> dict[str, str]:
 def key(i: int) -> ObjectKey:
     return ObjectKey(i.to_bytes(16, "big"), "m", kv_rank_for(1, 0))
 
-
-def wait_for(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.002)
 
 
 @pytest.fixture
@@ -73,8 +68,8 @@ def put(stack: Services, keys: list[ObjectKey]) -> None:
     l1, l2 = stack.storage.l1, stack.storage.l2_adapters[0].adapter
     assert all(r is OpResult.SUCCESS for r, _ in l1.reserve_write(keys, [OBJ] * len(keys)))
     l1.finish_write(keys)
-    wait_for(lambda: all(l2.list_keys(100).keys.count(k) for k in keys))
-    wait_for(lambda: not any(i is not None and i.locked for i in l1.inspect(keys)))
+    poll_until(lambda: all(l2.list_keys(100).keys.count(k) for k in keys))
+    poll_until(lambda: not any(i is not None and i.locked for i in l1.inspect(keys)))
 
 
 def register_model(stack: Services) -> None:

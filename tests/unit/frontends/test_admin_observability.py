@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lmcache_core.clock import ManualClock
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import LiveServices, Services, StartingServices
 from lmcache_frontends.config import ServerConfig
@@ -221,14 +221,6 @@ class _Killed(BaseException):
     """Escapes the periodic thread's `except Exception`: the thread dies."""
 
 
-def _poll(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
 
 def test_a_killed_controller_thread_turns_health_and_status_unhealthy(
     fast_stack: Services, monkeypatch: pytest.MonkeyPatch
@@ -241,7 +233,7 @@ def test_a_killed_controller_thread_turns_health_and_status_unhealthy(
         raise _Killed("simulated crash of the eviction controller")
 
     monkeypatch.setattr(fast_stack.storage.policy, "mandatory_victims", die)  # type: ignore[union-attr]
-    assert _poll(lambda: not client.get("/periodic-threads-health").get_json()["healthy"])
+    assert poll_until(lambda: not client.get("/periodic-threads-health").get_json()["healthy"], timeout=10.0)
     health = client.get("/periodic-threads-health")
     assert health.status_code == 200
     body = health.get_json()

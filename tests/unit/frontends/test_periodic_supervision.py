@@ -4,12 +4,12 @@ and a dead one turns /periodic-threads-health and /status unhealthy."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services
 from lmcache_frontends.config import ServerConfig
@@ -21,14 +21,6 @@ LOOPS = ("l1-eviction", "l2-store", "l2-prefetch", "l2-eviction", "quota-state")
 class _Killed(BaseException):
     """Escapes a periodic thread's `except Exception`: the thread dies."""
 
-
-def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_a_dead_loop_turns_health_and_status_unhealthy(stack: Services, name: st
 
     monkeypatch.setattr(thread, "_target", die)
     thread.wake()
-    assert poll(lambda: not thread.is_alive())
+    assert poll_until(lambda: not thread.is_alive(), timeout=10.0)
     health = client.get("/periodic-threads-health").get_json()
     assert health["healthy"] is False
     assert [(t["name"], t["reason"]) for t in health["unhealthy_threads"]] == [(name, "dead")]
@@ -111,7 +103,7 @@ def test_a_frontend_runs_its_loop_through_the_registry(stack: Services) -> None:
     runs: list[int] = []
     thread = stack.run_periodic("data-path-reaper", lambda: runs.append(1) or f"{len(runs)} runs", interval_seconds=60)
     thread.wake()
-    assert poll(lambda: len(runs) >= 1)
+    assert poll_until(lambda: len(runs) >= 1, timeout=10.0)
     listed = create_app(stack).test_client().get("/periodic-threads/data-path-reaper").get_json()
     assert listed["level"] == "high" and listed["is_alive"] and listed["total_runs"] >= 1
     with pytest.raises(Exception, match="already registered"):

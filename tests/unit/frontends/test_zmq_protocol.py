@@ -14,7 +14,7 @@ from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.testing import raw_request
+from lmcache_frontends.testing import RawClient, raw_request
 from lmcache_frontends.zmq.protocol import (
     RequestType,
     decode,
@@ -134,18 +134,27 @@ def test_small_requests_answer_like_the_reference(server: ZmqDataPathServer) -> 
     assert raw_reply(server, [b"\x01", b"\x06", encode("nosuch")]) == [b"\x01", b"\x06", b"\x00"]
     assert raw_reply(server, [b"\x02", b"\x13", encode(11)]) == [b"\x02", b"\x13", b"\xc3"]
     assert raw_reply(server, [b"\x03", b"\x0a", encode("nosuch")]) == [b"\x03", b"\x0a"]
-    assert raw_reply(server, [b"\x04", b"\x15"]) == [b"\x04", b"\x15", encode("OK")]
+    # (21, 0) from a client not recognised yet is 0.5.0's NOOP or 0.5.6's get_chunk_size: the
+    # chunk size as a string satisfies both (docs/protocol.md section 5); a 0.5.0 client gets "OK".
+    assert raw_reply(server, [b"\x04", b"\x15"]) == [b"\x04", b"\x15", encode("16")]
     assert raw_reply(server, [b"\x05", b"\x08", encode("nosuch")]) == [b"\x05", b"\x08", b"\x00"]
 
 
 def test_malformed_frames_never_kill_the_loop(server: ZmqDataPathServer, client: LMCacheClient) -> None:
-    assert raw_reply(server, [b"\x00", encode(99)]) is None  # undefined type: dropped
+    # From a client not recognised yet, nothing can be addressed safely: dropped.
+    assert raw_reply(server, [b"\x00", encode(99)]) is None  # undefined type
     assert raw_reply(server, [b"\x00", b"\xc1"]) is None  # not msgpack
     assert raw_reply(server, [b"\x00"]) is None  # too few frames
-    assert raw_reply(server, [b"\x00", encode(22)]) is None  # CacheBlend: no handler
-    # wrong payload count / undecodable payload: the type's failure value
-    assert raw_reply(server, [b"\x07", b"\x06"]) == [b"\x07", b"\x06", b"\x00"]
-    assert raw_reply(server, [b"\x08", b"\x0e", b"\xc1", b"\x00", b"\xc4\x00"]) == [b"\x08", b"\x0e", b"\xc2"]
+    assert raw_reply(server, [b"\x07", b"\x06"]) is None  # (6, 0): in neither protocol
+    with RawClient(server.url) as raw:
+        assert raw.request([b"\x00", b"\x12"]) == [b"\x00", b"\x12", b"\x10"]  # GET_CHUNK_SIZE: 0.5.0
+        assert raw.request([b"\x01", encode(99)]) is None  # an unknown type kills a 0.5.0 poll thread
+        # wrong payload count / undecodable payload: the type's failure value
+        assert raw.request([b"\x07", b"\x06"]) == [b"\x07", b"\x06", b"\x00"]
+        assert raw.request([b"\x08", b"\x0e", b"\xc1", b"\x00", b"\xc4\x00"]) == [b"\x08", b"\x0e", b"\xc2"]
+        # CacheBlend: answered with what a 0.5.0 client reads as "nothing pre-computed"
+        assert raw.request([b"\x09", encode(25), encode("k")]) == [b"\x09", encode(25), encode([])]
+        assert raw.request([b"\x0a", b"\x15"]) == [b"\x0a", b"\x15", encode("OK")]  # NOOP, once recognised
     assert client.noop() == "OK"
     assert server.report_status()["is_healthy"] is True
 

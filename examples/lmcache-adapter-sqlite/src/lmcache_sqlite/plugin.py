@@ -10,18 +10,14 @@ from lmcache_core.plugin.registry import L2AdapterRegistry, config_field
 FIELDS = {
     "path": config_field(str, required=True, help="the SQLite database file (created if missing)"),
     "capacity_bytes": config_field(int, help="refuse stores beyond this many payload bytes"),
-    "max_workers": config_field(int, help="worker threads (default 2)"),
 }
 
 
 def _create(config: dict[str, Any], services: Any) -> Any:
-    from lmcache_sqlite.adapter import SqliteL2Adapter
+    """A bare storage backend: the server gives it the standard L2 stack (threads, locks, metrics)."""
+    from lmcache_sqlite.adapter import SqliteBackend
 
-    return SqliteL2Adapter(
-        config["path"],
-        capacity_bytes=config.get("capacity_bytes"),
-        max_workers=config.get("max_workers") or 2,
-    )
+    return SqliteBackend(config["path"], capacity_bytes=config.get("capacity_bytes"))
 
 
 @hookimpl
