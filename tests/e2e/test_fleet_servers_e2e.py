@@ -11,17 +11,22 @@ leave the directory). And our server registered to LMCache's own coordinators (0
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from fleetproc import RoundRobinProxy, get_json, poll, start_coordinator
+from fleetproc import (
+    REFERENCE_VENVS,
+    RoundRobinProxy,
+    get_json,
+    poll,
+    reference_coordinator,
+    start_coordinator,
+)
 from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, launch
 
 from lmcache_frontends.client import LMCacheClient, make_key
@@ -40,10 +45,6 @@ FAST_COORD = ("--health-check-interval", "0.3", "--instance-timeout", "2", "--ev
               "--resync-delay", "1", "--eviction-retry-seconds", "3")
 FAST_MEMBER = ("--coordinator-heartbeat-interval", "0.3", "--coordinator-event-flush-interval", "0.1")
 ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
-VENVS = {
-    "0.5.0": Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv")),
-    "0.5.6": Path(os.environ.get("LMCACHE_REFERENCE_056_VENV", Path.home() / ".cache" / "lmcache-reference-056" / "venv")),
-}
 
 
 @pytest.fixture
@@ -279,18 +280,10 @@ def get_json_text(url: str) -> str:
 
 @pytest.mark.parametrize("version", ["0.5.0", "0.5.6"])
 def test_our_server_joins_the_reference_coordinator(version: str, start_server: Any) -> None:
-    venv = VENVS[version]
+    venv = REFERENCE_VENVS[version]
     if not (venv / "bin" / "lmcache").exists():
         pytest.skip(f"the reference LMCache {version} is not installed in {venv}")
-    port = free_port()
-    env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
-    proc = subprocess.Popen(
-        [str(venv / "bin" / "lmcache"), "coordinator", "--host", "127.0.0.1", "--port", str(port), "--eviction-check-interval", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        poll(lambda: get_json(f"{url}/healthz", timeout=1)[0] == 200, 120, f"the reference {version} coordinator")
+    with reference_coordinator(version, free_port()) as url:
         server = start_server("--l2-adapter", '{"type": "mock"}', "--coordinator-url", url, *FAST_MEMBER)
         member = Member(server)
         poll(lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == [member.instance_id()], 15, "registration")
@@ -304,10 +297,3 @@ def test_our_server_joins_the_reference_coordinator(version: str, start_server: 
         assert member.status()["coordinator"]["failed_calls"] == 0
         assert server.stop(signal.SIGTERM) == 0
         assert get_json(f"{url}/instances")[1]["instances"] == []
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

@@ -6,12 +6,11 @@ never the data path; the shutdown's final L1 clear not reported."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from fleet_helpers import coordinator_app
 from lmcache_adapters.fleet.member import FleetMember, advertise_address
 from lmcache_adapters.l2.mock import MockL2Adapter
 from lmcache_core.clock import ManualClock
@@ -23,8 +22,8 @@ from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
+from lmcache_core.testing import poll_until
 from lmcache_core.testing.memory import BytearrayMemoryPool
-from lmcache_frontends.admin.server import AdminServer
 
 OBJ = 4096
 
@@ -32,14 +31,6 @@ OBJ = 4096
 def key(i: int) -> ObjectKey:
     return ObjectKey(i.to_bytes(32, "big"), "m", kv_rank_for(1, 0))
 
-
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def put(l1: L1Manager, keys: list[ObjectKey]) -> None:
@@ -64,14 +55,6 @@ def storage() -> Iterator[StorageManager]:
     sm.close(drain_timeout=2)
 
 
-@pytest.fixture
-def coordinator() -> Iterator[tuple[str, FleetService]]:
-    app, service, _ = coordinator_app()
-    server = AdminServer(app, "127.0.0.1", 0, threads=2)
-    server.start()
-    yield server.url, service
-    server.stop()
-
 
 def member_for(url: str, **kw: Any) -> FleetMember:
     return FleetMember(url, heartbeat_interval=0.05, flush_interval=0.02, timeout_s=1.0, **kw)
@@ -85,11 +68,11 @@ def test_a_member_registers_reports_and_leaves(storage: StorageManager, coordina
     assert member.report_status()["started"] is False and member.report_status()["buffered_events"] >= 2
     member.start(http_port=8123, zmq_port=5599)
     try:
-        info = wait_for(lambda: service.store.instance("127.0.0.1:8123")).info
+        info = poll_until(lambda: service.store.instance("127.0.0.1:8123")).info
         assert (info.ip, info.http_port) == ("127.0.0.1", 8123)
         assert info.metadata["zmq_port"] == "5599" and info.metadata["incarnation"] == "5"
         assert storage.store.drain(5)
-        wait_for(lambda: service.usage().placements[Tier.L1] == 2 and service.usage().placements[Tier.L2] == 2)
+        poll_until(lambda: service.usage().placements[Tier.L1] == 2 and service.usage().placements[Tier.L2] == 2)
         record = service.lookup([key(1)])[0]
         assert record is not None
         assert {(p.tier, p.backend, p.shared, p.size_bytes) for p in record.placements} == {
@@ -101,7 +84,7 @@ def test_a_member_registers_reports_and_leaves(storage: StorageManager, coordina
         # Deletes from either tier follow.
         storage.l1.delete([key(2)])
         storage.delete_from_l2(storage.find_adapter(None), [key(2)])
-        wait_for(lambda: service.lookup([key(2)])[0] is None)
+        poll_until(lambda: service.lookup([key(2)])[0] is None)
         status = member.report_status()
         assert status["registered"] and status["dropped_events"] == 0 and status["instance_id"] == "127.0.0.1:8123"
     finally:
@@ -121,7 +104,7 @@ def test_a_down_coordinator_never_touches_the_data_path(storage: StorageManager)
     keys = [key(i) for i in range(10)]
     put(storage.l1, keys)  # 10 L1 stores into a buffer of 5
     assert storage.l1.object_count() == 10
-    status = wait_for(lambda: (s := member.report_status())["failed_calls"] and s)
+    status = poll_until(lambda: (s := member.report_status())["failed_calls"] and s)
     assert status["registered"] is False and status["dropped_events"] >= 5 and status["is_healthy"]
     assert status["buffered_events"] == 5
     started = time.monotonic()
@@ -136,7 +119,7 @@ def test_reporting_off_registers_without_events(storage: StorageManager, coordin
     member.start(http_port=8125)
     try:
         put(storage.l1, [key(1)])
-        wait_for(lambda: service.store.instance("quiet"))
+        poll_until(lambda: service.store.instance("quiet"))
         assert member.events.stats()["accepted_events"] == 0
     finally:
         member.stop()

@@ -4,29 +4,14 @@ coordinator, then the server deregisters)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from fleet_helpers import coordinator_app
 from lmcache_adapters.l2.mock import MockL2Adapter
 from lmcache_core.fleet.model import Tier
 from lmcache_core.fleet.service import FleetService
 from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.results import OpResult
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.admin.server import AdminServer
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
-
-
-@pytest.fixture
-def coordinator() -> Iterator[tuple[str, FleetService]]:
-    app, service, _ = coordinator_app()
-    server = AdminServer(app, "127.0.0.1", 0, threads=2)
-    server.start()
-    yield server.url, service
-    server.stop()
 
 
 def test_no_coordinator_url_no_member() -> None:
