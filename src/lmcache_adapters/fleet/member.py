@@ -43,8 +43,11 @@ def advertise_address(http_host: str, coordinator_url: str) -> str:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect((host, 9))
             return str(probe.getsockname()[0])
-    except OSError:
-        return socket.gethostbyname(socket.gethostname())
+    except OSError:  # no route (yet): the host's own name, which --coordinator-advertise-ip overrides
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
 
 
 class FleetMember:
