@@ -169,6 +169,33 @@ def _l1_manager_json(value: str) -> str:
     return json.dumps(obj, sort_keys=False)
 
 
+def _coordinator_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL of a coordinator, got {value!r}")
+    try:
+        parts.port  # noqa: B018 -- raises for a port out of range
+    except ValueError:
+        raise ValueError(f"has a bad port: {value!r}") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"must not have a query or fragment, got {value!r}")
+    return value.strip().rstrip("/")
+
+
+def _instance_id(value: str) -> str:
+    if not 1 <= len(value) <= 256 or any(ord(c) < 32 or ord(c) == 127 or c in "/?#%" for c in value):
+        raise ValueError(f"must be 1-256 characters without control characters or / ? # %, got {value!r}")
+    return value
+
+
+def _event_transport(value: str) -> str:
+    if value == "kafka":
+        raise ValueError("kafka is not supported by this server: cache events go to the coordinator over http")
+    return _one_of(("http",))(value)
+
+
 L1_MANAGER_TYPES = ("DRAM", "DEVDAX")
 _L1_COMMON_FIELDS = {"type", "tag", "size_gb", "align_bytes", "eviction", "read_ttl_seconds", "write_ttl_seconds"}
 _L1_TYPE_FIELDS = {"DRAM": {"use_lazy", "init_size_gb", "shm_name", "use_hugepages"}, "DEVDAX": {"path"}}
@@ -523,6 +550,73 @@ class ServerConfig:
         metavar=_choices_metavar(L2_PREFETCH_POLICIES),
         check=_one_of(L2_PREFETCH_POLICIES),
     )
+    instance_id: str | None = _opt(
+        None,
+        "Stable identity of this server in a fleet: its coordinator membership key (LMCache 0.5.6's flag). "
+        "Default: <advertise ip>:<admin port>, the same across restarts, so a restart is a new incarnation "
+        "of the same member.",
+        check=_instance_id,
+    )
+    coordinator_url: str | None = _opt(
+        None,
+        "Join the fleet coordinator at this URL (lmcache coordinator, or LMCache's): register, heartbeat, "
+        "report L1 and L2 cache events, deregister at shutdown. Unset = no fleet.",
+        section="coordinator",
+        metavar="URL",
+        check=_coordinator_url,
+    )
+    coordinator_advertise_ip: str | None = _opt(
+        None,
+        "Address the coordinator calls this server's admin API at. Default: --http-host, or the address "
+        "that routes to the coordinator when --http-host is a wildcard (0.0.0.0, ::).",
+        section="coordinator",
+        metavar="IP",
+        check=_non_empty,
+    )
+    coordinator_heartbeat_interval: float = _opt(
+        5.0, "Seconds between heartbeats (keep well under the coordinator's --instance-timeout).",
+        section="coordinator", check=_positive,
+    )
+    coordinator_event_reporting: bool = _opt(
+        True,
+        "Report L1 and L2 cache events (store, access, delete) to the coordinator. On by default here "
+        "(LMCache needs the flag); false (env or file) reports none: the server is listed, nothing more.",
+        section="coordinator",
+    )
+    coordinator_event_flush_interval: float = _opt(
+        1.0, "Seconds between flushes of the buffered cache events.", section="coordinator", check=_positive
+    )
+    coordinator_l2_event_reporting: bool = _opt(
+        False,
+        "LMCache 0.5.0's spelling of --coordinator-event-reporting (turns it on even when the env or a "
+        "file turned it off).",
+        section="coordinator",
+    )
+    coordinator_l2_event_flush_interval: float | None = _opt(
+        None,
+        "LMCache 0.5.0's spelling of --coordinator-event-flush-interval (used when that one is left at "
+        "its default).",
+        section="coordinator",
+        check=_positive,
+    )
+    coordinator_event_transport: str = _opt(
+        "http", "LMCache 0.5.6's event transport: http only here (kafka is refused).",
+        section="coordinator", metavar="{http}", check=_event_transport,
+    )
+    coordinator_max_buffered_events: int = _opt(
+        100_000,
+        "Cache events held while the coordinator is slow or down; past it new events are dropped and "
+        "counted (the coordinator then under-reports this server until its next stores).",
+        section="coordinator", check=_count,
+    )
+    coordinator_timeout_seconds: float = _opt(
+        2.0, "Timeout of each call to the coordinator.", section="coordinator", check=_positive
+    )
+    coordinator_token: str | None = _opt(
+        None,
+        "Bearer token sent to the coordinator (one with its admin scope, when it requires tokens).",
+        section="coordinator", check=_non_empty, secret=True,
+    )
     log_level: str = _opt(
         "INFO",
         "Log level of the server process.",
@@ -551,11 +645,23 @@ class ServerConfig:
         # Direct construction (tests, library users) gets the same checks as the command line.
         check_fields(self, OPTIONS)
         self._fold_l1_manager()
+        self._fold_coordinator_aliases()
         if self.l1_devdax_path is not None and self.shm_name:
             raise ConfigError(
                 f"--l1-devdax-path cannot be combined with --shm-name {self.shm_name!r}: the L1 bytes live in "
                 'the DAX map and are never shared by name (leave --shm-name unset, or set it to "")'
             )
+
+    def _fold_coordinator_aliases(self) -> None:
+        """LMCache 0.5.0's coordinator flags stand for 0.5.6's (the new spelling wins when both
+        are given); idempotent, so /conf shows the values in effect."""
+        if self.coordinator_l2_event_reporting and not self.coordinator_event_reporting:
+            object.__setattr__(self, "coordinator_event_reporting", True)
+        legacy_flush = self.coordinator_l2_event_flush_interval
+        if legacy_flush is not None and self.coordinator_event_flush_interval == OPTIONS_BY_NAME[
+            "coordinator_event_flush_interval"
+        ].default:
+            object.__setattr__(self, "coordinator_event_flush_interval", legacy_flush)
 
     def _fold_l1_manager(self) -> None:
         """Apply a `--l1-manager` to the L1 fields it stands for (size, device, shm name, eviction,
@@ -593,7 +699,7 @@ class ServerConfig:
 
     def to_public_dict(self) -> dict[str, dict[str, Any]]:
         """The configuration as /conf shows it: grouped in sections, secrets shown as "***"."""
-        out: dict[str, dict[str, Any]] = {"mp": {}, "storage_manager": {}, "observability": {}}
+        out: dict[str, dict[str, Any]] = {"mp": {}, "storage_manager": {}, "observability": {}, "coordinator": {}}
         for spec in OPTIONS:
             value = getattr(self, spec.name)
             if spec.secret:

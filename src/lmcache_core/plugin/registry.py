@@ -70,6 +70,9 @@ COMMON_FIELDS: Mapping[str, ConfigField] = {
     "eviction": config_field(dict, help="L2 eviction policy: {policy, trigger_watermark, eviction_ratio}"),
     "serde": config_field(dict, help="payload transform wrapper, e.g. {\"type\": \"zstd\"}"),
     "name": config_field(str, help="a label shown in /status and /l2/adapters"),
+    "shared": config_field(
+        bool, help="the adapter mounts a storage domain several servers share (one bucket): its fleet events say so"
+    ),
 }
 
 

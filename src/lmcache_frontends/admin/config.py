@@ -74,7 +74,7 @@ _OPENAPI: dict[str, Any] = {
             "responses": {
                 "200": json_response(
                     "Configuration by section",
-                    obj({"mp": _SECTION, "storage_manager": _SECTION, "observability": _SECTION, "http": _SECTION}),
+                    obj({"mp": _SECTION, "storage_manager": _SECTION, "observability": _SECTION, "coordinator": _SECTION, "http": _SECTION}),
                 ),
                 **error_responses(503),
             },

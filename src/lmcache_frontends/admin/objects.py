@@ -109,7 +109,7 @@ def create_objects_blueprint(services: Any) -> Blueprint:
             return domain_error(exc, detail=True)
         return jsonify(
             adapter=page.adapter.adapter.kind,
-            shared=False,
+            shared=page.adapter.shared,
             entries=[{"key": key.to_json(), "size_bytes": size} for key, size in page.entries],
             next_page_token=page.next_page_token,
         )

@@ -262,7 +262,7 @@ STATUS_OPENAPI: dict[str, Any] = {
             "responses": {
                 "200": json_response(
                     "Configuration by section",
-                    obj({"mp": {"type": "object"}, "storage_manager": {"type": "object"}, "observability": {"type": "object"}}),
+                    obj({"mp": {"type": "object"}, "storage_manager": {"type": "object"}, "observability": {"type": "object"}, "coordinator": {"type": "object"}}),
                 ),
                 **error_responses(503),
             },
