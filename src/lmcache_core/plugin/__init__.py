@@ -1,5 +1,6 @@
 """The plugin interface: hook specifications and the typed registries hooks receive."""
 
+from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.plugin.registry import (
     FrontendRegistry,
     HttpRoutesFactory,
@@ -10,6 +11,7 @@ from lmcache_core.plugin.registry import (
 )
 
 __all__ = [
+    "AdapterContext",
     "FrontendRegistry",
     "HttpRoutesFactory",
     "L2AdapterFactory",

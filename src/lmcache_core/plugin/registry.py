@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmcache_core.errors import ConfigError, PluginError
+from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.ports import L2Adapter, StorageBackend
 
-L2AdapterFactory = Callable[[dict[str, Any], Any], L2Adapter | StorageBackend]
-"""`factory(config, services) -> StorageBackend | L2Adapter`; `config` is the validated JSON
-without `type`. A bare StorageBackend gets the standard wrappers (threads, locks, metrics)."""
+L2AdapterFactory = Callable[[dict[str, Any], AdapterContext], L2Adapter | StorageBackend]
+"""`factory(config, context) -> StorageBackend | L2Adapter`; `config` is the validated JSON
+without `type`, `context` the server's `AdapterContext` for this adapter. A bare StorageBackend
+gets the standard wrappers (threads, locks, metrics)."""
 
 HttpRoutesFactory = Callable[[Any], Any]
 """`factory(services) -> flask.Blueprint`."""
