@@ -25,6 +25,7 @@ from lmcache_core.errors import (
     ConfigError,
     CorruptObjectError,
     InvalidKeyError,
+    InvalidValueError,
 )
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin import (
@@ -69,6 +70,7 @@ __all__ = [
     "IntegrityError",
     "Interruptible",
     "InvalidKeyError",
+    "InvalidValueError",
     "KeyPage",
     "KnowsStoredSizes",
     "L2Adapter",

@@ -44,6 +44,7 @@ from lmcache_core.errors import (
     ConflictError,
     ForbiddenOperationError,
     InvalidKeyError,
+    InvalidValueError,
     NotFoundError,
     NotInitializedError,
 )
@@ -109,11 +110,11 @@ MAX_WORKERS_LIMIT = 256
 DEFAULT_RECONFIGURE_TIMEOUT_S = 30.0
 
 
-class InvalidSizeError(ConfigError):
+class InvalidSizeError(InvalidValueError):
     """A size value is not a positive byte count or a string like "100GiB" (HTTP 400, as the reference)."""
 
 
-class UnsupportedOperationError(ConfigError):
+class UnsupportedOperationError(InvalidValueError):
     """A reconfiguration operation this adapter does not know (HTTP 400, as the reference)."""
 
 
