@@ -34,6 +34,7 @@ from lmcache_core.plugin import (
     HttpRoutesFactory,
     L2AdapterFactory,
     L2AdapterRegistry,
+    RouteGroup,
     ServerFrontendFactory,
 )
 from lmcache_core.plugin.registry import ConfigField, config_field
@@ -82,6 +83,7 @@ __all__ = [
     "ObjectKey",
     "ProbesBackend",
     "Reconfigurable",
+    "RouteGroup",
     "SeesKeyLocks",
     "ServerFrontendFactory",
     "StorageBackend",

@@ -9,6 +9,7 @@ from lmcache_core.plugin.registry import (
     L2AdapterSpec,
     ServerFrontendFactory,
 )
+from lmcache_core.plugin.routes import RouteGroup
 
 __all__ = [
     "AdapterContext",
@@ -17,5 +18,6 @@ __all__ = [
     "L2AdapterFactory",
     "L2AdapterRegistry",
     "L2AdapterSpec",
+    "RouteGroup",
     "ServerFrontendFactory",
 ]

@@ -17,7 +17,8 @@ without `type`, `context` the server's `AdapterContext` for this adapter. A bare
 gets the standard wrappers (threads, locks, metrics)."""
 
 HttpRoutesFactory = Callable[[Any], Any]
-"""`factory(services) -> flask.Blueprint`."""
+"""`factory(services) -> RouteGroup` (its blueprint, scopes and OpenAPI; a bare flask.Blueprint
+is still accepted, its `openapi` and `scopes` attributes read as the declaration)."""
 
 ServerFrontendFactory = Callable[[Any], Any]
 """`factory(services) -> object with start(), stop(), report_status()`."""
@@ -162,7 +163,7 @@ class FrontendRegistry:
     current_source: str = ""
 
     def add_http_routes(self, name: str, factory: HttpRoutesFactory) -> None:
-        """Mount the blueprint returned by `factory(services)` on the admin server."""
+        """Mount the route group returned by `factory(services)` on the admin server."""
         self._check_new(f"http:{name}")
         self.http_routes[name] = factory
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, g, has_request_context, json
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import ConfigError
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
 from lmcache_frontends.admin.params import bounded_int, single
 
@@ -231,7 +232,7 @@ def app_trail() -> AuditTrail:
     return trail if isinstance(trail, AuditTrail) else _LOG_ONLY
 
 
-def create_audit_blueprint(services: Any) -> Blueprint:
+def create_audit_blueprint(services: Any) -> RouteGroup:
     """`GET /audit/events`: the newest audit records, from the bounded in-memory ring."""
     bp = Blueprint("audit", __name__)
 
@@ -242,8 +243,7 @@ def create_audit_blueprint(services: Any) -> Blueprint:
         events, recorded = trail.recent(limit)
         return jsonify(events=events, capacity=trail.capacity, recorded_total=recorded)
 
-    bp.openapi = AUDIT_OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=AUDIT_OPENAPI)
 
 
 _EVENT = obj(

@@ -22,6 +22,7 @@ from lmcache_adapters.l2.dax import InvalidSizeError, parse_size
 from lmcache_core.cache_ops.reconfigure import L1_NOT_DAX, ReconfigurableAdapter, normalize
 from lmcache_core.errors import InvalidRequestError, LMCacheError, NotFoundError
 from lmcache_core.l1.arenas import DEFAULT_REMOVE_TIMEOUT_SECONDS, MAX_REMOVE_TIMEOUT_SECONDS
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
     cache_operations,
@@ -98,7 +99,7 @@ def _dax_l2_payload(operation: str, body: dict[str, Any]) -> tuple[int, dict[str
     return parsed["adapter_index"], payload
 
 
-def create_reconfigure_blueprint(services: Any) -> Blueprint:
+def create_reconfigure_blueprint(services: Any) -> RouteGroup:
     """Routes that change an L2 adapter's devices while the server runs."""
     bp = Blueprint("reconfigure", __name__)
 
@@ -263,8 +264,7 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
     def l1_remove() -> Response:
         return l1_change("remove")
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 # ---------------------------------------------------------------------- OpenAPI
