@@ -24,7 +24,7 @@ from lmcache_frontends.admin import audit as audit_mod
 from lmcache_frontends.admin.errors import json_error
 from lmcache_frontends.admin.groups import route_groups
 from lmcache_frontends.admin.openapi import json_response, obj
-from lmcache_frontends.config import MIN_TOKEN_LENGTH
+from lmcache_frontends.options import MIN_TOKEN_LENGTH
 
 log = logging.getLogger(__name__)
 
