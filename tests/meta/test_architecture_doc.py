@@ -29,24 +29,28 @@ def _defined_classes() -> set[str]:
 
 
 def _tables(text: str) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(the section heading above it, header cells, body rows) for each markdown table."""
+    """(the text that introduces it: its section heading and the prose since, header cells, body
+    rows) for each markdown table."""
     tables: list[tuple[str, list[str], list[list[str]]]] = []
-    heading = ""
+    intro: list[str] = []
     lines = text.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
         if _HEADING.match(line):
-            heading = line
-        if line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].replace("|", "").strip()) <= {"-", ":"}:
+            intro = [line]
+        elif line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].replace("|", "").strip()) <= {"-", ":"}:
             header = [c.strip() for c in line.strip("|").split("|")]
             rows = []
             i += 2
             while i < len(lines) and lines[i].startswith("|"):
                 rows.append([c.strip() for c in lines[i].strip("|").split("|")])
                 i += 1
-            tables.append((heading, header, rows))
+            tables.append(("\n".join(intro), header, rows))
+            intro = intro[:1]  # the next table is introduced by the heading and its own prose
             continue
+        else:
+            intro.append(line)
         i += 1
     return tables
 
@@ -72,7 +76,7 @@ def _exists_somewhere(room: str) -> bool:
 def architecture_problems(text: str, classes: set[str]) -> list[str]:
     """What in `text` (an architecture doc) does not match the tree."""
     problems: list[str] = []
-    for heading, header, rows in _tables(text):
+    for intro, header, rows in _tables(text):
         if header[:2] == ["port", "implemented by"]:
             for row in rows:
                 for name in _TICKED.findall(row[0]):
@@ -82,8 +86,10 @@ def architecture_problems(text: str, classes: set[str]) -> list[str]:
                     if _CLASS_NAME.match(name) and name not in classes:
                         problems.append(f"port {row[0]} lists {name}, which is not defined")
         elif header[0] == "module":
-            # A rooms table: its first column is relative to the package its heading names.
-            bases = [b for b in _TICKED.findall(heading) if _ROOM.match(b)]
+            # A rooms table: its first column is relative to the package its introduction names
+            # last (`## The core (`src/lmcache_core/`)`, "The `dax` package (`.../l2/dax/`)").
+            bases = [b for b in _TICKED.findall(intro) if _ROOM.match(b) and b.endswith("/") and "/" in b[:-1]]
+            bases.reverse()
             base = REPO / "src" / bases[0].removeprefix("src/") if bases else REPO / "src"
             for row in rows:
                 for room in _TICKED.findall(row[0]):
@@ -107,11 +113,13 @@ def test_the_check_catches_a_stale_implementation_and_a_missing_room() -> None:
         "| `KVTransfer` | CUDA IPC | y |\n\n"
         "## Rooms (`lmcache_adapters/l2/`)\n\n| module | job |\n|---|---|\n"
         "| `stack.py`, `vanished.py` | z |\n\n"
+        "The package (`lmcache_adapters/l2/dax/`):\n\n| module | job |\n|---|---|\n| `sizes.py`, `stack.py` | w |\n\n"
         "The pool lives in `lmcache_adapters/memory/nowhere.py`; `lmcache_core/l1/` is real.\n"
     )
     assert architecture_problems(stale, _defined_classes()) == [
         "port KVTransfer is not defined",
         "port `MemoryPool` lists GhostPool, which is not defined",
         "room lmcache_adapters/memory/nowhere.py is missing",
+        "room stack.py (under src/lmcache_adapters/l2/dax) is missing",
         "room vanished.py (under src/lmcache_adapters/l2) is missing",
     ]
