@@ -39,13 +39,11 @@ PROBE_RULES = frozenset({"/", "/healthcheck", "/api/healthcheck", "/readyz"})
 
 @dataclass(frozen=True)
 class ScopePolicy:
-    """An app's defaults beyond its route groups' declarations: which routes it leaves open for
-    probes, which reads need the admin scope and which POSTs only read (lookups a router sends
-    with a read token). Another app (the coordinator) passes its own."""
+    """An app's defaults beyond its route groups' declarations (`RouteGroup.scopes`: reads of
+    process internals, POSTs that only read): which routes it leaves open for probes and which
+    it audits only when refused. Another app (the coordinator) passes its own."""
 
     probe_rules: frozenset[str] = PROBE_RULES
-    admin_get_rules: frozenset[str] = frozenset()
-    read_post_rules: frozenset[str] = frozenset()
     unaudited_rules: frozenset[str] = frozenset()
     """High-rate machine traffic (heartbeats, event reports): audited only when refused."""
 
@@ -225,9 +223,7 @@ def required_scope(
         return None
     if safe and rule == "/metrics":
         return READ if metrics_require_token else None
-    if method == "POST" and rule in policy.read_post_rules:
-        return READ
-    if not safe or rule in policy.admin_get_rules:
+    if not safe:
         return ADMIN
     if rule == "/loglevel" and "level" in args:  # GET /loglevel?level=... sets a level
         return ADMIN

@@ -23,10 +23,11 @@ MAX_BODY_BYTES = 64 << 20
 
 POLICY = ScopePolicy(
     probe_rules=frozenset({"/healthz"}),
-    read_post_rules=frozenset({"/directory/lookup", "/directory/score", "/directory/blend-lookup"}),
     unaudited_rules=frozenset({"/instances/<instance_id>/heartbeat", "/events", "/l2/events"}),
 )
-"""Routers call the lookups with a read token; registration and events need the admin scope."""
+"""The coordinator's probe and its high-rate machine traffic (audited only when refused); the
+directory group declares its lookups readable with a read token, and everything else that
+changes state needs the admin scope."""
 
 ROUTE_GROUPS = {
     "auth": create_auth_blueprint,

@@ -18,6 +18,7 @@ from lmcache_core.fleet.wire import (
     record_placements,
 )
 from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin.routes import READ
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
 from lmcache_frontends.coordinator.common import (
     KEY_SCHEMA,
@@ -234,4 +235,6 @@ def create_directory_blueprint(ctx: CoordinatorContext) -> RouteGroup:
             }
         },
     }
-    return RouteGroup(bp, openapi=openapi)
+    # Routers send these lookups with a read token: POSTs that only read.
+    reads = {"/directory/lookup": READ, "/directory/score": READ, "/directory/blend-lookup": READ}
+    return RouteGroup(bp, openapi=openapi, scopes=reads)
