@@ -161,6 +161,30 @@ PERIODIC_THREADS_UNHEALTHY = _gauge(
     "periodic_threads_unhealthy", "Critical or high periodic threads that are dead, stalled or failing."
 )
 
+# -- the fleet coordinator link (--coordinator-url; read at scrape time) ----------------------
+
+COORDINATOR_REGISTERED = _gauge(
+    "coordinator_registered", "1 while this server is registered with its fleet coordinator, else 0."
+)
+COORDINATOR_BUFFERED_EVENTS = _gauge(
+    "coordinator_buffered_events", "Cache events waiting to be sent to the coordinator."
+)
+COORDINATOR_DROPPED_EVENTS = MetricFamily(
+    "coordinator_dropped_events", COUNTER,
+    "Cache events dropped because the bounded buffer was full (the coordinator down or slow).", scraped=True,
+)
+COORDINATOR_SENT_BATCHES = MetricFamily(
+    "coordinator_sent_batches", COUNTER, "Cache-event batches the coordinator accepted.", scraped=True
+)
+COORDINATOR_FAILED_CALLS = MetricFamily(
+    "coordinator_failed_calls", COUNTER,
+    "Calls to the coordinator that failed (unreachable, timed out, or answered with an error).", scraped=True,
+)
+COORDINATOR_UNREPORTED_EVENTS = MetricFamily(
+    "coordinator_unreported_events", COUNTER,
+    "L1 events and capacity declarations an LMCache 0.5.0 coordinator has no route for.", scraped=True,
+)
+
 # -- admin HTTP API ---------------------------------------------------------------------------
 
 HTTP_REQUESTS = _counter("http_requests", "Admin API requests by route template, method and status.", "route", "method", "status")

@@ -16,6 +16,7 @@ from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l2.entry import L2AdapterEntry, adapter_type_name
 from lmcache_core.l2.eviction_controller import L2EvictionController, L2EvictionSettings
 from lmcache_core.l2.health import L2HealthMonitor
+from lmcache_core.l2.listener import L2Events, L2Listener
 from lmcache_core.l2.prefetch_controller import PrefetchController
 from lmcache_core.l2.store_controller import StoreController
 from lmcache_core.periodic import PeriodicThread
@@ -33,8 +34,13 @@ from lmcache_core.status import compose_status, safe_report
 
 log = logging.getLogger(__name__)
 
-# (name, adapter) or (name, adapter, eviction settings as given in `"eviction": {...}`)
-AdapterSpec = tuple[str, L2Adapter] | tuple[str, L2Adapter, Mapping[str, Any] | None]
+# (name, adapter), (name, adapter, eviction settings as given in `"eviction": {...}`), or
+# (name, adapter, eviction settings, shared)
+AdapterSpec = (
+    tuple[str, L2Adapter]
+    | tuple[str, L2Adapter, Mapping[str, Any] | None]
+    | tuple[str, L2Adapter, Mapping[str, Any] | None, bool]
+)
 PolicyFactory = Callable[[str], EvictionPolicy]
 
 
@@ -71,7 +77,10 @@ class StorageManager:
         for i, spec in enumerate(l2_adapters):
             name, adapter = spec[0], spec[1]
             eviction = spec[2] if len(spec) > 2 else None
-            entry = L2AdapterEntry(i, name, adapter_type_name(adapter), adapter, dict(eviction) if eviction else None)
+            shared = bool(spec[3]) if len(spec) > 3 else False
+            entry = L2AdapterEntry(
+                i, name, adapter_type_name(adapter), adapter, dict(eviction) if eviction else None, shared
+            )
             self.l2_adapters.append(entry)
             if eviction:
                 settings = L2EvictionSettings.parse(name, eviction)
@@ -86,15 +95,19 @@ class StorageManager:
             trigger_watermark=trigger_watermark,
             eviction_ratio=eviction_ratio,
         )
+        self.l2_events = L2Events()
+        """Every L2 store, load and removal, for L2Listeners (`add_l2_listener`)."""
         self.l2_eviction = L2EvictionController(
-            managed, interval_seconds=eviction_interval_seconds, metrics=self.metrics, clock=clock
+            managed, interval_seconds=eviction_interval_seconds, metrics=self.metrics, clock=clock,
+            on_evicted=lambda entry, keys: self.l2_events.removed(entry, keys, "evict"),
         )
+        self.l2_events.add(self.l2_eviction)
         self.store = StoreController(
             l1,
             self.l2_adapters,
             policy=l2_store_policy,
             metrics=self.metrics,
-            on_stored=self.l2_eviction.on_stored,
+            on_stored=self.l2_events.stored,
             clock=clock,
         )
         l1.add_listener(self.store)
@@ -108,7 +121,7 @@ class StorageManager:
                 metrics=self.metrics,
                 skip_write_back=self.store.skip_once,
                 forget_skip=self.store.forget_skip,
-                on_loaded=self.l2_eviction.on_loaded,
+                on_loaded=self.l2_events.loaded,
                 clock=clock,
             )
         self.l2_health = L2HealthMonitor(self.l2_adapters, interval_seconds=l2_probe_interval_seconds, clock=clock)
@@ -244,12 +257,17 @@ class StorageManager:
         raise NotFoundError(f"no L2 adapter matches {selector!r} (valid: {valid})")
 
     def delete_from_l2(self, entry: L2AdapterEntry, keys: Sequence[ObjectKey]) -> list[bool]:
-        """Delete keys from one adapter (locked keys skipped) and tell its eviction policy."""
+        """Delete keys from one adapter (locked keys skipped) and tell the L2 listeners (its
+        eviction policy among them)."""
         results = entry.adapter.delete(keys)
         gone = [k for k, ok in zip(keys, results, strict=True) if ok]
         if gone:
-            self.l2_eviction.on_deleted(entry, gone)
+            self.l2_events.removed(entry, gone, "delete")
         return results
+
+    def add_l2_listener(self, listener: L2Listener) -> None:
+        """Subscribe to L2 events (see L2Listener for the delivery rules)."""
+        self.l2_events.add(listener)
 
     def clear_l1(self, *, force: bool = True, cache_salt: str | None = None, model_name: str | None = None) -> int:
         """Remove L1 objects (all, or one tenant / model). L2 is untouched."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from dependency_injector import providers
 
+from lmcache_adapters.fleet.member import FleetMember
 from lmcache_adapters.plugin_manager import LMCachePluginManager
 from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.engine import CacheEngine
@@ -23,6 +24,7 @@ from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.container import ApplicationContainer
+from lmcache_frontends.fleet import attach_fleet_member, build_fleet_member
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class Services:
     """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
     metrics: MetricsSink = field(default_factory=NullMetricsSink)
     """Where every component reports metrics (the Prometheus sink behind /metrics)."""
+    fleet: FleetMember | None = None
+    """The link to a fleet coordinator (`--coordinator-url`); the server starts it once its
+    ports are bound."""
     periodic_threads: PeriodicThreadRegistry = field(default_factory=PeriodicThreadRegistry)
     """Every periodic thread of the server (behind /periodic-threads and /status health);
     modules that start their own (data-path reapers) add them with `register_periodic_thread`."""
@@ -209,6 +214,9 @@ def bootstrap(
             closers.append((f"L2 adapter {spec[0]}", spec[1].close))
         pool: MemoryPool = container.adapters.memory_pool()
         closers.append(("L1 memory pool", pool.close))
+        fleet = build_fleet_member(config)  # stopped after the storage manager's L2 drain
+        if fleet is not None:
+            closers.append(("fleet member", fleet.stop))
         storage: StorageManager = container.services.storage()
         closers.append(("storage manager", lambda: storage.close(drain_timeout=config.shutdown_drain_seconds)))
         engine: CacheEngine = container.services.engine()
@@ -216,6 +224,9 @@ def bootstrap(
         cache_ops = CacheOperations.for_engine(engine)
         closers.append(("cache operations", cache_ops.close))
         threads = _observe(config, storage, engine, the_metrics)
+        if fleet is not None:
+            attach_fleet_member(fleet, storage, engine, the_metrics)
+            closers.append(("fleet member's L1 reporting", fleet.close_l1))
         if start:
             engine.start()
     except BaseException:
@@ -240,6 +251,7 @@ def bootstrap(
         started_at=the_clock.time(),
         metrics=the_metrics,
         periodic_threads=threads,
+        fleet=fleet,
         _closers=closers,
     )
 

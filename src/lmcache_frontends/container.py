@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 QUOTA_STATE_FILE = "quotas.json"
 
-AdapterSpec = tuple[str, L2Adapter, dict[str, Any] | None]
+AdapterSpec = tuple[str, L2Adapter, dict[str, Any] | None, bool]
+"""(label, adapter, eviction settings, shared)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def build_l2_adapters(
         name = fields.pop("name", None) or spec.kind
         eviction = fields.pop("eviction", None)
         serde = fields.pop("serde", None)
+        shared = bool(fields.pop("shared", False))
         try:
             if eviction is not None:
                 L2EvictionSettings.parse(name, eviction)
@@ -99,11 +101,11 @@ def build_l2_adapters(
                 make_codec(serde)
         except ConfigError as exc:
             raise ConfigError(f"--l2-adapter #{position}: {exc}") from None
-        parsed.append((spec, name, fields, eviction, serde))
+        parsed.append((spec, name, fields, eviction, serde, shared))
 
     built: list[AdapterSpec] = []
     try:
-        for index, (spec, name, fields, eviction, serde) in enumerate(parsed):
+        for index, (spec, name, fields, eviction, serde, shared) in enumerate(parsed):
             context = AdapterContext(
                 config=config, clock=clock, index=index, name=name, metrics=metrics or NullMetricsSink()
             )
@@ -116,9 +118,9 @@ def build_l2_adapters(
                     adapter = wrap_with_serde(adapter, serde)
             except ConfigError as exc:
                 raise ConfigError(f"--l2-adapter #{index + 1} ({spec.kind}): {exc}") from None
-            built.append((name, adapter, eviction))
+            built.append((name, adapter, eviction, shared))
     except BaseException:
-        for name, adapter, _ in reversed(built):
+        for name, adapter, *_ in reversed(built):
             try:
                 adapter.close()
             except Exception:

@@ -150,6 +150,8 @@ def serve(
         except (LMCacheError, OSError) as exc:
             services.close()
             return _fail(prog, exc)
+        if services.fleet is not None:  # registers the ports really bound (0 = a free one)
+            services.fleet.start(http_port=admin.port, zmq_port=getattr(services.server_frontends.get("zmq"), "bound_port", None))
 
         log.info(_ready_line(prog, services, admin))
         if config.ready_file:

@@ -5,15 +5,18 @@ as a real server does."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import itertools
 import json
+import os
 import re
 import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -35,6 +38,35 @@ def start_coordinator(*args: str, timeout: float = 60.0) -> ServerProcess:
     threading.Thread(target=pump_stderr, args=(proc, server), daemon=True).start()
     server.url = server.wait_for_line(READY_RE, timeout).group(1)
     return server
+
+
+REFERENCE_VENVS = {
+    "0.5.0": Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv")),
+    "0.5.6": Path(os.environ.get("LMCACHE_REFERENCE_056_VENV", Path.home() / ".cache" / "lmcache-reference-056" / "venv")),
+}
+
+
+@contextlib.contextmanager
+def reference_coordinator(version: str, port: int) -> Iterator[str]:
+    """LMCache `version`'s own `lmcache coordinator` (eviction off) on 127.0.0.1:`port`; yields
+    its URL once it answers, stops it afterwards."""
+    env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
+    proc = subprocess.Popen(
+        [str(REFERENCE_VENVS[version] / "bin" / "lmcache"), "coordinator", "--host", "127.0.0.1", "--port", str(port),
+         "--eviction-check-interval", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        poll(lambda: get_json(f"{url}/healthz", timeout=1)[0] == 200, 120, f"the reference {version} coordinator")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def get_json(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:

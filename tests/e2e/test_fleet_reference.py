@@ -4,13 +4,13 @@ reference coordinators. Skipped when the reference installs are absent."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleetproc import get_json, poll, start_coordinator
+from fleetproc import REFERENCE_VENVS as VENVS
+from fleetproc import get_json, poll, reference_coordinator, start_coordinator
 
 from lmcache_adapters.fleet.client import CoordinatorClient
 from lmcache_core.fleet.model import Tier
@@ -19,10 +19,6 @@ from redis_server import RedisProcess, free_port, redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-VENVS = {
-    "0.5.0": Path(os.environ.get("LMCACHE_REFERENCE_VENV", Path.home() / ".cache" / "lmcache-reference" / "venv")),
-    "0.5.6": Path(os.environ.get("LMCACHE_REFERENCE_056_VENV", Path.home() / ".cache" / "lmcache-reference-056" / "venv")),
-}
 SHAPE = ["--kvcache-shape-spec", "(2,256,16,2,64):float16:2", "--num-blocks", "256"]
 QUIET = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1", "PATH": "/usr/bin:/bin"}
 
@@ -133,33 +129,20 @@ def test_our_client_reports_to_the_reference_coordinator(version: str) -> None:
     venv = VENVS[version]
     if not (venv / "bin" / "lmcache").exists():
         pytest.skip(f"the reference LMCache {version} is not installed in {venv}")
-    port = free_port()
-    env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
-    proc = subprocess.Popen(
-        [str(venv / "bin" / "lmcache"), "coordinator", "--host", "127.0.0.1", "--port", str(port), "--eviction-check-interval", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    client = CoordinatorClient(url, instance_id="ours", advertise_ip="127.0.0.1", http_port=8080, heartbeat_interval=0.2, flush_interval=0.1)
-    try:
-        poll(lambda: get_json(f"{url}/healthz", timeout=1)[0] == 200, 120, "the reference coordinator")
-        key = ObjectKey(b"\x11" * 32, "test-model", 0x01000100)
-        client.events.store(Tier.L1, "dram", [key], [4096])
-        client.events.store(Tier.L2, "fs", [key], [4096])
-        client.start()
-        poll(lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == ["ours"], 10, "registration")
-        if version == "0.5.6":
-            poll(lambda: get_json(f"{url}/directory/stats")[1]["num_placements"] == 2, 10, "L1 and L2 placements")
-        else:
-            poll(lambda: get_json(f"{url}/l2/status")[1]["total_gb"] > 0, 10, "L2 usage")
-            assert client.legacy
-        client.stop()
-        poll(lambda: get_json(f"{url}/instances")[1]["instances"] == [], 10, "deregistration")
-    finally:
-        client.stop()
-        proc.terminate()
+    with reference_coordinator(version, free_port()) as url:
+        client = CoordinatorClient(url, instance_id="ours", advertise_ip="127.0.0.1", http_port=8080, heartbeat_interval=0.2, flush_interval=0.1)
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            key = ObjectKey(b"\x11" * 32, "test-model", 0x01000100)
+            client.events.store(Tier.L1, "dram", [key], [4096])
+            client.events.store(Tier.L2, "fs", [key], [4096])
+            client.start()
+            poll(lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == ["ours"], 10, "registration")
+            if version == "0.5.6":
+                poll(lambda: get_json(f"{url}/directory/stats")[1]["num_placements"] == 2, 10, "L1 and L2 placements")
+            else:
+                poll(lambda: get_json(f"{url}/l2/status")[1]["total_gb"] > 0, 10, "L2 usage")
+                assert client.legacy
+            client.stop()
+            poll(lambda: get_json(f"{url}/instances")[1]["instances"] == [], 10, "deregistration")
+        finally:
+            client.stop()

@@ -41,7 +41,11 @@ class CoordinatorClient:
         timeout_s: float = 2.0,
         max_buffered_events: int = 100_000,
         max_batches_per_request: int = 500,
+        events: EventBuffer | None = None,
     ) -> None:
+        """`events`: a buffer filled before the client existed (a server's reporter starts
+        buffering before its ports are known); it must be stamped with the same id and
+        incarnation. Default: a new one of `max_buffered_events`."""
         if heartbeat_interval <= 0 or flush_interval <= 0:
             raise ValueError("heartbeat and flush intervals must be > 0")
         self.url = coordinator_url.rstrip("/")
@@ -51,7 +55,9 @@ class CoordinatorClient:
         self.metadata = dict(metadata or {})
         # A restart is a new incarnation: the coordinator then drops this id's old L1 placements.
         self.incarnation = incarnation if incarnation is not None else int(time.time() * 1000)
-        self.events = EventBuffer(instance_id, self.incarnation, max_entries=max_buffered_events)
+        if events is not None and (events.instance_id, events.incarnation) != (instance_id, self.incarnation):
+            raise ValueError("the event buffer is stamped with another instance id or incarnation")
+        self.events = events or EventBuffer(instance_id, self.incarnation, max_entries=max_buffered_events)
         self.heartbeat_interval = heartbeat_interval
         self.flush_interval = flush_interval
         self.max_batches_per_request = max_batches_per_request

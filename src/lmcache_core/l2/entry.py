@@ -23,7 +23,15 @@ class L2AdapterEntry:
     type_name: str
     adapter: L2Adapter
     eviction: dict[str, Any] | None = field(default=None)
+    shared: bool = False
+    """The adapter mounts a storage domain several servers share (one S3 bucket, a shared
+    filesystem): `"shared": true` in its `--l2-adapter` JSON, as in LMCache 0.5.6."""
 
     @property
     def primary(self) -> bool:
         return self.index == 0
+
+    @property
+    def backend(self) -> str:
+        """The name listings (`GET /cache/objects`) and fleet events give this adapter: its kind."""
+        return str(self.adapter.kind)

@@ -12,6 +12,7 @@ from lmcache_core.errors import ConfigError
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.keys import ObjectKey
 from lmcache_core.l2.entry import L2AdapterEntry
+from lmcache_core.l2.listener import L2Listener
 from lmcache_core.periodic import PeriodicThread
 from lmcache_core.ports import Clock, ListingNotSupportedError, MetricsSink, NullMetricsSink
 
@@ -65,7 +66,7 @@ class _Managed:
     last_error: str | None = None
 
 
-class L2EvictionController:
+class L2EvictionController(L2Listener):
     """One thread for every adapter with an eviction policy: each cycle it evicts the policy's
     mandatory victims (salts over quota) and, above the trigger watermark of the adapter's
     capacity, victims until `eviction_ratio` of the capacity is freed — one delete call per
@@ -79,8 +80,10 @@ class L2EvictionController:
         metrics: MetricsSink | None = None,
         max_victims_per_cycle: int = 10_000,
         clock: Clock | None = None,
+        on_evicted: Callable[[L2AdapterEntry, list[ObjectKey]], None] | None = None,
     ) -> None:
         self._managed = {e.index: _Managed(e, s, p) for e, s, p in managed}
+        self._on_evicted = on_evicted
         self.interval_seconds = interval_seconds
         self.metrics = metrics or NullMetricsSink()
         self.max_victims_per_cycle = max_victims_per_cycle
@@ -95,6 +98,16 @@ class L2EvictionController:
         return bool(self._managed)
 
     # -- events from the store / prefetch controllers -------------------------------------
+
+    def on_l2_keys_stored(self, entry: L2AdapterEntry, keys: Sequence[ObjectKey], sizes: Sequence[int]) -> None:
+        self.on_stored(entry, list(keys), list(sizes))
+
+    def on_l2_keys_loaded(self, entry: L2AdapterEntry, keys: Sequence[ObjectKey]) -> None:
+        self.on_loaded(entry, list(keys))
+
+    def on_l2_keys_removed(self, entry: L2AdapterEntry, keys: Sequence[ObjectKey], reason: str) -> None:
+        if reason != "evict":  # its own evictions are already off its books
+            self.on_deleted(entry, keys)
 
     def on_stored(self, entry: L2AdapterEntry, keys: list[ObjectKey], sizes: list[int]) -> None:
         m = self._managed.get(entry.index)
@@ -201,6 +214,8 @@ class L2EvictionController:
         m.evicted_bytes += freed
         if gone:
             self.metrics.inc("l2_evicted_objects", len(gone), adapter=m.entry.name)
+            if self._on_evicted is not None:
+                self._on_evicted(m.entry, gone)
 
     def _take(
         self,

@@ -8,14 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmcache_core.errors import ConfigError, PluginError
+from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.ports import L2Adapter, StorageBackend
 
-L2AdapterFactory = Callable[[dict[str, Any], Any], L2Adapter | StorageBackend]
-"""`factory(config, services) -> StorageBackend | L2Adapter`; `config` is the validated JSON
-without `type`. A bare StorageBackend gets the standard wrappers (threads, locks, metrics)."""
+L2AdapterFactory = Callable[[dict[str, Any], AdapterContext], L2Adapter | StorageBackend]
+"""`factory(config, context) -> StorageBackend | L2Adapter`; `config` is the validated JSON
+without `type`, `context` the server's `AdapterContext` for this adapter. A bare StorageBackend
+gets the standard wrappers (threads, locks, metrics)."""
 
 HttpRoutesFactory = Callable[[Any], Any]
-"""`factory(services) -> flask.Blueprint`."""
+"""`factory(services) -> RouteGroup` (its blueprint, scopes and OpenAPI; a bare flask.Blueprint
+is still accepted, its `openapi` and `scopes` attributes read as the declaration)."""
 
 ServerFrontendFactory = Callable[[Any], Any]
 """`factory(services) -> object with start(), stop(), report_status()`."""
@@ -70,6 +73,9 @@ COMMON_FIELDS: Mapping[str, ConfigField] = {
     "eviction": config_field(dict, help="L2 eviction policy: {policy, trigger_watermark, eviction_ratio}"),
     "serde": config_field(dict, help="payload transform wrapper, e.g. {\"type\": \"zstd\"}"),
     "name": config_field(str, help="a label shown in /status and /l2/adapters"),
+    "shared": config_field(
+        bool, help="the adapter mounts a storage domain several servers share (one bucket): its fleet events say so"
+    ),
 }
 
 
@@ -157,7 +163,7 @@ class FrontendRegistry:
     current_source: str = ""
 
     def add_http_routes(self, name: str, factory: HttpRoutesFactory) -> None:
-        """Mount the blueprint returned by `factory(services)` on the admin server."""
+        """Mount the route group returned by `factory(services)` on the admin server."""
         self._check_new(f"http:{name}")
         self.http_routes[name] = factory
 

@@ -5,13 +5,11 @@ counted drops, never an exception)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask, Response, jsonify, request
 
-from fleet_helpers import coordinator_app
 from lmcache_adapters.fleet.client import CoordinatorClient
 from lmcache_adapters.fleet.servers import HttpServerControl
 from lmcache_core.fleet.model import CapacityDecl, InstanceInfo, Tier
@@ -26,14 +24,6 @@ def key(i: int) -> ObjectKey:
     return ObjectKey(i.to_bytes(4, "big") * 8, "m", 0x01000100)
 
 
-
-@pytest.fixture
-def coordinator() -> Iterator[tuple[str, FleetService]]:
-    app, service, _ = coordinator_app()
-    server = AdminServer(app, "127.0.0.1", 0, threads=2)
-    server.start()
-    yield server.url, service
-    server.stop()
 
 
 def client_for(url: str, **kw: Any) -> CoordinatorClient:

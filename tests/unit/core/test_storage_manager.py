@@ -14,6 +14,7 @@ from lmcache_core.eviction import make_policy
 from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
+from lmcache_core.l2.listener import L2Listener
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
 from lmcache_core.testing import poll_until
@@ -298,3 +299,59 @@ def test_a_chunk_back_in_l1_does_not_end_the_l2_prefix(make_manager: Any) -> Non
         assert view is not None and bytes(view) == payload(int.from_bytes(k.chunk_hash, "big"))
     sm.l1.finish_read(keys, promise=True)
     assert sm.l1.object_count() == 1  # the three temporaries are freed, the L1 object stays
+
+
+class _Recorder(L2Listener):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, list[ObjectKey], Any]] = []
+
+    def on_l2_keys_stored(self, entry: Any, keys: Any, sizes: Any) -> None:
+        self.events.append(("stored", entry.name, list(keys), list(sizes)))
+
+    def on_l2_keys_loaded(self, entry: Any, keys: Any) -> None:
+        self.events.append(("loaded", entry.name, list(keys), None))
+
+    def on_l2_keys_removed(self, entry: Any, keys: Any, reason: str) -> None:
+        self.events.append(("removed", entry.name, list(keys), reason))
+
+
+def test_l2_listeners_see_stores_loads_deletes_and_evictions(make_manager: Any) -> None:
+    a = MockL2Adapter(capacity_bytes=10 * OBJ)
+    sm = make_manager([("a", a, {"policy": "LRU", "trigger_watermark": 0.5, "eviction_ratio": 0.3}, True)])
+    seen = _Recorder()
+    sm.add_l2_listener(seen)
+    assert sm.find_adapter(None).shared is True and sm.find_adapter(None).backend == "mock"
+    keys = [key(i) for i in range(8)]
+    put(sm.l1, keys)
+    assert sm.store.drain(5)
+    stored = [k for kind, _, ks, _ in seen.events if kind == "stored" for k in ks]
+    assert sorted(stored) == sorted(keys)
+    assert all(sizes == [OBJ] * len(ks) for kind, _, ks, sizes in seen.events if kind == "stored")
+    # The adapter's own eviction: the three coldest, reason "evict".
+    sm.l2_eviction.run_cycle()
+    assert [(k, ks, r) for k, _, ks, r in seen.events if k == "removed"] == [("removed", keys[:3], "evict")]
+    # An operator's delete: reason "delete", only the keys really deleted.
+    sm.l1.delete(keys)
+    assert sm.delete_from_l2(sm.find_adapter(None), [keys[3], keys[0]]) == [True, False]
+    assert seen.events[-1] == ("removed", "a", [keys[3]], "delete")
+    # A prefetch that loads from L2.
+    job = sm.prefetch.submit(keys[4:6], object_size=OBJ)
+    assert job.wait(5) and job.loaded_count == 2
+    assert ("loaded", "a", keys[4:6], None) in seen.events
+    sm.l1.finish_read(keys[4:6], promise=True)
+
+
+def test_a_failing_l2_listener_changes_nothing_for_the_others(make_manager: Any) -> None:
+    class Broken(L2Listener):
+        def on_l2_keys_stored(self, entry: Any, keys: Any, sizes: Any) -> None:
+            raise RuntimeError("boom")
+
+    a = MockL2Adapter()
+    sm = make_manager([("a", a)])
+    seen = _Recorder()
+    sm.add_l2_listener(Broken())
+    sm.add_l2_listener(seen)
+    put(sm.l1, [key(1)])
+    assert sm.store.drain(5)
+    assert l2_has(a, [key(1)]) == [True]
+    assert [e[0] for e in seen.events] == ["stored"]

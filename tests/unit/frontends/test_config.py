@@ -170,7 +170,7 @@ def test_public_dict_is_grouped_like_the_reference_and_hides_secrets() -> None:
     adapter = {"type": "s3", "bucket": "kv", "aws_secret_access_key": "hunter2", "nested": {"token": "t"}}
     config = ServerConfig(http_port=9000, l2_adapters=(json.dumps(adapter),))
     public = config.to_public_dict()
-    assert set(public) == {"mp", "storage_manager", "observability"}
+    assert set(public) == {"mp", "storage_manager", "observability", "coordinator"}  # 0.5.6's sections
     assert public["mp"]["http_port"] == 9000 and public["mp"]["http_host"] == "127.0.0.1"
     assert public["storage_manager"]["l1_size_gb"] == 1.0
     assert public["observability"]["log_level"] == "INFO"
@@ -277,3 +277,36 @@ def test_a_devdax_l1_manager_sets_the_l1_fields_it_stands_for() -> None:
 def test_bad_l1_managers_stop_the_start_naming_the_problem(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(argv, env={})
+
+
+def test_coordinator_flags_of_both_lmcache_generations() -> None:
+    v050 = load_config(["--coordinator-url", "http://coord:9300/", "--coordinator-l2-event-reporting",
+                        "--coordinator-l2-event-flush-interval", "0.3"], env={"LMCACHE_COORDINATOR_EVENT_REPORTING": "false"})
+    assert (v050.coordinator_url, v050.coordinator_event_reporting, v050.coordinator_event_flush_interval) == (
+        "http://coord:9300", True, 0.3)
+    v056 = load_config([], env={"LMCACHE_COORDINATOR_URL": "http://c:1", "LMCACHE_COORDINATOR_ADVERTISE_IP": "10.0.0.5",
+                                "LMCACHE_COORDINATOR_HEARTBEAT_INTERVAL": "2", "LMCACHE_INSTANCE_ID": "node-7"})
+    assert (v056.coordinator_advertise_ip, v056.coordinator_heartbeat_interval, v056.instance_id) == ("10.0.0.5", 2.0, "node-7")
+    assert v056.coordinator_event_reporting is True  # on by default here
+    assert load_config([], env={"LMCACHE_COORDINATOR_EVENT_REPORTING": "0"}).coordinator_event_reporting is False
+    # The new spelling wins over the old one.
+    both = load_config(["--coordinator-event-flush-interval", "2", "--coordinator-l2-event-flush-interval", "0.3"], env={})
+    assert both.coordinator_event_flush_interval == 2.0
+    assert ServerConfig(coordinator_token="s3cr3t-t0ken").to_public_dict()["coordinator"]["coordinator_token"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--coordinator-url", "coord:9300"], "--coordinator-url must be an http:// or https:// URL"),
+        (["--coordinator-heartbeat-interval", "0"], "--coordinator-heartbeat-interval must be > 0"),
+        (["--coordinator-event-transport", "kafka"], "--coordinator-event-transport kafka is not supported"),
+        (["--coordinator-max-buffered-events", "0"], "--coordinator-max-buffered-events must be an integer >= 1"),
+        (["--instance-id", "a/b"], "--instance-id must be 1-256 characters"),
+    ],
+)
+def test_bad_coordinator_values_stop_the_start_naming_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from lmcache_frontends.server import main
+
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
