@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from lmcache_core.clients import LOCAL_CLIENT, ClientId, ClientLimits
 from lmcache_core.errors import InvalidKeyError, RegistrationError
 from lmcache_core.hashing import TokenBytes
-from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
+from lmcache_core.keys import ObjectKey, request_keys, validate_cache_salt, validate_model_name
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.leases import Lease, LeaseTable, ReadTicket
@@ -337,22 +337,12 @@ class DataPath:
         # Compared in full so a reused list never rests on the last hash alone.
         if cached is not None and cached[0] == hashes:
             return list(cached[1])
-        keys = self._build_keys(model_name, world_size, cache_salt, hashes, rank)
+        keys = request_keys(model_name, world_size, cache_salt, hashes, rank)
         with self._lock:
             self._key_cache[ident] = (hashes.copy(), keys)
             while len(self._key_cache) > _KEY_CACHE_ENTRIES:
                 self._key_cache.popitem(last=False)
         return list(keys)
-
-    @staticmethod
-    def _build_keys(
-        model: str, ws: int, salt: str, hashes: Sequence[bytes], rank: int | None
-    ) -> list[ObjectKey]:
-        ranks = [kv_rank_for(ws, r) for r in range(ws)] if rank is None else [kv_rank_for(ws, rank)]
-        # Every part was validated already (a RequestKey or session checked model and salt,
-        # kv_rank_for the rank, the hasher made the digests), so per-key validation is skipped.
-        trusted = ObjectKey.trusted
-        return [trusted(h, model, kr, salt) for h in hashes for kr in ranks]
 
     # -- lookup ---------------------------------------------------------------------------
 

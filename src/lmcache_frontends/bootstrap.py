@@ -17,10 +17,12 @@ from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.engine import CacheEngine
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
+from lmcache_core.inspection import RequestInspector
 from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry, Summary
 from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
 from lmcache_core.ports import Clock, L2Adapter, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
+from lmcache_core.readiness import ReadinessRegistry
 from lmcache_core.storage_manager import StorageManager
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.container import ApplicationContainer
@@ -58,6 +60,10 @@ class Services:
     periodic_threads: PeriodicThreadRegistry = field(default_factory=PeriodicThreadRegistry)
     """Every periodic thread of the server (behind /periodic-threads and /status health);
     modules that start their own (data-path reapers) add them with `register_periodic_thread`."""
+    inspector: RequestInspector = field(default_factory=lambda: RequestInspector(ServerConfig().chunk_size))
+    """Request inspection (/kvcache/requests/*): a data path attaches its sessions while it runs."""
+    readiness: ReadinessRegistry = field(default_factory=ReadinessRegistry)
+    """Checks components register for GET /readyz (the data path's socket loop)."""
     _closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list, repr=False)
     _close_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -132,6 +138,8 @@ class StartingServices:
     server_frontends: dict[str, Any] = field(default_factory=dict)
     metrics: None = None
     periodic_threads: None = None
+    inspector: None = None
+    readiness: None = None
 
 
 class LiveServices:
@@ -251,6 +259,7 @@ def bootstrap(
         started_at=the_clock.time(),
         metrics=the_metrics,
         periodic_threads=threads,
+        inspector=RequestInspector(config.chunk_size),
         fleet=fleet,
         _closers=closers,
     )

@@ -37,6 +37,9 @@ def create_zmq_server(services: Any) -> Any:
         protocol=config.protocol,
         # The reaper runs in the server's periodic-thread registry (/periodic-threads, health).
         run_periodic=services.run_periodic,
+        # It registers its sessions for /kvcache/requests/* and its loop check for /readyz.
+        inspector=services.inspector,
+        readiness=services.readiness,
         limits=ClientLimits(
             max_tokens_per_key=config.max_tokens_per_key,
             max_sessions=config.max_sessions,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
@@ -32,9 +31,15 @@ def stack() -> Iterator[Services]:
     )
     assert services.engine is not None
     sessions = SessionManager(services.engine.hasher, clock=services.clock)
-    services.server_frontends["zmq"] = SimpleNamespace(sessions=sessions)
+    # What a running data path does: its sessions answer request inspection.
+    services.inspector.attach(sessions)
+    _SESSIONS[id(services)] = sessions
     yield services
     services.close()
+    del _SESSIONS[id(services)]
+
+
+_SESSIONS: dict[int, SessionManager] = {}
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def url(stack: Services) -> Iterator[str]:
 
 def store_request(stack: Services, request_id: str, nchunks: int, *, end: bool = True, seed: int = 0) -> list[ObjectKey]:
     """What the data path does for a stored request: hash its tokens, write its chunks to L1."""
-    sessions = stack.server_frontends["zmq"].sessions
+    sessions = _SESSIONS[id(stack)]
     tokens = [seed * 100_000 + i for i in range(nchunks * CHUNK)]
     hashes = sessions.chunk_hashes(request_id, tokens, model_name="m", world_size=1)
     keys = [ObjectKey(h, "m", kv_rank_for(1, 0), 0, "") for h in hashes]
@@ -210,7 +215,7 @@ def test_compress_into_a_raw_adapter_is_rejected(stack: Services, url: str, caps
 
 
 def test_compress_with_nothing_in_l2_is_rejected(stack: Services, url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    sessions = stack.server_frontends["zmq"].sessions
+    sessions = _SESSIONS[id(stack)]
     sessions.chunk_hashes("ghost", list(range(CHUNK)), model_name="m", world_size=1)
     code, out, _ = run(capsys, "kvcache", "compress", "ghost", "--method", "zlib", "--url", url)
     assert code == 2 and "none of the 1 chunks" in out

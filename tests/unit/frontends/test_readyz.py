@@ -15,6 +15,7 @@ from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
+from lmcache_frontends.zmq.server import loop_readiness
 
 
 @pytest.fixture
@@ -105,10 +106,14 @@ class _FakeDataPath:
 
 
 def test_a_stuck_zeromq_loop_is_named(stack: Services, rclient: FlaskClient) -> None:
-    stack.server_frontends["zmq"] = _FakeDataPath(True, time.monotonic())
+    # The data path registers its loop check into the readiness registry when it starts.
+    fake = _FakeDataPath(True, time.monotonic())
+    stack.readiness.register("zmq", loop_readiness(fake))
     assert rclient.get("/readyz").status_code == 200
-    stack.server_frontends["zmq"] = _FakeDataPath(True, time.monotonic() - 60.0)
+    fake.loop_heartbeat = time.monotonic() - 60.0
     body = rclient.get("/readyz").get_json()
     assert body["failing"] == ["zmq"] and "socket loop last turned" in body["checks"]["zmq"]["error"]
-    stack.server_frontends["zmq"] = _FakeDataPath(False, time.monotonic())
+    fake.healthy, fake.loop_heartbeat = False, time.monotonic()
     assert rclient.get("/readyz").get_json()["failing"] == ["zmq"]
+    stack.readiness.unregister("zmq")  # a stopped data path takes its check away
+    assert rclient.get("/readyz").status_code == 200
