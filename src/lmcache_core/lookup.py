@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lmcache_core.clients import LOCAL_CLIENT, ClientId, ClientLimits
 from lmcache_core.errors import InvalidKeyError, RegistrationError
@@ -24,7 +24,10 @@ from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.leases import Lease, LeaseTable, ReadTicket
 from lmcache_core.metric_names import LOOKUP_HIT_TOKENS, LOOKUP_REQUESTS, LOOKUP_TOKENS
 from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
-from lmcache_core.sessions import SessionManager
+from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
+
+if TYPE_CHECKING:
+    from lmcache_core.engine import CacheEngine
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +195,27 @@ class DataPath:
     of the leading run `1 + extra` times (`extra = tp_size - 1` when tp_size > world_size, the MLA
     case where several tensor-parallel ranks read one KV rank), each retrieve consumes one. The
     locks are promises held in the lease of (client, request_id); see `lmcache_core.leases`."""
+
+    @classmethod
+    def for_engine(
+        cls,
+        engine: CacheEngine,
+        *,
+        clock: Clock,
+        session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
+        limits: ClientLimits | None = None,
+        metrics: MetricsSink | None = None,
+    ) -> DataPath:
+        """The data path over `engine`'s L1 and prefetcher, with its own SessionManager (the
+        engine's hasher, `session_ttl_seconds`, the session caps of `limits`). The composition
+        root builds the server's with it; a data-path frontend built alone does too."""
+        limits = limits if limits is not None else ClientLimits()
+        sessions = SessionManager(
+            engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds,
+            max_sessions=limits.max_sessions, max_sessions_per_client=limits.max_sessions_per_client,
+        )
+        storage = engine.storage
+        return cls(storage.l1, sessions, clock=clock, prefetcher=storage.prefetch, metrics=metrics, limits=limits)
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ from lmcache_core.periodic import PeriodicThread, Summary
 from lmcache_core.ports import Clock, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.ratelimit import LogRateLimiter
 from lmcache_core.readiness import ReadinessCheck, ReadinessRegistry
-from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
+from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS
 from lmcache_frontends.zmq.curve import CurveConfig
 from lmcache_frontends.zmq.detect import PROTOCOL_CHOICES, ProtocolDetector
 from lmcache_frontends.zmq.dispatch import DataPathRouter
@@ -132,6 +132,7 @@ class ZmqDataPathServer:
         oplog: OperationLog | None = None,
         inspector: RequestInspector | None = None,
         readiness: ReadinessRegistry | None = None,
+        data_path: DataPath | None = None,
     ) -> None:
         if supported_transfer_mode not in TRANSFER_MODES:
             raise ValueError(f"supported_transfer_mode must be one of {', '.join(TRANSFER_MODES)}, not {supported_transfer_mode!r}")
@@ -149,14 +150,14 @@ class ZmqDataPathServer:
         self.limits = limits if limits is not None else ClientLimits()
         self.max_frame_bytes = int(max_frame_bytes)
         self.chunk_size = engine.chunk_size
-        self.sessions = SessionManager(
-            engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds,
-            max_sessions=self.limits.max_sessions, max_sessions_per_client=self.limits.max_sessions_per_client,
-        )
-        self.data_path = DataPath(
-            engine.storage.l1, self.sessions, clock=clock, prefetcher=getattr(engine.storage, "prefetch", None),
-            metrics=self.metrics, limits=self.limits,
-        )
+        # The server's data path comes from the composition root; a server built alone (tests)
+        # gets one of its own, by the same recipe.
+        if data_path is None:
+            data_path = DataPath.for_engine(
+                engine, clock=clock, session_ttl_seconds=session_ttl_seconds, limits=self.limits, metrics=self.metrics
+            )
+        self.data_path = data_path
+        self.sessions = data_path.sessions
         self.key_decoder = KeyFrameDecoder()
         self.registry = InstanceRegistry(
             self.data_path, engine.storage.l1, memory_pool, clock=clock, reap_timeout_seconds=worker_reap_timeout_seconds
