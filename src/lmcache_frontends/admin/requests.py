@@ -23,7 +23,8 @@ from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.manager import L1ObjectInfo
 from lmcache_core.l1.results import OpResult
 from lmcache_frontends.admin.audit import audit
-from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.errors import json_error
+from lmcache_frontends.admin.gate import require_engine
 from lmcache_frontends.admin.openapi import (
     error_responses,
     json_body,
@@ -174,6 +175,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 def create_requests_blueprint(services: Any) -> Blueprint:
     """Per-request info, pin/unpin against L1 eviction and L2 recompression."""
     bp = Blueprint("requests", __name__)
+    require_engine(bp, services, audited={"pin": "kvcache-pin", "unpin": "kvcache-unpin", "compress": "kvcache-compress"})
 
     def rejected(action: str, req: InspectedRequest | None, reason: str, **fields: Any) -> Response:
         audit(action, "rejected", request_id=None if req is None else req.request_id, reason=reason)
@@ -191,8 +193,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.get("/kvcache/requests/<request_id>")
     def info(request_id: str) -> Response:
-        if services.engine is None:
-            return engine_not_initialized()
         try:
             req = _find_request(services, request_id)
         except _BadRequest as exc:
@@ -222,9 +222,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/kvcache/requests/<request_id>/pin")
     def pin(request_id: str) -> Response:
-        if services.engine is None:
-            audit("kvcache-pin", "refused: engine not initialized", request_id=request_id)
-            return engine_not_initialized()
         try:
             body = _json_object(request.get_data())
             ttl = body.get("ttl_seconds")
@@ -284,9 +281,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/kvcache/requests/<request_id>/unpin")
     def unpin(request_id: str) -> Response:
-        if services.engine is None:
-            audit("kvcache-unpin", "refused: engine not initialized", request_id=request_id)
-            return engine_not_initialized()
         try:
             req = _find_request(services, request_id)
         except _BadRequest as exc:
@@ -300,9 +294,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/kvcache/requests/<request_id>/compress")
     def compress(request_id: str) -> Response:
-        if services.engine is None:
-            audit("kvcache-compress", "refused: engine not initialized", request_id=request_id)
-            return engine_not_initialized()
         try:
             body = _json_object(request.get_data())
             method = body.get("method")
