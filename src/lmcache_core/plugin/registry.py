@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.errors import ConfigError, PluginError
 from lmcache_core.ports import L2Adapter, StorageBackend
+
+if TYPE_CHECKING:
+    from lmcache_core.plugin.server_context import ServerContext
 
 L2AdapterFactory = Callable[[dict[str, Any], Any], L2Adapter | StorageBackend]
 """`factory(config, services) -> StorageBackend | L2Adapter`; `config` is the validated JSON
@@ -17,8 +20,9 @@ without `type`. A bare StorageBackend gets the standard wrappers (threads, locks
 HttpRoutesFactory = Callable[[Any], Any]
 """`factory(services) -> flask.Blueprint`."""
 
-ServerFrontendFactory = Callable[[Any], Any]
-"""`factory(services) -> object with start(), stop(), report_status()`."""
+ServerFrontendFactory = Callable[["ServerContext"], Any]
+"""`factory(context) -> object with start(), stop(), report_status()`; `context` is the typed
+ServerContext (`lmcache_core.plugin.server_context`)."""
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     str: "string",

@@ -6,9 +6,10 @@ from typing import Any
 
 from lmcache_adapters.plugin import hookimpl
 from lmcache_core.plugin import FrontendRegistry
+from lmcache_core.plugin.server_context import ServerContext
 
 
-def create_zmq_server(services: Any) -> Any:
+def create_zmq_server(services: ServerContext) -> Any:
     """The data-path server for `services` (started by the composition root)."""
     from lmcache_frontends.zmq.curve import load_curve_config
     from lmcache_frontends.zmq.kv_caches import DataPathKVCaches

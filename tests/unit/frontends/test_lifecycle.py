@@ -82,3 +82,13 @@ def test_bootstrap_returns_an_application_with_every_member_and_one_data_path() 
     finally:
         app.close()
     assert app.closed
+
+
+def test_the_application_is_the_typed_context_a_server_frontend_receives() -> None:
+    from lmcache_core.plugin.server_context import ServerContext
+
+    app = in_memory_stack()
+    try:
+        assert isinstance(app, ServerContext)
+    finally:
+        app.close()
