@@ -153,7 +153,7 @@ def create_readyz_blueprint(services: Any) -> Blueprint:
 
     @bp.get("/readyz")
     def readyz() -> Response:
-        timeout = float(getattr(services.config, "readyz_timeout_seconds", 2.0))
+        timeout = float(services.config.readyz_timeout_seconds)
         ready, checks = readiness(services, prober, timeout)
         if ready:
             return jsonify(ready=True, checks=checks)

@@ -246,7 +246,7 @@ def create_requests_blueprint(services: Any) -> Blueprint:
                 "(evicted, never stored or still being written)",
             )
         used, capacity = l1.usage_bytes()
-        watermark = float(getattr(services.config, "eviction_trigger_watermark", 0.8))
+        watermark = float(services.config.eviction_trigger_watermark)
         limit = int(capacity * watermark)
         results = l1.pin(keys, None if ttl is None else float(ttl), max_pinned_bytes=limit)
         if not all(r is OpResult.SUCCESS for r in results):
