@@ -23,7 +23,7 @@ def device_size(slots: int, slot_bytes: int) -> int:
 
 
 def flip_payload_byte(backend: DaxBackend, key: ObjectKey) -> None:
-    loc = backend._index[key]
+    loc = backend.slots.locations[key]
     offset = loc.device.slot_offset(loc.slot) + SLOT_OVERHEAD + loc.length // 2  # inside the payload
     fd = os.open(loc.device.path, os.O_RDWR)
     try:

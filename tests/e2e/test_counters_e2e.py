@@ -147,6 +147,10 @@ NOT_PINNED = {
     mn.ACTIVE_SESSIONS.name, mn.REGISTERED_INSTANCES.name, mn.HTTP_REQUESTS.name, mn.HTTP_REQUEST_DURATION_SECONDS.name,
     mn.STORE_THROUGHPUT_GBPS.name, mn.RETRIEVE_THROUGHPUT_GBPS.name, mn.L2_STORE_THROUGHPUT_GBPS.name,
     mn.L2_LOAD_THROUGHPUT_GBPS.name,
+    # A fleet member's own (this server has no --coordinator-url); tests/unit/frontends/test_fleet_wiring.py
+    # and tests/e2e/test_fleet_servers_e2e.py check them against a real coordinator.
+    mn.COORDINATOR_REGISTERED.name, mn.COORDINATOR_BUFFERED_EVENTS.name, mn.COORDINATOR_DROPPED_EVENTS.name,
+    mn.COORDINATOR_SENT_BATCHES.name, mn.COORDINATOR_FAILED_CALLS.name, mn.COORDINATOR_UNREPORTED_EVENTS.name,
 }
 
 

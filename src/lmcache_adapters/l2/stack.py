@@ -53,6 +53,7 @@ __all__ = [
     "BreakerSettings",
     "StackContext",
     "as_l2_adapter",
+    "check_workers",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ _Item = TypeVar("_Item")
 
 DEFAULT_WORKERS = 4
 MAX_WORKERS_LIMIT = 256
+
+
+def check_workers(max_workers: object) -> None:
+    """ConfigError unless `max_workers` is an int in 1..MAX_WORKERS_LIMIT (a factory that opens
+    devices before building the stack checks first)."""
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= MAX_WORKERS_LIMIT:
+        raise ConfigError(f"max_workers must be an integer in 1..{MAX_WORKERS_LIMIT}, got {max_workers!r}")
 
 
 class BackendL2Adapter:
@@ -86,8 +94,7 @@ class BackendL2Adapter:
         instruments: L2Instruments | None = None,
         split_batches: bool = True,
     ) -> None:
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= MAX_WORKERS_LIMIT:
-            raise ConfigError(f"max_workers must be an integer in 1..{MAX_WORKERS_LIMIT}, got {max_workers!r}")
+        check_workers(max_workers)
         self.backend = backend
         self.kind: str = backend.kind
         self.name: str = name or backend.kind

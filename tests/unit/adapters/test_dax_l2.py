@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from lmcache_adapters.l2 import dax as dax_module
 from lmcache_adapters.l2.dax import (
     RECORD_BYTES,
     SLOT_OVERHEAD,
@@ -23,6 +22,7 @@ from lmcache_adapters.l2.dax import (
     create_dax_adapter,
     dax_geometry,
     parse_size,
+    slot_io,
 )
 from lmcache_adapters.memory import devices as devices_module
 from lmcache_core.errors import ConfigError, ConflictError, ForbiddenOperationError, NotFoundError
@@ -67,7 +67,7 @@ def device(adapter: DaxL2Adapter, path: Path) -> dict[str, Any]:
 
 
 def keys_on(adapter: DaxL2Adapter, path: Path) -> list[ObjectKey]:
-    return [k for k, loc in adapter.backend._index.items() if loc.device.path == str(path)]
+    return [k for k, loc in adapter.backend.slots.locations.items() if loc.device.path == str(path)]
 
 
 @pytest.fixture
@@ -302,7 +302,7 @@ def test_remove_migrate_without_room_is_refused_then_forced(adapter: DaxL2Adapte
     assert_served(adapter, items)
     result = adapter.apply_reconfiguration("remove", {"device_path": str(paths[0]), "mode": "migrate", "force": True})
     assert result["state"] == "removed" and result["moved_keys"] == 0 and result["deleted_keys"] == 8
-    survivors = {k: v for k, v in items.items() if k in adapter.backend._index}
+    survivors = {k: v for k, v in items.items() if k in adapter.backend.slots.locations}
     assert len(survivors) == 8
     assert_served(adapter, survivors)
 
@@ -463,7 +463,7 @@ def test_resize_shrink_over_objects_is_refused_then_forced(adapter: DaxL2Adapter
     assert_served(adapter, items)
     result = adapter.apply_reconfiguration("resize", {**body, "force": True})
     assert result["deleted_keys"] == 3 and result["slots_total"] == 5
-    survivors = {k: v for k, v in items.items() if k in adapter.backend._index}
+    survivors = {k: v for k, v in items.items() if k in adapter.backend.slots.locations}
     assert len(survivors) == 13
     assert_served(adapter, survivors)
     assert adapter.usage().used_bytes == 13 * SLOT
@@ -491,7 +491,7 @@ def test_resize_shrink_migrate_relocates_the_tail(adapter: DaxL2Adapter, paths: 
     result = adapter.apply_reconfiguration("resize", {"device_path": str(paths[0]), "size": dev_size(4)})
     assert result["moved_keys"] >= 1 and result["deleted_keys"] == 0
     assert_served(adapter, items)
-    assert all(adapter.backend._index[k].slot < 4 for k in keys_on(adapter, paths[0]))
+    assert all(adapter.backend.slots.locations[k].slot < 4 for k in keys_on(adapter, paths[0]))
 
 
 def test_resize_refuses_bad_sizes_and_extra_fields(adapter: DaxL2Adapter, paths: list[Path]) -> None:
@@ -512,7 +512,7 @@ def test_resize_refuses_bad_sizes_and_extra_fields(adapter: DaxL2Adapter, paths:
 def gated_copy(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """Make the first copy on a reconfiguration thread wait until the test lets it go."""
     entered, release = threading.Event(), threading.Event()
-    real_copy = dax_module._copy
+    real_copy = slot_io.copy
 
     def copy(dst: memoryview, src: memoryview) -> None:
         if threading.current_thread().name == "reconfigure" and not entered.is_set():
@@ -520,7 +520,7 @@ def gated_copy(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Even
             assert release.wait(TIMEOUT), "test never released the copy"
         real_copy(dst, src)
 
-    monkeypatch.setattr(dax_module, "_copy", copy)
+    monkeypatch.setattr(slot_io, "copy", copy)
     yield entered, release
     release.set()
 
@@ -575,7 +575,7 @@ def test_state_during_a_resize_is_visible(
     t.join(TIMEOUT)
     assert not t.is_alive() and out[0]["state"] == "active", out
     assert device(adapter, paths[0])["state"] == "active"
-    assert_served(adapter, {k: v for k, v in items.items() if k in adapter.backend._index})
+    assert_served(adapter, {k: v for k, v in items.items() if k in adapter.backend.slots.locations})
 
 
 def test_concurrent_stores_during_a_migration_never_lose_an_acknowledged_object(paths: list[Path]) -> None:
@@ -619,8 +619,8 @@ def test_a_store_in_flight_into_the_device_when_a_migration_starts_is_migrated(
     adapter: DaxL2Adapter, paths: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    real_copy = dax_module._copy
-    dev0 = adapter.backend._devices[0]
+    real_copy = slot_io.copy
+    dev0 = adapter.backend.slots.devices[0]
 
     def copy(dst: memoryview, src: memoryview) -> None:
         if dst.obj is dev0.mm and threading.current_thread().name.startswith("lmcache-l2-") and not entered.is_set():
@@ -628,7 +628,7 @@ def test_a_store_in_flight_into_the_device_when_a_migration_starts_is_migrated(
             assert release.wait(TIMEOUT)
         real_copy(dst, src)
 
-    monkeypatch.setattr(dax_module, "_copy", copy)
+    monkeypatch.setattr(slot_io, "copy", copy)
     data = payload(42, 5000)
     future = adapter.submit_store([key(42)], [memoryview(data)])  # empty devices: most_free picks dax0
     assert entered.wait(TIMEOUT)
@@ -649,15 +649,15 @@ def test_a_failing_device_is_marked_failed_and_can_be_removed(
     adapter: DaxL2Adapter, paths: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items = fill(adapter, 4)
-    real_copy = dax_module._copy
-    bad = adapter.backend._devices[0]
+    real_copy = slot_io.copy
+    bad = adapter.backend.slots.devices[0]
 
     def copy(dst: memoryview, src: memoryview) -> None:
         if dst.obj is bad.mm:
             raise OSError(5, "Input/output error")
         real_copy(dst, src)
 
-    monkeypatch.setattr(dax_module, "_copy", copy)
+    monkeypatch.setattr(slot_io, "copy", copy)
     lost = keys_on(adapter, paths[0])
     store(adapter, {key(500): payload(500), key(501): payload(501), key(502): payload(502)})
     report = adapter.report_status()
@@ -701,7 +701,7 @@ def test_a_restarted_adapter_serves_what_was_stored(paths: list[Path]) -> None:
 def test_after_restart_a_corrupt_payload_is_a_miss_and_freed(paths: list[Path]) -> None:
     a = reopen(paths)
     items = fill(a, 4)
-    loc = a.backend._index[key(1)]
+    loc = a.backend.slots.locations[key(1)]
     offset = loc.device.slot_offset(loc.slot) + SLOT_OVERHEAD + 100
     target = loc.device.path
     a.close()
@@ -725,7 +725,7 @@ def test_after_restart_a_corrupt_payload_is_a_miss_and_freed(paths: list[Path]) 
 def test_after_restart_a_torn_directory_entry_is_a_free_slot(paths: list[Path]) -> None:
     a = reopen(paths)
     items = fill(a, 4)
-    loc = a.backend._index[key(2)]
+    loc = a.backend.slots.locations[key(2)]
     base, target = loc.device.slot_offset(loc.slot), loc.device.path
     a.close()
     with open(target, "r+b") as f:

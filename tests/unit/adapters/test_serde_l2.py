@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,36 @@ def test_bad_serde_config_is_rejected_naming_the_field(config: dict, needle: str
     with pytest.raises(ConfigError, match=needle):
         wrap_with_serde(inner, config)
     inner.close()
+
+
+_NO_TORCH_SCRIPT = """
+import sys
+
+import lmcache_adapters.testing.backend_contract
+import lmcache_adapters.testing.l2_contract
+from lmcache_adapters.l2.mock import MockL2Adapter
+from lmcache_adapters.l2.serde import make_codec, wrap_with_serde
+from lmcache_adapters.testing import make_key
+
+for codec in ("zlib", "zstd"):
+    adapter = wrap_with_serde(MockL2Adapter(), {"type": codec})
+    payload = bytes(range(256)) * 64
+    assert adapter.submit_store([make_key(1)], [memoryview(payload)]).result(timeout=10) == [True]
+    out = bytearray(len(payload))
+    assert adapter.submit_load([make_key(1)], [memoryview(out)]).result(timeout=10) == [True]
+    assert out == payload
+    adapter.close()
+print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
+make_codec({"type": "fp8", "dtype": "bfloat16"})
+print("torch" in sys.modules)
+"""
+
+
+def test_the_stack_lossless_codecs_and_contract_suites_never_load_torch() -> None:
+    """A third party's backend and its contract suite run without torch; only building an fp8
+    codec imports it (so the first check can fail)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_SCRIPT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["[]", "True"], result.stdout
