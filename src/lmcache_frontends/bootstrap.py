@@ -348,7 +348,7 @@ def bootstrap(
         sessions=data_path.sessions,
         data_path=data_path,
         periodic_threads=threads,
-        inspector=RequestInspector(config.chunk_size),
+        inspector=RequestInspector(engine.chunk_size),
         readiness=ReadinessRegistry(),
         lifecycle=lifecycle,
         fleet=fleet,
