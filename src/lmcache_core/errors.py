@@ -15,6 +15,12 @@ class ConfigError(LMCacheError, ValueError):
     """A configuration value is invalid; the message names the flag or field."""
 
 
+class InvalidValueError(ConfigError):
+    """One value an operator gave is malformed or out of range (a size, an operation name): HTTP
+    400 even where a body's other validation failures answer 422 (LMCache 0.5.6's own checks
+    vs its model validation)."""
+
+
 class PluginError(LMCacheError):
     """A plugin misbehaved: duplicate registration, unknown kind, bad hook implementation."""
 

@@ -268,24 +268,6 @@ class ProbesBackend(Protocol):
         ...
 
 
-@runtime_checkable
-class KVTransfer(Protocol):
-    """Moves KV blocks between an engine's paged KV cache and L1 objects (CUDA IPC or shared
-    CPU tensors); implemented with torch in the adapters ring."""
-
-    def gather(self, context_id: int, block_ids: Sequence[int], targets: Sequence[MemoryHandle]) -> None:
-        """Copy the engine blocks `block_ids` (chunk-major, one chunk per target) into the L1
-        objects `targets`. Returns when the copy is complete."""
-        ...
-
-    def scatter(
-        self, context_id: int, sources: Sequence[MemoryHandle], block_ids: Sequence[int], skip_blocks: int = 0
-    ) -> None:
-        """Copy L1 objects `sources` into the engine blocks `block_ids`, leaving the first
-        `skip_blocks` blocks untouched. Returns when the copy is complete."""
-        ...
-
-
 # --------------------------------------------------------------------------- L2 capabilities
 
 

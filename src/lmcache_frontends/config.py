@@ -1,645 +1,69 @@
-"""Server configuration: one frozen dataclass, loaded from flags > LMCACHE_* env > config file > defaults."""
+"""Server configuration: one frozen dataclass, loaded from flags > LMCACHE_* env > config file >
+defaults. Its settings are declared in sections (`settings/`: data path, admin, security,
+readiness, L1, L2, fleet, observability); the generic option machinery is `options.py`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any
 
 from lmcache_core.errors import ConfigError
-
-ENV_PREFIX = "LMCACHE_"
-REDACTED = "***"
-
-HASH_ALGORITHMS = ("blake3", "xxh3", "sha256", "builtin")
-EVICTION_POLICIES = ("LRU", "IsolatedLRU", "noop")
-TRANSFER_MODES = ("auto", "engine_driven", "lmcache_driven")
-PROTOCOLS = ("auto", "0.5.0", "0.5.6")
-L2_PREFETCH_POLICIES = ("default", "retain")
-L2_STORE_POLICIES = ("default", "skip_l1")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False, "": False}
-
-# Names of JSON fields inside --l2-adapter that /conf must not echo (S3 keys, tokens, ...).
-_SECRET_FIELD_RE = re.compile(r"secret|token|password|passwd|credential|access_key|private_key", re.I)
-
-# --------------------------------------------------------------------------- value checks
-# Each check takes the already-typed value and returns it (possibly normalised) or raises
-# ValueError with a message that completes "<flag> ...".
-
-
-def _port(value: int) -> int:
-    if not 0 <= value <= 65535:
-        raise ValueError(f"must be a port number in 0..65535 (0 = pick a free port), got {value}")
-    return value
-
-
-def _positive(value: float) -> float:
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"must be > 0, got {value}")
-    return value
-
-
-def _copy_threads(value: int) -> int:
-    if not 0 <= value <= 64:
-        raise ValueError(f"must be in 0..64 (0 = the CPUs available, at most 4), got {value}")
-    return value
-
-
-def _count(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def _frame_bytes(value: int) -> int:
-    if not 1 << 16 <= value <= 1 << 32:
-        raise ValueError(f"must be a byte count from 65536 to 4294967296, got {value}")
-    return value
-
-
-def _tokens_per_key(value: int) -> int:
-    if not 1 <= value <= 1 << 26:
-        raise ValueError(f"must be in 1..67108864, got {value}")
-    return value
-
-
-def _bytes_or_auto(value: int) -> int:
-    if value < 0:
-        raise ValueError(f"must be a byte count >= 0 (0 = automatic), got {value}")
-    return value
-
-
-def _fraction(value: float) -> float:
-    if not 0 < value <= 1:
-        raise ValueError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def _one_of(choices: Sequence[str], *, ignore_case: bool = False) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        for choice in choices:
-            if value == choice or (ignore_case and value.lower() == choice.lower()):
-                return choice
-        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-
-    return check
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-MIN_TOKEN_LENGTH = 16
-
-
-def _token(value: str) -> str:
-    # Never echo the value: the message ends up on stderr and in logs.
-    if len(value) < MIN_TOKEN_LENGTH or any(c.isspace() for c in value):
-        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters without whitespace (got {len(value)} characters)")
-    return value
-
-
-# sun_path holds 108 bytes with its terminating NUL on Linux.
-_MAX_IPC_PATH_BYTES = 107
-
-
-def _ipc_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"must be an absolute path, got {value!r}")
-    if "\x00" in value or value.endswith("/"):
-        raise ValueError(f"must be a file path without NUL, got {value!r}")
-    if len(value.encode()) > _MAX_IPC_PATH_BYTES:
-        raise ValueError(f"must be at most {_MAX_IPC_PATH_BYTES} bytes (a Unix socket path), got {len(value.encode())}")
-    return value
-
-
-def _file_mode(value: str) -> str:
-    try:
-        mode = int(value, 8)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be an octal permission mode such as 0600 or 0660, got {value!r}") from None
-    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
-        raise ValueError(f"must be a permission mode in 0600..0777 that keeps the owner's rw bits, got {value!r}")
-    return value
-
-
-def _nt_threshold(value: int) -> int:
-    # glibc ignores non-temporal thresholds below 0x4040 (its tunable's minimum).
-    if value != 0 and not 0x4040 <= value <= 1 << 40:
-        raise ValueError(f"must be 0 (off) or a byte count from 16448 (0x4040), got {value}")
-    return value
-
-
-def _shm_suffix(value: str) -> str:
-    if "/" in value or "\x00" in value:
-        raise ValueError(f"must not contain '/' or NUL, got {value!r}")
-    return value
-
-
-def _l2_adapter_json(value: str) -> str:
-    # Structure only; the adapter registry checks kinds and fields at bootstrap.
-    try:
-        obj = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"is not valid JSON: {exc.msg} at char {exc.pos}") from None
-    if not isinstance(obj, dict):
-        raise ValueError("must be a JSON object")
-    if not isinstance(obj.get("type"), str):
-        raise ValueError('needs a string "type" field')
-    return json.dumps(obj, sort_keys=False)
-
-
-def _l1_manager_json(value: str) -> str:
-    # The whole object is checked here, so a bad one stops the start with the field named.
-    try:
-        obj = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"is not valid JSON: {exc.msg} at char {exc.pos}") from None
-    parse_l1_manager(obj)
-    return json.dumps(obj, sort_keys=False)
-
-
-def _coordinator_url(value: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL of a coordinator, got {value!r}")
-    try:
-        parts.port  # noqa: B018 -- raises for a port out of range
-    except ValueError:
-        raise ValueError(f"has a bad port: {value!r}") from None
-    if parts.query or parts.fragment:
-        raise ValueError(f"must not have a query or fragment, got {value!r}")
-    return value.strip().rstrip("/")
-
-
-def _instance_id(value: str) -> str:
-    if not 1 <= len(value) <= 256 or any(ord(c) < 32 or ord(c) == 127 or c in "/?#%" for c in value):
-        raise ValueError(f"must be 1-256 characters without control characters or / ? # %, got {value!r}")
-    return value
-
-
-def _event_transport(value: str) -> str:
-    if value == "kafka":
-        raise ValueError("kafka is not supported by this server: cache events go to the coordinator over http")
-    return _one_of(("http",))(value)
-
-
-L1_MANAGER_TYPES = ("DRAM", "DEVDAX")
-_L1_COMMON_FIELDS = {"type", "tag", "size_gb", "align_bytes", "eviction", "read_ttl_seconds", "write_ttl_seconds"}
-_L1_TYPE_FIELDS = {"DRAM": {"use_lazy", "init_size_gb", "shm_name", "use_hugepages"}, "DEVDAX": {"path"}}
-_L1_EVICTION_FIELDS = {"eviction_policy", "trigger_watermark", "eviction_ratio"}
-DEFAULT_L1_TAG = "_default"
-
-
-@dataclass(frozen=True)
-class L1ManagerSpec:
-    """One `--l1-manager` object (LMCache 0.5.6's tagged L1 JSON), checked."""
-
-    type: str
-    tag: str
-    size_gb: float
-    path: str | None = None
-    shm_name: str | None = None
-    eviction: Mapping[str, Any] = field(default_factory=dict)
-    read_ttl_seconds: float | None = None
-    write_ttl_seconds: float | None = None
-
-
-def parse_l1_manager(obj: Any) -> L1ManagerSpec:
-    """Check one `--l1-manager` object as LMCache 0.5.6 does (ValueError naming the field), for
-    the types this server has: DRAM (the shared-memory pool) and DEVDAX (Device-DAX arenas)."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise ValueError("must be a JSON object with a string \"type\"")
-    kind = obj["type"]
-    if kind == "GDS":
-        raise ValueError("type GDS (an NVMe slab over GPUDirect Storage) is not supported by this server; use DRAM or DEVDAX")
-    if kind not in L1_MANAGER_TYPES:
-        raise ValueError(f"requires type DRAM, DEVDAX or GDS, got {kind!r}")
-    unknown = sorted(set(obj) - _L1_COMMON_FIELDS - _L1_TYPE_FIELDS[kind])
-    if unknown:
-        raise ValueError(f"has unknown L1 fields for type {kind}: {unknown}")
-    tag = obj.get("tag")
-    if not isinstance(tag, str) or not tag.strip():
-        raise ValueError("tag must be a non-empty string")
-    if tag == DEFAULT_L1_TAG and kind != "DRAM":
-        raise ValueError("only DRAM can use the _default tag")
-    ints = {}
-    for name in ("align_bytes", "read_ttl_seconds", "write_ttl_seconds"):
-        raw = obj.get(name)
-        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0):
-            raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-        ints[name] = raw
-    align = ints["align_bytes"]
-    if align is not None and (align & (align - 1) or align > 4096):
-        raise ValueError(f"align_bytes must be a power of two up to 4096 (objects here are 4096-aligned), got {align}")
-    size = obj.get("size_gb")
-    if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) or size <= 0:
-        raise ValueError(f"size_gb must be a number > 0, got {size!r}")
-    eviction = obj.get("eviction", {})
-    if not isinstance(eviction, dict) or set(eviction) - _L1_EVICTION_FIELDS:
-        raise ValueError("eviction must contain eviction_policy, trigger_watermark and eviction_ratio only")
-    policy = eviction.get("eviction_policy", EVICTION_POLICIES[0])
-    if not isinstance(policy, str) or policy.lower() not in {p.lower() for p in EVICTION_POLICIES}:
-        raise ValueError(f"eviction_policy must be one of {', '.join(EVICTION_POLICIES)}, got {policy!r}")
-    for name in ("trigger_watermark", "eviction_ratio"):
-        if name in eviction:
-            value = eviction[name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    path = shm_name = None
-    if kind == "DEVDAX":
-        path = obj.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise ValueError("path must be a non-empty string")
-    else:
-        if obj.get("use_hugepages", False) is not False:
-            raise ValueError("use_hugepages is not supported by this server (its DRAM L1 is a shared-memory segment)")
-        for name in ("use_lazy",):
-            if not isinstance(obj.get(name, True), bool):
-                raise ValueError(f"{name} must be true or false")
-        shm_name = obj.get("shm_name", "")
-        if not isinstance(shm_name, str):
-            raise ValueError("shm_name must be a string")
-        _shm_suffix(shm_name)
-    return L1ManagerSpec(
-        type=kind,
-        tag=tag,
-        size_gb=float(size),
-        path=path,
-        shm_name=shm_name or None,
-        eviction=dict(eviction),
-        read_ttl_seconds=ints["read_ttl_seconds"],
-        write_ttl_seconds=ints["write_ttl_seconds"],
-    )
-
+from lmcache_frontends import options as options_module
+from lmcache_frontends.options import (
+    MIN_TOKEN_LENGTH,
+    ConfigArgumentParser,
+    OptionSpec,
+    build_options,
+    check_fields,
+    check_fraction,
+    check_non_empty,
+    check_port,
+    check_positive,
+    check_token,
+    check_value,
+    config_from_sources,
+    one_of,
+    option,
+    read_config_file,
+)
+from lmcache_frontends.settings.admin import AdminSettings
+from lmcache_frontends.settings.data_path import DataPathSettings
+from lmcache_frontends.settings.fleet import FleetSettings
+from lmcache_frontends.settings.l1 import L1Settings
+from lmcache_frontends.settings.l2 import L2Settings
+from lmcache_frontends.settings.observability import ObservabilitySettings
+from lmcache_frontends.settings.readiness import ReadinessSettings
+from lmcache_frontends.settings.security import SecuritySettings
+from lmcache_frontends.settings.values import (  # the vocabulary, importable from here as before
+    ENV_PREFIX,
+    HASH_ALGORITHMS,
+    LOG_LEVELS,
+    REDACTED,
+    SECRET_FIELD_RE,
+    TRANSFER_MODES,
+    parse_l1_manager,
+)
 
 # --------------------------------------------------------------------------- option table
 
 
 @dataclass(frozen=True)
-class OptionSpec:
-    """How one ServerConfig field is spelt on the command line, in the environment and in files."""
-
-    name: str
-    flag: str
-    env_var: str
-    kind: type
-    default: Any
-    help: str
-    section: str
-    metavar: str | None = None
-    check: Callable[[Any], Any] | None = None
-    optional: bool = False
-    repeatable: bool = False
-    secret: bool = False
-
-    @property
-    def file_keys(self) -> tuple[str, ...]:
-        """Keys accepted in a config file: the flag name with dashes or underscores, and the field name."""
-        dashed = self.flag[2:]
-        return tuple(dict.fromkeys((dashed, dashed.replace("-", "_"), self.name)))
-
-
-def _opt(
-    default: Any,
-    help: str,
-    *,
-    section: str = "mp",
-    flag: str | None = None,
-    metavar: str | None = None,
-    check: Callable[[Any], Any] | None = None,
-    secret: bool = False,
-) -> Any:
-    return field(
-        default=default,
-        repr=not secret,  # a secret must not reach a log line through repr(config)
-        metadata={"help": help, "section": section, "flag": flag, "metavar": metavar, "check": check, "secret": secret},
-    )
-
-
-def _choices_metavar(choices: Sequence[str]) -> str:
-    return "{" + ",".join(choices) + "}"
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Every setting of one lmcache-server process; validated on construction."""
-
-    host: str = _opt("127.0.0.1", "Address the ZeroMQ data-path socket binds.", check=_non_empty)
-    port: int = _opt(5555, "Port of the ZeroMQ data-path socket (0 = pick a free port).", check=_port)
-    ipc_path: str | None = _opt(
-        None,
-        "Also serve the ZeroMQ data path on this Unix-domain socket (engines on this host connect to "
-        "ipc://PATH, a shorter round trip than tcp loopback). A stale socket file is replaced; a live one "
-        "or any other file is refused.",
-        check=_ipc_path,
-    )
-    ipc_mode: str = _opt(
-        "0600", "Permissions (octal) of the --ipc-path socket file, e.g. 0660 for engines in the file's group.",
-        check=_file_mode,
-    )
-    chunk_size: int = _opt(256, "Tokens per KV chunk; only full chunks are cached.", check=_positive)
-    hash_algorithm: str = _opt(
-        "blake3",
-        "Chunk hash chain: blake3 (LMCache 0.5.0 compatible), xxh3 (faster, not shared with reference "
-        "servers), sha256, builtin (needs a fixed PYTHONHASHSEED).",
-        metavar=_choices_metavar(HASH_ALGORITHMS),
-        check=_one_of(HASH_ALGORITHMS, ignore_case=True),
-    )
-    max_workers: int = _opt(
-        4, "Worker threads of the ZeroMQ data path (STORE/RETRIEVE/PREPARE/COMMIT, per-client affinity).", check=_positive
-    )
-    worker_reap_timeout_seconds: float = _opt(
-        120.0, "Drop an engine worker's registrations when it has not pinged for this long.", check=_positive
-    )
-    supported_transfer_mode: str = _opt(
-        "auto",
-        "Transfer modes offered to engines: auto (both), engine_driven (shared-memory slots only), "
-        "lmcache_driven (server gathers/scatters the engine's shared KV tensors only).",
-        metavar=_choices_metavar(TRANSFER_MODES),
-        check=_one_of(TRANSFER_MODES),
-    )
-    protocol: str = _opt(
-        "auto",
-        "LMCache wire protocol of the data path: auto (each client recognised from its own messages, "
-        "0.5.0 and 0.5.6 at once), or 0.5.0 / 0.5.6 for every client.",
-        metavar=_choices_metavar(PROTOCOLS),
-        check=_one_of(PROTOCOLS),
-    )
-    transfer_threads: int = _opt(
-        0,
-        "Threads that copy one server-driven gather/scatter in parallel, whole layers each, one torch "
-        "thread apiece (0 = the CPUs available, at most 4; 1 = the data-path worker copies alone).",
-        check=_copy_threads,
-    )
-    nt_copy_threshold: int = _opt(
-        262144,
-        "Bytes from which a server-driven transfer copies a contiguous piece with glibc's memmove using "
-        "non-temporal stores (glibc.cpu.x86_non_temporal_threshold, set by re-executing the server once at "
-        "startup; x86-64 glibc Linux only). 0 = leave glibc's default and copy with torch.",
-        check=_nt_threshold,
-    )
-    session_ttl_seconds: float = _opt(
-        600.0, "A request's session (tokens, chunk hashes) expires after this long without END_SESSION.", check=_positive
-    )
-    max_frame_bytes: int = _opt(
-        256 << 20,
-        "Largest ZeroMQ frame the data path accepts (ZeroMQ's MAXMSGSIZE: a bigger one drops the sender's "
-        "connection before it is buffered).",
-        check=_frame_bytes,
-    )
-    max_tokens_per_key: int = _opt(
-        1 << 20, "Token ids one request key may hold; a longer key is refused before it is hashed.",
-        check=_tokens_per_key,
-    )
-    max_sessions: int = _opt(
-        65536, "Live sessions (and LOOKUP lock leases) of all clients; past it the least recently used goes.",
-        check=_count,
-    )
-    max_sessions_per_client: int = _opt(
-        8192, "Live sessions one data-path client created; past it that client's least recently used goes.",
-        check=_count,
-    )
-    max_lookups_per_client: int = _opt(
-        4096, "Live LOOKUPs (unqueried jobs, and leases of unretrieved locks) of one data-path client; past it "
-        "its oldest is released.",
-        check=_count,
-    )
-    max_pending_write_bytes_per_client: int = _opt(
-        0, "Bytes of uncommitted PREPARE_STORE slots one data-path client may hold (0 = a quarter of L1).",
-        check=_bytes_or_auto,
-    )
-    http_host: str = _opt("127.0.0.1", "Address the HTTP admin server binds.", check=_non_empty)
-    http_port: int = _opt(8080, "Port of the HTTP admin server (0 = pick a free port).", check=_port)
-    state_dir: str | None = _opt(
-        None, "Directory for state that survives a restart (quotas). Unset = memory only.", check=_non_empty
-    )
-    shm_name: str | None = _opt(
-        None,
-        "Suffix of the L1 shared-memory segment name (lmcache_l1_pool_<suffix>); default: srv-<pid>-<start ticks>.",
-        check=_shm_suffix,
-    )
-    ready_file: str | None = _opt(
-        None,
-        "Once the server is ready, write this JSON file (pid, admin URL, ZeroMQ endpoints, L1 segment) for "
-        "scripts to read instead of parsing logs; removed at shutdown.",
-        check=_non_empty,
-    )
-    shutdown_drain_seconds: float = _opt(
-        10.0,
-        "At shutdown, wait up to this long for the L2 write-back to drain. A second SIGINT/SIGTERM stops "
-        "waiting; objects not written are counted (l2_stores_unwritten_at_shutdown) and logged.",
-        check=_positive,
-    )
-    config_file: str | None = _opt(
-        None, "A JSON or TOML file with any of these options (lowest precedence after defaults).", flag="--config"
-    )
-    admin_token: str | None = _opt(
-        None, "Bearer token with the admin scope (every route). Prefer the env var or --token-file.",
-        check=_token, secret=True,
-    )
-    read_token: str | None = _opt(
-        None, "Bearer token with the read scope (status, conf, metrics, listings).", check=_token, secret=True
-    )
-    token_file: str | None = _opt(
-        None, "File of tokens, one 'name:scope:token' per line (scope read or admin); re-read on SIGHUP.",
-        check=_non_empty,
-    )
-    metrics_require_token: bool = _opt(False, "GET /metrics needs a read token (default: open, like the probes).")
-    allow_unauthenticated_admin: bool = _opt(
-        False, "Serve the admin API on a non-loopback --http-host without any token (refused otherwise)."
-    )
-    allow_unauthenticated_data_path: bool = _opt(
-        False, "Serve the ZeroMQ data path on a non-loopback --host without CURVE keys (refused otherwise)."
-    )
-    zmq_curve_secret_key_file: str | None = _opt(
-        None, "ZeroMQ CURVE certificate (secret) file of the data-path server; turns on CURVE encryption.",
-        check=_non_empty,
-    )
-    zmq_curve_authorized_keys: str | None = _opt(
-        None, "Directory of the CURVE public-key certificates of the engines allowed to connect.", check=_non_empty
-    )
-    audit_log: str | None = _opt(
-        None, "Append audit records (JSON lines) of state-changing admin calls to this file.", check=_non_empty
-    )
-    readyz_timeout_seconds: float = _opt(
-        2.0, "GET /readyz: deadline of each L2 adapter check.", check=_positive
-    )
-    l1_size_gb: float = _opt(1.0, "Size of the L1 (CPU memory) pool in GiB.", section="storage_manager", check=_positive)
-    l1_devdax_path: str | None = _opt(
-        None,
-        "A Device-DAX device (/dev/daxX.Y) or an existing regular file that holds L1 instead of shared "
-        "memory, --l1-size-gb of it; more devices can be added at run time (POST /reconfigure/dax/l1/add). "
-        "Engine-driven engines then get pickle mode (no shared L1 segment).",
-        section="storage_manager",
-        check=_non_empty,
-    )
-    no_l1_use_lazy: bool = _opt(
-        False,
-        "Accepted so LMCache 0.5.6 command lines start unchanged (its --l1-devdax-path needs it); this "
-        "server never allocates L1 lazily, so it changes nothing.",
-        section="storage_manager",
-    )
-    l1_manager: tuple[str, ...] = _opt(
-        (),
-        'LMCache 0.5.6\'s tagged L1 as JSON instead of --l1-size-gb/--l1-devdax-path: {"type": "DRAM" or '
-        '"DEVDAX", "tag": "...", "size_gb": N, "path": "/dev/dax0.0" (DEVDAX)}; one L1 per server.',
-        section="storage_manager",
-        metavar="JSON",
-        check=_l1_manager_json,
-    )
-    eviction_policy: str = _opt(
-        "LRU",
-        "L1 eviction policy: LRU, IsolatedLRU (one LRU per cache_salt, driven by quotas) or noop.",
-        section="storage_manager",
-        metavar=_choices_metavar(EVICTION_POLICIES),
-        check=_one_of(EVICTION_POLICIES, ignore_case=True),
-    )
-    eviction_trigger_watermark: float = _opt(
-        0.8, "Start evicting when L1 usage reaches this fraction.", section="storage_manager", check=_fraction
-    )
-    eviction_ratio: float = _opt(
-        0.2, "Fraction of L1 to free in one eviction cycle.", section="storage_manager", check=_fraction
-    )
-    eviction_interval_seconds: float = _opt(
-        1.0, "Period of the eviction controller thread.", section="storage_manager", check=_positive
-    )
-    l1_write_ttl_seconds: float = _opt(
-        600.0, "A write lock expires after this long (a crashed client cannot pin memory).",
-        section="storage_manager", check=_positive,
-    )
-    l1_read_ttl_seconds: float = _opt(
-        300.0, "A read lock expires after this long.", section="storage_manager", check=_positive
-    )
-    l2_adapters: tuple[str, ...] = _opt(
-        (),
-        'An L2 storage adapter as JSON, e.g. \'{"type": "fs", "base_path": "/data/kv"}\'; repeat for '
-        "several (the first is the primary).",
-        section="storage_manager",
-        flag="--l2-adapter",
-        metavar="JSON",
-        check=_l2_adapter_json,
-    )
-    l2_store_policy: str = _opt(
-        "default",
-        "default: keep objects in L1 after copying them to L2; skip_l1: drop them from L1 afterwards.",
-        section="storage_manager",
-        metavar=_choices_metavar(L2_STORE_POLICIES),
-        check=_one_of(L2_STORE_POLICIES),
-    )
-    l2_prefetch_max_in_flight: int = _opt(
-        8, "At most this many L2 prefetch jobs at once.", section="storage_manager", check=_positive
-    )
-    l2_prefetch_policy: str = _opt(
-        "default",
-        "default: objects prefetched from L2 are temporary in L1 (freed after their last read); "
-        "retain: they stay in L1 as ordinary objects.",
-        section="storage_manager",
-        metavar=_choices_metavar(L2_PREFETCH_POLICIES),
-        check=_one_of(L2_PREFETCH_POLICIES),
-    )
-    instance_id: str | None = _opt(
-        None,
-        "Stable identity of this server in a fleet: its coordinator membership key (LMCache 0.5.6's flag). "
-        "Default: <advertise ip>:<admin port>, the same across restarts, so a restart is a new incarnation "
-        "of the same member.",
-        check=_instance_id,
-    )
-    coordinator_url: str | None = _opt(
-        None,
-        "Join the fleet coordinator at this URL (lmcache coordinator, or LMCache's): register, heartbeat, "
-        "report L1 and L2 cache events, deregister at shutdown. Unset = no fleet.",
-        section="coordinator",
-        metavar="URL",
-        check=_coordinator_url,
-    )
-    coordinator_advertise_ip: str | None = _opt(
-        None,
-        "Address the coordinator calls this server's admin API at. Default: --http-host, or the address "
-        "that routes to the coordinator when --http-host is a wildcard (0.0.0.0, ::).",
-        section="coordinator",
-        metavar="IP",
-        check=_non_empty,
-    )
-    coordinator_heartbeat_interval: float = _opt(
-        5.0, "Seconds between heartbeats (keep well under the coordinator's --instance-timeout).",
-        section="coordinator", check=_positive,
-    )
-    coordinator_event_reporting: bool = _opt(
-        True,
-        "Report L1 and L2 cache events (store, access, delete) to the coordinator. On by default here "
-        "(LMCache needs the flag); false (env or file) reports none: the server is listed, nothing more.",
-        section="coordinator",
-    )
-    coordinator_event_flush_interval: float = _opt(
-        1.0, "Seconds between flushes of the buffered cache events.", section="coordinator", check=_positive
-    )
-    coordinator_l2_event_reporting: bool = _opt(
-        False,
-        "LMCache 0.5.0's spelling of --coordinator-event-reporting (turns it on even when the env or a "
-        "file turned it off).",
-        section="coordinator",
-    )
-    coordinator_l2_event_flush_interval: float | None = _opt(
-        None,
-        "LMCache 0.5.0's spelling of --coordinator-event-flush-interval (used when that one is left at "
-        "its default).",
-        section="coordinator",
-        check=_positive,
-    )
-    coordinator_event_transport: str = _opt(
-        "http", "LMCache 0.5.6's event transport: http only here (kafka is refused).",
-        section="coordinator", metavar="{http}", check=_event_transport,
-    )
-    coordinator_max_buffered_events: int = _opt(
-        100_000,
-        "Cache events held while the coordinator is slow or down; past it new events are dropped and "
-        "counted (the coordinator then under-reports this server until its next stores).",
-        section="coordinator", check=_count,
-    )
-    coordinator_timeout_seconds: float = _opt(
-        2.0, "Timeout of each call to the coordinator.", section="coordinator", check=_positive
-    )
-    coordinator_token: str | None = _opt(
-        None,
-        "Bearer token sent to the coordinator (one with its admin scope, when it requires tokens).",
-        section="coordinator", check=_non_empty, secret=True,
-    )
-    log_level: str = _opt(
-        "INFO",
-        "Log level of the server process.",
-        section="observability",
-        metavar=_choices_metavar(LOG_LEVELS),
-        check=_one_of(LOG_LEVELS, ignore_case=True),
-    )
-    env_unredacted: bool = _opt(
-        False, "GET /env shows values of variables whose names look secret (KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL).",
-        section="observability",
-    )
-    enable_run_script: bool = _opt(
-        False, "Serve POST /run_script (runs uploaded Python in the server process: remote code execution).",
-        section="observability",
-    )
-    metrics_labels: str = _opt(
-        "on", "Label metrics by model_name and cache_salt (off: bounded cardinality for large fleets).",
-        section="observability", metavar="{on,off}", check=_one_of(("on", "off"), ignore_case=True),
-    )
-    metrics_max_label_values: int = _opt(
-        1000, "Distinct values one metric label may take; later ones are reported as \"other\".",
-        section="observability", check=_positive,
-    )
+class ServerConfig(
+    ObservabilitySettings,
+    FleetSettings,
+    L2Settings,
+    L1Settings,
+    ReadinessSettings,
+    SecuritySettings,
+    AdminSettings,
+    DataPathSettings,
+):
+    """Every setting of one lmcache-server process; validated on construction. Its fields are
+    the sections' (`lmcache_frontends/settings/`), in the order of the bases read right to left:
+    flags, `--help`, env names and `/config` stay in one order."""
 
     def __post_init__(self) -> None:
         # Direct construction (tests, library users) gets the same checks as the command line.
@@ -691,7 +115,7 @@ class ServerConfig:
             if value is not None:
                 values[name] = float(value)
         for name, value in values.items():
-            object.__setattr__(self, name, _check(OPTIONS_BY_NAME[name], value, f"--l1-manager {name}"))
+            object.__setattr__(self, name, check_value(OPTIONS_BY_NAME[name], value, f"--l1-manager {name}"))
 
     @property
     def l1_size_bytes(self) -> int:
@@ -713,7 +137,7 @@ class ServerConfig:
 def _redact_mapping(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if _SECRET_FIELD_RE.search(k) and v not in (None, "") else _redact_mapping(v))
+            k: (REDACTED if SECRET_FIELD_RE.search(k) and v not in (None, "") else _redact_mapping(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
@@ -721,214 +145,28 @@ def _redact_mapping(obj: Any) -> Any:
     return obj
 
 
-def build_options(config_cls: type, env_prefix: str = ENV_PREFIX) -> tuple[OptionSpec, ...]:
-    """The option table of a config dataclass whose fields are declared with `option(...)`."""
-    specs = []
-    for f in fields(config_cls):
-        meta = f.metadata
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        annotation = str(f.type)  # a string: this module uses postponed annotations
-        kind: type
-        if annotation.startswith("bool"):
-            kind = bool
-        elif annotation.startswith("float"):
-            kind = float
-        elif annotation.startswith("int"):
-            kind = int
-        else:
-            kind = str
-        specs.append(
-            OptionSpec(
-                name=f.name,
-                flag=flag,
-                env_var=env_prefix + flag[2:].upper().replace("-", "_"),
-                kind=kind,
-                default=default,
-                help=meta["help"],
-                section=meta["section"],
-                metavar=meta["metavar"],
-                check=meta["check"],
-                optional="None" in annotation,
-                repeatable=annotation.startswith("tuple"),
-                secret=meta["secret"],
-            )
-        )
-    return tuple(specs)
-
-
-OPTIONS: tuple[OptionSpec, ...] = build_options(ServerConfig)
+OPTIONS: tuple[OptionSpec, ...] = build_options(ServerConfig, ENV_PREFIX)
 OPTIONS_BY_NAME: dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
-
-
-# --------------------------------------------------------------------------- coercion
-
-
-def _coerce_scalar(spec: OptionSpec, value: Any) -> Any:
-    """Turn a string (flag, env) or a native file value into the option's type; ValueError if not."""
-    if value is None:
-        if spec.optional:
-            return None
-        raise ValueError("must be set")
-    if spec.kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
-        raise ValueError(f"must be true or false (1/0, yes/no, on/off), got {value!r}")
-    if spec.kind is int:
-        if isinstance(value, bool):
-            raise ValueError(f"must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip(), 10)
-            except ValueError:
-                pass
-        raise ValueError(f"must be an integer, got {value!r}")
-    if spec.kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"must be a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"must be a number, got {value!r}")
-    if isinstance(value, str):
-        return value
-    if spec.repeatable and isinstance(value, dict):
-        return json.dumps(value)
-    raise ValueError(f"must be a string, got {type(value).__name__}")
-
-
-def _check(spec: OptionSpec, value: Any, label: str) -> Any:
-    """Type-check and range-check a typed value; ConfigError names `label` (the flag, env var...)."""
-    try:
-        if spec.repeatable:
-            if not isinstance(value, tuple | list):
-                raise ValueError(f"must be a list, got {type(value).__name__}")
-            checked: list[Any] = []
-            for i, item in enumerate(value, start=1):
-                try:
-                    checked.append(spec.check(_coerce_scalar(spec, item)) if spec.check else item)
-                except ValueError as exc:
-                    raise ValueError(f"#{i} {exc}") from None
-            return tuple(checked) if checked != list(value) or not isinstance(value, tuple) else value
-        value = _coerce_scalar(spec, value)
-        if value is None or spec.check is None:
-            return value
-        return spec.check(value)
-    except ValueError as exc:
-        raise ConfigError(f"{label} {exc}") from None
-
-
-def check_fields(config: Any, options: Sequence[OptionSpec]) -> None:
-    """Type- and range-check every option field of a frozen config in place (its __post_init__)."""
-    for spec in options:
-        value = getattr(config, spec.name)
-        checked = _check(spec, value, spec.flag)
-        if checked is not value:
-            object.__setattr__(config, spec.name, checked)
-
-
-def _env_value(spec: OptionSpec, raw: str) -> Any:
-    if not spec.repeatable:
-        return raw
-    # A repeatable option in one variable: a JSON object, or a JSON array of them.
-    stripped = raw.strip()
-    if stripped.startswith("["):
-        try:
-            items = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{spec.env_var} is not valid JSON: {exc.msg} at char {exc.pos}") from None
-        return [json.dumps(item) if isinstance(item, dict) else item for item in items]
-    return [raw] if stripped else []
-
-
-def _file_value(spec: OptionSpec, value: Any) -> Any:
-    if spec.repeatable and not isinstance(value, list | tuple):
-        return [value]
-    return value
-
-
-# --------------------------------------------------------------------------- config files
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a JSON or TOML config file (by suffix; .toml is TOML, anything else JSON)."""
-    p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"--config cannot read {str(p)!r}: {exc.strerror or exc}") from None
-    try:
-        if p.suffix.lower() == ".toml":
-            data: Any = tomllib.loads(text.decode("utf-8"))
-        else:
-            data = json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config file {str(p)!r} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config file {str(p)!r} must hold an object/table of options")
-    return data
-
-
-def _options_from_file(path: str, data: Mapping[str, Any], options: Sequence[OptionSpec]) -> dict[str, tuple[Any, str]]:
-    by_key = {key: spec for spec in options for key in spec.file_keys}
-    out: dict[str, tuple[Any, str]] = {}
-    for key, value in data.items():
-        spec = by_key.get(key)
-        if spec is None or spec.name == "config_file":
-            raise ConfigError(f"config file {path!r}: unknown option {key!r}")
-        if spec.name in out:
-            raise ConfigError(f"config file {path!r}: option {spec.flag} given twice")
-        out[spec.name] = (_file_value(spec, value), f"config file {path!r}: {key} ({spec.flag})")
-    return out
 
 
 # --------------------------------------------------------------------------- argparse
 
-
-class _ConfigArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise ConfigError (exit code 1 and one message, not 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+SERVER_OPTIONS_TITLE = "server options (each also from an LMCACHE_* env var)"
 
 
 def add_arguments(
     parser: argparse.ArgumentParser,
     options: Sequence[OptionSpec] | None = None,
-    title: str = "server options (each also from an LMCACHE_* env var)",
+    title: str = SERVER_OPTIONS_TITLE,
 ) -> None:
     """Add every flag of `options` (default: the server's) to `parser` (defaults suppressed, so
     explicit flags can be told apart)."""
-    group = parser.add_argument_group(title)
-    for spec in OPTIONS if options is None else options:
-        default_txt = "unset" if spec.default in (None, ()) else repr(spec.default)
-        kwargs: dict[str, Any] = {
-            "dest": spec.name,
-            "default": argparse.SUPPRESS,
-            "help": f"{spec.help} [env {spec.env_var}; default {default_txt}]".replace("%", "%%"),
-            "metavar": spec.metavar or spec.flag[2:].upper().replace("-", "_"),
-        }
-        if spec.repeatable:
-            kwargs["action"] = "append"
-        if spec.kind is bool:  # a switch: present = true (false comes from the env or a file)
-            del kwargs["metavar"]
-            kwargs.update(action="store_const", const=True)
-        group.add_argument(spec.flag, **kwargs)
+    options_module.add_arguments(parser, OPTIONS if options is None else options, title)
 
 
 def build_parser(prog: str = "lmcache-server") -> argparse.ArgumentParser:
     """The parser of `lmcache-server` (and of `lmcache server`)."""
-    parser = _ConfigArgumentParser(
+    parser = ConfigArgumentParser(
         prog=prog,
         description="Run the LMCache KV-cache server: the L1/L2 storage stack and the HTTP admin API.",
         argument_default=argparse.SUPPRESS,
@@ -947,33 +185,12 @@ def config_from_namespace(
     """Merge explicit flags (`namespace`, defaults suppressed) with env vars, the config file and
     defaults, in that order of precedence; raise ConfigError naming the offending source.
     Builds a ServerConfig unless another option table and config class are given."""
-    given = dict(vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace)
-    environ = os.environ if env is None else env
-    options = OPTIONS if options is None else options
-    config_cls = ServerConfig if config_cls is None else config_cls
-
-    chosen: dict[str, tuple[Any, str]] = {}
-    for spec in options:
-        if spec.name in given:
-            chosen[spec.name] = (given[spec.name], spec.flag)
-        elif spec.env_var in environ:
-            chosen[spec.name] = (_env_value(spec, environ[spec.env_var]), f"{spec.env_var} ({spec.flag})")
-
-    config_path = chosen.get("config_file", (None, ""))[0]
-    file_values: dict[str, tuple[Any, str]] = {}
-    if config_path:
-        file_values = _options_from_file(config_path, read_config_file(config_path), options)
-
-    values: dict[str, Any] = {}
-    for spec in options:
-        if spec.name in chosen:
-            raw, label = chosen[spec.name]
-        elif spec.name in file_values:
-            raw, label = file_values[spec.name]
-        else:
-            continue
-        values[spec.name] = _check(spec, raw, label)
-    return config_cls(**values)
+    return config_from_sources(
+        namespace,
+        env,
+        options=OPTIONS if options is None else options,
+        config_cls=ServerConfig if config_cls is None else config_cls,
+    )
 
 
 def load_config(
@@ -986,11 +203,32 @@ def load_config(
     return config
 
 
-# Building blocks for the option tables of other processes (`lmcache coordinator`).
-option = _opt
-check_port = _port
-check_positive = _positive
-check_fraction = _fraction
-check_non_empty = _non_empty
-check_token = _token
-one_of = _one_of
+# Names other modules import from here: the settings' vocabulary (settings/values.py) and the
+# generic machinery (options.py) moved out, and stay importable from here.
+__all__ = [
+    "ENV_PREFIX",
+    "HASH_ALGORITHMS",
+    "LOG_LEVELS",
+    "OPTIONS",
+    "OPTIONS_BY_NAME",
+    "REDACTED",
+    "TRANSFER_MODES",
+    "ServerConfig",
+    "add_arguments",
+    "build_parser",
+    "config_from_namespace",
+    "load_config",
+
+    "MIN_TOKEN_LENGTH",
+    "OptionSpec",
+    "build_options",
+    "check_fields",
+    "check_fraction",
+    "check_non_empty",
+    "check_port",
+    "check_positive",
+    "check_token",
+    "one_of",
+    "option",
+    "read_config_file",
+]

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from lmcache_sqlite.adapter import SqliteBackend
 
-from lmcache_adapters.l2.stack import BackendL2Adapter
-from lmcache_adapters.testing import L2AdapterContract, StorageBackendContract
-from lmcache_core.keys import ObjectKey
+from lmcache_sdk import BackendL2Adapter, ObjectKey
+from lmcache_sdk.testing import L2AdapterContract, StorageBackendContract
 
 
 def flip_last_byte(path: str, key: ObjectKey) -> None:

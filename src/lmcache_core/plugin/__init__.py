@@ -1,5 +1,6 @@
 """The plugin interface: hook specifications and the typed registries hooks receive."""
 
+from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.plugin.registry import (
     FrontendRegistry,
     HttpRoutesFactory,
@@ -8,12 +9,15 @@ from lmcache_core.plugin.registry import (
     L2AdapterSpec,
     ServerFrontendFactory,
 )
+from lmcache_core.plugin.routes import RouteGroup
 
 __all__ = [
+    "AdapterContext",
     "FrontendRegistry",
     "HttpRoutesFactory",
     "L2AdapterFactory",
     "L2AdapterRegistry",
     "L2AdapterSpec",
+    "RouteGroup",
     "ServerFrontendFactory",
 ]

@@ -8,17 +8,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lmcache_core.errors import ConfigError, PluginError
+from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.ports import L2Adapter, StorageBackend
 
 if TYPE_CHECKING:
     from lmcache_core.plugin.server_context import ServerContext
 
-L2AdapterFactory = Callable[[dict[str, Any], Any], L2Adapter | StorageBackend]
-"""`factory(config, services) -> StorageBackend | L2Adapter`; `config` is the validated JSON
-without `type`. A bare StorageBackend gets the standard wrappers (threads, locks, metrics)."""
+L2AdapterFactory = Callable[[dict[str, Any], AdapterContext], L2Adapter | StorageBackend]
+"""`factory(config, context) -> StorageBackend | L2Adapter`; `config` is the validated JSON
+without `type`, `context` the server's `AdapterContext` for this adapter. A bare StorageBackend
+gets the standard wrappers (threads, locks, metrics)."""
 
 HttpRoutesFactory = Callable[[Any], Any]
-"""`factory(services) -> flask.Blueprint`."""
+"""`factory(services) -> RouteGroup` (its blueprint, scopes and OpenAPI; a bare flask.Blueprint
+is still accepted, its `openapi` and `scopes` attributes read as the declaration)."""
 
 ServerFrontendFactory = Callable[["ServerContext"], Any]
 """`factory(context) -> object with start(), stop(), report_status()`; `context` is the typed
@@ -164,7 +167,7 @@ class FrontendRegistry:
     current_source: str = ""
 
     def add_http_routes(self, name: str, factory: HttpRoutesFactory) -> None:
-        """Mount the blueprint returned by `factory(services)` on the admin server."""
+        """Mount the route group returned by `factory(services)` on the admin server."""
         self._check_new(f"http:{name}")
         self.http_routes[name] = factory
 

@@ -1,4 +1,5 @@
-"""The admin app factory: mounts every route group registered through the frontend hook."""
+"""The admin app factory: mounts every route group registered through the frontend hook and
+applies authentication and audit to all of them from their declarations."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import logging
 import os
 from typing import Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import LMCacheError, PluginError
+from lmcache_core.plugin import RouteGroup
+from lmcache_frontends.admin.auth import DEFAULT_POLICY, ScopePolicy, install_auth
 from lmcache_frontends.admin.errors import INTERNAL_ERROR, json_error, status_for
+from lmcache_frontends.admin.groups import ROUTE_GROUPS_KEY, as_route_group
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +49,23 @@ class AdminJSONProvider(DefaultJSONProvider):
     default = staticmethod(_json_default)
 
 
-def create_app(services: Any, *, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> Flask:
+def create_app(
+    services: Any, *, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH, policy: ScopePolicy = DEFAULT_POLICY
+) -> Flask:
     """Build the admin Flask app over `services` (a `Services` or any object with the same
-    attributes: `engine` may be None while the engine is starting). Mounts the blueprint of
-    every route group in `services.frontends.http_routes`, in registration order."""
+    attributes: `engine` may be None while the engine is starting). Mounts every route group in
+    `services.frontends.http_routes`, in registration order, and applies to all of them bearer
+    authentication (by `policy` and each group's declared scopes) and the audit trail of
+    state-changing calls (`services.config`: tokens, `--audit-log`)."""
     app = Flask("lmcache_frontends.admin", static_folder=None)  # no /static route on an API server
     app.json = AdminJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
     app.extensions["lmcache.services"] = services
     _install_error_handlers(app)
+    groups: dict[str, RouteGroup] = {}
+    app.extensions[ROUTE_GROUPS_KEY] = groups
+    # Auth first: an unauthenticated caller learns nothing but 401 (not even a 413).
+    install_auth(app, services.config, policy)
 
     @app.before_request
     def _limit_body() -> None:
@@ -64,13 +76,12 @@ def create_app(services: Any, *, max_content_length: int = DEFAULT_MAX_CONTENT_L
             raise RequestEntityTooLarge()
 
     for name, factory in services.frontends.http_routes.items():
-        blueprint = factory(services)
-        if not isinstance(blueprint, Blueprint):
-            raise PluginError(f"route group {name!r} returned {type(blueprint).__name__}, not a flask.Blueprint")
+        group = as_route_group(name, factory(services))
         try:
-            app.register_blueprint(blueprint)
+            app.register_blueprint(group.blueprint)
         except ValueError as exc:  # two blueprints with one name
             raise PluginError(f"route group {name!r}: {exc}") from exc
+        groups[group.blueprint.name] = group
     _refuse_duplicate_routes(app)
     return app
 

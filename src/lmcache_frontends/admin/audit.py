@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, g, has_request_context, json
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import ConfigError
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
 from lmcache_frontends.admin.params import bounded_int, single
 
@@ -37,7 +38,7 @@ RECENT_EVENTS = 256
 `--audit-log` file keep them all)."""
 DEFAULT_EVENTS_LIMIT = 50
 TRAIL_KEY = "lmcache.audit"
-"""`app.extensions` key of the app's AuditTrail (set by the auth route group)."""
+"""`app.extensions` key of the app's AuditTrail (set by the app factory with the auth hook)."""
 
 _PENDING = "lmcache_audit_notes"
 _STARTED = "lmcache_audit_started"
@@ -133,8 +134,8 @@ _LOG_ONLY = AuditTrail()
 
 
 def audit(action: str, outcome: str, **details: Any) -> None:
-    """Note what a state-changing route did. Under the app-wide audit hook (the auth route
-    group) the note joins the request's one record; otherwise a record is written at once."""
+    """Note what a state-changing route did. Under the app-wide audit hook (installed by the
+    app factory) the note joins the request's one record; otherwise a record is written at once."""
     note = {"action": action, "outcome": outcome, **{k: v for k, v in details.items() if v is not None}}
     pending = getattr(g, _PENDING, None) if has_request_context() else None
     if pending is not None:
@@ -225,13 +226,13 @@ def _params() -> dict[str, Any]:
 
 
 def app_trail() -> AuditTrail:
-    """The current app's trail (the auth route group's), else the log-only one `audit()` uses
-    when no auth hook collects records."""
+    """The current app's trail (installed by the app factory with the auth hook), else the
+    log-only one `audit()` uses outside an admin app."""
     trail = current_app.extensions.get(TRAIL_KEY)
     return trail if isinstance(trail, AuditTrail) else _LOG_ONLY
 
 
-def create_audit_blueprint(services: Any) -> Blueprint:
+def create_audit_blueprint(services: Any) -> RouteGroup:
     """`GET /audit/events`: the newest audit records, from the bounded in-memory ring."""
     bp = Blueprint("audit", __name__)
 
@@ -242,8 +243,7 @@ def create_audit_blueprint(services: Any) -> Blueprint:
         events, recorded = trail.recent(limit)
         return jsonify(events=events, capacity=trail.capacity, recorded_total=recorded)
 
-    bp.openapi = AUDIT_OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=AUDIT_OPENAPI)
 
 
 _EVENT = obj(

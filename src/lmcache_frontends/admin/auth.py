@@ -1,4 +1,5 @@
-"""Bearer-token authentication of the admin API: tokens, scopes, the route policy, the hook."""
+"""Bearer-token authentication of the admin API: tokens, scopes, the route policy, the hook the
+app factory installs."""
 
 from __future__ import annotations
 
@@ -17,45 +18,37 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import ConfigError
+from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin.routes import ADMIN, READ
 from lmcache_frontends.admin import audit as audit_mod
 from lmcache_frontends.admin.errors import json_error
+from lmcache_frontends.admin.groups import route_groups
 from lmcache_frontends.admin.openapi import json_response, obj
-from lmcache_frontends.config import MIN_TOKEN_LENGTH
+from lmcache_frontends.options import MIN_TOKEN_LENGTH
 
 log = logging.getLogger(__name__)
 
-READ = "read"
-ADMIN = "admin"
 SCOPES = (READ, ADMIN)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 PROBE_RULES = frozenset({"/", "/healthcheck", "/api/healthcheck", "/readyz"})
 """Routes that stay open for load balancers and kubelet probes."""
-ADMIN_GET_RULES = frozenset({"/env", "/threads"})
-"""Reads that expose process internals (environment, stacks) and so need the admin scope."""
-READ_POST_RULES = frozenset({"/cache/checksums"})
-"""Reads that take their arguments in a POST body (0.5.6's form of `GET /kvcache/check`)."""
-
+# Reads of process internals (`/env`, `/threads`: admin) and POSTs that only read
+# (`/cache/checksums`: read) are declared by their route groups (`RouteGroup.scopes`).
 
 
 @dataclass(frozen=True)
 class ScopePolicy:
-    """Which routes an app leaves open, which reads need the admin scope, and which POSTs only
-    read (lookups a router sends with a read token). Another app (the coordinator) passes its own."""
+    """An app's defaults beyond its route groups' declarations (`RouteGroup.scopes`: reads of
+    process internals, POSTs that only read): which routes it leaves open for probes and which
+    it audits only when refused. Another app (the coordinator) passes its own."""
 
     probe_rules: frozenset[str] = PROBE_RULES
-    admin_get_rules: frozenset[str] = ADMIN_GET_RULES
-    read_post_rules: frozenset[str] = READ_POST_RULES
     unaudited_rules: frozenset[str] = frozenset()
     """High-rate machine traffic (heartbeats, event reports): audited only when refused."""
 
 
 DEFAULT_POLICY = ScopePolicy()
-
-SCOPES_ATTRIBUTE = "scopes"
-"""A route group may declare the scope of its rules as `bp.scopes = {"/rule": scope}`: None
-leaves a GET open (static pages), `read` or `admin` as for any route. A declaration never opens a
-state-changing method: only a read can be declared open."""
 
 EXTENSION_KEY = "lmcache.auth"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -218,7 +211,8 @@ def required_scope(
     """The scope a request needs: None for the open probes, `read` for reads, `admin` for
     everything that changes state and for reads of process internals. Unknown paths need
     `read` (GET) or `admin`, so a token-less caller cannot map the API by 404 vs 401.
-    `declared` is the matched route group's own declaration (see SCOPES_ATTRIBUTE)."""
+    `declared` is the matched route group's own declaration (`RouteGroup.scopes`): None leaves
+    a read open, `read` or `admin` as for any route; it never opens a state-changing method."""
     safe = method in SAFE_METHODS
     if declared is not None and rule is not None and rule in declared:
         scope = declared[rule]
@@ -229,9 +223,7 @@ def required_scope(
         return None
     if safe and rule == "/metrics":
         return READ if metrics_require_token else None
-    if method == "POST" and rule in policy.read_post_rules:
-        return READ
-    if not safe or rule in policy.admin_get_rules:
+    if not safe:
         return ADMIN
     if rule == "/loglevel" and "level" in args:  # GET /loglevel?level=... sets a level
         return ADMIN
@@ -257,19 +249,15 @@ def _unauthorized(message: str, error_code: str | None) -> WerkzeugResponse:
 
 
 def _declared_scopes() -> Mapping[str, str | None] | None:
-    # The matched endpoint's route group, if it declared the scopes of its rules.
-    blueprint = current_app.blueprints.get(request.blueprint) if request.blueprint else None
-    declared = getattr(blueprint, SCOPES_ATTRIBUTE, None)
-    return declared if isinstance(declared, Mapping) else None
+    # The matched endpoint's route group: the scopes it declared for its rules.
+    group = route_groups(current_app).get(request.blueprint) if request.blueprint else None
+    return group.scopes if group is not None else None
 
 
-def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -> Blueprint:
-    """An app-wide hook that authenticates every request against the configured tokens (none
-    configured = all open) and writes one audit record per state-changing call, and
-    `GET /auth/whoami` (the caller's token name and scope). `policy` says which routes are
-    probes and which POSTs only read."""
-    bp = Blueprint("auth", __name__)
-    config = services.config
+def install_auth(app: Flask, config: Any, policy: ScopePolicy = DEFAULT_POLICY) -> TokenStore:
+    """Authenticate every request of `app` against the configured tokens (none configured = all
+    open) and write one audit record per state-changing call. Call before any other
+    before-request hook: an unauthenticated caller learns nothing but 401."""
     store = TokenStore.from_config(config)
     trail = audit_mod.AuditTrail(getattr(config, "audit_log", None))
     metrics_require_token = bool(getattr(config, "metrics_require_token", False))
@@ -314,32 +302,28 @@ def create_auth_blueprint(services: Any, policy: ScopePolicy = DEFAULT_POLICY) -
         audit_mod.finish_request(trail, response, required_scope=getattr(g, "lmcache_required_scope", None))
         return response
 
-    bp.before_app_request(authenticate)
-    bp.after_app_request(record)
+    app.before_request(authenticate)
+    app.after_request(record)
+    app.extensions[EXTENSION_KEY] = store
+    app.extensions[audit_mod.TRAIL_KEY] = trail
+    if store.enabled:
+        log.info("admin API authentication on: %s", ", ".join(f"{n}:{s}" for n, s in store.names()))
+    return store
+
+
+def create_auth_blueprint(services: Any) -> RouteGroup:
+    """`GET /auth/whoami`: the caller's token name and scope (the app factory authenticates)."""
+    bp = Blueprint("auth", __name__)
 
     @bp.get("/auth/whoami")
     def whoami() -> Response:
+        store = current_app.extensions[EXTENSION_KEY]
         # Without tokens every route is open: the caller may do everything.
         if not store.enabled:
             return jsonify(tokens_required=False, token=None, scope=ADMIN)
         return jsonify(tokens_required=True, token=g.get("lmcache_principal"), scope=g.get("lmcache_token_scope"))
 
-    def _first(state: Any) -> None:
-        # Before every other before-request hook (the body limit, other route groups): an
-        # unauthenticated caller learns nothing but 401.
-        app: Flask = state.app
-        funcs = app.before_request_funcs.setdefault(None, [])
-        if authenticate in funcs:
-            funcs.remove(authenticate)
-        funcs.insert(0, authenticate)
-        app.extensions[EXTENSION_KEY] = store
-        app.extensions[audit_mod.TRAIL_KEY] = trail
-
-    bp.record_once(_first)
-    if store.enabled:
-        log.info("admin API authentication on: %s", ", ".join(f"{n}:{s}" for n, s in store.names()))
-    bp.openapi = WHOAMI_OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=WHOAMI_OPENAPI)
 
 
 WHOAMI_OPENAPI: dict[str, Any] = {

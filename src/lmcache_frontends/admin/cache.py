@@ -14,6 +14,8 @@ from lmcache_adapters.transfer.layout import parse_block_ids
 from lmcache_core.cache_ops import Tier
 from lmcache_core.cache_ops.checksums import ChecksumResult
 from lmcache_core.errors import InvalidKeyError, InvalidRequestError, LMCacheError
+from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin.routes import READ
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
     ENGINE_NOT_INITIALIZED,
@@ -87,7 +89,7 @@ def checksums_reply(result: ChecksumResult, ranges: list[Any]) -> Response:
     )
 
 
-def create_cache_blueprint(services: Any) -> Blueprint:
+def create_cache_blueprint(services: Any) -> RouteGroup:
     """Routes that drop KV data from L1 and check KV blocks."""
     bp = Blueprint("cache", __name__)
 
@@ -183,8 +185,7 @@ def create_cache_blueprint(services: Any) -> Blueprint:
             return domain_error(exc, detail=True)
         return checksums_reply(result, compress_block_ids(body["block_ids"]))
 
-    bp.openapi = {**CACHE_OPENAPI, **_OPENAPI}  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi={**CACHE_OPENAPI, **_OPENAPI}, scopes={"/cache/checksums": READ})
 
 
 # ---------------------------------------------------------------------- OpenAPI

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.errors import cache_operations, json_error
 from lmcache_frontends.admin.openapi import (
     adapters_document,
@@ -34,7 +35,7 @@ def config_response(services: Any, *, http_section: bool) -> Response:
     return Response(text + "\n", mimetype="application/json")
 
 
-def create_config_blueprint(services: Any) -> Blueprint:
+def create_config_blueprint(services: Any) -> RouteGroup:
     """The configuration and the L2 adapter inventory."""
     bp = Blueprint("config", __name__)
 
@@ -60,8 +61,7 @@ def create_config_blueprint(services: Any) -> Blueprint:
             ]
         )
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 _SECTION = {"type": "object"}

@@ -11,6 +11,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin.routes import ADMIN
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import json_error
 from lmcache_frontends.admin.openapi import error_responses, obj, text_response
@@ -48,7 +50,7 @@ def _text(body: str, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
 
-def create_diagnostics_blueprint(services: Any) -> Blueprint:
+def create_diagnostics_blueprint(services: Any) -> RouteGroup:
     """Process-level debugging routes."""
     bp = Blueprint("diagnostics", __name__)
     config = services.config
@@ -85,8 +87,7 @@ def create_diagnostics_blueprint(services: Any) -> Blueprint:
         audit("run-script", "ok", filename=upload.filename)
         return _text(str(scope["result"]) if "result" in scope else SCRIPT_OK)
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI, scopes={"/env": ADMIN})
 
 
 _OPENAPI: dict[str, Any] = {

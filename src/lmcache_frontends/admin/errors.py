@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, jsonify
@@ -13,6 +14,7 @@ from lmcache_core.errors import (
     ForbiddenOperationError,
     InvalidKeyError,
     InvalidRequestError,
+    InvalidValueError,
     LMCacheError,
     NotFoundError,
     NotInitializedError,
@@ -29,31 +31,48 @@ log = logging.getLogger(__name__)
 ENGINE_NOT_INITIALIZED = "engine not initialized"
 INTERNAL_ERROR = "internal error"
 
-# Most specific first: InvalidKeyError and ConfigError are also ValueErrors.
-_STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
-    (UnprocessableError, 422),
-    (InvalidKeyError, 400),
-    (InvalidRequestError, 400),
-    (ConfigError, 400),
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (ForbiddenOperationError, 403),
-    (NotInitializedError, 503),
-    (UnavailableError, 503),
-    (UpstreamError, 502),
-    (NotSupportedError, 501),
-    (ListingNotSupportedError, 501),
-    (PluginError, 500),
+@dataclass(frozen=True)
+class ErrorStatus:
+    """One row of the map: a core error type, its HTTP status, and its status where it answers
+    a request body (a `ConfigError` raised while applying an operator's body is that body
+    failing validation: 422, as LMCache 0.5.6's model validation answers)."""
+
+    error: type[BaseException]
+    status: int
+    body_status: int | None = None
+
+
+# The one map from typed core errors to HTTP statuses, for every admin route (the app's error
+# handlers and the routes that answer an error themselves). Most specific first:
+# InvalidValueError is a ConfigError, InvalidKeyError and ConfigError are ValueErrors.
+ERROR_STATUSES: tuple[ErrorStatus, ...] = (
+    ErrorStatus(UnprocessableError, 422),
+    ErrorStatus(InvalidKeyError, 400),
+    ErrorStatus(InvalidRequestError, 400),
+    ErrorStatus(InvalidValueError, 400),
+    ErrorStatus(ConfigError, 400, body_status=422),
+    ErrorStatus(NotFoundError, 404),
+    ErrorStatus(ConflictError, 409),
+    ErrorStatus(ForbiddenOperationError, 403),
+    ErrorStatus(NotInitializedError, 503),
+    ErrorStatus(UnavailableError, 503),
+    ErrorStatus(UpstreamError, 502),
+    ErrorStatus(NotSupportedError, 501),
+    ErrorStatus(ListingNotSupportedError, 501),
+    ErrorStatus(PluginError, 500),
 )
+UNLISTED_CORE_ERROR_STATUS = 400
+"""An LMCacheError of a type the map does not list: a refusal of the request, not a bug."""
 
 
-def status_for(exc: BaseException) -> int | None:
-    """The HTTP status of a core error, or None for errors that are bugs (answered as 500)."""
-    for error_type, status in _STATUS_BY_ERROR:
-        if isinstance(exc, error_type):
-            return status
+def status_for(exc: BaseException, *, of_body: bool = False) -> int | None:
+    """The HTTP status of a core error, or None for errors that are bugs (answered as 500).
+    `of_body`: the error answers applying a request body (see `ErrorStatus.body_status`)."""
+    for row in ERROR_STATUSES:
+        if isinstance(exc, row.error):
+            return row.body_status if of_body and row.body_status is not None else row.status
     if isinstance(exc, LMCacheError):
-        return 400
+        return UNLISTED_CORE_ERROR_STATUS
     return None
 
 
@@ -72,11 +91,11 @@ def engine_not_initialized(**fields: Any) -> Response:
     return json_error(503, ENGINE_NOT_INITIALIZED, **fields)
 
 
-def domain_error(exc: LMCacheError, *, detail: bool = False) -> Response:
+def domain_error(exc: LMCacheError, *, detail: bool = False, of_body: bool = False) -> Response:
     """The answer to a core error raised by an operation: its mapped status and message (a bug,
     mapped to 500, is logged and answered with a fixed message). `detail` adds the message as
-    `detail`, the field LMCache 0.5.6's clients read."""
-    status = status_for(exc) or 500
+    `detail`, the field LMCache 0.5.6's clients read; `of_body` as in `status_for`."""
+    status = status_for(exc, of_body=of_body) or 500
     message = str(exc)
     if status == 500:
         log.error("admin operation failed", exc_info=exc)

@@ -6,13 +6,14 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.errors import ENGINE_NOT_INITIALIZED, engine_not_initialized
 from lmcache_frontends.admin.openapi import HEALTH_OPENAPI
 
 SERVICE_NAME = "LMCache HTTP API"
 
 
-def create_health_blueprint(services: Any) -> Blueprint:
+def create_health_blueprint(services: Any) -> RouteGroup:
     """Routes for probes; they never call into the engine, so they answer even under load."""
     bp = Blueprint("health", __name__)
 
@@ -27,5 +28,4 @@ def create_health_blueprint(services: Any) -> Blueprint:
             return engine_not_initialized(status="unhealthy", reason=ENGINE_NOT_INITIALIZED)
         return jsonify(status="healthy")
 
-    bp.openapi = HEALTH_OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=HEALTH_OPENAPI)

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from lmcache_core.cache_ops.objects import MAX_DELETE_BATCH, check_delete_batch
 from lmcache_core.errors import InvalidKeyError, InvalidRequestError, LMCacheError
 from lmcache_core.keys import ObjectKey
+from lmcache_core.plugin import RouteGroup
 from lmcache_core.ports import ListingNotSupportedError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
@@ -96,7 +97,7 @@ def _page_size(args: Any) -> int:
     return value
 
 
-def create_l2_blueprint(services: Any) -> Blueprint:
+def create_l2_blueprint(services: Any) -> RouteGroup:
     """Routes to enumerate L2 adapters, purge keys from one and list what one holds."""
     bp = Blueprint("l2", __name__)
 
@@ -178,8 +179,7 @@ def create_l2_blueprint(services: Any) -> Blueprint:
         entries = [{"key": key.to_json(), "size_bytes": size} for key, size in page.entries]
         return jsonify(adapter=selected.type_name, entries=entries, next_page_token=page.next_page_token)
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 # ---------------------------------------------------------------------- OpenAPI

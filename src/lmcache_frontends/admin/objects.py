@@ -14,6 +14,7 @@ from lmcache_core.cache_ops.objects import MAX_DELETE_BATCH, check_delete_batch
 from lmcache_core.cache_ops.tiers import require_tier
 from lmcache_core.errors import InvalidKeyError, LMCacheError
 from lmcache_core.keys import ObjectKey
+from lmcache_core.plugin import RouteGroup
 from lmcache_core.ports import ListingNotSupportedError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, domain_error
@@ -80,7 +81,7 @@ def keys_from_wire(raw_keys: list[dict[str, Any]]) -> list[ObjectKey]:
     return keys
 
 
-def create_objects_blueprint(services: Any) -> Blueprint:
+def create_objects_blueprint(services: Any) -> RouteGroup:
     """`/cache/objects`: list what an L2 adapter holds; delete keys from L1, L2 or both."""
     bp = Blueprint("objects", __name__)
 
@@ -147,8 +148,7 @@ def create_objects_blueprint(services: Any) -> Blueprint:
             audit("cache-objects-delete", "ok", **details)
         return jsonify(result)
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 # ---------------------------------------------------------------------- OpenAPI

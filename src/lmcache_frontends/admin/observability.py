@@ -18,6 +18,8 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from lmcache_core import metric_names as mn
 from lmcache_core.errors import ConfigError, InvalidKeyError
 from lmcache_core.periodic import LEVELS
+from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin.routes import ADMIN
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import engine_not_initialized, json_error
 from lmcache_frontends.admin.openapi import (
@@ -84,7 +86,7 @@ def thread_dump(name: str | None = None, thread_id: int | None = None) -> str:
     return "\n\n".join(parts) + f"\n\n=== Thread Summary ===\nTotal threads: {len(selected)}\n"
 
 
-def create_observability_blueprint(services: Any) -> Blueprint:
+def create_observability_blueprint(services: Any) -> RouteGroup:
     """Metrics, log levels, thread dumps and the periodic-thread registry."""
     bp = Blueprint("observability", __name__)
 
@@ -216,8 +218,7 @@ def create_observability_blueprint(services: Any) -> Blueprint:
             return engine_not_initialized()
         return jsonify(registry.health())
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI, scopes={"/threads": ADMIN})
 
 
 # ---------------------------------------------------------------------------- OpenAPI

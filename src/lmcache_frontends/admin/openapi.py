@@ -1,6 +1,6 @@
 """The OpenAPI 3 document of the admin API (`GET /openapi.json`), collected from the route groups.
 
-Every route-group factory sets `bp.openapi = {"/path/{param}": {"get": {<operation>}}}`; this module
+Every route-group factory returns a `RouteGroup` with `openapi={"/path/{param}": {"get": {<operation>}}}`; this module
 merges those declarations into one document and holds the declarations of the built-in health,
 status and cache groups, plus the schema helpers the other groups use."""
 
@@ -13,7 +13,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends import version
+from lmcache_frontends.admin.groups import route_groups
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "LMCache server admin API"
@@ -153,12 +155,11 @@ def json_body(schema: Mapping[str, Any], *, required: bool = True, description: 
 
 
 def collect(app: Flask) -> dict[str, Any]:
-    """The OpenAPI document of `app`: the declarations of every mounted blueprint, merged.
-    Two blueprints declaring the same path and method keep the first (registration order)."""
+    """The OpenAPI document of `app`: the declarations of every mounted route group, merged.
+    Two groups declaring the same path and method keep the first (registration order)."""
     paths: dict[str, dict[str, Any]] = {}
-    for blueprint in app.blueprints.values():
-        declared = getattr(blueprint, "openapi", None) or {}
-        for path, operations in declared.items():
+    for group in route_groups(app).values():
+        for path, operations in group.openapi.items():
             slot = paths.setdefault(path, {})
             for method, operation in operations.items():
                 slot.setdefault(method.lower(), copy.deepcopy(operation))
@@ -174,7 +175,7 @@ def collect(app: Flask) -> dict[str, Any]:
     }
 
 
-def create_openapi_blueprint(services: Any) -> Blueprint:
+def create_openapi_blueprint(services: Any) -> RouteGroup:
     """`GET /openapi.json`: the document of every route the running app serves."""
     bp = Blueprint("openapi", __name__)
 
@@ -182,7 +183,7 @@ def create_openapi_blueprint(services: Any) -> Blueprint:
     def openapi_document() -> Response:
         return jsonify(collect(current_app))  # type: ignore[arg-type]
 
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/openapi.json": {
             "get": {
                 "summary": "This OpenAPI 3 document",
@@ -191,7 +192,7 @@ def create_openapi_blueprint(services: Any) -> Blueprint:
             }
         }
     }
-    return bp
+    return RouteGroup(bp, openapi=openapi)
 
 
 # ---------------------------------------------------------------------- built-in groups

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 from lmcache_core.cache_ops import Tier
 from lmcache_core.cache_ops.prefetch import COMPLETED, MAX_TOKEN_IDS, PENDING
 from lmcache_core.errors import LMCacheError
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, domain_error
 from lmcache_frontends.admin.openapi import (
@@ -38,7 +39,7 @@ PREFETCH_FIELDS = (
 )
 
 
-def create_prefetches_blueprint(services: Any) -> Blueprint:
+def create_prefetches_blueprint(services: Any) -> RouteGroup:
     """Submit and poll warm prefetches (L2 -> L1)."""
     bp = Blueprint("prefetches", __name__)
 
@@ -85,8 +86,7 @@ def create_prefetches_blueprint(services: Any) -> Blueprint:
             )
         return jsonify(request_id=status.request_id, status=status.state)
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 # ---------------------------------------------------------------------- OpenAPI

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from lmcache_core.errors import ConfigError, InvalidKeyError
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import json_error
 from lmcache_frontends.admin.gate import require_engine
@@ -64,7 +65,7 @@ def parse_limit_gb(raw: bytes) -> float:
     return limit
 
 
-def create_quota_blueprint(services: Any) -> Blueprint:
+def create_quota_blueprint(services: Any) -> RouteGroup:
     """Per-cache_salt storage budgets consumed by the IsolatedLRU eviction policy."""
     bp = Blueprint("quota", __name__)
     require_engine(bp, services, audited={"put_quota": "quota-set", "delete_quota": "quota-delete"})
@@ -126,8 +127,7 @@ def create_quota_blueprint(services: Any) -> Blueprint:
         audit("quota-delete", "removed" if removed else "not_found", cache_salt=_url_salt(salt))
         return jsonify(cache_salt=_url_salt(salt), status="removed" if removed else "not_found")
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 # ---------------------------------------------------------------------- OpenAPI

@@ -13,7 +13,6 @@ is not DAX-backed: the body is validated as there, then 409."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,11 +20,13 @@ from flask import Blueprint, Response, jsonify, request
 
 from lmcache_adapters.l2.dax import InvalidSizeError, parse_size
 from lmcache_core.cache_ops.reconfigure import L1_NOT_DAX, ReconfigurableAdapter, normalize
-from lmcache_core.errors import ConfigError, InvalidRequestError, LMCacheError, NotFoundError
+from lmcache_core.errors import InvalidRequestError, LMCacheError, NotFoundError
 from lmcache_core.l1.arenas import DEFAULT_REMOVE_TIMEOUT_SECONDS, MAX_REMOVE_TIMEOUT_SECONDS
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
     cache_operations,
+    domain_error,
     engine_not_initialized,
     json_error,
     status_for,
@@ -46,12 +47,6 @@ from lmcache_frontends.admin.wire import (
     parse_object_body,
     validate_model,
 )
-
-log = logging.getLogger(__name__)
-
-# Bad values the reference answers with 400 (its own checks); every other ConfigError is a body
-# that fails validation, which the reference (pydantic) answers with 422.
-_BAD_VALUE_ERRORS = ("InvalidSizeError", "UnsupportedOperationError")
 
 SIZE_ERROR = "size must be a positive integer byte count or a string like '100GiB'"
 
@@ -85,20 +80,6 @@ _L1_FIELDS = {
 }
 
 
-def _status_for_reconfigure_error(exc: LMCacheError) -> int:
-    if isinstance(exc, ConfigError):
-        return 400 if type(exc).__name__ in _BAD_VALUE_ERRORS else 422
-    return status_for(exc) or 500
-
-
-def _error_response(exc: LMCacheError) -> Response:
-    status = _status_for_reconfigure_error(exc)
-    if status >= 500:
-        log.error("reconfiguration failed", exc_info=exc)
-        return json_error(status, "internal error" if status == 500 else str(exc))
-    return json_error(status, str(exc))
-
-
 def _status_document(ops: Any, backend: str) -> dict[str, Any]:
     adapters = ops.reconfigure.status(backend)
     return {"enabled": bool(adapters), "backend": normalize(backend, "backend"), "num_adapters": len(adapters), "adapters": adapters}
@@ -118,7 +99,7 @@ def _dax_l2_payload(operation: str, body: dict[str, Any]) -> tuple[int, dict[str
     return parsed["adapter_index"], payload
 
 
-def create_reconfigure_blueprint(services: Any) -> Blueprint:
+def create_reconfigure_blueprint(services: Any) -> RouteGroup:
     """Routes that change an L2 adapter's devices while the server runs."""
     bp = Blueprint("reconfigure", __name__)
 
@@ -126,9 +107,9 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
         try:
             result = cache_operations(services).reconfigure.apply(target, op, payload)
         except LMCacheError as exc:
-            status = _status_for_reconfigure_error(exc)
+            status = status_for(exc, of_body=True) or 500
             audit("reconfigure", f"failed: {status}", backend=name, operation=op, adapter=target.entry.name, reason=str(exc))
-            return _error_response(exc)
+            return domain_error(exc, of_body=True)
         audit("reconfigure", "ok", backend=name, operation=op, adapter=target.entry.name, body=dict(payload))
         return jsonify(result)
 
@@ -238,7 +219,7 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
         try:
             return jsonify(arenas=ops.reconfigure.l1_arenas().statuses())
         except LMCacheError as exc:
-            return _error_response(exc)
+            return domain_error(exc, of_body=True)
 
     def l1_change(operation: str) -> Response:
         # 0.5.6's order: the body (422), the engine (503), the size (400), then L1's state (409).
@@ -261,7 +242,7 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
             arenas = ops.reconfigure.l1_arenas()
         except LMCacheError as exc:
             audit("reconfigure-l1", "refused: L1 is not on Device-DAX", operation=operation, device_path=path)
-            return _error_response(exc)
+            return domain_error(exc, of_body=True)
         try:
             if size is not None:
                 result: dict[str, Any] = {"added": arenas.add(path, size)}
@@ -269,9 +250,9 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
                 status = arenas.remove(path, force=body["force"], timeout_seconds=body["timeout_seconds"])
                 result = {"removed": {"device_path": status["device_path"], "arenas": [status]}}
         except LMCacheError as exc:
-            status_code = _status_for_reconfigure_error(exc)
+            status_code = status_for(exc, of_body=True) or 500
             audit("reconfigure-l1", f"failed: {status_code}", operation=operation, device_path=path, reason=str(exc))
-            return _error_response(exc)
+            return domain_error(exc, of_body=True)
         audit("reconfigure-l1", "ok", operation=operation, **{k: v for k, v in body.items() if k != "mode"}, result=result)
         return jsonify(result)
 
@@ -283,8 +264,7 @@ def create_reconfigure_blueprint(services: Any) -> Blueprint:
     def l1_remove() -> Response:
         return l1_change("remove")
 
-    bp.openapi = _OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_OPENAPI)
 
 
 # ---------------------------------------------------------------------- OpenAPI

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from lmcache_core.plugin import RouteGroup
 from lmcache_core.status import safe_report
 from lmcache_frontends import version
 from lmcache_frontends.admin.config import config_response
@@ -13,7 +14,7 @@ from lmcache_frontends.admin.errors import engine_not_initialized
 from lmcache_frontends.admin.openapi import STATUS_OPENAPI
 
 
-def create_status_blueprint(services: Any) -> Blueprint:
+def create_status_blueprint(services: Any) -> RouteGroup:
     """The status tree, the effective configuration and the version descriptors."""
     bp = Blueprint("status", __name__)
 
@@ -43,5 +44,4 @@ def create_status_blueprint(services: Any) -> Blueprint:
     def commit_id() -> Response:
         return jsonify(version.commit_id())
 
-    bp.openapi = STATUS_OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=STATUS_OPENAPI)

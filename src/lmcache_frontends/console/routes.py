@@ -18,6 +18,7 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.openapi import error_responses, path_param
 
 UI_RULE = "/ui"
@@ -122,7 +123,7 @@ def _serve(asset: Asset) -> Response:
     return response
 
 
-def _console_blueprint(page: str, summary: str) -> Blueprint:
+def _console_blueprint(page: str, summary: str) -> RouteGroup:
     assets = load_assets()
     html = assets[page]
     bp = Blueprint("console", __name__)
@@ -146,17 +147,15 @@ def _console_blueprint(page: str, summary: str) -> Blueprint:
 
     # Static content only: open like the probes, so a browser can load the page that then
     # asks for a token.
-    bp.scopes = {UI_RULE: None, ASSET_RULE: None}  # type: ignore[attr-defined]
-    bp.openapi = _openapi(summary)  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_openapi(summary), scopes={UI_RULE: None, ASSET_RULE: None})
 
 
-def create_console_blueprint(services: Any) -> Blueprint:
+def create_console_blueprint(services: Any) -> RouteGroup:
     """The server page: health, L1, L2, traffic, tenants, engines, audit, actions."""
     return _console_blueprint(SERVER_PAGE, "The operator console (an HTML page; static, open)")
 
 
-def create_fleet_console_blueprint(ctx: Any) -> Blueprint:
+def create_fleet_console_blueprint(ctx: Any) -> RouteGroup:
     """The coordinator's fleet page: instances, usage by salt, directory, routing scores."""
     return _console_blueprint(FLEET_PAGE, "The fleet console (an HTML page; static, open)")
 

@@ -3,14 +3,12 @@ audit) with the coordinator's route groups."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from flask import Flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.audit import create_audit_blueprint
-from lmcache_frontends.admin.auth import ADMIN_GET_RULES, ScopePolicy, create_auth_blueprint
+from lmcache_frontends.admin.auth import ScopePolicy, create_auth_blueprint
 from lmcache_frontends.console.routes import create_fleet_console_blueprint
 from lmcache_frontends.coordinator.cache import create_cache_blueprint
 from lmcache_frontends.coordinator.common import CoordinatorContext
@@ -25,14 +23,14 @@ MAX_BODY_BYTES = 64 << 20
 
 POLICY = ScopePolicy(
     probe_rules=frozenset({"/healthz"}),
-    admin_get_rules=ADMIN_GET_RULES,
-    read_post_rules=frozenset({"/directory/lookup", "/directory/score", "/directory/blend-lookup"}),
     unaudited_rules=frozenset({"/instances/<instance_id>/heartbeat", "/events", "/l2/events"}),
 )
-"""Routers call the lookups with a read token; registration and events need the admin scope."""
+"""The coordinator's probe and its high-rate machine traffic (audited only when refused); the
+directory group declares its lookups readable with a read token, and everything else that
+changes state needs the admin scope."""
 
 ROUTE_GROUPS = {
-    "auth": partial(create_auth_blueprint, policy=POLICY),
+    "auth": create_auth_blueprint,
     "membership": create_membership_blueprint,
     "events": create_events_blueprint,
     "directory": create_directory_blueprint,
@@ -47,7 +45,7 @@ ROUTE_GROUPS = {
 def create_coordinator_app(ctx: CoordinatorContext) -> Flask:
     """Build the app over `ctx` (its route table is filled here)."""
     ctx.frontends.http_routes = dict(ROUTE_GROUPS)
-    app = create_app(ctx, max_content_length=MAX_BODY_BYTES)
+    app = create_app(ctx, max_content_length=MAX_BODY_BYTES, policy=POLICY)
 
     @app.after_request
     def _detail(response: WerkzeugResponse) -> WerkzeugResponse:

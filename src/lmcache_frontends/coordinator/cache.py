@@ -19,6 +19,7 @@ from lmcache_core.fleet.wire import (
     instance_id_field,
     parse_token_query,
 )
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
 from lmcache_frontends.admin.params import salt_from_url
@@ -61,7 +62,7 @@ def _require_world_size(body: Mapping[str, Any]) -> None:
         raise UnprocessableError("world_size is required")
 
 
-def create_cache_blueprint(ctx: CoordinatorContext) -> Blueprint:
+def create_cache_blueprint(ctx: CoordinatorContext) -> RouteGroup:
     bp = Blueprint("fleet_cache", __name__)
     bp.add_url_rule("/cache/pins", "pin", lambda: _pin(+1), methods=["POST"])
     bp.add_url_rule("/cache/pins", "unpin", lambda: _pin(-1), methods=["DELETE"])
@@ -165,7 +166,7 @@ def create_cache_blueprint(ctx: CoordinatorContext) -> Blueprint:
         {"instance_id": {"type": "string"}, **TOKEN_QUERY_PROPS, "tier": {"type": "string", "enum": ["l1", "l2", "all"]}, "force": {"type": "boolean"}},
         ["instance_id", "model_name", "world_size"],
     )
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/cache/pins": {
             "post": {
                 "summary": "Pin a prompt's chunks against fleet L2 eviction",
@@ -221,4 +222,4 @@ def create_cache_blueprint(ctx: CoordinatorContext) -> Blueprint:
             }
         },
     }
-    return bp
+    return RouteGroup(bp, openapi=openapi)

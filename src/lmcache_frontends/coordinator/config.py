@@ -10,23 +10,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmcache_core.errors import ConfigError
-from lmcache_frontends.config import (
-    HASH_ALGORITHMS,
-    LOG_LEVELS,
+from lmcache_frontends import options as option_machinery
+from lmcache_frontends.config import HASH_ALGORITHMS, LOG_LEVELS
+from lmcache_frontends.options import (
+    build_options,
     check_fields,
     check_non_empty,
     check_port,
     check_positive,
     check_token,
-    config_from_namespace,
+    config_from_sources,
     one_of,
     option,
-)
-from lmcache_frontends.config import (
-    add_arguments as _add_arguments,
-)
-from lmcache_frontends.config import (
-    build_options as _build_options,
 )
 
 ENV_PREFIX = "LMCACHE_MP_COORDINATOR_"
@@ -167,15 +162,15 @@ class CoordinatorConfig:
         return out
 
 
-OPTIONS = _build_options(CoordinatorConfig, ENV_PREFIX)
+OPTIONS = build_options(CoordinatorConfig, ENV_PREFIX)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_arguments(parser, OPTIONS, f"coordinator options (each also from an {ENV_PREFIX}* env var)")
+    option_machinery.add_arguments(parser, OPTIONS, f"coordinator options (each also from an {ENV_PREFIX}* env var)")
 
 
 def load(namespace: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str] | None = None) -> CoordinatorConfig:
-    config: CoordinatorConfig = config_from_namespace(namespace, env, options=OPTIONS, config_cls=CoordinatorConfig)
+    config: CoordinatorConfig = config_from_sources(namespace, env, options=OPTIONS, config_cls=CoordinatorConfig)
     return config
 
 

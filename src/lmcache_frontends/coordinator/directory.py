@@ -3,6 +3,8 @@ and, beyond LMCache, `POST /directory/score`: a router's per-request prefix-awar
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
 from lmcache_core.errors import UnprocessableError
@@ -15,6 +17,8 @@ from lmcache_core.fleet.wire import (
     parse_token_query,
     record_placements,
 )
+from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin.routes import READ
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
 from lmcache_frontends.coordinator.common import (
     KEY_SCHEMA,
@@ -49,7 +53,7 @@ _SCORE = obj(
 )
 
 
-def create_directory_blueprint(ctx: CoordinatorContext) -> Blueprint:
+def create_directory_blueprint(ctx: CoordinatorContext) -> RouteGroup:
     bp = Blueprint("directory", __name__)
 
     @bp.post("/directory/lookup")
@@ -155,7 +159,7 @@ def create_directory_blueprint(ctx: CoordinatorContext) -> Blueprint:
             }
         )
 
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/directory/lookup": {
             "post": {
                 "summary": "Placements of keys, or of a prompt's chunks (token_ids from position 0)",
@@ -231,4 +235,6 @@ def create_directory_blueprint(ctx: CoordinatorContext) -> Blueprint:
             }
         },
     }
-    return bp
+    # Routers send these lookups with a read token: POSTs that only read.
+    reads = {"/directory/lookup": READ, "/directory/score": READ, "/directory/blend-lookup": READ}
+    return RouteGroup(bp, openapi=openapi, scopes=reads)

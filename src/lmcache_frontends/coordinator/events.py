@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from lmcache_core.fleet.wire import parse_events, parse_legacy_events
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj
 from lmcache_frontends.coordinator.common import CoordinatorContext, body_schema, context, json_body
 
@@ -27,7 +30,7 @@ _BATCH = obj(
 )
 
 
-def create_events_blueprint(ctx: CoordinatorContext) -> Blueprint:
+def create_events_blueprint(ctx: CoordinatorContext) -> RouteGroup:
     bp = Blueprint("events", __name__)
 
     @bp.post("/events")
@@ -40,7 +43,7 @@ def create_events_blueprint(ctx: CoordinatorContext) -> Blueprint:
         instance_id, seq, entries = parse_legacy_events(json_body())
         return jsonify({"recorded": context().service.ingest_legacy(instance_id, seq, entries)})
 
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/events": {
             "post": {
                 "summary": "Apply cache-event batches (0.5.6); replays and stale incarnations are counted, not errors",
@@ -70,4 +73,4 @@ def create_events_blueprint(ctx: CoordinatorContext) -> Blueprint:
             }
         },
     }
-    return bp
+    return RouteGroup(bp, openapi=openapi)

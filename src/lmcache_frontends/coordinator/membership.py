@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 from lmcache_core.errors import NotFoundError
 from lmcache_core.fleet.model import CapacityDecl, Tier, UsageSnapshot
 from lmcache_core.fleet.wire import instance_to_json, parse_register
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import json_error
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj
@@ -46,7 +47,7 @@ _INSTANCE_USAGE = obj(
 )
 
 
-def create_membership_blueprint(ctx: CoordinatorContext) -> Blueprint:
+def create_membership_blueprint(ctx: CoordinatorContext) -> RouteGroup:
     bp = Blueprint("membership", __name__)
 
     @bp.post("/instances")
@@ -95,7 +96,7 @@ def create_membership_blueprint(ctx: CoordinatorContext) -> Blueprint:
             raise NotFoundError(f"unknown instance {instance_id!r}")
         return jsonify(_instance_status(instance_id, usage, declared, registered))
 
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/instances": {
             "post": {
                 "summary": "Register (or re-register) a server; an empty instance_id gets a generated one",
@@ -157,7 +158,7 @@ def create_membership_blueprint(ctx: CoordinatorContext) -> Blueprint:
             }
         },
     }
-    return bp
+    return RouteGroup(bp, openapi=openapi)
 
 
 def _module(tier: Tier, backend: str, used: int, capacity: int, shared: bool) -> dict[str, Any]:

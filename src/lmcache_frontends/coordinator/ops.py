@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from lmcache_core.errors import LMCacheError
 from lmcache_core.fleet.model import Tier
 from lmcache_core.fleet.service import RESYNC_FLAG, FleetService
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends import version
 from lmcache_frontends.admin.openapi import (
     collect,
@@ -78,7 +79,7 @@ class FleetCollector:
         yield leader
 
 
-def create_ops_blueprint(ctx: CoordinatorContext) -> Blueprint:
+def create_ops_blueprint(ctx: CoordinatorContext) -> RouteGroup:
     bp = Blueprint("ops", __name__)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(ctx.service))
@@ -103,7 +104,7 @@ def create_ops_blueprint(ctx: CoordinatorContext) -> Blueprint:
         doc["info"]["description"] = "The fleet coordinator (lmcache coordinator); see docs/fleet.md."
         return jsonify(doc)
 
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/healthz": {
             "get": {"summary": "Liveness probe (open)", "tags": ["ops"], "responses": {"200": json_response("Alive", obj({"status": {"type": "string"}}))}}
         },
@@ -121,7 +122,7 @@ def create_ops_blueprint(ctx: CoordinatorContext) -> Blueprint:
             "get": {"summary": "This OpenAPI 3 document", "tags": ["ops"], "responses": {"200": json_response("The document", obj({"openapi": {"type": "string"}}))}}
         },
     }
-    return bp
+    return RouteGroup(bp, openapi=openapi)
 
 
 _PATH_PARAMS = {

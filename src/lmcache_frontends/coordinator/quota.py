@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from lmcache_core.errors import InvalidKeyError
 from lmcache_core.fleet.model import Tier
 from lmcache_core.fleet.wire import body_object, body_tier, parse_limit_gb, parse_tier
+from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.openapi import error_responses, json_response, obj, query_param
 from lmcache_frontends.coordinator.common import (
@@ -92,7 +93,7 @@ def _delete(cache_salt: str) -> Response:
     return jsonify({"cache_salt": salt, "limit_gb": 0.0, "status": "removed" if removed else "not_found"})
 
 
-def create_quota_blueprint(ctx: CoordinatorContext) -> Blueprint:
+def create_quota_blueprint(ctx: CoordinatorContext) -> RouteGroup:
     bp = Blueprint("quota", __name__)
 
     @bp.put("/quota/config")
@@ -143,7 +144,7 @@ def create_quota_blueprint(ctx: CoordinatorContext) -> Blueprint:
         "parameters": [_TIER_PARAM],
         "responses": {"200": json_response("Removed or not found", _QUOTA_REPLY), **error_responses(400, 422, 503)},
     }
-    bp.openapi = {  # type: ignore[attr-defined]
+    openapi: dict[str, Any] = {
         "/quota/config": {
             "put": {
                 "summary": "The limit of salts without a quota (null: they are never evicted)",
@@ -184,6 +185,6 @@ def create_quota_blueprint(ctx: CoordinatorContext) -> Blueprint:
             "get": {"summary": "Every salt's L2 quota and usage (0.5.0)", "tags": ["quota"], "responses": {"200": json_response("Quotas and usage", _LIST), **error_responses(503)}}
         },
     }
-    return bp
+    return RouteGroup(bp, openapi=openapi)
 
 

@@ -23,6 +23,7 @@ from lmcache_frontends.admin.auth import (
     reload_token_files,
     required_scope,
 )
+from lmcache_frontends.admin.groups import route_groups
 from lmcache_frontends.bootstrap import Services
 from lmcache_frontends.config import ServerConfig, load_config
 from lmcache_frontends.safety import check_exposure, is_loopback
@@ -179,8 +180,37 @@ def test_without_tokens_everything_stays_open(client: FlaskClient) -> None:
         ("PATCH", None, {}, ADMIN),
     ],
 )
-def test_required_scope(method: str, rule: str | None, args: dict[str, str], scope: str | None) -> None:
-    assert required_scope(rule, method, args) == scope
+def test_required_scope(
+    method: str, rule: str | None, args: dict[str, str], scope: str | None, builtin_declarations: dict[str, dict[str, str | None]]
+) -> None:
+    # `/env` and `/threads` are declared admin by their own route groups (RouteGroup.scopes),
+    # no longer by a hard-coded list: pass the declaration of the group that serves the rule.
+    assert required_scope(rule, method, args, declared=builtin_declarations.get(rule or "")) == scope
+
+
+@pytest.fixture(scope="module")
+def builtin_declarations() -> Iterator[dict[str, dict[str, str | None]]]:
+    """rule -> the scopes declared by the built-in route group that serves it."""
+    stack = in_memory_stack()
+    try:
+        app = create_app(stack)
+        groups = route_groups(app)
+        yield {
+            rule.rule: dict(groups[rule.endpoint.split(".")[0]].scopes)
+            for rule in app.url_map.iter_rules()
+            if "." in rule.endpoint
+        }
+    finally:
+        stack.close()
+
+
+def test_route_groups_declare_the_scopes_that_differ_from_the_defaults(
+    builtin_declarations: dict[str, dict[str, str | None]],
+) -> None:
+    assert builtin_declarations["/env"] == {"/env": ADMIN}
+    assert builtin_declarations["/threads"] == {"/threads": ADMIN}
+    assert builtin_declarations["/cache/checksums"] == {"/cache/checksums": READ}
+    assert required_scope("/env", "GET", {}) == READ  # the app's default alone: a read
 
 
 # --------------------------------------------------------------------------- tokens

@@ -8,10 +8,16 @@ import threading
 from collections import Counter
 from typing import Any
 
-from lmcache_adapters.l2.integrity import IntegrityError, frame, unframe
-from lmcache_core.errors import ConfigError, InvalidKeyError
-from lmcache_core.keys import ObjectKey
-from lmcache_core.ports import KeyPage, L2Usage
+from lmcache_sdk import (
+    ConfigError,
+    IntegrityError,
+    InvalidKeyError,
+    KeyPage,
+    L2Usage,
+    ObjectKey,
+    frame,
+    unframe,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmcache_adapters.plugin import hookimpl
-from lmcache_core.plugin.registry import L2AdapterRegistry, config_field
+from lmcache_sdk import AdapterContext, L2AdapterRegistry, StorageBackend, config_field, hookimpl
 
 FIELDS = {
     "path": config_field(str, required=True, help="the SQLite database file (created if missing)"),
@@ -13,7 +12,7 @@ FIELDS = {
 }
 
 
-def _create(config: dict[str, Any], services: Any) -> Any:
+def _create(config: dict[str, Any], context: AdapterContext) -> StorageBackend:
     """A bare storage backend: the server gives it the standard L2 stack (threads, locks, metrics)."""
     from lmcache_sqlite.adapter import SqliteBackend
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from lmcache_adapters.l2.dax.config import body_path
 from lmcache_adapters.l2.dax.sizes import parse_size
-from lmcache_core.errors import ConfigError
+from lmcache_core.errors import ConfigError, InvalidValueError
 
 __all__ = [
     "REMOVE_MODES",
@@ -36,7 +36,7 @@ REMOVE_MODES = ("migrate", "evict", "drain")
 RESIZE_MODES = ("migrate", "evict")
 
 
-class UnsupportedOperationError(ConfigError):
+class UnsupportedOperationError(InvalidValueError):
     """A reconfiguration operation this adapter does not know (HTTP 400, as the reference)."""
 
 

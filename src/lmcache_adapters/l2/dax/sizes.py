@@ -6,12 +6,12 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from lmcache_core.errors import ConfigError
+from lmcache_core.errors import InvalidValueError
 
 __all__ = ["InvalidSizeError", "parse_size"]
 
 
-class InvalidSizeError(ConfigError):
+class InvalidSizeError(InvalidValueError):
     """A size value is not a positive byte count or a string like "100GiB" (HTTP 400, as the reference)."""
 
 
