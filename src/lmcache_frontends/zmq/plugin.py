@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmcache_adapters.plugin import hookimpl
-from lmcache_core.plugin import FrontendRegistry
-from lmcache_core.plugin.server_context import ServerContext
+from lmcache_core.plugin import FrontendRegistry, ServerContext
 
 
 def create_zmq_server(services: ServerContext) -> Any:
