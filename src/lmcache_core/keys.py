@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -259,3 +260,15 @@ def _unescape_model(escaped: str, name: str) -> str:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+def request_keys(
+    model_name: str, world_size: int, cache_salt: str, hashes: Sequence[bytes], rank: int | None = None
+) -> list[ObjectKey]:
+    """The keys of a request's chunks, chunk-major: every rank of `world_size` per chunk (or only
+    `rank`). The one place the data path, ended sessions and request inspection build them.
+    The caller has validated `model_name`/`cache_salt` (a RequestKey or a session did) and the
+    hashes come from the hasher, so per-key validation is skipped."""
+    ranks = [kv_rank_for(world_size, r) for r in range(world_size)] if rank is None else [kv_rank_for(world_size, rank)]
+    trusted = ObjectKey.trusted
+    return [trusted(h, model_name, kr, cache_salt) for h in hashes for kr in ranks]

@@ -13,18 +13,21 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lmcache_core.clients import LOCAL_CLIENT, ClientId, ClientLimits
 from lmcache_core.errors import InvalidKeyError, RegistrationError
 from lmcache_core.hashing import TokenBytes
-from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
+from lmcache_core.keys import ObjectKey, request_keys, validate_cache_salt, validate_model_name
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult, WriteMode
 from lmcache_core.leases import Lease, LeaseTable, ReadTicket
 from lmcache_core.metric_names import LOOKUP_HIT_TOKENS, LOOKUP_REQUESTS, LOOKUP_TOKENS
 from lmcache_core.ports import Clock, MemoryHandle, MetricsSink, NullMetricsSink
-from lmcache_core.sessions import SessionManager
+from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
+
+if TYPE_CHECKING:
+    from lmcache_core.engine import CacheEngine
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,27 @@ class DataPath:
     case where several tensor-parallel ranks read one KV rank), each retrieve consumes one. The
     locks are promises held in the lease of (client, request_id); see `lmcache_core.leases`."""
 
+    @classmethod
+    def for_engine(
+        cls,
+        engine: CacheEngine,
+        *,
+        clock: Clock,
+        session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS,
+        limits: ClientLimits | None = None,
+        metrics: MetricsSink | None = None,
+    ) -> DataPath:
+        """The data path over `engine`'s L1 and prefetcher, with its own SessionManager (the
+        engine's hasher, `session_ttl_seconds`, the session caps of `limits`). The composition
+        root builds the server's with it; a data-path frontend built alone does too."""
+        limits = limits if limits is not None else ClientLimits()
+        sessions = SessionManager(
+            engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds,
+            max_sessions=limits.max_sessions, max_sessions_per_client=limits.max_sessions_per_client,
+        )
+        storage = engine.storage
+        return cls(storage.l1, sessions, clock=clock, prefetcher=storage.prefetch, metrics=metrics, limits=limits)
+
     def __init__(
         self,
         l1: L1Manager,
@@ -337,22 +361,12 @@ class DataPath:
         # Compared in full so a reused list never rests on the last hash alone.
         if cached is not None and cached[0] == hashes:
             return list(cached[1])
-        keys = self._build_keys(model_name, world_size, cache_salt, hashes, rank)
+        keys = request_keys(model_name, world_size, cache_salt, hashes, rank)
         with self._lock:
             self._key_cache[ident] = (hashes.copy(), keys)
             while len(self._key_cache) > _KEY_CACHE_ENTRIES:
                 self._key_cache.popitem(last=False)
         return list(keys)
-
-    @staticmethod
-    def _build_keys(
-        model: str, ws: int, salt: str, hashes: Sequence[bytes], rank: int | None
-    ) -> list[ObjectKey]:
-        ranks = [kv_rank_for(ws, r) for r in range(ws)] if rank is None else [kv_rank_for(ws, rank)]
-        # Every part was validated already (a RequestKey or session checked model and salt,
-        # kv_rank_for the rank, the hasher made the digests), so per-key validation is skipped.
-        trusted = ObjectKey.trusted
-        return [trusted(h, model, kr, salt) for h in hashes for kr in ranks]
 
     # -- lookup ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from lmcache_core.clients import (
     ClientId,
 )
 from lmcache_core.hashing import IncrementalHasher, TokenBytes, TokenHasher
-from lmcache_core.keys import ObjectKey, kv_rank_for, validate_cache_salt, validate_model_name
+from lmcache_core.keys import ObjectKey, request_keys, validate_cache_salt, validate_model_name
 from lmcache_core.ports import Clock
 
 DEFAULT_SESSION_TTL_SECONDS = 600.0
@@ -53,12 +53,22 @@ class EndedSession:
 
     def keys(self) -> list[ObjectKey]:
         """Chunk-major keys of every rank of the request."""
-        ranks = [kv_rank_for(self.world_size, r) for r in range(self.world_size)]
         # Validate the namespace once instead of once per key.
         validate_model_name(self.model_name)
         validate_cache_salt(self.cache_salt)
-        trusted = ObjectKey.trusted
-        return [trusted(h, self.model_name, rank, self.cache_salt) for h in self.chunk_hashes for rank in ranks]
+        return request_keys(self.model_name, self.world_size, self.cache_salt, self.chunk_hashes)
+
+
+@dataclass(frozen=True)
+class RequestSnapshot:
+    """A request as the data path knows it at one instant (live or recently ended)."""
+
+    request_id: str
+    state: str  # live | ended | expired | dropped
+    model_name: str
+    world_size: int
+    cache_salt: str
+    chunk_hashes: tuple[bytes, ...]
 
 
 class SessionManager:
@@ -232,6 +242,21 @@ class SessionManager:
         self._unindex(session)
         self._dropped_total += 1
         self._record(session, "dropped")
+
+    def snapshot(self, request_id: str) -> RequestSnapshot | None:
+        """What is known of `request_id` now: its live session (state "live") or its record among
+        the recently ended ones (state "ended", "expired" or "dropped"); None when neither."""
+        live = self.get(request_id)
+        if live is not None:
+            with live.lock:  # the hasher is extended under this lock by the data path
+                hashes = tuple(live.hasher.hashes)
+            return RequestSnapshot(request_id, "live", live.model_name, live.world_size, live.cache_salt, hashes)
+        ended = self.recent(request_id)
+        if ended is None:
+            return None
+        return RequestSnapshot(
+            request_id, ended.reason, ended.model_name, ended.world_size, ended.cache_salt, ended.chunk_hashes
+        )
 
     def recent(self, request_id: str) -> EndedSession | None:
         """The record of a recently ended (or expired) request, if still remembered."""

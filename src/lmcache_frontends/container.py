@@ -1,24 +1,18 @@
-"""The dependency-injector containers that wire the server (core, adapters, services, frontends).
+"""The factories the composition root (`bootstrap`) builds the server's parts with, from the
+configuration: L1 pool, metrics sink, L2 adapters, quotas, policy, L1, storage manager, hasher.
 
-Only the composition root (`bootstrap`) uses them; blueprints and domain code receive plain
-objects and never import this module."""
+Only `bootstrap` calls them; blueprints and domain code receive plain objects."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dependency_injector import containers, providers
-
 from lmcache_adapters.l2.serde import make_codec, wrap_with_serde
 from lmcache_adapters.l2.stack import as_l2_adapter
 from lmcache_adapters.metrics import PrometheusMetricsSink
-from lmcache_adapters.plugin_manager import LMCachePluginManager
-from lmcache_core.clock import SystemClock
-from lmcache_core.engine import CacheEngine
 from lmcache_core.errors import ConfigError
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
@@ -184,63 +178,3 @@ def create_storage(
 
 def create_hasher(config: ServerConfig) -> TokenHasher:
     return TokenHasher(algorithm=config.hash_algorithm, chunk_size=config.chunk_size)
-
-
-def _call(method: str) -> Callable[[Any], Any]:
-    return lambda obj: getattr(obj, method)()
-
-
-# --------------------------------------------------------------------------- containers
-
-
-class CoreContainer(containers.DeclarativeContainer):
-    """Configuration, clock, metrics sink and the plugin manager."""
-
-    config = providers.Dependency(instance_of=ServerConfig)
-    clock = providers.Singleton(SystemClock)
-    metrics = providers.Singleton(create_metrics_sink, config)
-    plugins = providers.Singleton(LMCachePluginManager, load_entrypoints=True)
-
-
-class AdaptersContainer(containers.DeclarativeContainer):
-    """The driven side: the L1 memory pool and the configured L2 adapters."""
-
-    core = providers.DependenciesContainer()
-
-    l2_registry = providers.Singleton(_call("l2_adapter_registry"), core.plugins)
-    memory_pool = providers.Singleton(create_memory_pool, core.config)
-    l2_adapters = providers.Singleton(build_l2_adapters, core.config, l2_registry, core.clock, core.metrics)
-
-
-class ServicesContainer(containers.DeclarativeContainer):
-    """The domain objects: quotas, eviction policy, L1, storage manager, hasher, engine."""
-
-    core = providers.DependenciesContainer()
-    adapters = providers.DependenciesContainer()
-
-    quotas = providers.Singleton(create_quotas, core.config)
-    policy = providers.Singleton(create_policy, core.config, quotas)
-    l1 = providers.Singleton(create_l1, adapters.memory_pool, core.config, core.clock)
-    storage = providers.Singleton(
-        create_storage, l1, policy, quotas, adapters.l2_adapters, core.config, core.clock, core.metrics
-    )
-    hasher = providers.Singleton(create_hasher, core.config)
-    engine = providers.Singleton(CacheEngine, storage, hasher, clock=core.clock)
-
-
-class FrontendsContainer(containers.DeclarativeContainer):
-    """The driving side: route groups and server frontends registered by plugins."""
-
-    core = providers.DependenciesContainer()
-
-    registry = providers.Singleton(_call("frontend_registry"), core.plugins)
-
-
-class ApplicationContainer(containers.DeclarativeContainer):
-    """The whole server; one instance per `bootstrap()` call (instances share no state)."""
-
-    core = providers.Container(CoreContainer)
-    adapters = providers.Container(AdaptersContainer, core=core)
-    services = providers.Container(ServicesContainer, core=core, adapters=adapters)
-    frontends = providers.Container(FrontendsContainer, core=core)
-

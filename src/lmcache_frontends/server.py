@@ -138,13 +138,11 @@ def serve(
             raise
         services.on_close("admin HTTP server", admin.stop)
         live.attach(services)
-        if services.storage is not None:
-            signals.on_repeat = services.storage.abandon_write_back
-            if signals.repeated_at is not None:  # signalled twice while it was starting
-                services.storage.abandon_write_back()
-        if services.engine is not None:
-            block = security_status(security_warnings, config)
-            services.engine.add_status_contributor("security", lambda: block)
+        signals.on_repeat = services.storage.abandon_write_back
+        if signals.repeated_at is not None:  # signalled twice while it was starting
+            services.storage.abandon_write_back()
+        block = security_status(security_warnings, config)
+        services.engine.add_status_contributor("security", lambda: block)
         try:
             _start_server_frontends(services)
         except (LMCacheError, OSError) as exc:
@@ -207,21 +205,19 @@ def _start_admin(services: Any) -> AdminServer:
 
 
 def _start_server_frontends(services: Services) -> None:
-    """Start every long-running frontend plugins registered (the ZeroMQ data path); each is
-    stopped by services.close() before the engine (last started, first stopped)."""
-    engine = services.engine
+    """Start every long-running frontend plugins registered (the ZeroMQ data path) as components
+    of the application's lifecycle: each is stopped by services.close() before the engine (last
+    started, first stopped)."""
     for name, factory in services.frontends.servers.items():
         try:
             frontend = factory(services)
-            frontend.start()
+            services.lifecycle.add(f"frontend {name}", start=frontend.start, stop=frontend.stop)
         except (LMCacheError, OSError):
             raise
         except Exception as exc:  # e.g. zmq.ZMQError for a busy --port: one line, not a traceback
             log.debug("frontend %s failed to start", name, exc_info=True)
             raise PluginError(f"frontend {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
-        services.on_close(f"frontend {name}", frontend.stop)
-        if engine is not None:
-            engine.add_status_contributor(name, _frontend_status(name, frontend))
+        services.engine.add_status_contributor(name, _frontend_status(name, frontend))
         services.server_frontends[name] = frontend
 
 
@@ -242,10 +238,9 @@ def _ready_line(prog: str, services: Services, admin: AdminServer) -> str:
         parts.append(f"zmq-ipc {zmq.ipc_url}")
     parts.extend(f"{name} {getattr(fe, 'url', 'started')}" for name, fe in frontends.items() if name != "zmq")
     pool = services.memory_pool
-    size_gib = pool.capacity_bytes / (1 << 30) if pool is not None else services.config.l1_size_gb
-    parts.append(f"l1 {round(size_gib, 3)} GiB")
+    parts.append(f"l1 {round(pool.capacity_bytes / (1 << 30), 3)} GiB")
     storage = services.storage
-    if storage is not None and storage.l2_adapters:
+    if storage.l2_adapters:
         # The first backend probes run right after start; wait for them briefly, so a missing
         # bucket or an unwritable path shows here and not only in /readyz.
         storage.l2_health.wait_first_round(services.config.readyz_timeout_seconds)
@@ -374,8 +369,8 @@ def _write_ready_file(path: str, services: Services, admin: AdminServer) -> None
         "admin_url": admin.url,
         "zmq_url": getattr(zmq, "url", None),
         "zmq_ipc_url": getattr(zmq, "ipc_url", None),
-        "l1_shm_name": pool.report_status().get("shm_name") if pool is not None else None,
-        "l1_capacity_bytes": pool.capacity_bytes if pool is not None else None,
+        "l1_shm_name": pool.report_status().get("shm_name"),
+        "l1_capacity_bytes": pool.capacity_bytes,
     }
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".ready-", dir=directory)

@@ -35,6 +35,7 @@ from lmcache_core.plugin import (
     L2AdapterFactory,
     L2AdapterRegistry,
     RouteGroup,
+    ServerContext,
     ServerFrontendFactory,
 )
 from lmcache_core.plugin.registry import ConfigField, config_field
@@ -85,6 +86,7 @@ __all__ = [
     "Reconfigurable",
     "RouteGroup",
     "SeesKeyLocks",
+    "ServerContext",
     "ServerFrontendFactory",
     "StorageBackend",
     "capability_of",

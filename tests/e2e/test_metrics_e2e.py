@@ -81,7 +81,7 @@ def test_counters_agree_with_a_counted_store_read_evict_run() -> None:
     admin = AdminServer(create_app(stack), "127.0.0.1", 0)
     admin.start()
     try:
-        l1 = stack.storage.l1  # type: ignore[union-attr]
+        l1 = stack.storage.l1
         written = hits = misses = 0
         all_keys: list[ObjectKey] = []
         for batch in range(20):  # 160 objects of 64 KiB through a 2 MiB L1: evictions must happen
@@ -91,7 +91,7 @@ def test_counters_agree_with_a_counted_store_read_evict_run() -> None:
             l1.finish_write(ok)
             written += len(ok)
             all_keys.extend(ok)
-            assert stack.storage.store.drain(10)  # type: ignore[union-attr]
+            assert stack.storage.store.drain(10)
             # Read back the previous batch: some of it may have been evicted already.
             probe = all_keys[-16:-8]
             results = l1.reserve_read(probe)

@@ -10,6 +10,7 @@ from lmcache_core.plugin.registry import (
     ServerFrontendFactory,
 )
 from lmcache_core.plugin.routes import RouteGroup
+from lmcache_core.plugin.server_context import ServerContext
 
 __all__ = [
     "AdapterContext",
@@ -19,5 +20,6 @@ __all__ = [
     "L2AdapterRegistry",
     "L2AdapterSpec",
     "RouteGroup",
+    "ServerContext",
     "ServerFrontendFactory",
 ]

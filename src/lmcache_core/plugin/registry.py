@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcache_core.errors import ConfigError, PluginError
 from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.ports import L2Adapter, StorageBackend
+
+if TYPE_CHECKING:
+    from lmcache_core.plugin.server_context import ServerContext
 
 L2AdapterFactory = Callable[[dict[str, Any], AdapterContext], L2Adapter | StorageBackend]
 """`factory(config, context) -> StorageBackend | L2Adapter`; `config` is the validated JSON
@@ -20,8 +23,9 @@ HttpRoutesFactory = Callable[[Any], Any]
 """`factory(services) -> RouteGroup` (its blueprint, scopes and OpenAPI; a bare flask.Blueprint
 is still accepted, its `openapi` and `scopes` attributes read as the declaration)."""
 
-ServerFrontendFactory = Callable[[Any], Any]
-"""`factory(services) -> object with start(), stop(), report_status()`."""
+ServerFrontendFactory = Callable[["ServerContext"], Any]
+"""`factory(context) -> object with start(), stop(), report_status()`; `context` is the typed
+ServerContext (`lmcache_core.plugin.server_context`)."""
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     str: "string",

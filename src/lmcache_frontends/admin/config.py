@@ -25,7 +25,7 @@ CONFIGS_NOT_INITIALIZED = "configs not initialized"
 def config_response(services: Any, *, http_section: bool) -> Response:
     """The configuration the process runs with, secrets redacted, as one indented document (the
     reference returns it so, for people reading it raw); 503 before it is known."""
-    config = getattr(services, "config", None)
+    config = services.config
     if config is None:
         return json_error(503, CONFIGS_NOT_INITIALIZED)
     document = config.to_public_dict()

@@ -53,7 +53,7 @@ def _text(body: str, status: int = 200) -> Response:
 def create_diagnostics_blueprint(services: Any) -> RouteGroup:
     """Process-level debugging routes."""
     bp = Blueprint("diagnostics", __name__)
-    config = getattr(services, "config", None)
+    config = services.config
 
     @bp.get("/env")
     def env() -> Response:

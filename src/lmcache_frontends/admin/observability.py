@@ -102,7 +102,7 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
         elapsed = time.perf_counter() - started if started is not None else 0.0
         response.headers[REQUEST_ID_HEADER] = rid
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-        metrics = getattr(services, "metrics", None)
+        metrics = services.metrics
         if metrics is not None:
             metrics.inc(mn.HTTP_REQUESTS.name, route=route, method=request.method, status=str(response.status_code))
             metrics.observe(mn.HTTP_REQUEST_DURATION_SECONDS.name, elapsed, route=route)
@@ -120,7 +120,7 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/metrics")
     def metrics() -> Response:
-        sink = getattr(services, "metrics", None)
+        sink = services.metrics
         if sink is None:
             return engine_not_initialized()
         render = getattr(sink, "render", None)
@@ -131,7 +131,7 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
 
     @bp.post("/metrics/reset")
     def metrics_reset() -> Response:
-        sink = getattr(services, "metrics", None)
+        sink = services.metrics
         if sink is None:
             audit("metrics-reset", "refused: engine not initialized")
             return engine_not_initialized()
@@ -186,7 +186,7 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
         return _text(thread_dump(name, thread_id))
 
     def _registry() -> Any:
-        return getattr(services, "periodic_threads", None)
+        return services.periodic_threads
 
     @bp.get("/periodic-threads")
     def periodic_threads() -> Response:

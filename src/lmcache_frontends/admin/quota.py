@@ -11,7 +11,8 @@ from flask import Blueprint, Response, jsonify, request
 from lmcache_core.errors import ConfigError, InvalidKeyError
 from lmcache_core.plugin import RouteGroup
 from lmcache_frontends.admin.audit import audit
-from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.errors import json_error
+from lmcache_frontends.admin.gate import require_engine
 from lmcache_frontends.admin.openapi import (
     error_responses,
     json_body,
@@ -67,12 +68,11 @@ def parse_limit_gb(raw: bytes) -> float:
 def create_quota_blueprint(services: Any) -> RouteGroup:
     """Per-cache_salt storage budgets consumed by the IsolatedLRU eviction policy."""
     bp = Blueprint("quota", __name__)
+    require_engine(bp, services, audited={"put_quota": "quota-set", "delete_quota": "quota-delete"})
 
     @bp.get("/quota")
     def list_quotas() -> Response:
         engine = services.engine
-        if engine is None:
-            return engine_not_initialized()
         storage = engine.storage
         usage = storage.l1.bytes_by_salt()
         users = {
@@ -84,8 +84,6 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
     @bp.get("/quota/<cache_salt>")
     def get_quota(cache_salt: str) -> Response:
         engine = services.engine
-        if engine is None:
-            return engine_not_initialized()
         try:
             salt = salt_from_url(cache_salt)
         except InvalidKeyError as exc:
@@ -103,9 +101,6 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
     @bp.put("/quota/<cache_salt>")
     def put_quota(cache_salt: str) -> Response:
         engine = services.engine
-        if engine is None:
-            audit("quota-set", "refused: engine not initialized", cache_salt=cache_salt)
-            return engine_not_initialized()
         try:
             salt = salt_from_url(cache_salt)
             limit_gb = parse_limit_gb(request.get_data())
@@ -123,9 +118,6 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
     @bp.delete("/quota/<cache_salt>")
     def delete_quota(cache_salt: str) -> Response:
         engine = services.engine
-        if engine is None:
-            audit("quota-delete", "refused: engine not initialized", cache_salt=cache_salt)
-            return engine_not_initialized()
         try:
             salt = salt_from_url(cache_salt)
         except InvalidKeyError as exc:

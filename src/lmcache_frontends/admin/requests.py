@@ -1,8 +1,9 @@
 """Per-request cache routes behind `lmcache kvcache info|pin|unpin|compress`:
 `GET /kvcache/requests/<request_id>` and `POST /kvcache/requests/<request_id>/{pin,unpin,compress}`.
 
-A request is found in the ZeroMQ data path's sessions (live) or in its bounded record of recently
-ended requests; its chunk keys are derived from the chunk hashes the data path computed."""
+A request is found by the core's RequestInspector, in the sessions a data path registered there
+(live) or in their bounded record of recently ended requests; its chunk keys are built from the
+chunk hashes the data path computed, by the same function the data path uses."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ import logging
 import math
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from lmcache_adapters.l2.serde import CODECS, SerdeL2Adapter, make_codec
 from lmcache_core.errors import ConfigError, NotFoundError
-from lmcache_core.keys import ObjectKey, kv_rank_for
+from lmcache_core.inspection import InspectedChunk, InspectedRequest
+from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.manager import L1ObjectInfo
 from lmcache_core.l1.results import OpResult
 from lmcache_frontends.admin.audit import audit
-from lmcache_frontends.admin.errors import engine_not_initialized, json_error
+from lmcache_frontends.admin.errors import json_error
+from lmcache_frontends.admin.gate import require_engine
 from lmcache_frontends.admin.openapi import (
     error_responses,
     json_body,
@@ -37,39 +39,13 @@ log = logging.getLogger(__name__)
 
 L2_LOOKUP_TIMEOUT_S = 5.0
 RECODE_TIMEOUT_S = 120.0
-DATA_PATH_FRONTEND = "zmq"
 
 
 class _BadRequest(ValueError):
     """A malformed parameter or body (400)."""
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    index: int
-    token_start: int
-    token_end: int
-    key: ObjectKey
-
-
-@dataclass(frozen=True)
-class _Request:
-    request_id: str
-    state: str  # live | ended | expired
-    model_name: str
-    cache_salt: str
-    world_size: int
-    chunk_size: int
-    total_chunks: int
-    chunks: list[_Chunk]
-
-
 # ---------------------------------------------------------------------- lookup of a request
-
-
-def _session_manager(services: Any) -> Any:
-    frontends = getattr(services, "server_frontends", None) or {}
-    return getattr(frontends.get(DATA_PATH_FRONTEND), "sessions", None)
 
 
 def _bound(name: str, default: int | None) -> int | None:
@@ -85,35 +61,14 @@ def _bound(name: str, default: int | None) -> int | None:
     return value
 
 
-def _find_request(services: Any, request_id: str) -> _Request:
+def _find_request(services: Any, request_id: str) -> InspectedRequest:
     """The request's chunks within the `start`/`end` token bounds; NotFoundError when unknown."""
     start = _bound("start", 0) or 0
     end = _bound("end", None)
-    if end is not None and end <= start:
-        raise _BadRequest(f"end ({end}) must be greater than start ({start})")
-    sessions = _session_manager(services)
-    if sessions is None:
-        raise NotFoundError("the ZeroMQ data path is not running: no request is known")
-    chunk_size = int(services.engine.chunk_size)
-    live = sessions.get(request_id)
-    if live is not None:
-        with live.lock:
-            hashes = list(live.hasher.hashes)
-        state, model, salt, world = "live", live.model_name, live.cache_salt, live.world_size
-    else:
-        ended = sessions.recent(request_id)
-        if ended is None:
-            raise NotFoundError(f"request {request_id!r} is neither live nor among the recently ended requests")
-        hashes = list(ended.chunk_hashes)
-        state, model, salt, world = ended.reason, ended.model_name, ended.cache_salt, ended.world_size
-    ranks = [kv_rank_for(world, r) for r in range(world)]
-    chunks: list[_Chunk] = []
-    for i, chunk_hash in enumerate(hashes):
-        lo, hi = i * chunk_size, (i + 1) * chunk_size
-        if hi <= start or (end is not None and lo >= end):
-            continue
-        chunks.extend(_Chunk(i, lo, hi, ObjectKey(chunk_hash, model, rank, 0, salt)) for rank in ranks)
-    return _Request(request_id, state, model, salt, world, chunk_size, len(hashes), chunks)
+    try:  # bounds with end <= start are a ValueError
+        return services.inspector.find(request_id, start, end)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
 
 
 def _l2_hits(services: Any, keys: list[ObjectKey]) -> dict[str, list[bool] | str]:
@@ -164,7 +119,7 @@ def _url_salt(salt: str) -> str:
     return DEFAULT_SALT_ALIAS if salt == "" else salt
 
 
-def _header(req: _Request) -> dict[str, Any]:
+def _header(req: InspectedRequest) -> dict[str, Any]:
     return {
         "request_id": req.request_id,
         "state": req.state,
@@ -182,7 +137,7 @@ def _remaining(deadline: float | None, now: float) -> float | None:
     return round(max(0.0, deadline - now), 3)
 
 
-def _chunk_entry(chunk: _Chunk, info: L1ObjectInfo | None, l2: list[str], now: float) -> dict[str, Any]:
+def _chunk_entry(chunk: InspectedChunk, info: L1ObjectInfo | None, l2: list[str], now: float) -> dict[str, Any]:
     return {
         "index": chunk.index,
         "token_start": chunk.token_start,
@@ -220,8 +175,9 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 def create_requests_blueprint(services: Any) -> Blueprint:
     """Per-request info, pin/unpin against L1 eviction and L2 recompression."""
     bp = Blueprint("requests", __name__)
+    require_engine(bp, services, audited={"pin": "kvcache-pin", "unpin": "kvcache-unpin", "compress": "kvcache-compress"})
 
-    def rejected(action: str, req: _Request | None, reason: str, **fields: Any) -> Response:
+    def rejected(action: str, req: InspectedRequest | None, reason: str, **fields: Any) -> Response:
         audit(action, "rejected", request_id=None if req is None else req.request_id, reason=reason)
         return json_error(409, reason, status="rejected", reason=reason, **fields)
 
@@ -237,8 +193,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.get("/kvcache/requests/<request_id>")
     def info(request_id: str) -> Response:
-        if services.engine is None:
-            return engine_not_initialized()
         try:
             req = _find_request(services, request_id)
         except _BadRequest as exc:
@@ -268,9 +222,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/kvcache/requests/<request_id>/pin")
     def pin(request_id: str) -> Response:
-        if services.engine is None:
-            audit("kvcache-pin", "refused: engine not initialized", request_id=request_id)
-            return engine_not_initialized()
         try:
             body = _json_object(request.get_data())
             ttl = body.get("ttl_seconds")
@@ -295,7 +246,7 @@ def create_requests_blueprint(services: Any) -> Blueprint:
                 "(evicted, never stored or still being written)",
             )
         used, capacity = l1.usage_bytes()
-        watermark = float(getattr(services.config, "eviction_trigger_watermark", 0.8))
+        watermark = float(services.config.eviction_trigger_watermark)
         limit = int(capacity * watermark)
         results = l1.pin(keys, None if ttl is None else float(ttl), max_pinned_bytes=limit)
         if not all(r is OpResult.SUCCESS for r in results):
@@ -330,9 +281,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/kvcache/requests/<request_id>/unpin")
     def unpin(request_id: str) -> Response:
-        if services.engine is None:
-            audit("kvcache-unpin", "refused: engine not initialized", request_id=request_id)
-            return engine_not_initialized()
         try:
             req = _find_request(services, request_id)
         except _BadRequest as exc:
@@ -346,9 +294,6 @@ def create_requests_blueprint(services: Any) -> Blueprint:
 
     @bp.post("/kvcache/requests/<request_id>/compress")
     def compress(request_id: str) -> Response:
-        if services.engine is None:
-            audit("kvcache-compress", "refused: engine not initialized", request_id=request_id)
-            return engine_not_initialized()
         try:
             body = _json_object(request.get_data())
             method = body.get("method")

@@ -19,8 +19,9 @@ docs/architecture.md draws the rooms; docs/protocol.md the wire; docs/security.m
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -29,12 +30,14 @@ from lmcache_adapters.transfer import ntcopy
 from lmcache_adapters.transfer.copy_pool import CopyPool, default_copy_threads
 from lmcache_core.clients import ClientLimits
 from lmcache_core.engine import CacheEngine
+from lmcache_core.inspection import RequestInspector
 from lmcache_core.lookup import DataPath
 from lmcache_core.oplog import OperationLog
 from lmcache_core.periodic import PeriodicThread, Summary
 from lmcache_core.ports import Clock, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.ratelimit import LogRateLimiter
-from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS, SessionManager
+from lmcache_core.readiness import ReadinessCheck, ReadinessRegistry
+from lmcache_core.sessions import DEFAULT_SESSION_TTL_SECONDS
 from lmcache_frontends.zmq.curve import CurveConfig
 from lmcache_frontends.zmq.detect import PROTOCOL_CHOICES, ProtocolDetector
 from lmcache_frontends.zmq.dispatch import DataPathRouter
@@ -49,7 +52,7 @@ from lmcache_frontends.zmq.server_driven import ServerDrivenHandlers
 from lmcache_frontends.zmq.transfers import TransferSupport
 from lmcache_frontends.zmq.transport import ZmqTransport, bind_ipc
 
-__all__ = ["HOUSEKEEPING_THREAD", "ZmqDataPathServer", "bind_ipc"]
+__all__ = ["HOUSEKEEPING_THREAD", "ZmqDataPathServer", "bind_ipc", "loop_readiness"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,35 @@ HOUSEKEEPING_THREAD = "zmq-housekeeping"
 """The data path's reaper in the periodic-thread registry (level high: a dead one makes the
 server unhealthy: silent workers would keep their reservations and locks forever)."""
 DEFAULT_MAX_FRAME_BYTES = 256 << 20
+LOOP_STALE_SECONDS = 5.0
+"""The socket loop polls every 100 ms; a heartbeat this old means it is stuck (GET /readyz)."""
+READINESS_CHECK = "zmq"
 
 RunPeriodic = Callable[..., PeriodicThread]
 """`Services.run_periodic`: runs a target as a supervised periodic thread of the server."""
+
+
+class _Heartbeating(Protocol):
+    loop_heartbeat: float
+
+    def report_status(self) -> dict[str, Any]: ...
+
+
+def loop_readiness(frontend: _Heartbeating) -> ReadinessCheck:
+    """The data path's readiness check: its threads are alive and its socket loop turned recently."""
+
+    def check() -> dict[str, Any]:
+        if not frontend.report_status().get("is_healthy", False):
+            return {"ok": False, "error": "data-path threads not alive"}
+        heartbeat = frontend.loop_heartbeat
+        if heartbeat:
+            age = time.monotonic() - heartbeat
+            if age > LOOP_STALE_SECONDS:
+                return {"ok": False, "error": f"socket loop last turned {age:.1f} s ago"}
+            return {"ok": True, "loop_heartbeat_age_s": round(age, 3)}
+        return {"ok": True}
+
+    return check
 
 
 def _one_torch_thread() -> None:
@@ -101,6 +130,9 @@ class ZmqDataPathServer:
         protocol: str = "auto",
         run_periodic: RunPeriodic | None = None,
         oplog: OperationLog | None = None,
+        inspector: RequestInspector | None = None,
+        readiness: ReadinessRegistry | None = None,
+        data_path: DataPath | None = None,
     ) -> None:
         if supported_transfer_mode not in TRANSFER_MODES:
             raise ValueError(f"supported_transfer_mode must be one of {', '.join(TRANSFER_MODES)}, not {supported_transfer_mode!r}")
@@ -118,14 +150,14 @@ class ZmqDataPathServer:
         self.limits = limits if limits is not None else ClientLimits()
         self.max_frame_bytes = int(max_frame_bytes)
         self.chunk_size = engine.chunk_size
-        self.sessions = SessionManager(
-            engine.hasher, clock=clock, ttl_seconds=session_ttl_seconds,
-            max_sessions=self.limits.max_sessions, max_sessions_per_client=self.limits.max_sessions_per_client,
-        )
-        self.data_path = DataPath(
-            engine.storage.l1, self.sessions, clock=clock, prefetcher=getattr(engine.storage, "prefetch", None),
-            metrics=self.metrics, limits=self.limits,
-        )
+        # The server's data path comes from the composition root; a server built alone (tests)
+        # gets one of its own, by the same recipe.
+        if data_path is None:
+            data_path = DataPath.for_engine(
+                engine, clock=clock, session_ttl_seconds=session_ttl_seconds, limits=self.limits, metrics=self.metrics
+            )
+        self.data_path = data_path
+        self.sessions = data_path.sessions
         self.key_decoder = KeyFrameDecoder()
         self.registry = InstanceRegistry(
             self.data_path, engine.storage.l1, memory_pool, clock=clock, reap_timeout_seconds=worker_reap_timeout_seconds
@@ -153,6 +185,9 @@ class ZmqDataPathServer:
             max_frame_bytes=self.max_frame_bytes, curve=curve, worker_setup=_one_torch_thread,
         )
         self._run_periodic = run_periodic
+        # Core services this data path reports into while it runs (a server's; tests may omit them).
+        self._inspector = inspector
+        self._readiness = readiness
         self._housekeeper: PeriodicThread | None = None
 
     def _shared_pool(self) -> EngineDrivenContext | None:
@@ -174,6 +209,10 @@ class ZmqDataPathServer:
             HOUSEKEEPING_THREAD, self.housekeeping, interval_seconds=HOUSEKEEPING_PERIOD_SECONDS, level="high"
         )
         self.engine.add_status_contributor("data_path", self._status_fields)
+        if self._inspector is not None:
+            self._inspector.attach(self.sessions)
+        if self._readiness is not None:
+            self._readiness.register(READINESS_CHECK, loop_readiness(self))
         log.info("ZeroMQ data path listening on %s (protocol %s)", " and ".join(self.endpoints), self.detector.forced)
 
     def _own_periodic(self, name: str, target: Callable[[], Summary], *, interval_seconds: float, level: str) -> PeriodicThread:
@@ -187,6 +226,10 @@ class ZmqDataPathServer:
         """Stop the threads, drop every registration (pending writes discarded). Idempotent."""
         if self.transport.stopped:
             return
+        if self._readiness is not None:
+            self._readiness.unregister(READINESS_CHECK)
+        if self._inspector is not None:
+            self._inspector.detach(self.sessions)
         if self._housekeeper is not None:
             self._housekeeper.stop()
         self.transport.stop()

@@ -17,7 +17,7 @@ from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.results import OpResult
 from lmcache_core.plugin import FrontendRegistry
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import LiveServices, Services, StartingServices
+from lmcache_frontends.bootstrap import Lifecycle, LiveServices, Services, StartingServices
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import DEFAULT_POOL_BYTES as POOL_BYTES
 from lmcache_frontends.testing import builtin_plugins, in_memory_stack
@@ -38,7 +38,7 @@ def _key(i: int, *, salt: str = "", model: str = "org/model-a") -> ObjectKey:
 
 def _not_started(services: Services) -> Services:
     """The same stack as seen by an app created before the engine finished starting."""
-    return dataclasses.replace(services, engine=None, storage=None, _closers=[])
+    return dataclasses.replace(services, engine=None, storage=None, lifecycle=Lifecycle())
 
 
 # --------------------------------------------------------------------------- liveness
@@ -281,7 +281,7 @@ def _failing_routes(services: object) -> Blueprint:
 
 def _app_with(services: Services, routes: dict[str, object]) -> Flask:
     registry = builtin_plugins(_RoutesPlugin(routes)).frontend_registry()
-    return create_app(dataclasses.replace(services, frontends=registry, _closers=[]))
+    return create_app(dataclasses.replace(services, frontends=registry, lifecycle=Lifecycle()))
 
 
 def test_an_unexpected_exception_is_a_json_500_without_details(

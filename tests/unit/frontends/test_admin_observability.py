@@ -38,11 +38,11 @@ def key(i: int, salt: str = "") -> ObjectKey:
 
 
 def test_metrics_counts_l1_chunks_and_reports_usage(services: Services, client: FlaskClient) -> None:
-    l1 = services.storage.l1  # type: ignore[union-attr]
+    l1 = services.storage.l1
     keys = [key(i, "t1") for i in range(6)]
     l1.reserve_write(keys, [4096] * 6)
     l1.finish_write(keys)
-    assert services.storage.store.drain(10)  # type: ignore[union-attr]
+    assert services.storage.store.drain(10)
     l1.reserve_read(keys[:4])
     l1.finish_read(keys[:4])
     got = scrape(client)
@@ -60,7 +60,7 @@ def test_metrics_labels_off_drops_tenant_labels() -> None:
     stack = in_memory_stack(ServerConfig(metrics_labels="off"))
     try:
         client = create_app(stack).test_client()
-        l1 = stack.storage.l1  # type: ignore[union-attr]
+        l1 = stack.storage.l1
         keys = [key(1, "a"), key(2, "b")]
         l1.reserve_write(keys, [64, 64])
         l1.finish_write(keys)
@@ -85,7 +85,7 @@ def test_http_requests_are_counted_by_route_template_and_status(client: FlaskCli
 def test_metrics_reset_zeroes_counters_and_is_audited(
     services: Services, client: FlaskClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    l1 = services.storage.l1  # type: ignore[union-attr]
+    l1 = services.storage.l1
     l1.reserve_write([key(1)], [64])
     l1.finish_write([key(1)])
     assert scrape(client)[("lmcache_mp_l1_chunks_written_total", (("cache_salt", ""), ("model_name", "model-a")))] == 1
@@ -232,7 +232,7 @@ def test_a_killed_controller_thread_turns_health_and_status_unhealthy(
     def die() -> list[ObjectKey]:
         raise _Killed("simulated crash of the eviction controller")
 
-    monkeypatch.setattr(fast_stack.storage.policy, "mandatory_victims", die)  # type: ignore[union-attr]
+    monkeypatch.setattr(fast_stack.storage.policy, "mandatory_victims", die)
     assert poll_until(lambda: not client.get("/periodic-threads-health").get_json()["healthy"], timeout=10.0)
     health = client.get("/periodic-threads-health")
     assert health.status_code == 200
@@ -254,7 +254,7 @@ def test_a_stalled_thread_is_unhealthy_after_three_intervals() -> None:
     entered = threading.Event()
     try:
         client = create_app(stack).test_client()
-        policy = stack.storage.policy  # type: ignore[union-attr]
+        policy = stack.storage.policy
         original = policy.mandatory_victims
 
         def hang() -> list[ObjectKey]:

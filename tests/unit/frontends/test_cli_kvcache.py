@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
@@ -32,9 +31,15 @@ def stack() -> Iterator[Services]:
     )
     assert services.engine is not None
     sessions = SessionManager(services.engine.hasher, clock=services.clock)
-    services.server_frontends["zmq"] = SimpleNamespace(sessions=sessions)
+    # What a running data path does: its sessions answer request inspection.
+    services.inspector.attach(sessions)
+    _SESSIONS[id(services)] = sessions
     yield services
     services.close()
+    del _SESSIONS[id(services)]
+
+
+_SESSIONS: dict[int, SessionManager] = {}
 
 
 @pytest.fixture
@@ -47,18 +52,18 @@ def url(stack: Services) -> Iterator[str]:
 
 def store_request(stack: Services, request_id: str, nchunks: int, *, end: bool = True, seed: int = 0) -> list[ObjectKey]:
     """What the data path does for a stored request: hash its tokens, write its chunks to L1."""
-    sessions = stack.server_frontends["zmq"].sessions
+    sessions = _SESSIONS[id(stack)]
     tokens = [seed * 100_000 + i for i in range(nchunks * CHUNK)]
     hashes = sessions.chunk_hashes(request_id, tokens, model_name="m", world_size=1)
     keys = [ObjectKey(h, "m", kv_rank_for(1, 0), 0, "") for h in hashes]
-    l1 = stack.engine.storage.l1  # type: ignore[union-attr]
+    l1 = stack.engine.storage.l1
     reserved = l1.reserve_write(keys, [OBJ] * len(keys))
     for (result, handle), i in zip(reserved, range(len(keys)), strict=True):
         assert result.ok and handle is not None
         l1.pool.view(handle)[:] = bytes([i % 7]) * OBJ  # compressible
     l1.finish_write(keys)
     # The write-back to L2 read-locks the chunks for a moment; wait until it let them go.
-    for index in range(len(stack.engine.storage.l2_adapters)):  # type: ignore[union-attr]
+    for index in range(len(stack.engine.storage.l2_adapters)):
         wait_in_l2(stack, keys, index)
     deadline = time.monotonic() + 10
     while any(i is None or i.locked for i in l1.inspect(keys)):
@@ -76,7 +81,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def wait_in_l2(stack: Services, keys: list[ObjectKey], adapter_index: int = 0) -> None:
-    adapter = stack.engine.storage.l2_adapters[adapter_index].adapter  # type: ignore[union-attr]
+    adapter = stack.engine.storage.l2_adapters[adapter_index].adapter
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         hits = adapter.submit_lookup_and_lock(keys).result(timeout=5)
@@ -120,14 +125,14 @@ def test_info_token_bounds_select_chunks(stack: Services, url: str, capsys: pyte
 def test_info_of_a_live_request_shows_locks_and_l2(stack: Services, url: str, capsys: pytest.CaptureFixture[str]) -> None:
     keys = store_request(stack, "live", 2, end=False)
     wait_in_l2(stack, keys)
-    stack.engine.storage.l1.reserve_read([keys[0]])  # type: ignore[union-attr]
+    stack.engine.storage.l1.reserve_read([keys[0]])
     code, out, _ = run(capsys, "kvcache", "info", "live", "--url", url, "--format", "json")
     body = json.loads(out)
     assert code == 0 and body["state"] == "live"
     assert [c["locked"] for c in body["chunks"]] == [True, False]
     assert all(c["l2_adapters"] == ["0:mock", "1:mock"] or "0:mock" in c["l2_adapters"] for c in body["chunks"])
     # lookups in L2 are released at once: the keys can be deleted afterwards
-    assert stack.engine.storage.l2_adapters[0].adapter.delete(keys) == [True, True]  # type: ignore[union-attr]
+    assert stack.engine.storage.l2_adapters[0].adapter.delete(keys) == [True, True]
 
 
 def test_unknown_request_is_a_4xx_with_the_server_message(url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,7 +154,7 @@ def test_pin_keeps_chunks_against_eviction_then_unpin_releases(stack: Services, 
     keys = store_request(stack, "req-1", 2)
     code, out, _ = run(capsys, "kvcache", "pin", "req-1", "--url", url)
     assert code == 0 and "pinned 2 chunks (2.0 MiB)" in out and "until unpinned" in out
-    l1 = stack.engine.storage.l1  # type: ignore[union-attr]
+    l1 = stack.engine.storage.l1
     assert l1.evict(keys)[0] == []
     assert l1.report_status()["pinned_count"] == 2
     code, out, _ = run(capsys, "kvcache", "unpin", "req-1", "--url", url, "--format", "json")
@@ -161,7 +166,7 @@ def test_pin_with_ttl_expires(stack: Services, url: str, capsys: pytest.CaptureF
     keys = store_request(stack, "req-1", 1)
     assert run(capsys, "kvcache", "pin", "req-1", "--ttl-seconds", "30", "--url", url)[0] == 0
     stack.clock.advance(31)  # type: ignore[attr-defined]
-    assert stack.engine.storage.l1.evict(keys)[0] == keys  # type: ignore[union-attr]
+    assert stack.engine.storage.l1.evict(keys)[0] == keys
 
 
 def test_pin_beyond_capacity_is_rejected_with_exit_2(stack: Services, url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,17 +174,17 @@ def test_pin_beyond_capacity_is_rejected_with_exit_2(stack: Services, url: str, 
     code, out, _ = run(capsys, "kvcache", "pin", "big", "--url", url)
     assert code == 2
     assert out.startswith("REJECTED: ") and "less than 20% of L1 evictable" in out
-    assert stack.engine.storage.l1.pinned_count() == 0  # type: ignore[union-attr]
+    assert stack.engine.storage.l1.pinned_count() == 0
     code, out, _ = run(capsys, "kvcache", "pin", "big", "--url", url, "--format", "json")
     assert code == 2 and json.loads(out)["status"] == "rejected"
 
 
 def test_pin_of_evicted_chunks_is_rejected(stack: Services, url: str, capsys: pytest.CaptureFixture[str]) -> None:
     keys = store_request(stack, "req-1", 2)
-    stack.engine.storage.l1.evict(keys[1:])  # type: ignore[union-attr]
+    stack.engine.storage.l1.evict(keys[1:])
     code, out, _ = run(capsys, "kvcache", "pin", "req-1", "--url", url)
     assert code == 2 and "REJECTED: 1 of 2 chunks" in out
-    assert stack.engine.storage.l1.pinned_count() == 0  # type: ignore[union-attr]
+    assert stack.engine.storage.l1.pinned_count() == 0
 
 
 # ---------------------------------------------------------------------- compress
@@ -193,7 +198,7 @@ def test_compress_restores_through_a_serde_codec_and_loads_stay_raw(stack: Servi
     body = json.loads(out)
     assert body["recompressed_chunks"] == 2 and body["adapter"] == "0:mock"
     assert body["bytes_before"] > 0 and body["bytes_after"] > 0
-    adapter = stack.engine.storage.l2_adapters[0].adapter  # type: ignore[union-attr]
+    adapter = stack.engine.storage.l2_adapters[0].adapter
     buffers = [bytearray(OBJ) for _ in keys]
     assert adapter.submit_load(keys, [memoryview(b) for b in buffers]).result(timeout=5) == [True, True]
     assert [bytes(b) for b in buffers] == [bytes([i]) * OBJ for i in range(2)]
@@ -210,7 +215,7 @@ def test_compress_into_a_raw_adapter_is_rejected(stack: Services, url: str, caps
 
 
 def test_compress_with_nothing_in_l2_is_rejected(stack: Services, url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    sessions = stack.server_frontends["zmq"].sessions
+    sessions = _SESSIONS[id(stack)]
     sessions.chunk_hashes("ghost", list(range(CHUNK)), model_name="m", world_size=1)
     code, out, _ = run(capsys, "kvcache", "compress", "ghost", "--method", "zlib", "--url", url)
     assert code == 2 and "none of the 1 chunks" in out
@@ -223,10 +228,10 @@ def test_kvcache_clear_scoped(stack: Services, url: str, capsys: pytest.CaptureF
     store_request(stack, "req-1", 2)
     code, out, _ = run(capsys, "kvcache", "clear", "--model-name", "other", "--url", url)
     assert code == 0 and "model_name=other" in out
-    assert stack.engine.storage.l1.object_count() == 2  # type: ignore[union-attr]
+    assert stack.engine.storage.l1.object_count() == 2
     code, out, _ = run(capsys, "kvcache", "clear", "--url", url, "--format", "json")
     assert code == 0 and json.loads(out) == {"status": "ok"}
-    assert stack.engine.storage.l1.object_count() == 0  # type: ignore[union-attr]
+    assert stack.engine.storage.l1.object_count() == 0
 
 
 def test_status_tree_and_json(url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,7 @@ def test_a_dead_loop_turns_health_and_status_unhealthy(stack: Services, name: st
 
 
 def test_the_quota_loop_rewrites_a_deleted_state_file_and_reports_an_unwritable_one(stack: Services, tmp_path: Path) -> None:
-    quotas = stack.storage.quotas  # type: ignore[union-attr]
+    quotas = stack.storage.quotas
     quotas.set("alice", 1 << 30)
     state = tmp_path / "state" / "quotas.json"
     assert state.exists()

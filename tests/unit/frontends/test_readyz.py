@@ -15,6 +15,7 @@ from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
+from lmcache_frontends.zmq.server import loop_readiness
 
 
 @pytest.fixture
@@ -30,13 +31,13 @@ def rclient(stack: Services) -> FlaskClient:
 
 
 def test_a_healthy_stack_is_ready(stack: Services, rclient: FlaskClient) -> None:
-    used = stack.memory_pool.used_bytes  # type: ignore[union-attr]
+    used = stack.memory_pool.used_bytes
     response = rclient.get("/readyz")
     body = response.get_json()
     assert response.status_code == 200 and body["ready"] is True
     assert set(body["checks"]) == {"engine", "l1", "l2:0:mock", "controllers"}
     assert all(check["ok"] for check in body["checks"].values())
-    assert stack.memory_pool.used_bytes == used  # type: ignore[union-attr]  # the probe object was freed
+    assert stack.memory_pool.used_bytes == used  # the probe object was freed
 
 
 def test_a_starting_server_is_not_ready(stack: Services) -> None:
@@ -51,7 +52,7 @@ def test_a_starting_server_is_not_ready(stack: Services) -> None:
 def test_a_hung_adapter_fails_its_check_without_hanging_the_probe(
     stack: Services, rclient: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    adapter = stack.storage.l2_adapters[0].adapter  # type: ignore[union-attr]
+    adapter = stack.storage.l2_adapters[0].adapter
     release = threading.Event()
 
     def hang(keys: Any) -> Future[list[bool]]:
@@ -80,7 +81,7 @@ def test_a_hung_adapter_fails_its_check_without_hanging_the_probe(
 def test_an_unhealthy_adapter_and_a_full_l1_are_named(
     stack: Services, rclient: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    adapter = stack.storage.l2_adapters[0].adapter  # type: ignore[union-attr]
+    adapter = stack.storage.l2_adapters[0].adapter
     monkeypatch.setattr(adapter, "report_status", lambda: {"is_healthy": False})
     monkeypatch.setattr(stack.memory_pool, "allocate", lambda nbytes: None)
     body = rclient.get("/readyz").get_json()
@@ -89,7 +90,7 @@ def test_an_unhealthy_adapter_and_a_full_l1_are_named(
 
 
 def test_a_dead_controller_thread_is_named(stack: Services, rclient: FlaskClient) -> None:
-    stack.storage.store.stop(drain_timeout=1.0)  # type: ignore[union-attr]
+    stack.storage.store.stop(drain_timeout=1.0)
     body = rclient.get("/readyz").get_json()
     assert body["failing"] == ["controllers"]
     assert "store_controller: thread dead" in body["checks"]["controllers"]["error"]
@@ -105,10 +106,14 @@ class _FakeDataPath:
 
 
 def test_a_stuck_zeromq_loop_is_named(stack: Services, rclient: FlaskClient) -> None:
-    stack.server_frontends["zmq"] = _FakeDataPath(True, time.monotonic())
+    # The data path registers its loop check into the readiness registry when it starts.
+    fake = _FakeDataPath(True, time.monotonic())
+    stack.readiness.register("zmq", loop_readiness(fake))
     assert rclient.get("/readyz").status_code == 200
-    stack.server_frontends["zmq"] = _FakeDataPath(True, time.monotonic() - 60.0)
+    fake.loop_heartbeat = time.monotonic() - 60.0
     body = rclient.get("/readyz").get_json()
     assert body["failing"] == ["zmq"] and "socket loop last turned" in body["checks"]["zmq"]["error"]
-    stack.server_frontends["zmq"] = _FakeDataPath(False, time.monotonic())
+    fake.healthy, fake.loop_heartbeat = False, time.monotonic()
     assert rclient.get("/readyz").get_json()["failing"] == ["zmq"]
+    stack.readiness.unregister("zmq")  # a stopped data path takes its check away
+    assert rclient.get("/readyz").status_code == 200

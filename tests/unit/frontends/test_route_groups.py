@@ -16,7 +16,7 @@ from lmcache_core.errors import PluginError
 from lmcache_core.plugin import FrontendRegistry, RouteGroup
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.openapi import json_response
-from lmcache_frontends.bootstrap import Services
+from lmcache_frontends.bootstrap import Lifecycle, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import builtin_plugins, in_memory_stack
 from lmcache_sdk import hookimpl
@@ -70,7 +70,7 @@ def _app(services: Services, routes: dict[str, Any], *, only: bool = False) -> F
     registry = builtin_plugins(_Plugin(routes)).frontend_registry()
     if only:  # no built-in group at all, not even "auth": the factory still authenticates
         registry = FrontendRegistry(http_routes=dict(routes))
-    return create_app(dataclasses.replace(services, frontends=registry, _closers=[]))
+    return create_app(dataclasses.replace(services, frontends=registry, lifecycle=Lifecycle()))
 
 
 def _bearer(secret: str) -> dict[str, str]:

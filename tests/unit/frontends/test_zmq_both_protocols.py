@@ -111,7 +111,7 @@ class Stack:
         self.server: ZmqDataPathServer = self.services.frontends.servers["zmq"](self.services)
         self.server.start()
         self.services.on_close("zmq", self.server.stop)
-        self.services.engine.add_status_contributor(  # type: ignore[union-attr]
+        self.services.engine.add_status_contributor(
             "zmq", lambda: {"zmq": self.server.report_status(), "is_healthy": self.server.report_status()["is_healthy"]}
         )
         self.http = create_app(self.services).test_client()
@@ -226,7 +226,7 @@ def test_0_5_6_clear_without_force_keeps_what_a_lookup_holds(stack: Stack) -> No
     store056(c, stack, free, 2.0)
     c.value(8, key056(held, "h"), pack(1))
     assert poll(lambda: c.value(9, pack("h")) == 1)
-    l1 = stack.services.storage.l1  # type: ignore[union-attr]
+    l1 = stack.services.storage.l1
     assert l1.object_count() == 2
     assert c.value(20, pack(False)) is None
     assert l1.object_count() == 1  # the held chunk stays
