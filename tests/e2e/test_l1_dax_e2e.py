@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import torch
-from serverproc import ServerProcess, requires_reference
-from test_reference_bench import run_reference_bench
+from serverproc import ServerProcess
+from test_reference_bench import NEEDS, run_reference_bench
 
 from lmcache_adapters.testing.memory_contract import device_file
 from lmcache_frontends.cli.main import main as lmcache_main
@@ -112,15 +112,14 @@ def test_our_bench_in_pickle_mode_passes_every_checksum(
     assert server.stop() == 0
 
 
-@requires_reference
+@pytest.mark.parametrize("version", [pytest.param(v, marks=NEEDS[v]) for v in ("0.5.0", "0.5.6")])
 @pytest.mark.timeout(400)
 def test_reference_bench_server_driven_passes_every_checksum(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_server: Callable[..., ServerProcess], tmp_path: Path, version: str
 ) -> None:
     server = dax_server(start_server, tmp_path)
     report = run_reference_bench(
-        "0.5.0",
-        server, tmp_path, "--kvcache-shape-spec", "(2,256,16,4,64):bfloat16:4", "--num-tokens", "1024",
+        version, server, tmp_path, "--kvcache-shape-spec", "(2,256,16,4,64):bfloat16:4", "--num-tokens", "1024",
         "--start", "0", "--end", "12", "--transfer-mode", "lmcache_driven",
     )
     results = report["metrics"]["results"]
