@@ -46,17 +46,13 @@ from lmcache_frontends.client import LMCacheClient, RequestKey, make_key, share_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import serverproc  # noqa: E402  (the tests' launchers: one way to start the reference server)
+from timing import percentile  # noqa: E402
 
 CHUNK = 256
 BS, NH, HS, LAYERS = 16, 8, 128, 32  # fp16: 2 x 32 x 256 x 1024 x 2 B = 32 MiB per chunk
 LOOKUP_TOKENS, LOOKUP_CHUNKS = 32 * 1024, 128
 REFERENCE_VENV = serverproc.REFERENCE_VENV
 READY = re.compile(r"ready: admin (http://\S+) ")
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def free_port() -> int:
@@ -154,7 +150,7 @@ class TransferResult:
     nbytes: int
 
     def gbps(self, samples: list[float]) -> float:
-        return self.nbytes / pct(samples, 0.5) / 1e9
+        return self.nbytes / percentile(samples, 0.5) / 1e9
 
 
 def bench_transfer(server: Server, chunks: int, reps: int, kv_layout: str) -> TransferResult:
@@ -211,11 +207,11 @@ def print_transfer(results: dict[str, TransferResult], chunks: int, kv_layout: s
         for label, samples in (("STORE", r.store), ("RETRIEVE", r.retrieve)):
             rate = r.gbps(samples)
             print(f"    {label:9s} {rate:5.2f} GB/s = {rate / memcpy:.2f} x memcpy   "
-                  f"latency p50 {pct(samples, 0.5) * 1e3:7.1f} ms  p99 {pct(samples, 0.99) * 1e3:7.1f} ms")
+                  f"latency p50 {percentile(samples, 0.5) * 1e3:7.1f} ms  p99 {percentile(samples, 0.99) * 1e3:7.1f} ms")
     if len(results) == 2:
         ours, ref = results.values()
         for label, a, b in (("STORE", ours.store, ref.store), ("RETRIEVE", ours.retrieve, ref.retrieve)):
-            print(f"  {label} latency ours / reference: {pct(a, 0.5) / pct(b, 0.5):.2f}")
+            print(f"  {label} latency ours / reference: {percentile(a, 0.5) / percentile(b, 0.5):.2f}")
 
 
 # -- lookup -----------------------------------------------------------------------------------
@@ -273,7 +269,7 @@ def print_lookup(name: str, r: dict[str, list[float]]) -> None:
         note = {"make_key": " (client: list of 32k ints -> key, once per request, not in the round trips)",
                 FIRST: " (includes the client encoding the 32k tokens)",
                 "NOOP": " (an empty request: the round-trip floor)"}.get(label, "")
-        print(f"    {label:34s} p50 {pct(samples, 0.5) * 1e3:6.3f} ms   p99 {pct(samples, 0.99) * 1e3:6.3f} ms{note}")
+        print(f"    {label:34s} p50 {percentile(samples, 0.5) * 1e3:6.3f} ms   p99 {percentile(samples, 0.99) * 1e3:6.3f} ms{note}")
 
 
 def main() -> None:

@@ -41,17 +41,14 @@ from lmcache_frontends.coordinator.config import CoordinatorConfig
 from lmcache_frontends.coordinator.runtime import CoordinatorRuntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from timing import percentile  # noqa: E402
+
 from fleet_helpers import RecordedServers  # noqa: E402
 from redis_server import redis_server  # noqa: E402
 
 CHUNK = 256
 MODEL = "bench/llama-70b"
 SIZE = 2 * 80 * 8 * 128 * 2 * CHUNK  # bytes of one chunk's KV (80 layers, 8 KV heads, fp16)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def wire(inst: str, seq: int, op: str, tier: str, backend: str, shared: bool, keys: list[ObjectKey]) -> dict[str, Any]:

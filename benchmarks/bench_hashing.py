@@ -6,24 +6,12 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 from blake3 import blake3
+from timing import median_us
 
 from lmcache_core.hashing import ACCEPTED_ALGORITHMS, TokenHasher, token_bytes
-
-
-def median_us(fn: Callable[[], object], runs: int) -> float:
-    """Median wall time of `fn` in microseconds over `runs` calls (after a few warm-ups)."""
-    for _ in range(min(5, runs)):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e6
 
 
 def main() -> None:

@@ -14,9 +14,8 @@ Pure Python over BytearrayMemoryPool; bounded to a few seconds.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+
+from timing import median_us
 
 from lmcache_core.clock import SystemClock
 from lmcache_core.keys import ObjectKey
@@ -25,17 +24,6 @@ from lmcache_core.testing import BytearrayMemoryPool
 
 OBJECT_BYTES = 4096
 
-
-def median_us(fn: Callable[[], object], runs: int) -> float:
-    """Median wall time of `fn` in microseconds over `runs` calls (after a few warm-ups)."""
-    for _ in range(min(50, runs)):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e6
 
 
 def filled_l1(n: int) -> tuple[L1Manager, list[ObjectKey]]:
@@ -71,7 +59,7 @@ def main() -> None:
         l1.finish_read(keys, handles=handles)
 
     for name, fn in (("prefix", prefix), ("copy", copy), ("convert", convert)):
-        print(f"{name:8s} {args.keys} keys: {median_us(fn, args.runs):8.1f} us per batch")
+        print(f"{name:8s} {args.keys} keys: {median_us(fn, args.runs, warmups=50):8.1f} us per batch")
     assert l1.report_status()["read_locked_count"] == 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
+
+from timing import median_us
 
 from lmcache_core.clock import SystemClock
 from lmcache_core.keys import ObjectKey
@@ -15,16 +15,6 @@ from lmcache_core.testing import BytearrayMemoryPool
 OBJECT_BYTES = 256
 
 
-def median_us(fn: Callable[[], object], runs: int) -> float:
-    """Median wall time of `fn` in microseconds over `runs` calls (after a few warm-ups)."""
-    for _ in range(min(5, runs)):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e6
 
 
 def make_keys(n: int, start: int = 0) -> list[ObjectKey]:
