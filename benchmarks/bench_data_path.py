@@ -69,14 +69,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def our_server(hash_algorithm: str, l1_gb: float, transfer_threads: int) -> Iterator[Server]:
+def our_server(hash_algorithm: str, l1_gb: float, transfer_threads: int, *extra: str) -> Iterator[Server]:
     port = free_port()
-    exe = shutil.which("lmcache-server") or str(Path(sys.executable).with_name("lmcache-server"))
     sock_dir = tempfile.mkdtemp(prefix="lmc-bench-", dir="/tmp")
     ipc_path = os.path.join(sock_dir, "lmcache.sock")
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--http-port", "0", "--hash-algorithm", hash_algorithm,
-         "--l1-size-gb", str(l1_gb), "--transfer-threads", str(transfer_threads), "--ipc-path", ipc_path],
+        [*serverproc.server_command(), "--port", str(port), "--http-port", "0", "--hash-algorithm", hash_algorithm,
+         "--l1-size-gb", str(l1_gb), "--transfer-threads", str(transfer_threads), "--ipc-path", ipc_path, *extra],
         stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -31,7 +31,10 @@ from lmcache_frontends.zmq.protocol import (
     key_frame_buffer,
 )
 
-__all__ = ["EngineDrivenContext", "LMCacheClient", "RequestKey", "make_key", "share_cpu_tensor"]
+__all__ = [
+    "EngineDrivenContext", "LMCacheClient", "RequestKey", "Transfer", "record_cuda_event", "make_key",
+    "share_cpu_tensor", "share_cuda_tensor", "wait_cuda_event",
+]
 
 CPU_STUB_EVENT = b"stub_ipc_handle"
 _TOKEN_ARRAY_CACHE = 16
@@ -126,6 +129,65 @@ def share_cpu_tensor(shape: Sequence[int], dtype: torch.dtype, shm_name: str) ->
         "device_uuid": "cpu",
     }
     return tensor, _wrapper_pickle("lmcache.v1.platform.cpu.shm", "CpuShmTensorWrapper", state)
+
+
+def share_cuda_tensor(tensor: torch.Tensor) -> bytes:
+    """The Ext1 body that registers a CUDA tensor as LMCache 0.5.0's engines do (a
+    `CudaIPCWrapper` pickle around `storage._share_cuda_()`). The server opens it in its own
+    process (CUDA IPC cannot open memory in the process that exported it)."""
+    return _wrapper_pickle("lmcache.v1.multiprocess.custom_types", "CudaIPCWrapper", cuda_tensor_state(tensor))
+
+
+def cuda_tensor_state(tensor: torch.Tensor) -> dict[str, Any]:
+    """What a CUDA tensor handle carries on either wire: torch's 8-tuple IPC handle of the
+    tensor's storage, the view's geometry, and the UUID of its GPU."""
+    if tensor.device.type != "cuda":
+        raise ValueError(f"a CUDA IPC handle needs a CUDA tensor, not one on {tensor.device}")
+    return {
+        "handle": tensor.untyped_storage()._share_cuda_(),
+        "dtype": tensor.dtype,
+        "shape": tuple(tensor.shape),
+        "stride": tuple(tensor.stride()),
+        "storage_offset": int(tensor.storage_offset()),
+        "device_uuid": str(torch.cuda.get_device_properties(tensor.device).uuid),
+    }
+
+
+def record_cuda_event(device: torch.device | int | None = None) -> torch.cuda.Event:
+    """An interprocess CUDA event recorded on `device`'s current stream: what an engine passes
+    to `store_transfer`/`retrieve_transfer` so the server's copies wait for the engine's own
+    work on the blocks. The client sends its IPC handle and keeps the event alive until the
+    reply (CUDA leaves an imported event undefined once its exporter destroyed it)."""
+    event = torch.cuda.Event(interprocess=True)
+    event.record(torch.cuda.current_stream(_cuda_device(device)))
+    return event
+
+
+def wait_cuda_event(handle: bytes, device: torch.device | int | None = None) -> None:
+    """Make `device`'s current stream wait for the server's event (a STORE/RETRIEVE reply's
+    handle), then wait for that stream: the server's copies of the blocks are done."""
+    dev = _cuda_device(device)
+    torch.cuda.Event.from_ipc_handle(dev, handle).wait(torch.cuda.current_stream(dev))
+    torch.cuda.current_stream(dev).synchronize()
+
+
+def _event_handle(event: bytes | torch.cuda.Event) -> bytes:
+    return event if isinstance(event, bytes) else bytes(event.ipc_handle())
+
+
+def _cuda_device(device: torch.device | int | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", device) if isinstance(device, int) else device
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A server-driven STORE/RETRIEVE reply: the server's event handle (the client's stub echoed
+    on CPU) and whether every chunk was transferred."""
+
+    event: bytes
+    ok: bool
 
 
 def _wrapper_pickle(module: str, name: str, state: dict[str, Any]) -> bytes:
@@ -432,14 +494,27 @@ class LMCacheClient:
     def store(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
               event: bytes = CPU_STUB_EVENT) -> bool:
         """Server-driven store: the server gathers `block_ids` (one list per group) into L1."""
-        wire = self._key_frame(key, key.worker_id or 0)
-        reply = self.call(RequestType.STORE, wire, instance_id, [list(b) for b in block_ids], event)
-        return bool(reply[1])
+        return self.store_transfer(key, instance_id, block_ids, event).ok
 
     def retrieve(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
                  skip_first_n_tokens: int = 0, event: bytes = CPU_STUB_EVENT) -> bool:
         """Server-driven retrieve: the server scatters the chunks into `block_ids`."""
+        return self.retrieve_transfer(key, instance_id, block_ids, skip_first_n_tokens, event).ok
+
+    def store_transfer(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
+                       event: bytes | torch.cuda.Event = CPU_STUB_EVENT) -> Transfer:
+        """`store`, with the server's event handle: on CUDA, `event` is an interprocess event
+        recorded after the blocks were written (`record_cuda_event()`), and the blocks may be
+        overwritten once the returned event completed (`wait_cuda_event()`)."""
         wire = self._key_frame(key, key.worker_id or 0)
-        reply = self.call(RequestType.RETRIEVE, wire, instance_id, [list(b) for b in block_ids], event,
-                          skip_first_n_tokens)
-        return bool(reply[1])
+        reply = self.call(RequestType.STORE, wire, instance_id, [list(b) for b in block_ids], _event_handle(event))
+        return Transfer(bytes(reply[0]), bool(reply[1]))
+
+    def retrieve_transfer(self, key: RequestKey, instance_id: int, block_ids: Sequence[Sequence[int]],
+                          skip_first_n_tokens: int = 0, event: bytes | torch.cuda.Event = CPU_STUB_EVENT) -> Transfer:
+        """`retrieve`, with the server's event handle: on CUDA the blocks hold the chunks once
+        the returned event completed (`wait_cuda_event()`)."""
+        wire = self._key_frame(key, key.worker_id or 0)
+        reply = self.call(RequestType.RETRIEVE, wire, instance_id, [list(b) for b in block_ids],
+                          _event_handle(event), skip_first_n_tokens)
+        return Transfer(bytes(reply[0]), bool(reply[1]))

@@ -85,3 +85,113 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- an LMCache 0.5.6 client, frame by frame (docs/protocol.md section 3) -------------------------
+
+
+def pack(value: Any) -> bytes:
+    """One msgpack frame as LMCache 0.5.6 writes it (bytes as bin)."""
+    import msgpack
+
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def key056(tokens: list[int], request_id: str, *, chunk_size: int, end: int | None = None,
+           worker_id: int | None = None, readers: int = 1, model: str = "m") -> bytes:
+    """A 0.5.6 key frame (10 fields) over `tokens`, ending at the last whole chunk by default."""
+    return pack({
+        "model_name": model, "world_size": 1, "worker_id": worker_id, "token_ids": tokens, "start": 0,
+        "end": len(tokens) // chunk_size * chunk_size if end is None else end, "request_id": request_id,
+        "cache_salt": "", "request_configs": None, "num_kv_readers": readers,
+    })
+
+
+def _descriptor(body: dict[str, Any]) -> Any:
+    import msgpack
+
+    return msgpack.ExtType(1, pack(body))
+
+
+def cpu_shm_descriptor(shm_name: str, nbytes: int, shape: list[int], dtype: str = "float16") -> Any:
+    """A 0.5.6 `cpu_shm` tensor descriptor (Ext1) for a C-contiguous tensor at the start of the
+    POSIX shared-memory segment `shm_name`."""
+    stride = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        stride[i] = stride[i + 1] * shape[i + 1]
+    return _descriptor({"type": "cpu_shm", "shm_name": shm_name, "nbytes": nbytes, "version": 1, "metadata": {
+        "dtype": dtype, "shape": shape, "stride": stride, "storage_offset": 0, "device_uuid": "cpu"}})
+
+
+def cuda_descriptor(tensor: Any) -> Any:
+    """A 0.5.6 `cuda` tensor descriptor (Ext1) for a CUDA tensor: torch's IPC handle of its
+    storage, its view's geometry and its GPU's UUID, as 0.5.6's vLLM connector sends them."""
+    from lmcache_frontends.client import cuda_tensor_state
+
+    state = cuda_tensor_state(tensor)
+    return _descriptor({"type": "cuda", "version": 1, "handle": list(state.pop("handle")), "metadata": {
+        **state, "dtype": str(state["dtype"]).removeprefix("torch."), "shape": list(state["shape"]),
+        "stride": list(state["stride"])}})
+
+
+class Client056:
+    """Speaks LMCache 0.5.6 over one DEALER (its own identity), opening as 0.5.6 clients do:
+    `get_chunk_size` (ambiguous until the next message, answered as a string), then
+    `get_experimental` (decides 0.5.6)."""
+
+    def __init__(self, url: str) -> None:
+        self.raw = RawClient(url)
+        self.uid = 0
+        self._pool: Any = None
+        self.chunk_size = int(self.value(21))
+        experiments = self.value(32)
+        if experiments != []:
+            raise AssertionError(f"get_experimental answered {experiments!r}, expected []")
+
+    def key(self, tokens: list[int], request_id: str, **fields: Any) -> bytes:
+        return key056(tokens, request_id, chunk_size=self.chunk_size, **fields)
+
+    def pool(self, shm_name: str) -> Any:
+        """The shared L1 pool mapped as the engine maps it (/dev/shm/<name>, read-write)."""
+        if self._pool is None:
+            import mmap
+            import os
+
+            fd = os.open(f"/dev/shm/{shm_name}", os.O_RDWR)
+            try:
+                self._pool = mmap.mmap(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+        return self._pool
+
+    def call(self, op: int | str, *payloads: bytes, timeout_ms: int = 5000) -> bytes | None:
+        """The response frame (None when the reply has none); AssertionError on no reply or an
+        error reply."""
+        import msgpack
+
+        self.uid += 1
+        reply = self.raw.request([pack(self.uid), pack(op), *payloads], timeout_ms)
+        if reply is None:
+            raise AssertionError(f"no reply to {op}")
+        if reply[0] != pack(self.uid):
+            raise AssertionError(f"reply to another request: {reply[0]!r}")
+        if reply[1] != pack(op):
+            raise AssertionError(f"error reply to {op}: {msgpack.unpackb(reply[1])}")
+        return reply[2] if len(reply) > 2 else None
+
+    def value(self, op: int | str, *payloads: bytes) -> Any:
+        import msgpack
+
+        frame = self.call(op, *payloads)
+        return None if frame is None else msgpack.unpackb(frame)
+
+    def close(self) -> None:
+        self.raw.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> Client056:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -82,6 +82,11 @@ class KVGroup:
     def blocks_per_chunk(self) -> int:
         return self.chunk_size // self.block_size
 
+    @functools.cached_property
+    def num_blocks(self) -> int:
+        """Blocks every layer of the group has (the valid block ids are below it)."""
+        return min(int(v.shape[1]) for v in self.views)
+
     def region(self, obj: torch.Tensor) -> torch.Tensor:
         raw = obj[self.byte_offset : self.byte_offset + self.nbytes]
         return raw.view(self.dtype).view(self.kv, len(self.layers), self.chunk_size, self.num_heads * self.head_size)
@@ -174,10 +179,18 @@ class KVCacheLayout:
         }
 
     def check_block_ids(self, block_ids: Sequence[Sequence[int]], num_chunks: int) -> bool:
-        """True when every group got at least the blocks of `num_chunks` chunks."""
+        """True when every group got at least the blocks of `num_chunks` chunks, each an index of
+        a block its tensors have. Checked before any copy: on a GPU an index out of range is a
+        device-side assert that leaves the server's CUDA context unusable for every client."""
         if len(block_ids) != len(self.groups):
             return False
-        return all(len(ids) >= num_chunks * g.blocks_per_chunk for g, ids in zip(self.groups, block_ids, strict=True))
+        for g, ids in zip(self.groups, block_ids, strict=True):
+            used = ids[: num_chunks * g.blocks_per_chunk]
+            if len(used) < num_chunks * g.blocks_per_chunk:
+                return False
+            if used and (min(used) < 0 or max(used) >= g.num_blocks):
+                return False
+        return True
 
     def _index(self, ids: Sequence[int]) -> torch.Tensor:
         return torch.as_tensor(ids, dtype=torch.long, device=self.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -48,6 +49,8 @@ from lmcache_frontends.zmq.transfers import TransferSupport
 log = logging.getLogger(__name__)
 
 MAX_KV_TENSORS = 4096
+EXPORTED_EVENTS = 1024
+"""CUDA events the server keeps alive after exporting them in STORE/RETRIEVE replies."""
 
 
 def open_handle(handle: TensorHandle) -> CpuShmTensorWrapper | CudaIPCWrapper:
@@ -72,6 +75,7 @@ class ServerDrivenHandlers:
         self.data_path = registry.data_path
         self.transfers = transfers
         self.copy_pool = copy_pool
+        self._exported: deque[Any] = deque(maxlen=EXPORTED_EVENTS)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -94,6 +98,8 @@ class ServerDrivenHandlers:
                     tensor, guard = open_shared_tensor(open_handle(handle), refuse)
                 except OSError as exc:  # no such segment, a symbolic link, no permission
                     raise RequestFailed(f"cannot open the shared KV segment: {exc}") from None
+                except RuntimeError as exc:  # CUDA: no such GPU, a forged or stale IPC handle
+                    raise RequestFailed(f"cannot open the shared KV tensor: {exc}") from None
                 tensors.append(tensor)
                 if guard is not None:
                     guards.append(guard)
@@ -125,15 +131,21 @@ class ServerDrivenHandlers:
     @staticmethod
     def _wait_client_event(layout: KVCacheLayout, handle: bytes) -> None:
         if layout.device.type == "cuda" and len(handle) == 64:
-            event = torch.cuda.Event.from_ipc_handle(layout.device, handle)
+            try:
+                event = torch.cuda.Event.from_ipc_handle(layout.device, handle)
+            except RuntimeError as exc:  # a forged handle, or the engine destroyed its event
+                raise RequestFailed(f"cannot open the engine's CUDA event: {exc}") from None
             event.wait(torch.cuda.current_stream(layout.device))
 
-    @staticmethod
-    def _server_event(layout: KVCacheLayout, client_handle: bytes) -> bytes:
+    def _server_event(self, layout: KVCacheLayout, client_handle: bytes) -> bytes:
         if layout.device.type != "cuda":
             return client_handle  # the CPU stub: both sides ignore its content
         event = torch.cuda.Event(interprocess=True)
         event.record(torch.cuda.current_stream(layout.device))
+        # CUDA leaves an imported event undefined once its exporter destroyed it, and the engine
+        # opens this one after the reply: keep the last EXPORTED_EVENTS alive (an engine waits on
+        # its reply's event at once; this bounds the memory, not correctness in practice).
+        self._exported.append(event)
         return bytes(event.ipc_handle())
 
     # -- transfers --------------------------------------------------------------------------

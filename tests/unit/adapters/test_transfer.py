@@ -92,6 +92,24 @@ def test_scatter_skips_leading_blocks() -> None:
         assert torch.equal(d[:, 5:8], s[:, 5:8])
 
 
+@pytest.mark.parametrize(
+    ("ids", "ok"),
+    [
+        (list(range(8)), True),  # two chunks of 4 blocks
+        (list(range(8)) + [NB + 5], True),  # beyond the chunks asked for: not used, not checked
+        (list(range(7)), False),  # too few
+        ([0, 1, 2, 3, 4, 5, 6, NB], False),  # one past the last block
+        ([0, 1, 2, 3, -1, 5, 6, 7], False),  # negative (torch would count from the end)
+    ],
+)
+def test_block_ids_are_checked_against_the_tensors_before_any_copy(ids: list[int], ok: bool) -> None:
+    # On a GPU an out-of-range index is a device-side assert that poisons the server's CUDA
+    # context for every client: refused before any copy instead.
+    layout = KVCacheLayout(layers((2, NB, BS, NH, HS)), C)
+    assert layout.check_block_ids([ids], 2) is ok
+    assert layout.check_block_ids([ids, ids], 2) is False  # one list per group
+
+
 def test_unsupported_shapes_are_rejected() -> None:
     with pytest.raises(UnsupportedLayoutError):
         KVCacheLayout([torch.zeros(NB, NH, BS, 2 * HS)], C)

@@ -21,7 +21,9 @@ from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services, bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key
 from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.testing import RawClient
+from lmcache_frontends.testing import Client056, RawClient, pack
+from lmcache_frontends.testing import cpu_shm_descriptor as descriptor
+from lmcache_frontends.testing import key056 as base_key056
 from lmcache_frontends.zmq.server import HOUSEKEEPING_THREAD, ZmqDataPathServer
 
 CHUNK = 16
@@ -41,62 +43,8 @@ def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return False
 
 
-def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
-
-
-# -- a 0.5.6 client, frame by frame (docs/protocol.md section 3) ---------------------------------
-
-
-def key056(tokens: list[int], request_id: str, *, end: int | None = None, worker_id: int | None = None,
-           readers: int = 1, model: str = "m") -> bytes:
-    return pack({
-        "model_name": model, "world_size": 1, "worker_id": worker_id, "token_ids": tokens, "start": 0,
-        "end": len(tokens) // CHUNK * CHUNK if end is None else end, "request_id": request_id, "cache_salt": "",
-        "request_configs": None, "num_kv_readers": readers,
-    })
-
-
-class Client056:
-    """Speaks LMCache 0.5.6 over one DEALER (its own identity), opening as 0.5.6 clients do."""
-
-    def __init__(self, url: str) -> None:
-        self.raw = RawClient(url)
-        self.uid = 0
-        self._pool: Any = None
-        # get_chunk_size: ambiguous until the next message, answered as "16" (0.5.6 does int())
-        assert self.value(21) == str(CHUNK)
-        assert self.value(32) == []  # get_experimental: decides 0.5.6, advertises nothing
-
-    def pool(self, shm_name: str) -> Any:
-        """The shared L1 pool mapped as the engine maps it (/dev/shm/<name>, read-write)."""
-        if self._pool is None:
-            import mmap
-
-            fd = os.open(f"/dev/shm/{shm_name}", os.O_RDWR)
-            try:
-                self._pool = mmap.mmap(fd, os.fstat(fd).st_size)
-            finally:
-                os.close(fd)
-        return self._pool
-
-    def call(self, op: int | str, *payloads: bytes, timeout_ms: int = 5000) -> bytes | None:
-        """The response frame (None when the reply has none); AssertionError on no reply."""
-        self.uid += 1
-        reply = self.raw.request([pack(self.uid), pack(op), *payloads], timeout_ms)
-        assert reply is not None, f"no reply to {op}"
-        assert reply[0] == pack(self.uid)
-        assert reply[1] == pack(op), f"error reply: {msgpack.unpackb(reply[1])}"
-        return reply[2] if len(reply) > 2 else None
-
-    def value(self, op: int | str, *payloads: bytes) -> Any:
-        frame = self.call(op, *payloads)
-        return None if frame is None else msgpack.unpackb(frame)
-
-    def close(self) -> None:
-        self.raw.close()
-        if self._pool is not None:
-            self._pool.close()
+def key056(tokens: list[int], request_id: str, **fields: Any) -> bytes:
+    return base_key056(tokens, request_id, chunk_size=CHUNK, **fields)
 
 
 class Stack:
@@ -267,15 +215,6 @@ def test_not_supported_operations_are_answered_at_once(stack: Stack) -> None:
 
 
 # -- 0.5.6 tensor descriptors (server-driven) -----------------------------------------------------
-
-
-def descriptor(shm_name: str, nbytes: int, shape: list[int], dtype: str = "float16") -> msgpack.ExtType:
-    stride = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        stride[i] = stride[i + 1] * shape[i + 1]
-    body = {"type": "cpu_shm", "shm_name": shm_name, "nbytes": nbytes, "version": 1,
-            "metadata": {"dtype": dtype, "shape": shape, "stride": stride, "storage_offset": 0, "device_uuid": "cpu"}}
-    return msgpack.ExtType(1, pack(body))
 
 
 LAYER = [2, 8, 16, 2, 32]  # (2, NB, BS, NH, HS) fp16: 32 KiB
