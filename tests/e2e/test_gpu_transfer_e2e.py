@@ -37,6 +37,9 @@ ZMQ_RE = re.compile(r"zmq (tcp://\S+)")
 CHUNK, BLOCK = 64, 16  # 4 blocks per chunk
 NUM_BLOCKS, HEADS, HEAD_SIZE, NUM_LAYERS = 64, 4, 64, 4
 LAYER = (2, NUM_BLOCKS, BLOCK, HEADS, HEAD_SIZE)  # vLLM's flash-attention layout (NHD), fp16: 1 MiB
+HND_LAYER = (2, NUM_BLOCKS, HEADS, BLOCK, HEAD_SIZE)  # heads before tokens (`layout_hints.kv_layout`)
+# (name, per-layer shape, dtype, layout hint): the gather/scatter paths differ for HND.
+FORMATS = {"NHD-fp16": (LAYER, torch.float16, "NHD"), "HND-bf16": (HND_LAYER, torch.bfloat16, "HND")}
 CHUNKS = 3
 IID = 5
 
@@ -49,8 +52,9 @@ class Engine:
     """One engine worker: its KV layers on `device`, shared with the server over `version`'s
     wire (0.5.0: pickled wrappers; 0.5.6: descriptors), and the server-driven calls vLLM makes."""
 
-    def __init__(self, zmq_url: str, version: str, device: str) -> None:
+    def __init__(self, zmq_url: str, version: str, device: str, fmt: str = "NHD-fp16") -> None:
         self.version, self.device = version, device
+        self.shape, self.dtype, self.kv_layout = FORMATS[fmt]
         self.segments: list[str] = []
         self.cpu_handles: list[bytes] = []
         self.layers = self._allocate()
@@ -64,14 +68,14 @@ class Engine:
         if self.device == "cuda":
             # Layers 0 and 1 have storages of their own; 2 and 3 are views into one allocation
             # (non-zero storage offset, one IPC handle opened twice by the server).
-            own = [torch.zeros(LAYER, dtype=torch.float16, device="cuda") for _ in range(2)]
-            joint = torch.zeros((2, *LAYER), dtype=torch.float16, device="cuda")
+            own = [torch.zeros(self.shape, dtype=self.dtype, device="cuda") for _ in range(2)]
+            joint = torch.zeros((2, *self.shape), dtype=self.dtype, device="cuda")
             return [*own, joint[0], joint[1]]
         out = []
         for _ in range(NUM_LAYERS):
             name = f"e2e_gpu_kv_{uuid.uuid4().hex[:10]}"
             self.segments.append(name)
-            tensor, handle = share_cpu_tensor(LAYER, torch.float16, name)
+            tensor, handle = share_cpu_tensor(self.shape, self.dtype, name)
             out.append(tensor)
             self.cpu_handles.append(handle)
         return out
@@ -79,17 +83,19 @@ class Engine:
     def register(self) -> None:
         if self.c050 is not None:
             handles = [share_cuda_tensor(t) for t in self.layers] if self.device == "cuda" else self.cpu_handles
-            self.c050.register_kv_cache(IID, handles, model_name="gpu-e2e")
+            self.c050.register_kv_cache(IID, handles, model_name="gpu-e2e", layout_hints={"kv_layout": self.kv_layout})
             return
         assert self.c056 is not None
         if self.device == "cuda":
             descriptors = [cuda_descriptor(t) for t in self.layers]
         else:
-            nbytes = LAYER[0] * LAYER[1] * LAYER[2] * LAYER[3] * LAYER[4] * 2
-            descriptors = [cpu_shm_descriptor("/" + name, nbytes, list(LAYER)) for name in self.segments]
+            nbytes = self.layers[0].numel() * self.layers[0].element_size()
+            dtype = str(self.dtype).removeprefix("torch.")
+            descriptors = [cpu_shm_descriptor("/" + name, nbytes, list(self.shape), dtype) for name in self.segments]
         groups = [{"engine_group_id": 0, "layer_indices": list(range(NUM_LAYERS)), "tokens_per_block": BLOCK,
                    "sw_size_tokens": -1, "extra_object_group_tag": 0, "recurrent_state": False}]
-        assert self.c056.value(1, pack(IID), pack(descriptors), pack("gpu-e2e"), pack(1), pack("vllm"), pack({}),
+        assert self.c056.value(1, pack(IID), pack(descriptors), pack("gpu-e2e"), pack(1), pack("vllm"),
+                               pack({"kv_layout": self.kv_layout}),
                                pack(groups)) is None
 
     def event(self) -> Any:
@@ -179,11 +185,11 @@ def server(start_server: Callable[..., ServerProcess]) -> tuple[ServerProcess, s
 
 
 @pytest.fixture
-def engines(server: tuple[ServerProcess, str]) -> Iterator[Callable[[str, str], Engine]]:
+def engines(server: tuple[ServerProcess, str]) -> Iterator[Callable[..., Engine]]:
     made: list[Engine] = []
 
-    def make(version: str, device: str) -> Engine:
-        engine = Engine(server[1], version, device)
+    def make(version: str, device: str, fmt: str = "NHD-fp16") -> Engine:
+        engine = Engine(server[1], version, device, fmt)
         made.append(engine)
         return engine
 
@@ -192,10 +198,11 @@ def engines(server: tuple[ServerProcess, str]) -> Iterator[Callable[[str, str], 
         engine.close()
 
 
-def chunk_data(seed: int, blocks: int, device: str) -> torch.Tensor:
-    """Random KV for `blocks` blocks of every layer: (layers, 2, blocks, BLOCK, HEADS, HEAD_SIZE)."""
+def chunk_data(seed: int, blocks: int, engine: Engine) -> torch.Tensor:
+    """Random KV for `blocks` blocks of every layer of `engine`: (layers, 2, blocks, ...)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((NUM_LAYERS, 2, blocks, BLOCK, HEADS, HEAD_SIZE), generator=g).half().to(device)
+    shape = (NUM_LAYERS, 2, blocks, *engine.shape[2:])
+    return torch.randn(shape, generator=g).to(engine.dtype).to(engine.device)
 
 
 def write_blocks(layers: list[torch.Tensor], blocks: list[int], data: torch.Tensor) -> None:
@@ -215,13 +222,14 @@ def status(proc: ServerProcess) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_store_then_retrieve_moves_every_byte(
-    server: tuple[ServerProcess, str], engines: Callable[[str, str], Engine], version: str, device: str
+    server: tuple[ServerProcess, str], engines: Callable[..., Engine], version: str, device: str, fmt: str
 ) -> None:
     proc, _ = server
-    engine = engines(version, device)
+    engine = engines(version, device, fmt)
     engine.register()
     tokens = [31 + (version == "0.5.6")] + list(range(1000, 1000 + CHUNKS * CHUNK))
     nblocks = CHUNKS * CHUNK // BLOCK
@@ -229,7 +237,7 @@ def test_store_then_retrieve_moves_every_byte(
     # stream: the STORE goes out before that work finished, so the server must wait on the event.
     src = [7, 3, 12, 0, 30, 31, 32, 33, 20, 9, 41, 40]
     assert len(src) == nblocks
-    data = chunk_data(1, nblocks, device)
+    data = chunk_data(1, nblocks, engine)
     if device == "cuda":
         torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time ahead of the writes
     write_blocks(engine.layers, src, data)
@@ -276,7 +284,7 @@ def test_store_then_retrieve_moves_every_byte(
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("device", DEVICES)
 def test_forged_handles_fail_their_request_not_the_server(
-    server: tuple[ServerProcess, str], engines: Callable[[str, str], Engine], device: str
+    server: tuple[ServerProcess, str], engines: Callable[..., Engine], device: str
 ) -> None:
     """A forged tensor handle fails its registration, a forged event handle its transfer; the
     server (on a GPU: its CUDA context) goes on serving the honest engine exactly."""
@@ -300,7 +308,7 @@ def test_forged_handles_fail_their_request_not_the_server(
     assert honest.c050 is not None
     tokens = [77] + list(range(3000, 3000 + CHUNK))
     blocks = [0, 1, 2, 3]
-    data = chunk_data(2, len(blocks), device)
+    data = chunk_data(2, len(blocks), honest)
     write_blocks(honest.layers, blocks, data)
     key = make_key("gpu-e2e", tokens, "w", end=CHUNK, worker_id=0)
     if device == "cuda":
