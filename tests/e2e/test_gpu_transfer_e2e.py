@@ -6,6 +6,7 @@ everywhere and hold the same flow."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -168,10 +169,8 @@ class Engine:
             self.c056.close()
         self.layers.clear()
         for name in self.segments:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"/dev/shm/{name}")
-            except FileNotFoundError:
-                pass
 
 
 @pytest.fixture
