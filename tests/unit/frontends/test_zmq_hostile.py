@@ -459,7 +459,7 @@ def test_a_worker_keeps_no_frame_of_a_finished_request(stack: Stack) -> None:
         return out
 
     # The reply may reach us a moment before its worker is back waiting for work.
-    poll_until(lambda: not held(), interval=0.01, what="the workers to drop the finished request's frames")
+    poll_until(lambda: not held(), interval=0.01, what="the workers to drop the finished request's frames", detail=held)
 
 
 # --------------------------------------------------------------------------- 8. replies and logs
