@@ -17,6 +17,7 @@ import torch
 from serverproc import ServerProcess
 
 from lmcache_adapters.memory import SHM_NAME_PREFIX
+from lmcache_core.testing import poll_until
 from lmcache_frontends.client import LMCacheClient, make_key
 
 pytestmark = pytest.mark.e2e
@@ -105,9 +106,8 @@ def test_the_ready_file_names_this_server_and_goes_away_at_shutdown(
 ) -> None:
     ready = tmp_path / "ready.json"
     server = start_server("--ready-file", str(ready))
-    deadline = time.monotonic() + 10  # written just after the ready line
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Written just after the ready line, by the server process.
+    poll_until(ready.exists, timeout=10, interval=0.05, what="the ready file", detail=lambda: server.stderr)
     info = json.loads(ready.read_text())
     assert info["pid"] == server.proc.pid and info["admin_url"] == server.url
     assert info["zmq_url"].startswith("tcp://127.0.0.1:")
