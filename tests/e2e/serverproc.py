@@ -70,6 +70,7 @@ class ServerProcess:
     stderr_lines: list[str] = field(default_factory=list)
 
     def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        # Not poll_until: it blocks on the stderr queue, so each line (or the exit) wakes it at once.
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -112,6 +113,7 @@ class ServerProcess:
             remove_dead_segment(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}")
 
     def _drain_reader(self, timeout: float) -> None:
+        # Best effort, not a check: waits on the queue for the reader's end marker, gives up quietly.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
