@@ -93,9 +93,8 @@ def test_a_second_signal_stops_waiting_and_counts_what_was_not_written(start_ser
     store_four_chunks(server)
     server.proc.send_signal(signal.SIGTERM)
     server.wait_for_line(re.compile(r"writing 4 object\(s\) back to L2 first"), BUDGET_S)
-    started = time.monotonic()
+    # Exits within BUDGET_S (the wait's own timeout), where the write-back would take a minute.
     rc = send_and_wait(server, signal.SIGINT)
-    assert time.monotonic() - started < BUDGET_S
     assert_clean_exit(server, rc)
     assert "SIGINT again: already shutting down" in server.stderr
     assert "4 object(s) were not written to L2" in server.stderr
