@@ -6,12 +6,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from lmcache_core.testing import poll_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -50,16 +51,18 @@ class RedisProcess:
         if self.workdir is not None:
             args += ["--dir", str(self.workdir)]
         args += self.extra
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            if self.answers():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("redis-server did not answer PING in time")
+        proc = self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            return self.answers()
+
+        try:
+            poll_until(up, timeout=START_TIMEOUT_S, interval=0.02, what=f"redis-server on port {self.port} to answer PING")
+        except AssertionError:
+            self.stop()
+            raise
 
     def answers(self) -> bool:
         try:
@@ -134,13 +137,12 @@ class RedisCluster:
             [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def cluster_ok() -> bool:
             info = subprocess.run([REDIS_CLI, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True, timeout=10)
-            if "cluster_state:ok" in info.stdout:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("the Redis Cluster did not come up in time")
+            return "cluster_state:ok" in info.stdout
+
+        poll_until(cluster_ok, timeout=START_TIMEOUT_S, interval=0.1, what="the Redis Cluster to come up")
 
     def stop(self) -> None:
         for node in self.nodes:

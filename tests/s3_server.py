@@ -6,12 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from lmcache_core.testing import poll_until
 
 # Fake credentials: the tests must never reach real AWS, and boto3 must not look for real ones.
 FAKE_CREDENTIALS = {
@@ -52,15 +53,18 @@ def start_moto(port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"moto server exited with code {proc.returncode} before answering on {url}")
-        if _answers(url):
-            return url, proc
-        time.sleep(0.05)  # polling an external process, not waiting for one of our threads
-    stop_moto(proc)
-    raise RuntimeError(f"moto server did not answer on {url} within {START_TIMEOUT_S} s")
+        return _answers(url)
+
+    try:
+        poll_until(up, timeout=START_TIMEOUT_S, interval=0.05, what=f"moto server to answer on {url}")
+    except AssertionError:
+        stop_moto(proc)
+        raise
+    return url, proc
 
 
 def stop_moto(proc: subprocess.Popen[bytes]) -> None:
@@ -77,14 +81,9 @@ def stop_moto(proc: subprocess.Popen[bytes]) -> None:
 def restart_moto(url: str) -> subprocess.Popen[bytes]:
     """Start a fresh moto server on the same port as `url` (after `stop_moto`)."""
     port = int(url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            return start_moto(port)[1]
-        except RuntimeError:
-            # the old socket may linger for a moment; retry within the deadline
-            if time.monotonic() > deadline:
-                raise
+    # The old socket may linger for a moment: a server that exits on it is started again.
+    return poll_until(lambda: start_moto(port)[1], timeout=START_TIMEOUT_S, ignore=(RuntimeError,),
+                      what=f"a fresh moto server on port {port}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,10 @@ from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.server import AdminServer
 
 READY_RE = re.compile(r"listening on (http://\S+)")
+# A coordinator or server that is starting, restarting or catching up answers with a refused
+# connection, an error status or a body without the field yet: polls over HTTP pass
+# `ignore=NOT_YET` so those count as "not yet", and `interval=0.1` not to load what they wait for.
+NOT_YET: tuple[type[BaseException], ...] = (OSError, AssertionError, KeyError, TypeError, ValueError)
 
 
 def start_coordinator(*args: str, timeout: float = 60.0) -> ServerProcess:
@@ -58,7 +62,10 @@ def reference_coordinator(version: str, port: int) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        poll(lambda: get_json(f"{url}/healthz", timeout=1)[0] == 200, 120, f"the reference {version} coordinator")
+        poll_until(
+            lambda: get_json(f"{url}/healthz", timeout=1)[0] == 200,
+            timeout=120, what=f"the reference {version} coordinator", interval=0.1, ignore=NOT_YET,
+        )
         yield url
     finally:
         proc.terminate()
@@ -79,17 +86,6 @@ def get_json(url: str, method: str = "GET", body: Any = None, timeout: float = 5
     except urllib.error.HTTPError as err:
         raw = err.read()
         return err.code, json.loads(raw) if raw else None
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Call `check` until it returns a truthy value (a server's errors count as not yet)."""
-    return poll_until(
-        check,
-        timeout=timeout,
-        interval=interval,
-        what=what,
-        ignore=(OSError, AssertionError, KeyError, TypeError, ValueError),
-    )
 
 
 class RoundRobinProxy:

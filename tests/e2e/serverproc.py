@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from lmcache_adapters.memory import SHM_NAME_PREFIX, remove_dead_segment
+from lmcache_core.testing import poll_until
 
 READY_RE = re.compile(r"ready: admin (http://\S+) ")
 
@@ -69,6 +70,7 @@ class ServerProcess:
     stderr_lines: list[str] = field(default_factory=list)
 
     def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        # Not poll_until: it blocks on the stderr queue, so each line (or the exit) wakes it at once.
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -111,6 +113,7 @@ class ServerProcess:
             remove_dead_segment(f"/dev/shm/{SHM_NAME_PREFIX}{self.shm_name}")
 
     def _drain_reader(self, timeout: float) -> None:
+        # Best effort, not a check: waits on the queue for the reader's end marker, gives up quietly.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -182,17 +185,20 @@ def reference_server(l1_gb: float = 1.0, log_dir: Path | None = None) -> Iterato
          "--l1-size-gb", str(int(max(1, l1_gb))), "--eviction-policy", "LRU"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
+
+    def log_tail() -> str:
+        log.seek(0)
+        return log.read()[-3000:]
+
+    def healthy() -> bool:
+        if proc.poll() is not None:  # fails at once, with its log
+            raise RuntimeError(f"the reference server exited with {proc.returncode}:\n{log_tail()}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2):
+            return True
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthcheck", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"the reference server did not start:\n{log.read()[-3000:]}") from None
-                time.sleep(0.5)  # polling another process, not one of our threads
+        poll_until(healthy, timeout=180, interval=0.5, ignore=(OSError,), what="the reference server's /healthcheck",
+                   detail=log_tail)
         yield f"tcp://127.0.0.1:{zmq_port}"
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -6,8 +6,8 @@ skipped with that reason."""
 
 from __future__ import annotations
 
+import itertools
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -15,6 +15,7 @@ import pytest
 import torch
 from serverproc import reference_server, requires_reference
 
+from lmcache_core.testing import poll_until
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 
 pytestmark = [
@@ -72,18 +73,19 @@ def test_server_driven_store_and_retrieve(reference_url: str) -> None:
             for t, _ in shared:
                 t.zero_()
             # The reference finishes a server-driven store after its reply (on its own worker): under
-            # load a lookup sent at once can still miss, so ask again until it hits or 10 s pass.
-            deadline = time.monotonic() + 10
-            attempt = 0
-            while True:
-                rid = f"g{attempt}"
+            # load a lookup sent at once can still miss, so ask again (a new request each time)
+            # until both chunks hit.
+            attempts = itertools.count()
+
+            def both_hit() -> str | None:
+                rid = f"g{next(attempts)}"
                 client.lookup(make_key("ours-sd", tokens, rid, end=2 * chunk))
-                hits = client.wait_for_lookup(rid, timeout=10)
-                if hits == 2 or time.monotonic() > deadline:
-                    break
+                if client.wait_for_lookup(rid, timeout=10) == 2:
+                    return rid
                 client.end_session(rid)
-                attempt += 1
-            assert hits == 2
+                return None
+
+            rid = poll_until(both_hit, timeout=10, what="a lookup that hits both stored chunks")
             assert client.retrieve(make_key("ours-sd", tokens, rid, end=2 * chunk, worker_id=0), 9, blocks)
             n = 2 * chunk // bs
             for (t, _), o in zip(shared, originals, strict=True):

@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ from browser import (
 )
 from fleetproc import start_coordinator
 from serverproc import ServerProcess, launch, server_command
+
+from lmcache_core.testing import poll_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -291,10 +292,8 @@ def test_an_action_refused_with_403_disables_the_actions(tmp_path: Path) -> None
             assert page.is_enabled("#quota-set")
             tokens.write_text(f"ops:read:{ADMIN}\n")
             proc.proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 20
-            while call(f"{proc.url}/auth/whoami")[1]["scope"] != "read":
-                assert time.monotonic() < deadline, "the token file was not reloaded"
-                time.sleep(0.1)  # waiting for another process
+            poll_until(lambda: call(f"{proc.url}/auth/whoami")[1]["scope"] == "read", timeout=20, interval=0.1,
+                       what="the token file to be reloaded", detail=lambda: proc.stderr)
             page.fill("#quota-salt", "bob")
             page.fill("#quota-gb", "1")
             page.click("#quota-set")

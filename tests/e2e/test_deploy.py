@@ -223,6 +223,7 @@ _RUNNER = textwrap.dedent(
         except OSError as e:
             return None, str(e)
 
+    # A stdlib-only script in the pod's namespaces: it reports what it saw, and the test asserts.
     deadline = time.monotonic() + 120
     while get("/healthcheck")[0] != 200 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

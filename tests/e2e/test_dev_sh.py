@@ -45,6 +45,7 @@ class DevStart:
 
     def read_until(self, text: str, timeout: float = 120.0) -> None:
         assert self.proc.stdout is not None
+        # Not poll_until: a blocking readline of dev.sh's output, woken by each line or the exit.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()

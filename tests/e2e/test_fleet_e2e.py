@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleetproc import FakeFleetServer, RoundRobinProxy, get_json, poll, start_coordinator
+from fleetproc import NOT_YET, FakeFleetServer, RoundRobinProxy, get_json, start_coordinator
 
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from redis_server import RedisProcess, redis_cluster, redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -47,21 +48,36 @@ def test_two_coordinators_one_killed_quota_enforced_nothing_double_counted(redis
     pool_lock = threading.Lock()
     servers = [FakeFleetServer(f"srv-{i}", proxy.url, pool=pool, pool_lock=pool_lock) for i in range(3)]
     try:
-        poll(lambda: len(get_json(f"{proxy.url}/instances")[1]["instances"]) == 3, 10, "three registrations")
+        poll_until(
+            lambda: len(get_json(f"{proxy.url}/instances")[1]["instances"]) == 3,
+            timeout=10, what="three registrations", interval=0.1, ignore=NOT_YET,
+        )
         for i, server in enumerate(servers):
             server.store(keys(i, 10), SIZE)
-        poll(lambda: usage_bytes(proxy.url) == 30 * SIZE, 10, "30 MiB of shared L2 counted once")
+        poll_until(
+            lambda: usage_bytes(proxy.url) == 30 * SIZE,
+            timeout=10, what="30 MiB of shared L2 counted once", interval=0.1, ignore=NOT_YET,
+        )
         # Kill one coordinator without a goodbye; the servers keep reporting through the proxy.
         a.stop(signal.SIGKILL)
         for i, server in enumerate(servers):
             server.store(keys(10 + i, 10), SIZE)
-        poll(lambda: usage_bytes(proxy.url) == 60 * SIZE, 10, "60 MiB after the kill")
+        poll_until(
+            lambda: usage_bytes(proxy.url) == 60 * SIZE,
+            timeout=10, what="60 MiB after the kill", interval=0.1, ignore=NOT_YET,
+        )
         # A fleet quota of 40 MiB: the survivor takes the loop over and trims to 32 MiB.
         assert get_json(f"{proxy.url}/quota/t", "PUT", {"limit_gb": 40 * SIZE / GIB})[0] == 200
-        poll(lambda: usage_bytes(proxy.url) <= 32 * SIZE, 20, "usage under the quota")
+        poll_until(
+            lambda: usage_bytes(proxy.url) <= 32 * SIZE,
+            timeout=20, what="usage under the quota", interval=0.1, ignore=NOT_YET,
+        )
         with pool_lock:
             truth = sum(pool.values())
-        poll(lambda: usage_bytes(proxy.url) == truth, 10, "the coordinator's usage equals what the pool holds")
+        poll_until(
+            lambda: usage_bytes(proxy.url) == truth,
+            timeout=10, what="the coordinator's usage equals what the pool holds", interval=0.1, ignore=NOT_YET,
+        )
         assert truth == 32 * SIZE
         status = get_json(f"{b.url}/fleet/status")[1]
         assert status["eviction"]["leader"] is True
@@ -71,7 +87,10 @@ def test_two_coordinators_one_killed_quota_enforced_nothing_double_counted(redis
         assert stats["l2_count"] == 32 and stats["l1_count"] == 60
         # A server dies: its lease lapses and its L1 placements leave the directory.
         servers[0].crash()
-        poll(lambda: "srv-0" not in get_json(f"{b.url}/directory/stats")[1]["l1_keys_by_instance"], 15, "srv-0's L1 placements gone")
+        poll_until(
+            lambda: "srv-0" not in get_json(f"{b.url}/directory/stats")[1]["l1_keys_by_instance"],
+            timeout=15, what="srv-0's L1 placements gone", interval=0.1, ignore=NOT_YET,
+        )
         assert [i["instance_id"] for i in get_json(f"{b.url}/instances")[1]["instances"]] == ["srv-1", "srv-2"]
         assert get_json(f"{b.url}/directory/stats")[1]["l2_count"] == 32  # L2 outlives its reporter
     finally:
@@ -86,15 +105,27 @@ def test_redis_restart_coordinators_reconnect_and_resync(redis_proc: RedisProces
     coord = start_coordinator("--redis-url", redis_proc.url, *FAST)
     server = FakeFleetServer("srv-r", coord.url, backend="fs", shared=False)
     try:
-        poll(lambda: get_json(f"{coord.url}/instances")[1]["instances"], 10, "registration")
+        poll_until(
+            lambda: get_json(f"{coord.url}/instances")[1]["instances"],
+            timeout=10, what="registration", interval=0.1, ignore=NOT_YET,
+        )
         server.store(keys(1, 8), SIZE, l1=False)
-        poll(lambda: usage_bytes(coord.url) == 8 * SIZE, 10, "8 MiB recorded")
+        poll_until(
+            lambda: usage_bytes(coord.url) == 8 * SIZE,
+            timeout=10, what="8 MiB recorded", interval=0.1, ignore=NOT_YET,
+        )
         redis_proc.restart()  # empty again: no persistence
         # The server re-registers after a 404 heartbeat; the empty store is resynced from its listing.
-        poll(lambda: usage_bytes(coord.url) == 8 * SIZE, 20, "usage restored by the resync")
+        poll_until(
+            lambda: usage_bytes(coord.url) == 8 * SIZE,
+            timeout=20, what="usage restored by the resync", interval=0.1, ignore=NOT_YET,
+        )
         assert get_json(f"{coord.url}/fleet/status")[1]["resync"] == "done"
         server.store(keys(2, 2), SIZE, l1=False)
-        poll(lambda: usage_bytes(coord.url) == 10 * SIZE, 10, "new events after the restart")
+        poll_until(
+            lambda: usage_bytes(coord.url) == 10 * SIZE,
+            timeout=10, what="new events after the restart", interval=0.1, ignore=NOT_YET,
+        )
         assert server.client.registrations >= 2
     finally:
         server.close()
@@ -124,7 +155,10 @@ def test_a_coordinator_on_a_redis_cluster(tmp_path: Path) -> None:
         server = FakeFleetServer("srv-c", coord.url, backend="fs", shared=False)
         try:
             server.store(keys(3, 40), SIZE)
-            poll(lambda: usage_bytes(coord.url) == 40 * SIZE, 10, "40 MiB over the cluster's shards")
+            poll_until(
+                lambda: usage_bytes(coord.url) == 40 * SIZE,
+                timeout=10, what="40 MiB over the cluster's shards", interval=0.1, ignore=NOT_YET,
+            )
             assert get_json(f"{coord.url}/directory/stats")[1]["l1_keys_by_instance"] == {"srv-c": 40}
             status = get_json(f"{coord.url}/fleet/status")[1]
             assert status["store"]["address"].startswith("cluster via") and status["store"]["shards"] == 4

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleetproc import NOT_YET, get_json, reference_coordinator, start_coordinator
 from fleetproc import REFERENCE_VENVS as VENVS
-from fleetproc import get_json, poll, reference_coordinator, start_coordinator
 
 from lmcache_adapters.fleet.client import CoordinatorClient
 from lmcache_core.fleet.model import Tier
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from redis_server import RedisProcess, free_port, redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -56,7 +57,10 @@ class Reference:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=QUIET, start_new_session=True)
 
     def wait_ready(self) -> None:
-        poll(lambda: get_json(f"http://127.0.0.1:{self.http_port}/healthcheck", timeout=1)[0] == 200, 240, f"reference {self.version}")
+        poll_until(
+            lambda: get_json(f"http://127.0.0.1:{self.http_port}/healthcheck", timeout=1)[0] == 200,
+            timeout=240, what=f"reference {self.version}", interval=0.1, ignore=NOT_YET,
+        )
 
     def bench(self) -> None:
         result = subprocess.run(
@@ -93,10 +97,9 @@ def test_reference_servers_register_and_report_to_our_coordinator(redis_proc: Re
             ref.start()
         for ref in refs:
             ref.wait_ready()
-        ports = poll(
+        ports = poll_until(
             lambda: (lambda got: got if len(got) == 2 else None)({i["http_port"]: i["instance_id"] for i in get_json(f"{coord.url}/instances")[1]["instances"]}),
-            30,
-            "both reference servers registered",
+            timeout=30, what="both reference servers registered", interval=0.1, ignore=NOT_YET,
         )
         for ref in refs:
             ref.bench()
@@ -107,7 +110,7 @@ def test_reference_servers_register_and_report_to_our_coordinator(redis_proc: Re
             got = {v: inst[i]["events_applied"] for v, i in by_version.items()}
             return got if all(got.values()) else None
 
-        counts = poll(counted, 30, "events of both servers counted")
+        counts = poll_until(counted, timeout=30, what="events of both servers counted", interval=0.1, ignore=NOT_YET)
         assert counts["0.5.0"] > 0 and counts["0.5.6"] > 0
         stats = get_json(f"{coord.url}/directory/stats")[1]
         assert stats["l1_keys_by_instance"].get(by_version["0.5.6"], 0) > 0  # 0.5.6 reports L1
@@ -117,7 +120,10 @@ def test_reference_servers_register_and_report_to_our_coordinator(redis_proc: Re
         assert declared["declared_capacity"] is True
         # A fleet quota of zero on the default salt: both servers get deletes they act on.
         assert get_json(f"{coord.url}/quota/_default", "PUT", {"limit_gb": 0})[0] == 200
-        poll(lambda: get_json(f"{coord.url}/quota/_default")[1]["usage_gb"] == 0, 30, "the reference servers' L2 emptied")
+        poll_until(
+            lambda: get_json(f"{coord.url}/quota/_default")[1]["usage_gb"] == 0,
+            timeout=30, what="the reference servers' L2 emptied", interval=0.1, ignore=NOT_YET,
+        )
     finally:
         for ref in refs:
             ref.stop()
@@ -136,13 +142,25 @@ def test_our_client_reports_to_the_reference_coordinator(version: str) -> None:
             client.events.store(Tier.L1, "dram", [key], [4096])
             client.events.store(Tier.L2, "fs", [key], [4096])
             client.start()
-            poll(lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == ["ours"], 10, "registration")
+            poll_until(
+                lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == ["ours"],
+                timeout=10, what="registration", interval=0.1, ignore=NOT_YET,
+            )
             if version == "0.5.6":
-                poll(lambda: get_json(f"{url}/directory/stats")[1]["num_placements"] == 2, 10, "L1 and L2 placements")
+                poll_until(
+                    lambda: get_json(f"{url}/directory/stats")[1]["num_placements"] == 2,
+                    timeout=10, what="L1 and L2 placements", interval=0.1, ignore=NOT_YET,
+                )
             else:
-                poll(lambda: get_json(f"{url}/l2/status")[1]["total_gb"] > 0, 10, "L2 usage")
+                poll_until(
+                    lambda: get_json(f"{url}/l2/status")[1]["total_gb"] > 0,
+                    timeout=10, what="L2 usage", interval=0.1, ignore=NOT_YET,
+                )
                 assert client.legacy
             client.stop()
-            poll(lambda: get_json(f"{url}/instances")[1]["instances"] == [], 10, "deregistration")
+            poll_until(
+                lambda: get_json(f"{url}/instances")[1]["instances"] == [],
+                timeout=10, what="deregistration", interval=0.1, ignore=NOT_YET,
+            )
         finally:
             client.stop()

@@ -20,15 +20,16 @@ from typing import Any
 import pytest
 import torch
 from fleetproc import (
+    NOT_YET,
     REFERENCE_VENVS,
     RoundRobinProxy,
     get_json,
-    poll,
     reference_coordinator,
     start_coordinator,
 )
 from serverproc import READY_RE, START_TIMEOUT_S, ServerProcess, launch
 
+from lmcache_core.testing import poll_until
 from lmcache_frontends.client import LMCacheClient, make_key
 from redis_server import RedisProcess, free_port, redis_server
 from s3_server import MotoServer, moto_server
@@ -176,22 +177,40 @@ def test_three_servers_two_coordinators_one_redis_one_bucket(redis_proc: RedisPr
     try:
         members = start_members(3, "--l2-adapter", s3, "--coordinator-url", proxy.url, *FAST_MEMBER)
         ids = {m.instance_id() for m in members}
-        poll(lambda: {i["instance_id"] for i in get_json(f"{proxy.url}/instances")[1]["instances"]} == ids, 15, "three registrations")
+        poll_until(
+            lambda: {i["instance_id"] for i in get_json(f"{proxy.url}/instances")[1]["instances"]} == ids,
+            timeout=15, what="three registrations", interval=0.1, ignore=NOT_YET,
+        )
         # Stores, one server after the other (the first server's keys are the coldest).
         for n, member in enumerate(members[:2]):
             for p in range(PROMPTS_PER_SERVER):
                 member.store(100 * n + p + 1)
-            poll(member.write_back_idle, 20, "the write-back to the bucket")
-            poll(lambda m=member: matches_the_bucket(proxy.url, m), 15, "the directory's L2 equals the bucket")
+            poll_until(
+                member.write_back_idle,
+                timeout=20, what="the write-back to the bucket", interval=0.1, ignore=NOT_YET,
+            )
+            poll_until(
+                lambda m=member: matches_the_bucket(proxy.url, m),
+                timeout=15, what="the directory's L2 equals the bucket", interval=0.1, ignore=NOT_YET,
+            )
         # A coordinator dies without a goodbye; the other carries on behind the same URL.
         a.stop(signal.SIGKILL)
         for p in range(PROMPTS_PER_SERVER):
             members[2].store(200 + p + 1)
-        poll(members[2].write_back_idle, 20, "the third server's write-back")
-        poll(lambda: matches_the_bucket(b.url, members[0]), 15, "nothing double-counted after the kill")
+        poll_until(
+            members[2].write_back_idle,
+            timeout=20, what="the third server's write-back", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(
+            lambda: matches_the_bucket(b.url, members[0]),
+            timeout=15, what="nothing double-counted after the kill", interval=0.1, ignore=NOT_YET,
+        )
         stored_chunks = 3 * PROMPTS_PER_SERVER * CHUNKS_PER_PROMPT
         assert len(bucket_keys(members[1])) == stored_chunks
-        poll(lambda: l1_matches(b.url, members), 15, "each server's L1 placements equal its L1 objects")
+        poll_until(
+            lambda: l1_matches(b.url, members),
+            timeout=15, what="each server's L1 placements equal its L1 objects", interval=0.1, ignore=NOT_YET,
+        )
         # Routing scores agree with what each server holds: its own prompts in L1, everyone's in the shared L2.
         for member in members:
             for tokens in member.prompts:
@@ -206,8 +225,14 @@ def test_three_servers_two_coordinators_one_redis_one_bucket(redis_proc: RedisPr
         limit_chunks = stored_chunks - 4
         assert get_json(f"{b.url}/quota/{SALT}", "PUT", {"limit_gb": limit_chunks * object_bytes / GIB})[0] == 200
         left_before = bucket_keys(members[0])
-        poll(lambda: len(bucket_keys(members[0])) <= int(0.8 * limit_chunks), 30, "the bucket trimmed under the quota")
-        poll(lambda: matches_the_bucket(b.url, members[2]), 15, "usage and directory follow the delete events")
+        poll_until(
+            lambda: len(bucket_keys(members[0])) <= int(0.8 * limit_chunks),
+            timeout=30, what="the bucket trimmed under the quota", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(
+            lambda: matches_the_bucket(b.url, members[2]),
+            timeout=15, what="usage and directory follow the delete events", interval=0.1, ignore=NOT_YET,
+        )
         # The excess was exactly the first server's chunks, the least recently used.
         first_server = {h for tokens in members[0].prompts for h in directory_hashes(b.url, tokens)}
         assert len(first_server) == PROMPTS_PER_SERVER * CHUNKS_PER_PROMPT
@@ -216,22 +241,45 @@ def test_three_servers_two_coordinators_one_redis_one_bucket(redis_proc: RedisPr
         # Redis restarts empty: the survivor reconnects, the servers register again on their next
         # heartbeat, and the store is resynced from their listings of the bucket (listed once).
         redis_proc.restart()
-        poll(lambda: len(get_json(f"{b.url}/instances")[1]["instances"]) == 3, 20, "registrations after the restart")
-        poll(lambda: matches_the_bucket(b.url, members[2], sizes_reported=False), 30, "the bucket resynced after the Redis restart")
-        poll(lambda: get_json(f"{b.url}/fleet/status")[1]["resync"] == "done", 15, "the resync marked done")
-        poll(lambda: matches_the_bucket(b.url, members[2], sizes_reported=False), 15, "the directory after the resync")
+        poll_until(
+            lambda: len(get_json(f"{b.url}/instances")[1]["instances"]) == 3,
+            timeout=20, what="registrations after the restart", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(
+            lambda: matches_the_bucket(b.url, members[2], sizes_reported=False),
+            timeout=30, what="the bucket resynced after the Redis restart", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(
+            lambda: get_json(f"{b.url}/fleet/status")[1]["resync"] == "done",
+            timeout=15, what="the resync marked done", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(
+            lambda: matches_the_bucket(b.url, members[2], sizes_reported=False),
+            timeout=15, what="the directory after the resync", interval=0.1, ignore=NOT_YET,
+        )
         # A server killed with SIGKILL: its lease lapses and its L1 placements leave the directory.
         # (L1 placements lost with Redis come back with each server's next stores.)
         victim = members[1].instance_id()
         members[1].store(150)
-        poll(lambda: get_json(f"{b.url}/directory/stats")[1]["l1_keys_by_instance"].get(victim) == CHUNKS_PER_PROMPT, 15,
-             "the new L1 placements after the restart")
-        poll(members[1].write_back_idle, 20, "its write-back")
-        poll(lambda: matches_the_bucket(b.url, members[2], sizes_reported=False), 15, "its L2 stores reported")
+        poll_until(
+            lambda: get_json(f"{b.url}/directory/stats")[1]["l1_keys_by_instance"].get(victim) == CHUNKS_PER_PROMPT,
+            timeout=15, what="the new L1 placements after the restart", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(members[1].write_back_idle, timeout=20, what="its write-back", interval=0.1, ignore=NOT_YET)
+        poll_until(
+            lambda: matches_the_bucket(b.url, members[2], sizes_reported=False),
+            timeout=15, what="its L2 stores reported", interval=0.1, ignore=NOT_YET,
+        )
         members[1].proc.stop(signal.SIGKILL)
-        poll(lambda: victim not in get_json(f"{b.url}/directory/stats")[1]["l1_keys_by_instance"], 15, "the dead server's L1 placements gone")
+        poll_until(
+            lambda: victim not in get_json(f"{b.url}/directory/stats")[1]["l1_keys_by_instance"],
+            timeout=15, what="the dead server's L1 placements gone", interval=0.1, ignore=NOT_YET,
+        )
         assert victim not in {i["instance_id"] for i in get_json(f"{b.url}/instances")[1]["instances"]}
-        poll(lambda: matches_the_bucket(b.url, members[2], sizes_reported=False), 15, "the shared L2 outlives the dead server")
+        poll_until(
+            lambda: matches_the_bucket(b.url, members[2], sizes_reported=False),
+            timeout=15, what="the shared L2 outlives the dead server", interval=0.1, ignore=NOT_YET,
+        )
         # A clean stop deregisters at once.
         survivor = members[2].instance_id()
         assert members[2].proc.stop(signal.SIGTERM) == 0
@@ -256,15 +304,27 @@ def test_a_server_with_its_coordinator_down_serves_on_and_joins_when_it_comes_up
     server = start_server("--coordinator-url", f"http://127.0.0.1:{port}", "--coordinator-max-buffered-events", "2", *FAST_MEMBER)
     member = Member(server)
     member.store(7)  # 4 L1 stores into a buffer of 2: two dropped, the store itself unharmed
-    node = poll(lambda: (n := member.status()["coordinator"])["failed_calls"] and n, 10, "failed calls counted")
+    node = poll_until(
+        lambda: (n := member.status()["coordinator"])["failed_calls"] and n,
+        timeout=10, what="failed calls counted", interval=0.1, ignore=NOT_YET,
+    )
     assert node["registered"] is False and node["dropped_events"] == 2 and node["buffered_events"] == 2
     assert node["is_healthy"] and member.status()["is_healthy"] and member.l1_objects() == CHUNKS_PER_PROMPT
-    metrics = poll(lambda: (t := get_json_text(f"{member.url}/metrics")) and "lmcache_mp_coordinator_failed_calls_total" in t and t, 5, "metrics")
+    metrics = poll_until(
+        lambda: (t := get_json_text(f"{member.url}/metrics")) and "lmcache_mp_coordinator_failed_calls_total" in t and t,
+        timeout=5, what="metrics", interval=0.1, ignore=NOT_YET,
+    )
     assert "lmcache_mp_coordinator_registered 0.0" in metrics
     coordinator = start_coordinator("--port", str(port), *FAST_COORD)
     try:
-        poll(lambda: [i["instance_id"] for i in get_json(f"{coordinator.url}/instances")[1]["instances"]] == [member.instance_id()], 15, "the late registration")
-        poll(lambda: member.status()["coordinator"]["buffered_events"] == 0, 10, "the buffer flushed")
+        poll_until(
+            lambda: [i["instance_id"] for i in get_json(f"{coordinator.url}/instances")[1]["instances"]] == [member.instance_id()],
+            timeout=15, what="the late registration", interval=0.1, ignore=NOT_YET,
+        )
+        poll_until(
+            lambda: member.status()["coordinator"]["buffered_events"] == 0,
+            timeout=10, what="the buffer flushed", interval=0.1, ignore=NOT_YET,
+        )
         assert member.status()["coordinator"]["registered"] is True
     finally:
         server.terminate()
@@ -286,13 +346,22 @@ def test_our_server_joins_the_reference_coordinator(version: str, start_server: 
     with reference_coordinator(version, free_port()) as url:
         server = start_server("--l2-adapter", '{"type": "mock"}', "--coordinator-url", url, *FAST_MEMBER)
         member = Member(server)
-        poll(lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == [member.instance_id()], 15, "registration")
+        poll_until(
+            lambda: [i["instance_id"] for i in get_json(f"{url}/instances")[1]["instances"]] == [member.instance_id()],
+            timeout=15, what="registration", interval=0.1, ignore=NOT_YET,
+        )
         member.store(11)
         if version == "0.5.6":
-            stats = poll(lambda: (s := get_json(f"{url}/directory/stats")[1])["l2_count"] == CHUNKS_PER_PROMPT and s, 15, "L1 and L2 placements")
+            stats = poll_until(
+                lambda: (s := get_json(f"{url}/directory/stats")[1])["l2_count"] == CHUNKS_PER_PROMPT and s,
+                timeout=15, what="L1 and L2 placements", interval=0.1, ignore=NOT_YET,
+            )
             assert stats["l1_count"] == CHUNKS_PER_PROMPT
         else:
-            poll(lambda: get_json(f"{url}/l2/status")[1]["total_gb"] > 0, 15, "L2 usage")
+            poll_until(
+                lambda: get_json(f"{url}/l2/status")[1]["total_gb"] > 0,
+                timeout=15, what="L2 usage", interval=0.1, ignore=NOT_YET,
+            )
             assert member.status()["coordinator"]["legacy_coordinator"] is True
         assert member.status()["coordinator"]["failed_calls"] == 0
         assert server.stop(signal.SIGTERM) == 0

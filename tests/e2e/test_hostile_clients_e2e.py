@@ -20,6 +20,7 @@ import torch
 from serverproc import READY_RE, ServerProcess
 
 from lmcache_adapters.memory.faultguard import native_guard
+from lmcache_core.testing import poll_until
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
 from lmcache_frontends.zmq.protocol import RequestType, key_to_wire
 
@@ -94,10 +95,12 @@ def pool_recoveries(status: dict[str, Any]) -> int:
 
 
 def wait_for_recoveries(server: Running, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while pool_recoveries(server.status()) < count:
-        assert time.monotonic() < deadline and server.alive(), server.proc.stderr
-        time.sleep(0.05)
+    def recovered() -> bool:
+        assert server.alive(), server.proc.stderr  # a dead server fails at once, not after the timeout
+        return pool_recoveries(server.status()) >= count
+
+    poll_until(recovered, timeout=30, interval=0.05, what=f"{count} pool truncation recoveries",
+               detail=lambda: server.proc.stderr)
 
 
 @pytest.mark.timeout(120)
@@ -184,10 +187,7 @@ def test_a_truncated_pool_under_the_l2_write_back_is_recovered(run: Callable[...
         assert len(reply["context"]["slots"]) == 4
         # Committed unwritten: the write-back to L2 reads the cut pool on its own thread.
         client.call(RequestType.COMMIT_STORE, key, 1, b"")
-        deadline = time.monotonic() + 30
-        while pool_recoveries(server.status()) < 1:
-            assert time.monotonic() < deadline and server.alive(), server.proc.stderr
-            time.sleep(0.1)
+        wait_for_recoveries(server, 1)
         assert client.noop() == "OK" and server.alive()
     assert server.proc.stop() == 0
 

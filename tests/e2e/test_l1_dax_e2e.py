@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from serverproc import ServerProcess
 from test_reference_bench import NEEDS, run_reference_bench
 
 from lmcache_adapters.testing.memory_contract import device_file
+from lmcache_core.testing import poll_until
 from lmcache_frontends.cli.main import main as lmcache_main
 from lmcache_frontends.client import LMCacheClient, make_key
 
@@ -58,10 +58,8 @@ def test_arenas_are_added_listed_and_drained_on_a_running_server(
 ) -> None:
     ready = tmp_path / "ready.json"
     server = dax_server(start_server, tmp_path, "--ready-file", str(ready))
-    deadline = time.monotonic() + 10
-    while not ready.exists():  # written just after the ready line, by the server process
-        assert time.monotonic() < deadline, "no ready file"
-        time.sleep(0.05)
+    # Written just after the ready line, by the server process.
+    poll_until(ready.exists, timeout=10, interval=0.05, what="the ready file", detail=lambda: server.stderr)
     info = json.loads(ready.read_text())
     assert info["l1_shm_name"] == "" and info["l1_capacity_bytes"] == 32 * MiB
     b = device_file(tmp_path / "b.img", 32 * MiB)

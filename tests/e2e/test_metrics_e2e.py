@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from collections.abc import Callable
 from email.message import Message
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +17,7 @@ from serverproc import ServerProcess
 
 from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.results import OpResult
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.server import AdminServer
 from lmcache_frontends.cli.bench import FILL_TOKEN, model_name_for
@@ -179,12 +180,12 @@ def test_data_path_counters_agree_with_a_bench_run_and_an_l2_replay(
 
     # Evictions: the L1 counter and the eviction controller's own total agree (read between two
     # equal /status snapshots, as the eviction thread may run meanwhile).
-    deadline = time.monotonic() + 10.0
-    while True:
+    def steady() -> tuple[float, dict[str, Any]] | None:
         before = json.loads(fetch(server.url + "/status")[2])["storage_manager"]["eviction_controller"]
         evicted = total(parse(fetch(server.url + "/metrics")[2]), "lmcache_mp_l1_chunks_evicted_total")
         again = json.loads(fetch(server.url + "/status")[2])["storage_manager"]["eviction_controller"]
-        if before["evicted_objects_total"] == again["evicted_objects_total"] or time.monotonic() > deadline:
-            break
+        return (evicted, again) if before["evicted_objects_total"] == again["evicted_objects_total"] else None
+
+    evicted, again = poll_until(steady, timeout=10.0, what="two equal eviction totals around a /metrics read")
     assert evicted == again["evicted_objects_total"] > 0
     assert server.stop() == 0

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
 from serverproc import ServerProcess, server_command
+
+from lmcache_core.testing import poll_until
 
 ADMIN_SECRET = "e2e-admin-0123456789abcdef"
 OLD_SECRET = "e2e-old-token-0123456789"
@@ -58,10 +59,8 @@ def test_sighup_rotates_tokens_and_calls_are_audited(
 
     tokens.write_text(f"new:admin:{NEW_SECRET}\n")
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10.0
-    while _status(url, NEW_SECRET) != 200:
-        assert time.monotonic() < deadline, server.stderr
-        time.sleep(0.05)
+    poll_until(lambda: _status(url, NEW_SECRET) == 200, timeout=10.0, interval=0.05,
+               what="the new token after SIGHUP", detail=lambda: server.stderr)
     assert _status(url, OLD_SECRET) == 401
     assert _status(url, ADMIN_SECRET) == 200
 

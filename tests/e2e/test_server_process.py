@@ -6,7 +6,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
@@ -45,9 +44,8 @@ def test_serves_the_admin_api_and_stops_cleanly_on_sigterm(server_process: Serve
     missing = requests.get(f"{url}/nope", timeout=5)
     assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
 
-    started = time.monotonic()
+    # Exits within SHUTDOWN_BUDGET_S: stop() waits that long and raises TimeoutExpired after.
     assert server_process.stop(signal.SIGTERM, timeout=SHUTDOWN_BUDGET_S) == 0
-    assert time.monotonic() - started < SHUTDOWN_BUDGET_S
     assert "Traceback" not in server_process.stderr
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthcheck", timeout=2)

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from lmcache_core.testing import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lmcache-adapter-sqlite"
@@ -78,18 +80,14 @@ def test_the_server_uses_the_installed_adapter(installed: Path, tmp_path: Path, 
         text=True,
     )
     try:
-        status = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
+
+        def answered() -> Any:
+            if proc.poll() is not None:  # fails at once, with what the server said
                 raise AssertionError(f"server exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=2) as resp:
-                    status = json.load(resp)
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert status is not None, "server never answered /status"
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=2) as resp:
+                return json.load(resp)
+
+        status = poll_until(answered, timeout=60, interval=0.2, ignore=(OSError,), what="the server to answer /status")
         adapters = status["storage_manager"]["l2_adapters"]
         (report,) = adapters
         assert report["kind"] == "sqlite" and report["is_healthy"] is True

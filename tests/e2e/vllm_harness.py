@@ -200,6 +200,8 @@ class VllmProcess:
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> float:
         """Seconds until /health answered; raises with the log tail if vLLM died or never came up."""
+        # Not poll_until: the deadline counts from the launch, the result is the start-up time the
+        # report prints, and each of the three ways to fail has its own message.
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

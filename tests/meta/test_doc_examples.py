@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from flask.testing import FlaskClient
 
 from lmcache_adapters.l2.dax import SUPERBLOCK_BYTES
 from lmcache_core.keys import ObjectKey
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services
 from lmcache_frontends.config import ServerConfig
@@ -181,12 +181,12 @@ def _submit_prefetch(s: Server) -> Any:
 
 def _poll_prefetch(s: Server) -> Any:
     request_id = _submit_prefetch(s).get_json()["request_id"]
-    deadline = time.monotonic() + 10
-    while True:
+
+    def finished() -> Any:
         response = s.client.get(f"/cache/prefetches/{request_id}")
-        if response.get_json()["status"] != "pending" or time.monotonic() > deadline:
-            return response
-        time.sleep(0.01)
+        return None if response.get_json()["status"] == "pending" else response
+
+    return poll_until(finished, timeout=10, interval=0.01, what="the documented prefetch to finish")
 
 
 def _audit_events(s: Server) -> Any:

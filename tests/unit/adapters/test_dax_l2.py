@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from lmcache_adapters.l2.dax import (
 from lmcache_adapters.memory import devices as devices_module
 from lmcache_core.errors import ConfigError, ConflictError, ForbiddenOperationError, NotFoundError
 from lmcache_core.keys import ObjectKey, kv_rank_for
+from lmcache_core.testing import poll_until
 
 SLOT = 8192
 TIMEOUT = 10.0
@@ -633,10 +633,8 @@ def test_a_store_in_flight_into_the_device_when_a_migration_starts_is_migrated(
     future = adapter.submit_store([key(42)], [memoryview(data)])  # empty devices: most_free picks dax0
     assert entered.wait(TIMEOUT)
     t, out = run_in_thread(lambda: adapter.apply_reconfiguration("remove", {"device_path": str(paths[0])}))
-    deadline = time.monotonic() + TIMEOUT
-    while device(adapter, paths[0])["state"] != "migrating" and time.monotonic() < deadline:
-        time.sleep(0.001)  # polling the state with a deadline, not waiting for a thread blindly
-    assert device(adapter, paths[0])["state"] == "migrating"
+    poll_until(lambda: device(adapter, paths[0])["state"] == "migrating", timeout=TIMEOUT, interval=0.001,
+               what="dax0 to start migrating")
     release.set()
     assert future.result(timeout=TIMEOUT) == [True]
     t.join(TIMEOUT)

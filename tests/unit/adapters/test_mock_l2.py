@@ -340,8 +340,10 @@ def test_real_bandwidth_delay_is_proportional_and_off_the_caller() -> None:
     try:
         t0 = time.monotonic()
         future = a.submit_store([make_key(1)], [memoryview(bytearray(1_000_000))])
-        submit_cost = time.monotonic() - t0
-        assert submit_cost < 0.05
+        # Off the caller: the submit returned while the 0.1 s transfer was still running (a state
+        # check rather than a bound of half the transfer time on the submit; which thread sleeps is
+        # checked exactly by test_bandwidth_delay_runs_on_a_worker_thread).
+        assert not future.done()
         assert result(future) == [True]
         assert time.monotonic() - t0 >= 0.095
     finally:

@@ -508,7 +508,7 @@ def test_close_stops_the_background_prefault_thread(suffix: str) -> None:
     thread = p._prefault_thread
     started = time.monotonic()
     p.close()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 5  # the bound under test: close interrupts, not its 30 s join
     assert thread is None or not thread.is_alive()
     assert not os.path.exists(p.shm_path)
 

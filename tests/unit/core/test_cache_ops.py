@@ -3,7 +3,6 @@ clears, checksums over registered KV caches, warm prefetches from L2, runtime re
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,13 +329,13 @@ def prompt_keys(tokens: list[int], world_size: int = 1, salt: str = "") -> list[
 
 
 def poll(service: WarmPrefetchService, request_id: str) -> Any:
-    status = service.status(request_id)
-    deadline = time.monotonic() + 5
-    while status.state == PENDING:
-        assert time.monotonic() < deadline, "the warm prefetch never completed"
-        time.sleep(0.002)
+    """The job's status once it is no longer pending (the read that sees it done also forgets it)."""
+
+    def done() -> Any:
         status = service.status(request_id)
-    return status
+        return None if status.state == PENDING else status
+
+    return poll_until(done, interval=0.002, what=f"warm prefetch {request_id} to complete")
 
 
 def test_warm_prefetch_loads_every_l2_hit_and_keeps_it_in_l1_unlocked(stack: Any) -> None:

@@ -5,7 +5,6 @@ engine starts. (Status codes and body shapes against the 0.5.6 reference: tests/
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,11 +139,12 @@ def test_warm_prefetch_through_the_routes(stack: Services, client: FlaskClient, 
     reply = client.post("/cache/prefetches", json={"model_name": "m", "world_size": 1, "token_ids": tokens}, headers=bearer(ADMIN_SECRET))
     assert reply.status_code == 202
     request_id = reply.get_json()["request_id"]
-    poll = {"status": "pending"}
-    deadline = time.monotonic() + 5
-    while poll["status"] == "pending":
-        assert time.monotonic() < deadline
-        poll = client.get(f"/cache/prefetches/{request_id}", headers=bearer(READ_SECRET)).get_json()
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/cache/prefetches/{request_id}", headers=bearer(READ_SECRET)).get_json()
+        return None if body["status"] == "pending" else body
+
+    poll = poll_until(finished, what="the warm prefetch to finish")
     assert poll == {"request_id": request_id, "status": "completed", "found_keys": 2, "total_keys": 2}
     assert all(stack.storage.l1.is_readable(k) for k in keys)
     assert client.get(f"/cache/prefetches/{request_id}", headers=bearer(READ_SECRET)).status_code == 404

@@ -4,13 +4,13 @@ against a real Waitress admin server over the in-memory stack."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.sessions import SessionManager
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.admin.server import AdminServer
 from lmcache_frontends.bootstrap import Services
@@ -65,10 +65,8 @@ def store_request(stack: Services, request_id: str, nchunks: int, *, end: bool =
     # The write-back to L2 read-locks the chunks for a moment; wait until it let them go.
     for index in range(len(stack.engine.storage.l2_adapters)):
         wait_in_l2(stack, keys, index)
-    deadline = time.monotonic() + 10
-    while any(i is None or i.locked for i in l1.inspect(keys)):
-        assert time.monotonic() < deadline, "write-back kept the chunks locked"
-        time.sleep(0.01)
+    poll_until(lambda: not any(i is None or i.locked for i in l1.inspect(keys)), timeout=10,
+               what="the write-back to let the chunks go")
     if end:
         sessions.end(request_id)
     return keys
@@ -82,14 +80,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def wait_in_l2(stack: Services, keys: list[ObjectKey], adapter_index: int = 0) -> None:
     adapter = stack.engine.storage.l2_adapters[adapter_index].adapter
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def all_in_l2() -> bool:
         hits = adapter.submit_lookup_and_lock(keys).result(timeout=5)
         adapter.unlock([k for k, h in zip(keys, hits, strict=True) if h])
-        if all(hits):
-            return
-        time.sleep(0.02)
-    raise AssertionError("write-back to L2 did not finish")
+        return all(hits)
+
+    poll_until(all_in_l2, timeout=10, interval=0.02, what=f"the write-back to L2 #{adapter_index} to finish")
 
 
 def widths_ok(text: str) -> bool:

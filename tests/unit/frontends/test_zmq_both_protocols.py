@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_core.oplog import LOGGER_NAME
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import Services, bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key
@@ -34,13 +34,7 @@ class _Killed(BaseException):
     """Escapes a periodic thread's `except Exception`: the thread dies."""
 
 
-def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+WAIT = 10.0  # a bound on a failing poll only: a passing one returns as soon as its check holds
 
 
 def key056(tokens: list[int], request_id: str, **fields: Any) -> bytes:
@@ -134,7 +128,7 @@ def test_both_versions_share_one_cache_and_are_counted_per_protocol(stack: Stack
     assert got is not None and all(bool((t == 7.0).all()) for t in got)
     # ... and the other way round: 0.5.6 looks up and holds what is there.
     assert new.value(8, key056(tokens, "r-new"), pack(1)) is None
-    assert poll(lambda: new.value(9, pack("r-new")) == 3)
+    poll_until(lambda: new.value(9, pack("r-new")) == 3, timeout=WAIT, what="the 0.5.6 lookup to hold 3 chunks")
     status = stack.server.report_status()
     assert status["protocol"] == "auto"
     assert status["clients_by_protocol"] == {"0.5.0": 1, "0.5.6": 1}
@@ -159,7 +153,7 @@ def test_num_kv_readers_sets_how_many_retrieves_a_lookup_serves(stack: Stack) ->
     for readers, served in ((1, 1), (2, 2)):
         rid = f"r{readers}"
         c.value(8, key056(tokens, rid, readers=readers), pack(1))
-        assert poll(lambda rid=rid: c.value(9, pack(rid)) == 2)
+        poll_until(lambda rid=rid: c.value(9, pack(rid)) == 2, timeout=WAIT, what=f"lookup {rid} to hold 2 chunks")
         answers = [c.value(18, key056(tokens, rid, worker_id=0), pack(1)) for _ in range(served + 1)]
         assert [a["success"] for a in answers] == [True] * served + [False]
         for _ in range(served):
@@ -173,7 +167,7 @@ def test_0_5_6_clear_without_force_keeps_what_a_lookup_holds(stack: Stack) -> No
     store056(c, stack, held, 1.0)
     store056(c, stack, free, 2.0)
     c.value(8, key056(held, "h"), pack(1))
-    assert poll(lambda: c.value(9, pack("h")) == 1)
+    poll_until(lambda: c.value(9, pack("h")) == 1, timeout=WAIT, what="lookup h to hold 1 chunk")
     l1 = stack.services.storage.l1
     assert l1.object_count() == 2
     assert c.value(20, pack(False)) is None
@@ -266,7 +260,7 @@ def test_descriptor_registration_store_and_retrieve(stack: Stack, segments: list
     for t, _ in layers:
         t.zero_()
     c.value(8, key056(tokens, "r"), pack(1))
-    assert poll(lambda: c.value(9, pack("r")) == 2)
+    poll_until(lambda: c.value(9, pack("r")) == 2, timeout=WAIT, what="lookup r to hold 2 chunks")
     assert c.value(7, key056(tokens, "r", worker_id=0), pack(7), blocks, pack(b"stub"), pack(0)) == [b"stub", True]
     # the two chunks' blocks came back byte for byte
     assert all(torch.equal(t[:, :2], b[:, :2]) for (t, _), b in zip(layers, before, strict=True))
@@ -324,7 +318,8 @@ def test_the_reaper_is_a_registered_periodic_thread_and_a_dead_one_is_unhealthy(
 ) -> None:
     listed = stack.http.get(f"/periodic-threads/{HOUSEKEEPING_THREAD}").get_json()
     assert listed["level"] == "high" and listed["is_alive"]
-    assert poll(lambda: stack.http.get(f"/periodic-threads/{HOUSEKEEPING_THREAD}").get_json()["total_runs"] >= 1)
+    poll_until(lambda: stack.http.get(f"/periodic-threads/{HOUSEKEEPING_THREAD}").get_json()["total_runs"] >= 1,
+               timeout=WAIT, what="a first housekeeping run")
     summary = stack.http.get(f"/periodic-threads/{HOUSEKEEPING_THREAD}").get_json()["last_summary"]
     assert set(summary) == {"instances_reaped", "sessions_reaped", "jobs_reaped"}
     assert stack.http.get("/periodic-threads-health").get_json()["healthy"] is True
@@ -335,7 +330,7 @@ def test_the_reaper_is_a_registered_periodic_thread_and_a_dead_one_is_unhealthy(
 
     monkeypatch.setattr(thread, "_target", die)
     thread.wake()
-    assert poll(lambda: not thread.is_alive())
+    poll_until(lambda: not thread.is_alive(), timeout=WAIT, what="the killed reaper thread to end")
     health = stack.http.get("/periodic-threads-health").get_json()
     assert health["healthy"] is False and health["unhealthy"] == [HOUSEKEEPING_THREAD]
     assert stack.http.get("/status").get_json()["is_healthy"] is False

@@ -21,6 +21,7 @@ import torch
 
 from lmcache_adapters.memory.shm_pool import SharedMemoryPool
 from lmcache_core.clients import ClientLimits
+from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
 from lmcache_frontends.bootstrap import bootstrap
 from lmcache_frontends.client import LMCacheClient, make_key, share_cpu_tensor
@@ -458,10 +459,7 @@ def test_a_worker_keeps_no_frame_of_a_finished_request(stack: Stack) -> None:
         return out
 
     # The reply may reach us a moment before its worker is back waiting for work.
-    deadline = time.monotonic() + 5.0
-    while held():
-        assert time.monotonic() < deadline, held()
-        time.sleep(0.01)
+    poll_until(lambda: not held(), interval=0.01, what="the workers to drop the finished request's frames", detail=held)
 
 
 # --------------------------------------------------------------------------- 8. replies and logs
