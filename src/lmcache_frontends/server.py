@@ -22,7 +22,7 @@ from lmcache_frontends.safety import check_exposure, security_status
 
 if TYPE_CHECKING:
     from lmcache_frontends.admin.server import AdminServer
-    from lmcache_frontends.bootstrap import Services
+    from lmcache_frontends.bootstrap import AdminContext, Services
 
 log = logging.getLogger("lmcache_frontends.server")
 
@@ -108,7 +108,7 @@ def serve(
     built, as probes expect; a busy admin port fails before any L1 memory is allocated."""
     # Imported here, not at the top: a bad flag should be reported without loading the stack.
     from lmcache_adapters.plugin_manager import LMCachePluginManager
-    from lmcache_frontends.bootstrap import LiveServices, StartingServices, bootstrap
+    from lmcache_frontends.bootstrap import AdminContext, bootstrap
 
     configure_logging(config.log_level)
     try:
@@ -124,8 +124,8 @@ def serve(
         try:
             plugins = LMCachePluginManager(load_entrypoints=True)
             frontends = plugins.frontend_registry()
-            live = LiveServices(StartingServices(config=config, plugins=plugins, frontends=frontends))
-            admin = _start_admin(live)
+            context = AdminContext(config, plugins, frontends)
+            admin = _start_admin(context)
         except (LMCacheError, OSError) as exc:
             return _fail(prog, exc)
         try:
@@ -137,7 +137,7 @@ def serve(
             admin.stop()
             raise
         services.on_close("admin HTTP server", admin.stop)
-        live.attach(services)
+        context.attach(services)
         signals.on_repeat = services.storage.abandon_write_back
         if signals.repeated_at is not None:  # signalled twice while it was starting
             services.storage.abandon_write_back()
@@ -188,13 +188,13 @@ def serve(
         signals.restore()
 
 
-def _start_admin(services: Any) -> AdminServer:
+def _start_admin(context: AdminContext) -> AdminServer:
     from lmcache_frontends.admin.app import create_app
     from lmcache_frontends.admin.server import AdminServer
 
-    config = services.config
+    config = context.config
     try:
-        admin = AdminServer(create_app(services), config.http_host, config.http_port)
+        admin = AdminServer(create_app(context), config.http_host, config.http_port)
     except OSError as exc:
         raise OSError(
             f"cannot serve the admin API on {config.http_host}:{config.http_port} (--http-host/--http-port): "

@@ -9,6 +9,7 @@ from lmcache_core.plugin.registry import (
     L2AdapterSpec,
     ServerFrontendFactory,
 )
+from lmcache_core.plugin.route_context import RouteContext, RunningContext
 from lmcache_core.plugin.routes import RouteGroup
 from lmcache_core.plugin.server_context import ServerContext
 
@@ -19,7 +20,9 @@ __all__ = [
     "L2AdapterFactory",
     "L2AdapterRegistry",
     "L2AdapterSpec",
+    "RouteContext",
     "RouteGroup",
+    "RunningContext",
     "ServerContext",
     "ServerFrontendFactory",
 ]

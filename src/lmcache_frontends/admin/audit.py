@@ -232,7 +232,7 @@ def app_trail() -> AuditTrail:
     return trail if isinstance(trail, AuditTrail) else _LOG_ONLY
 
 
-def create_audit_blueprint(services: Any) -> RouteGroup:
+def create_audit_blueprint(context: object) -> RouteGroup:
     """`GET /audit/events`: the newest audit records, from the bounded in-memory ring."""
     bp = Blueprint("audit", __name__)
 

@@ -311,7 +311,7 @@ def install_auth(app: Flask, config: Any, policy: ScopePolicy = DEFAULT_POLICY) 
     return store
 
 
-def create_auth_blueprint(services: Any) -> RouteGroup:
+def create_auth_blueprint(context: object) -> RouteGroup:
     """`GET /auth/whoami`: the caller's token name and scope (the app factory authenticates)."""
     bp = Blueprint("auth", __name__)
 
