@@ -373,7 +373,7 @@ def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine,
     labels = getattr(metrics, "labels_enabled", config.metrics_labels == "on")
     storage.l1.add_listener(L1MetricsListener(metrics, tenant_labels=bool(labels)))
     if isinstance(metrics, PrometheusMetricsSink):
-        metrics.add_scrape_source("stack", stack_source(storage, engine, threads))
+        metrics.add_scrape_source("stack", stack_source(storage, engine.report_status, threads))
         # LMCache 0.5.0's names for the same data, so its dashboards work unchanged.
         metrics.add_derived_source("lmcache-0.5.0", functools.partial(legacy_metrics, chunk_size=config.chunk_size))
     return threads
