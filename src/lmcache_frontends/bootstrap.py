@@ -22,7 +22,7 @@ from lmcache_core.hashing import TokenHasher
 from lmcache_core.inspection import RequestInspector
 from lmcache_core.lookup import DataPath
 from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry, Summary
-from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
+from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry, ServerFrontend
 from lmcache_core.plugin.route_context import ENGINE_NOT_INITIALIZED
 from lmcache_core.ports import Clock, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
@@ -162,7 +162,7 @@ class Application:
     """The link to a fleet coordinator (`--coordinator-url`, else None); the server starts it
     once its ports are bound."""
     started_at: float = 0.0
-    server_frontends: dict[str, Any] = field(default_factory=dict)
+    server_frontends: dict[str, ServerFrontend] = field(default_factory=dict)
     """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
 
     def start(self) -> None:

@@ -11,10 +11,11 @@ from lmcache_core.plugin.registry import (
 )
 from lmcache_core.plugin.route_context import RouteContext, RunningContext
 from lmcache_core.plugin.routes import RouteGroup
-from lmcache_core.plugin.server_context import ServerContext
+from lmcache_core.plugin.server_context import Endpoint, ServerContext, ServerFrontend
 
 __all__ = [
     "AdapterContext",
+    "Endpoint",
     "FrontendRegistry",
     "HttpRoutesFactory",
     "L2AdapterFactory",
@@ -24,5 +25,6 @@ __all__ = [
     "RouteGroup",
     "RunningContext",
     "ServerContext",
+    "ServerFrontend",
     "ServerFrontendFactory",
 ]

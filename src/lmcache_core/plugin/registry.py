@@ -13,7 +13,7 @@ from lmcache_core.ports import L2Adapter, StorageBackend
 
 if TYPE_CHECKING:
     from lmcache_core.plugin.route_context import RouteContext
-    from lmcache_core.plugin.server_context import ServerContext
+    from lmcache_core.plugin.server_context import ServerContext, ServerFrontend
 
 L2AdapterFactory = Callable[[dict[str, Any], AdapterContext], L2Adapter | StorageBackend]
 """`factory(config, context) -> StorageBackend | L2Adapter`; `config` is the validated JSON
@@ -25,9 +25,9 @@ HttpRoutesFactory = Callable[["RouteContext"], Any]
 is still accepted, its `openapi` and `scopes` attributes read as the declaration); `context` is
 the typed RouteContext (`lmcache_core.plugin.route_context`)."""
 
-ServerFrontendFactory = Callable[["ServerContext"], Any]
-"""`factory(context) -> object with start(), stop(), report_status()`; `context` is the typed
-ServerContext (`lmcache_core.plugin.server_context`)."""
+ServerFrontendFactory = Callable[["ServerContext"], "ServerFrontend"]
+"""`factory(context) -> ServerFrontend` (start, stop, report_status, endpoints); `context` is the
+typed ServerContext (`lmcache_core.plugin.server_context`)."""
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     str: "string",
