@@ -233,7 +233,8 @@ def app_trail() -> AuditTrail:
 
 
 def create_audit_blueprint(context: object) -> RouteGroup:
-    """`GET /audit/events`: the newest audit records, from the bounded in-memory ring."""
+    """`GET /audit/events`: the newest audit records, from the bounded in-memory ring.
+    Mounted by the admin and the coordinator apps alike: it reads nothing of `context`."""
     bp = Blueprint("audit", __name__)
 
     @bp.get("/audit/events")
