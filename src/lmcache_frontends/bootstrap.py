@@ -16,12 +16,14 @@ from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.clients import ClientLimits
 from lmcache_core.clock import SystemClock
 from lmcache_core.engine import CacheEngine
+from lmcache_core.errors import NotInitializedError
 from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.inspection import RequestInspector
 from lmcache_core.lookup import DataPath
 from lmcache_core.periodic import PeriodicThread, PeriodicThreadRegistry, Summary
-from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry
+from lmcache_core.plugin import FrontendRegistry, L2AdapterRegistry, ServerFrontend
+from lmcache_core.plugin.route_context import ENGINE_NOT_INITIALIZED
 from lmcache_core.ports import Clock, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
 from lmcache_core.readiness import ReadinessRegistry
@@ -160,7 +162,7 @@ class Application:
     """The link to a fleet coordinator (`--coordinator-url`, else None); the server starts it
     once its ports are bound."""
     started_at: float = 0.0
-    server_frontends: dict[str, Any] = field(default_factory=dict)
+    server_frontends: dict[str, ServerFrontend] = field(default_factory=dict)
     """Long-running frontends started by the server process (the ZeroMQ data path), by name."""
 
     def start(self) -> None:
@@ -217,44 +219,37 @@ Services = Application
 """The name routes and tests have used for the running server's objects."""
 
 
-@dataclass
-class StartingServices:
-    """What is known before the engine exists (configuration, plugins, route groups): the
-    admin API serves this state, answering 503 where the engine is needed."""
+class AdminContext:
+    """The admin app's RouteContext (one per server): the configuration, plugins and route groups,
+    known before the engine exists, and the Application once `serve()` attaches it. `app()` is
+    the one place that asks whether it has been attached."""
 
-    config: ServerConfig
-    plugins: LMCachePluginManager
-    frontends: FrontendRegistry
-    engine: None = None
-    storage: None = None
-    memory_pool: None = None
-    cache_ops: None = None
-    server_frontends: dict[str, Any] = field(default_factory=dict)
-    metrics: None = None
-    periodic_threads: None = None
-    inspector: None = None
-    readiness: None = None
+    def __init__(self, config: Any, plugins: Any, frontends: FrontendRegistry) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.frontends = frontends
+        self._app: Application | None = None
 
+    @classmethod
+    def running(cls, app: Application) -> AdminContext:
+        """The context of an Application already built (tests, embedders)."""
+        context = cls(app.config, app.plugins, app.frontends)
+        context.attach(app)
+        return context
 
-class LiveServices:
-    """A stable handle for the admin app whose target moves from the starting state to the
-    running Services once bootstrap finishes (routes read it on every request)."""
-
-    def __init__(self, initial: StartingServices | Services) -> None:
-        object.__setattr__(self, "_target", initial)
-
-    def attach(self, services: Services) -> None:
-        object.__setattr__(self, "_target", services)
+    def attach(self, app: Application) -> None:
+        """The engine runs: routes reach `app` from their next request on."""
+        self._app = app
 
     @property
-    def target(self) -> StartingServices | Services:
-        return self._target  # type: ignore[no-any-return]
+    def started(self) -> bool:
+        return self._app is not None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(object.__getattribute__(self, "_target"), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("LiveServices is read-only; attach() a new target instead")
+    def app(self) -> Application:
+        app = self._app
+        if app is None:
+            raise NotInitializedError(ENGINE_NOT_INITIALIZED)
+        return app
 
 
 def client_limits(config: ServerConfig) -> ClientLimits:
@@ -378,7 +373,7 @@ def _observe(config: ServerConfig, storage: StorageManager, engine: CacheEngine,
     labels = getattr(metrics, "labels_enabled", config.metrics_labels == "on")
     storage.l1.add_listener(L1MetricsListener(metrics, tenant_labels=bool(labels)))
     if isinstance(metrics, PrometheusMetricsSink):
-        metrics.add_scrape_source("stack", stack_source(storage, engine, threads))
+        metrics.add_scrape_source("stack", stack_source(storage, engine.report_status, threads))
         # LMCache 0.5.0's names for the same data, so its dashboards work unchanged.
         metrics.add_derived_source("lmcache-0.5.0", functools.partial(legacy_metrics, chunk_size=config.chunk_size))
     return threads

@@ -18,7 +18,7 @@ from lmcache_core.eviction.base import EvictionPolicy
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l2.eviction_controller import L2EvictionSettings
-from lmcache_core.plugin import L2AdapterRegistry
+from lmcache_core.plugin import AdapterContext, L2AdapterRegistry
 from lmcache_core.ports import Clock, L2Adapter, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
@@ -33,9 +33,9 @@ AdapterSpec = tuple[str, L2Adapter, dict[str, Any] | None, bool]
 
 
 @dataclass(frozen=True)
-class AdapterContext:
-    """What an L2 adapter factory receives as `services`: the server's settings, clock and
-    metrics sink."""
+class ServerAdapterContext:
+    """The server's one implementation of the `AdapterContext` Protocol (`lmcache_core.plugin`,
+    exported by the SDK): what an L2 adapter factory receives for one `--l2-adapter`."""
 
     config: ServerConfig
     clock: Clock
@@ -100,7 +100,7 @@ def build_l2_adapters(
     built: list[AdapterSpec] = []
     try:
         for index, (spec, name, fields, eviction, serde, shared) in enumerate(parsed):
-            context = AdapterContext(
+            context: AdapterContext = ServerAdapterContext(
                 config=config, clock=clock, index=index, name=name, metrics=metrics or NullMetricsSink()
             )
             try:

@@ -21,8 +21,9 @@ from lmcache_frontends.config import ServerConfig, config_from_namespace, load_c
 from lmcache_frontends.safety import check_exposure, security_status
 
 if TYPE_CHECKING:
+    from lmcache_core.plugin import Endpoint
     from lmcache_frontends.admin.server import AdminServer
-    from lmcache_frontends.bootstrap import Services
+    from lmcache_frontends.bootstrap import AdminContext, Services
 
 log = logging.getLogger("lmcache_frontends.server")
 
@@ -108,7 +109,7 @@ def serve(
     built, as probes expect; a busy admin port fails before any L1 memory is allocated."""
     # Imported here, not at the top: a bad flag should be reported without loading the stack.
     from lmcache_adapters.plugin_manager import LMCachePluginManager
-    from lmcache_frontends.bootstrap import LiveServices, StartingServices, bootstrap
+    from lmcache_frontends.bootstrap import AdminContext, bootstrap
 
     configure_logging(config.log_level)
     try:
@@ -124,8 +125,8 @@ def serve(
         try:
             plugins = LMCachePluginManager(load_entrypoints=True)
             frontends = plugins.frontend_registry()
-            live = LiveServices(StartingServices(config=config, plugins=plugins, frontends=frontends))
-            admin = _start_admin(live)
+            context = AdminContext(config, plugins, frontends)
+            admin = _start_admin(context)
         except (LMCacheError, OSError) as exc:
             return _fail(prog, exc)
         try:
@@ -137,7 +138,7 @@ def serve(
             admin.stop()
             raise
         services.on_close("admin HTTP server", admin.stop)
-        live.attach(services)
+        context.attach(services)
         signals.on_repeat = services.storage.abandon_write_back
         if signals.repeated_at is not None:  # signalled twice while it was starting
             services.storage.abandon_write_back()
@@ -149,7 +150,7 @@ def serve(
             services.close()
             return _fail(prog, exc)
         if services.fleet is not None:  # registers the ports really bound (0 = a free one)
-            services.fleet.start(http_port=admin.port, zmq_port=getattr(services.server_frontends.get("zmq"), "bound_port", None))
+            services.fleet.start(http_port=admin.port, endpoints=_endpoints(services))
 
         log.info(_ready_line(prog, services, admin))
         if config.ready_file:
@@ -188,13 +189,13 @@ def serve(
         signals.restore()
 
 
-def _start_admin(services: Any) -> AdminServer:
+def _start_admin(context: AdminContext) -> AdminServer:
     from lmcache_frontends.admin.app import create_app
     from lmcache_frontends.admin.server import AdminServer
 
-    config = services.config
+    config = context.config
     try:
-        admin = AdminServer(create_app(services), config.http_host, config.http_port)
+        admin = AdminServer(create_app(context), config.http_host, config.http_port)
     except OSError as exc:
         raise OSError(
             f"cannot serve the admin API on {config.http_host}:{config.http_port} (--http-host/--http-port): "
@@ -229,14 +230,28 @@ def _frontend_status(name: str, frontend: Any) -> Callable[[], dict[str, Any]]:
     return contribute
 
 
+def _endpoints(services: Services) -> dict[str, Endpoint]:
+    """Every server frontend's endpoints by label, in the order the frontends started."""
+    from lmcache_core.plugin import ServerFrontend
+
+    endpoints: dict[str, Endpoint] = {}
+    for frontend in services.server_frontends.values():
+        if isinstance(frontend, ServerFrontend):  # a plugin's frontend may predate endpoints()
+            endpoints.update(frontend.endpoints())
+    return endpoints
+
+
 def _ready_line(prog: str, services: Services, admin: AdminServer) -> str:
-    frontends = services.server_frontends
+    from lmcache_core.plugin import ServerFrontend
+
     parts = [f"admin {admin.url} (status: {admin.url}/status)"]
-    zmq = frontends.get("zmq")
-    parts.append(f"zmq {getattr(zmq, 'url', 'started')}" if zmq is not None else "zmq: not enabled")
-    if getattr(zmq, "ipc_url", None):
-        parts.append(f"zmq-ipc {zmq.ipc_url}")
-    parts.extend(f"{name} {getattr(fe, 'url', 'started')}" for name, fe in frontends.items() if name != "zmq")
+    for name, frontend in services.server_frontends.items():
+        if isinstance(frontend, ServerFrontend):
+            parts.extend(f"{label} {e.url}" for label, e in frontend.endpoints().items() if e.url is not None)
+        else:
+            parts.append(f"{name} started")
+    if not services.server_frontends:
+        parts.append("data path: not enabled")
     pool = services.memory_pool
     parts.append(f"l1 {round(pool.capacity_bytes / (1 << 30), 3)} GiB")
     storage = services.storage
@@ -362,16 +377,12 @@ class _ShutdownWatchdog:
 
 def _write_ready_file(path: str, services: Services, admin: AdminServer) -> None:
     """Atomically write what a script needs to reach this server (see --ready-file)."""
-    zmq = services.server_frontends.get("zmq")
     pool = services.memory_pool
-    info = {
-        "pid": os.getpid(),
-        "admin_url": admin.url,
-        "zmq_url": getattr(zmq, "url", None),
-        "zmq_ipc_url": getattr(zmq, "ipc_url", None),
-        "l1_shm_name": pool.report_status().get("shm_name"),
-        "l1_capacity_bytes": pool.capacity_bytes,
-    }
+    info: dict[str, Any] = {"pid": os.getpid(), "admin_url": admin.url}
+    # `zmq_url` and `zmq_ipc_url` from the data path: `<label>_url` of every frontend endpoint.
+    info.update({f"{label.replace('-', '_')}_url": e.url for label, e in _endpoints(services).items()})
+    info["l1_shm_name"] = pool.report_status().get("shm_name")
+    info["l1_capacity_bytes"] = pool.capacity_bytes
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".ready-", dir=directory)
     try:

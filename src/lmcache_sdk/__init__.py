@@ -30,12 +30,16 @@ from lmcache_core.errors import (
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugin import (
     AdapterContext,
+    Endpoint,
     FrontendRegistry,
     HttpRoutesFactory,
     L2AdapterFactory,
     L2AdapterRegistry,
+    RouteContext,
     RouteGroup,
+    RunningContext,
     ServerContext,
+    ServerFrontend,
     ServerFrontendFactory,
 )
 from lmcache_core.plugin.registry import ConfigField, config_field
@@ -67,6 +71,7 @@ __all__ = [
     "ConfigField",
     "CorruptObjectError",
     "DeletesInBatches",
+    "Endpoint",
     "FrontendRegistry",
     "HttpRoutesFactory",
     "IntegrityError",
@@ -84,9 +89,12 @@ __all__ = [
     "ObjectKey",
     "ProbesBackend",
     "Reconfigurable",
+    "RouteContext",
     "RouteGroup",
+    "RunningContext",
     "SeesKeyLocks",
     "ServerContext",
+    "ServerFrontend",
     "ServerFrontendFactory",
     "StorageBackend",
     "capability_of",

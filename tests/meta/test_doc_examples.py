@@ -24,7 +24,7 @@ from lmcache_adapters.l2.dax import SUPERBLOCK_BYTES
 from lmcache_core.keys import ObjectKey
 from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import Services
+from lmcache_frontends.bootstrap import AdminContext, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
 
@@ -127,13 +127,11 @@ class Server:
         assert self.services.engine is not None
         self.services.engine.kv_caches.add_source(DataPathKVCaches(server))
 
-    def without(self, attr: str, call: Callable[[], Any]) -> Any:
-        saved = getattr(self.services, attr)
-        setattr(self.services, attr, None)
-        try:
-            return call()
-        finally:
-            setattr(self.services, attr, saved)
+    def without(self, attr: str) -> FlaskClient:
+        """The app as it answers before the engine runs (`engine`), or also without a
+        configuration (`config`)."""
+        config = None if attr == "config" else self.services.config
+        return create_app(AdminContext(config, self.services.plugins, self.services.frontends)).test_client()
 
     def stored_key(self) -> ObjectKey:
         key = ObjectKey(chunk_hash=b"\xab" * 16, model_name="org/model", kv_rank=0, cache_salt="user-a")
@@ -207,16 +205,16 @@ PRODUCERS: dict[tuple[str, int], Producer] = {
     ("GET /auth/whoami", 200): _whoami,
     ("GET /", 200): lambda s: s.client.get("/"),
     ("GET /healthcheck", 200): lambda s: s.client.get("/healthcheck"),
-    ("GET /healthcheck", 503): lambda s: s.without("engine", lambda: s.client.get("/healthcheck")),
+    ("GET /healthcheck", 503): lambda s: s.without("engine").get("/healthcheck"),
     ("GET /status", 200): lambda s: s.client.get("/status"),
-    ("GET /status", 503): lambda s: s.without("engine", lambda: s.client.get("/status")),
+    ("GET /status", 503): lambda s: s.without("engine").get("/status"),
     ("GET /conf", 200): lambda s: s.client.get("/conf"),
-    ("GET /conf", 503): lambda s: s.without("config", lambda: s.client.get("/conf")),
+    ("GET /conf", 503): lambda s: s.without("config").get("/conf"),
     ("POST /clear-cache", 200): lambda s: s.client.post("/clear-cache"),
     ("POST /clear-cache", 400): lambda s: s.client.post("/clear-cache?cache_salt=a/b"),
-    ("POST /clear-cache", 503): lambda s: s.without("engine", lambda: s.client.post("/clear-cache")),
+    ("POST /clear-cache", 503): lambda s: s.without("engine").post("/clear-cache"),
     ("GET /l2/adapters", 200): lambda s: s.client.get("/l2/adapters"),
-    ("GET /l2/adapters", 503): lambda s: s.without("engine", lambda: s.client.get("/l2/adapters")),
+    ("GET /l2/adapters", 503): lambda s: s.without("engine").get("/l2/adapters"),
     ("DELETE /l2", 200): _delete_l2,
     ("GET /l2/keys", 200): _l2_keys,
     ("PUT /quota/{cache_salt}", 200): lambda s: s.client.put("/quota/alice", json={"limit_gb": 10.0}),

@@ -14,7 +14,7 @@ from lmcache_core.clock import ManualClock
 from lmcache_core.plugin import registry
 from lmcache_core.ports import NullMetricsSink
 from lmcache_frontends.config import ServerConfig
-from lmcache_frontends.container import AdapterContext as ServerAdapterContext
+from lmcache_frontends.container import ServerAdapterContext
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "lmcache-adapter-sqlite"

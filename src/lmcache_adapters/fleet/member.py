@@ -1,7 +1,7 @@
 """FleetMember: one server's membership in a fleet, as one component with a small lifecycle.
 
 `attach(storage)` subscribes the cache-event reporter to the storage manager's L1 and L2 seams
-(events are buffered from then on, bounded); `start(http_port=..., zmq_port=...)` registers with
+(events are buffered from then on, bounded); `start(http_port=..., endpoints=...)` registers with
 the coordinator once the server's ports are bound, then heartbeats and flushes on an interval;
 `close_l1()` at the start of a shutdown, `stop()` after the L2 write-back drained (the final L2
 stores are reported, then the server deregisters). Nothing here ever blocks the data path or
@@ -22,6 +22,7 @@ from lmcache_adapters.fleet.client import CoordinatorClient
 from lmcache_core import metric_names as mn
 from lmcache_core.fleet.buffer import EventBuffer
 from lmcache_core.fleet.reporter import CacheEventReporter
+from lmcache_core.plugin.server_context import Endpoint
 from lmcache_core.storage_manager import StorageManager
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,10 @@ class FleetMember:
         if self.report_events and self.reporter is None:
             self.reporter = CacheEventReporter.attach(storage, self.events)
 
-    def start(self, *, http_port: int, zmq_port: int | None = None) -> None:
-        """Register with the advertise address and the ports really bound, then run."""
+    def start(self, *, http_port: int, endpoints: Mapping[str, Endpoint] | None = None) -> None:
+        """Register with the advertise address and the ports really bound, then run: the admin
+        port, and `<label>_port` in the metadata for each server-frontend endpoint with a TCP
+        port (`zmq_port` for the ZeroMQ data path)."""
         with self._lock:
             if self.client is not None or self._stopped:
                 return
@@ -108,8 +111,9 @@ class FleetMember:
             self._instance_id = instance_id
             self.events.instance_id = instance_id  # no batch was stamped yet: only the client takes
             metadata = {**self.metadata, "incarnation": str(self.incarnation)}
-            if zmq_port:
-                metadata["zmq_port"] = str(zmq_port)
+            for label, endpoint in (endpoints or {}).items():
+                if endpoint.port:
+                    metadata[f"{label.replace('-', '_')}_port"] = str(endpoint.port)
             self.client = CoordinatorClient(
                 self.url,
                 instance_id=instance_id,

@@ -33,6 +33,7 @@ from lmcache_core.errors import (
     NotInitializedError,
 )
 from lmcache_core.keys import ObjectKey
+from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.ports import (
     Clock,
     DeletesInBatches,
@@ -311,18 +312,19 @@ class StackContext:
     clock: Clock | None = None
 
     @classmethod
-    def of(cls, services: Any, config: Mapping[str, Any], kind: str) -> StackContext:
-        """Read from a factory's `services` (the server's adapter context, a mapping in tests,
-        or None); a member that is missing or of the wrong type is left out."""
-
-        def member(name: str) -> Any:
-            if isinstance(services, Mapping):
-                return services.get(name)
-            return getattr(services, name, None)
-
-        metrics, clock = member("metrics"), member("clock")
+    def of(cls, context: object, config: Mapping[str, Any], kind: str) -> StackContext:
+        """Read from a factory's context: the server's `AdapterContext`, a mapping with the same
+        keys (tests), or None; a member that is missing or of the wrong type is left out."""
+        members: Mapping[str, Any]
+        if isinstance(context, AdapterContext):
+            members = {"name": context.name, "metrics": context.metrics, "clock": context.clock}
+        elif isinstance(context, Mapping):
+            members = context
+        else:
+            members = {}
+        metrics, clock = members.get("metrics"), members.get("clock")
         return cls(
-            name=str(config.get("name") or member("name") or kind),
+            name=str(config.get("name") or members.get("name") or kind),
             metrics=metrics if isinstance(metrics, MetricsSink) else None,
             clock=clock if isinstance(clock, Clock) else None,
         )

@@ -111,13 +111,14 @@ def storage_samples(storage: StorageManager) -> Iterator[ScrapeSample]:
         yield mn.L2_LOADS_IN_FLIGHT.name, {}, 0
 
 
-def engine_samples(engine: Any, storage: StorageManager | None) -> Iterator[ScrapeSample]:
+def engine_samples(status: Mapping[str, Any], storage: StorageManager) -> Iterator[ScrapeSample]:
     """Active sessions, prefetch jobs and registered instances from the engine's status fields
-    (contributed by the data path); prefetch jobs fall back to the storage manager's count."""
-    contributed = _contributed_fields(engine)
+    (`status`: its report, contributed by the data path); prefetch jobs fall back to the
+    storage manager's count."""
+    contributed = {name: _field(status, name) for name in ("active_sessions", "active_prefetch_jobs", "workers", "registered_gpu_ids")}
     yield mn.ACTIVE_SESSIONS.name, {}, float(contributed.get("active_sessions") or 0)
     jobs = float(contributed.get("active_prefetch_jobs") or 0)
-    if storage is not None and storage.prefetch is not None:
+    if storage.prefetch is not None:
         jobs = max(jobs, float(storage.prefetch.active_jobs()))
     yield mn.PREFETCH_JOBS.name, {}, jobs
     workers = contributed.get("workers")
@@ -126,32 +127,23 @@ def engine_samples(engine: Any, storage: StorageManager | None) -> Iterator[Scra
     yield mn.REGISTERED_INSTANCES.name, {}, instances
 
 
-def _contributed_fields(engine: Any) -> dict[str, Any]:
-    if engine is None:
-        return {}
-    status = engine.report_status()
-    return {name: _field(status, name) for name in ("active_sessions", "active_prefetch_jobs", "workers", "registered_gpu_ids")}
-
-
 def thread_samples(registry: PeriodicThreadRegistry) -> Iterator[ScrapeSample]:
     yield mn.PERIODIC_THREADS_UNHEALTHY.name, {}, registry.health()["unhealthy_count"]
 
 
 def stack_source(
-    storage: StorageManager | None, engine: Any, threads: PeriodicThreadRegistry | None
+    storage: StorageManager, engine_status: Callable[[], Mapping[str, Any]], threads: PeriodicThreadRegistry
 ) -> Callable[[], list[ScrapeSample]]:
-    """One scrape source over a whole server stack."""
+    """One scrape source over a whole server stack: the storage manager, the engine's status
+    report (`engine_status`, e.g. `engine.report_status`) and the periodic-thread registry."""
 
     def read() -> list[ScrapeSample]:
-        samples: list[ScrapeSample] = []
-        if storage is not None:
-            samples.extend(storage_samples(storage))
+        samples: list[ScrapeSample] = list(storage_samples(storage))
         try:
-            samples.extend(engine_samples(engine, storage))
+            samples.extend(engine_samples(engine_status(), storage))
         except Exception:
             log.debug("engine status unavailable during a scrape", exc_info=True)
-        if threads is not None:
-            samples.extend(thread_samples(threads))
+        samples.extend(thread_samples(threads))
         return samples
 
     return read

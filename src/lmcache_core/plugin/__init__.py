@@ -9,17 +9,22 @@ from lmcache_core.plugin.registry import (
     L2AdapterSpec,
     ServerFrontendFactory,
 )
+from lmcache_core.plugin.route_context import RouteContext, RunningContext
 from lmcache_core.plugin.routes import RouteGroup
-from lmcache_core.plugin.server_context import ServerContext
+from lmcache_core.plugin.server_context import Endpoint, ServerContext, ServerFrontend
 
 __all__ = [
     "AdapterContext",
+    "Endpoint",
     "FrontendRegistry",
     "HttpRoutesFactory",
     "L2AdapterFactory",
     "L2AdapterRegistry",
     "L2AdapterSpec",
+    "RouteContext",
     "RouteGroup",
+    "RunningContext",
     "ServerContext",
+    "ServerFrontend",
     "ServerFrontendFactory",
 ]

@@ -12,20 +12,22 @@ from lmcache_core.plugin.context import AdapterContext
 from lmcache_core.ports import L2Adapter, StorageBackend
 
 if TYPE_CHECKING:
-    from lmcache_core.plugin.server_context import ServerContext
+    from lmcache_core.plugin.route_context import RouteContext
+    from lmcache_core.plugin.server_context import ServerContext, ServerFrontend
 
 L2AdapterFactory = Callable[[dict[str, Any], AdapterContext], L2Adapter | StorageBackend]
 """`factory(config, context) -> StorageBackend | L2Adapter`; `config` is the validated JSON
 without `type`, `context` the server's `AdapterContext` for this adapter. A bare StorageBackend
 gets the standard wrappers (threads, locks, metrics)."""
 
-HttpRoutesFactory = Callable[[Any], Any]
-"""`factory(services) -> RouteGroup` (its blueprint, scopes and OpenAPI; a bare flask.Blueprint
-is still accepted, its `openapi` and `scopes` attributes read as the declaration)."""
+HttpRoutesFactory = Callable[["RouteContext"], Any]
+"""`factory(context) -> RouteGroup` (its blueprint, scopes and OpenAPI; a bare flask.Blueprint
+is still accepted, its `openapi` and `scopes` attributes read as the declaration); `context` is
+the typed RouteContext (`lmcache_core.plugin.route_context`)."""
 
-ServerFrontendFactory = Callable[["ServerContext"], Any]
-"""`factory(context) -> object with start(), stop(), report_status()`; `context` is the typed
-ServerContext (`lmcache_core.plugin.server_context`)."""
+ServerFrontendFactory = Callable[["ServerContext"], "ServerFrontend"]
+"""`factory(context) -> ServerFrontend` (start, stop, report_status, endpoints); `context` is the
+typed ServerContext (`lmcache_core.plugin.server_context`)."""
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     str: "string",
@@ -167,12 +169,12 @@ class FrontendRegistry:
     current_source: str = ""
 
     def add_http_routes(self, name: str, factory: HttpRoutesFactory) -> None:
-        """Mount the route group returned by `factory(services)` on the admin server."""
+        """Mount the route group returned by `factory(context)` (a RouteContext) on the admin server."""
         self._check_new(f"http:{name}")
         self.http_routes[name] = factory
 
     def add_server(self, name: str, factory: ServerFrontendFactory) -> None:
-        """Start `factory(services)` with the server (it must have start/stop/report_status)."""
+        """Start `factory(context)` (a ServerContext) with the server: a ServerFrontend."""
         self._check_new(f"server:{name}")
         self.servers[name] = factory
 

@@ -21,7 +21,7 @@ def lmcache_register_l2_adapters(registry: L2AdapterRegistry) -> None:
     """Register L2 adapter kinds.
 
     Called once at start with the server's registry. Call `registry.register(kind, factory,
-    fields=..., description=...)` for each kind you provide. `factory(config, services)` receives
+    fields=..., description=...)` for each kind you provide. `factory(config, context)` receives
     the validated JSON object of one `--l2-adapter` flag (without `type`) and returns an object
     implementing `lmcache_core.ports.L2Adapter`. Import heavy libraries inside the factory and
     raise `lmcache_core.errors.ConfigError` naming the extra to install when one is missing.
@@ -31,9 +31,10 @@ def lmcache_register_l2_adapters(registry: L2AdapterRegistry) -> None:
 def lmcache_register_frontends(registry: FrontendRegistry) -> None:
     """Register frontends: HTTP route groups and long-running servers.
 
-    `registry.add_http_routes(name, factory)`: `factory(services)` returns a Flask blueprint the
-    admin server mounts. `registry.add_server(name, factory)`: `factory(services)` returns an
-    object with `start()`, `stop()` and `report_status()` (the ZeroMQ data path is one).
+    `registry.add_http_routes(name, factory)`: `factory(context)` (a `RouteContext`) returns the
+    `RouteGroup` the admin server mounts. `registry.add_server(name, factory)`: `factory(context)`
+    (a `ServerContext`) returns a `ServerFrontend`: `start()`, `stop()`, `report_status()` and
+    `endpoints()` (the ZeroMQ data path is one).
     """
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
@@ -14,12 +15,15 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core.errors import LMCacheError, PluginError
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends.admin.auth import DEFAULT_POLICY, ScopePolicy, install_auth
 from lmcache_frontends.admin.errors import INTERNAL_ERROR, json_error, status_for
 from lmcache_frontends.admin.groups import ROUTE_GROUPS_KEY, as_route_group
+from lmcache_frontends.bootstrap import AdminContext, Application
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C")
 
 DEFAULT_MAX_CONTENT_LENGTH = 8 << 20
 """Largest request body the admin API accepts (8 MiB: a `DELETE /l2` of the documented 10000
@@ -50,22 +54,42 @@ class AdminJSONProvider(DefaultJSONProvider):
 
 
 def create_app(
-    services: Any, *, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH, policy: ScopePolicy = DEFAULT_POLICY
+    context: RouteContext | Application,
+    *,
+    max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+    policy: ScopePolicy = DEFAULT_POLICY,
 ) -> Flask:
-    """Build the admin Flask app over `services` (a `Services` or any object with the same
-    attributes: `engine` may be None while the engine is starting). Mounts every route group in
-    `services.frontends.http_routes`, in registration order, and applies to all of them bearer
-    authentication (by `policy` and each group's declared scopes) and the audit trail of
-    state-changing calls (`services.config`: tokens, `--audit-log`)."""
+    """Build the admin Flask app over `context`: the server's RouteContext (`serve()` builds it
+    before the engine exists and attaches the Application later), or an Application already
+    running (tests, embedders). Mounts every route group in `context.frontends.http_routes`, in
+    registration order, each factory called with the RouteContext."""
+    if isinstance(context, Application):
+        context = AdminContext.running(context)
+    return create_route_app(
+        context, context.config, context.frontends.http_routes, max_content_length=max_content_length, policy=policy
+    )
+
+
+def create_route_app(
+    context: C,
+    config: Any,
+    route_groups: Mapping[str, Callable[[C], object]],
+    *,
+    max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+    policy: ScopePolicy = DEFAULT_POLICY,
+) -> Flask:
+    """A Flask app mounting `route_groups` (name -> factory, called with `context`) in order, with
+    JSON errors, the body limit, bearer authentication (by `policy` and each group's declared
+    scopes) and the audit trail of state-changing calls (`config`: tokens, `--audit-log`) applied
+    to all of them. The admin API's app and the coordinator's are both built by it."""
     app = Flask("lmcache_frontends.admin", static_folder=None)  # no /static route on an API server
     app.json = AdminJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
-    app.extensions["lmcache.services"] = services
     _install_error_handlers(app)
     groups: dict[str, RouteGroup] = {}
     app.extensions[ROUTE_GROUPS_KEY] = groups
     # Auth first: an unauthenticated caller learns nothing but 401 (not even a 413).
-    install_auth(app, services.config, policy)
+    install_auth(app, config, policy)
 
     @app.before_request
     def _limit_body() -> None:
@@ -75,8 +99,8 @@ def create_app(
         if length is not None and length > max_content_length:
             raise RequestEntityTooLarge()
 
-    for name, factory in services.frontends.http_routes.items():
-        group = as_route_group(name, factory(services))
+    for name, factory in route_groups.items():
+        group = as_route_group(name, factory(context))
         try:
             app.register_blueprint(group.blueprint)
         except ValueError as exc:  # two blueprints with one name

@@ -232,8 +232,9 @@ def app_trail() -> AuditTrail:
     return trail if isinstance(trail, AuditTrail) else _LOG_ONLY
 
 
-def create_audit_blueprint(services: Any) -> RouteGroup:
-    """`GET /audit/events`: the newest audit records, from the bounded in-memory ring."""
+def create_audit_blueprint(context: object) -> RouteGroup:
+    """`GET /audit/events`: the newest audit records, from the bounded in-memory ring.
+    Mounted by the admin and the coordinator apps alike: it reads nothing of `context`."""
     bp = Blueprint("audit", __name__)
 
     @bp.get("/audit/events")

@@ -311,8 +311,9 @@ def install_auth(app: Flask, config: Any, policy: ScopePolicy = DEFAULT_POLICY) 
     return store
 
 
-def create_auth_blueprint(services: Any) -> RouteGroup:
-    """`GET /auth/whoami`: the caller's token name and scope (the app factory authenticates)."""
+def create_auth_blueprint(context: object) -> RouteGroup:
+    """`GET /auth/whoami`: the caller's token name and scope (the app factory authenticates).
+    Mounted by the admin and the coordinator apps alike: it reads nothing of `context`."""
     bp = Blueprint("auth", __name__)
 
     @bp.get("/auth/whoami")

@@ -14,11 +14,11 @@ from lmcache_adapters.transfer.layout import parse_block_ids
 from lmcache_core.cache_ops import Tier
 from lmcache_core.cache_ops.checksums import ChecksumResult
 from lmcache_core.errors import InvalidKeyError, InvalidRequestError, LMCacheError
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
+from lmcache_core.plugin.route_context import ENGINE_NOT_INITIALIZED
 from lmcache_core.plugin.routes import READ
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
-    ENGINE_NOT_INITIALIZED,
     INTERNAL_ERROR,
     cache_operations,
     domain_error,
@@ -89,7 +89,7 @@ def checksums_reply(result: ChecksumResult, ranges: list[Any]) -> Response:
     )
 
 
-def create_cache_blueprint(services: Any) -> RouteGroup:
+def create_cache_blueprint(context: RouteContext) -> RouteGroup:
     """Routes that drop KV data from L1 and check KV blocks."""
     bp = Blueprint("cache", __name__)
 
@@ -97,7 +97,7 @@ def create_cache_blueprint(services: Any) -> RouteGroup:
     @bp.post("/api/clear-cache")
     def clear_cache() -> Response:
         # The request body is ignored (documented); only the query string matters.
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             audit("clear-cache", "refused: engine not initialized")
             return engine_not_initialized(status="error", reason=ENGINE_NOT_INITIALIZED)
@@ -118,7 +118,7 @@ def create_cache_blueprint(services: Any) -> RouteGroup:
 
     @bp.post("/cache/clear")
     def cache_clear() -> Response:
-        accepted = accept_change(services, "cache-clear", CLEAR_FIELDS, "ClearRequest", optional=True)
+        accepted = accept_change(context, "cache-clear", CLEAR_FIELDS, "ClearRequest", optional=True)
         if isinstance(accepted, Response):
             return accepted
         given, ops = accepted
@@ -140,7 +140,7 @@ def create_cache_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/kvcache/check")
     def kvcache_check() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         raw_ids = request.args.get("block_ids")
@@ -173,7 +173,7 @@ def create_cache_blueprint(services: Any) -> RouteGroup:
             body = parse_body(CHECKSUM_FIELDS, "ChecksumRequest")
         except BodyInvalid as exc:
             return exc.response()
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return detail_error(503, SERVER_NOT_INITIALIZED)
         assert body is not None

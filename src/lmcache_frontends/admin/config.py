@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends.admin.errors import cache_operations, json_error
 from lmcache_frontends.admin.openapi import (
     adapters_document,
@@ -22,10 +22,10 @@ from lmcache_frontends.admin.wire import SERVER_NOT_INITIALIZED, detail_error
 CONFIGS_NOT_INITIALIZED = "configs not initialized"
 
 
-def config_response(services: Any, *, http_section: bool) -> Response:
+def config_response(context: RouteContext, *, http_section: bool) -> Response:
     """The configuration the process runs with, secrets redacted, as one indented document (the
     reference returns it so, for people reading it raw); 503 before it is known."""
-    config = services.config
+    config = context.config
     if config is None:
         return json_error(503, CONFIGS_NOT_INITIALIZED)
     document = config.to_public_dict()
@@ -35,17 +35,17 @@ def config_response(services: Any, *, http_section: bool) -> Response:
     return Response(text + "\n", mimetype="application/json")
 
 
-def create_config_blueprint(services: Any) -> RouteGroup:
+def create_config_blueprint(context: RouteContext) -> RouteGroup:
     """The configuration and the L2 adapter inventory."""
     bp = Blueprint("config", __name__)
 
     @bp.get("/config")
     def config() -> Response:
-        return config_response(services, http_section=True)
+        return config_response(context, http_section=True)
 
     @bp.get("/config/adapters")
     def adapters() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return detail_error(503, SERVER_NOT_INITIALIZED)
         return jsonify(

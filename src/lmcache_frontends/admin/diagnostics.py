@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_core.plugin.routes import ADMIN
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import json_error
@@ -50,10 +50,10 @@ def _text(body: str, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
 
-def create_diagnostics_blueprint(services: Any) -> RouteGroup:
+def create_diagnostics_blueprint(context: RouteContext) -> RouteGroup:
     """Process-level debugging routes."""
     bp = Blueprint("diagnostics", __name__)
-    config = services.config
+    config = context.config
 
     @bp.get("/env")
     def env() -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, jsonify
 
+from lmcache_core.cache_ops import CacheOperations
 from lmcache_core.errors import (
     ConfigError,
     ConflictError,
@@ -24,11 +25,12 @@ from lmcache_core.errors import (
     UnprocessableError,
     UpstreamError,
 )
+from lmcache_core.plugin import RouteContext
+from lmcache_core.plugin.route_context import ENGINE_NOT_INITIALIZED
 from lmcache_core.ports import ListingNotSupportedError
 
 log = logging.getLogger(__name__)
 
-ENGINE_NOT_INITIALIZED = "engine not initialized"
 INTERNAL_ERROR = "internal error"
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def domain_error(exc: LMCacheError, *, detail: bool = False, of_body: bool = Fal
     return json_error(status, message, **({"detail": message} if detail else {}))
 
 
-def cache_operations(services: Any) -> Any:
-    """The services' cache operations (`CacheOperations`), or None while the engine is not
-    running: the routes answer 503 then."""
-    return None if services.engine is None else services.cache_ops
+def cache_operations(context: RouteContext) -> CacheOperations | None:
+    """The running server's cache operations, or None while the engine is not started: the
+    routes that answer in LMCache 0.5.6's order (body first, then the engine) answer 503 then."""
+    return context.app().cache_ops if context.started else None

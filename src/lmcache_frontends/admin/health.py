@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
-from lmcache_core.plugin import RouteGroup
-from lmcache_frontends.admin.errors import ENGINE_NOT_INITIALIZED, engine_not_initialized
+from lmcache_core.plugin import RouteContext, RouteGroup
+from lmcache_core.plugin.route_context import ENGINE_NOT_INITIALIZED
+from lmcache_frontends.admin.errors import engine_not_initialized
 from lmcache_frontends.admin.openapi import HEALTH_OPENAPI
 
 SERVICE_NAME = "LMCache HTTP API"
 
 
-def create_health_blueprint(services: Any) -> RouteGroup:
+def create_health_blueprint(context: RouteContext) -> RouteGroup:
     """Routes for probes; they never call into the engine, so they answer even under load."""
     bp = Blueprint("health", __name__)
 
@@ -24,7 +23,7 @@ def create_health_blueprint(services: Any) -> RouteGroup:
     @bp.get("/healthcheck")
     @bp.get("/api/healthcheck")
     def healthcheck() -> Response:
-        if services.engine is None:
+        if not context.started:
             return engine_not_initialized(status="unhealthy", reason=ENGINE_NOT_INITIALIZED)
         return jsonify(status="healthy")
 

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from lmcache_core.cache_ops.objects import MAX_DELETE_BATCH, check_delete_batch
 from lmcache_core.errors import InvalidKeyError, InvalidRequestError, LMCacheError
 from lmcache_core.keys import ObjectKey
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_core.ports import ListingNotSupportedError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
@@ -97,13 +97,13 @@ def _page_size(args: Any) -> int:
     return value
 
 
-def create_l2_blueprint(services: Any) -> RouteGroup:
+def create_l2_blueprint(context: RouteContext) -> RouteGroup:
     """Routes to enumerate L2 adapters, purge keys from one and list what one holds."""
     bp = Blueprint("l2", __name__)
 
     @bp.get("/l2/adapters")
     def l2_adapters() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         return jsonify(
@@ -115,7 +115,7 @@ def create_l2_blueprint(services: Any) -> RouteGroup:
 
     @bp.delete("/l2")
     def delete_l2() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             audit("l2-delete", "refused: engine not initialized")
             return engine_not_initialized()
@@ -151,7 +151,7 @@ def create_l2_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/l2/keys")
     def l2_keys() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         try:

@@ -14,7 +14,7 @@ from lmcache_core.cache_ops.objects import MAX_DELETE_BATCH, check_delete_batch
 from lmcache_core.cache_ops.tiers import require_tier
 from lmcache_core.errors import InvalidKeyError, LMCacheError
 from lmcache_core.keys import ObjectKey
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_core.ports import ListingNotSupportedError
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, domain_error
@@ -81,7 +81,7 @@ def keys_from_wire(raw_keys: list[dict[str, Any]]) -> list[ObjectKey]:
     return keys
 
 
-def create_objects_blueprint(services: Any) -> RouteGroup:
+def create_objects_blueprint(context: RouteContext) -> RouteGroup:
     """`/cache/objects`: list what an L2 adapter holds; delete keys from L1, L2 or both."""
     bp = Blueprint("objects", __name__)
 
@@ -91,7 +91,7 @@ def create_objects_blueprint(services: Any) -> RouteGroup:
             query = parse_query(LIST_QUERY)
         except BodyInvalid as exc:
             return exc.response()
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return detail_error(503, SERVER_NOT_INITIALIZED)
         try:
@@ -117,7 +117,7 @@ def create_objects_blueprint(services: Any) -> RouteGroup:
 
     @bp.delete("/cache/objects")
     def delete_objects() -> Response:
-        accepted = accept_change(services, "cache-objects-delete", DELETE_FIELDS, "DeleteObjectsRequest")
+        accepted = accept_change(context, "cache-objects-delete", DELETE_FIELDS, "DeleteObjectsRequest")
         if isinstance(accepted, Response):
             return accepted
         body, ops = accepted

@@ -17,8 +17,8 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from lmcache_core import metric_names as mn
 from lmcache_core.errors import ConfigError, InvalidKeyError
-from lmcache_core.periodic import LEVELS
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.periodic import LEVELS, PeriodicThreadRegistry
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_core.plugin.routes import ADMIN
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import engine_not_initialized, json_error
@@ -86,7 +86,7 @@ def thread_dump(name: str | None = None, thread_id: int | None = None) -> str:
     return "\n\n".join(parts) + f"\n\n=== Thread Summary ===\nTotal threads: {len(selected)}\n"
 
 
-def create_observability_blueprint(services: Any) -> RouteGroup:
+def create_observability_blueprint(context: RouteContext) -> RouteGroup:
     """Metrics, log levels, thread dumps and the periodic-thread registry."""
     bp = Blueprint("observability", __name__)
 
@@ -102,8 +102,8 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
         elapsed = time.perf_counter() - started if started is not None else 0.0
         response.headers[REQUEST_ID_HEADER] = rid
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-        metrics = services.metrics
-        if metrics is not None:
+        if context.started:  # requests answered while the server starts are not counted
+            metrics = context.app().metrics
             metrics.inc(mn.HTTP_REQUESTS.name, route=route, method=request.method, status=str(response.status_code))
             metrics.observe(mn.HTTP_REQUEST_DURATION_SECONDS.name, elapsed, route=route)
         access_log.info(
@@ -120,9 +120,9 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/metrics")
     def metrics() -> Response:
-        sink = services.metrics
-        if sink is None:
+        if not context.started:
             return engine_not_initialized()
+        sink = context.app().metrics
         render = getattr(sink, "render", None)
         if render is None:  # metrics disabled (a NullMetricsSink): an empty, valid exposition
             return _text("")
@@ -131,10 +131,10 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
 
     @bp.post("/metrics/reset")
     def metrics_reset() -> Response:
-        sink = services.metrics
-        if sink is None:
+        if not context.started:
             audit("metrics-reset", "refused: engine not initialized")
             return engine_not_initialized()
+        sink = context.app().metrics
         reset = getattr(sink, "reset", None)
         if reset is not None:
             reset()
@@ -185,8 +185,8 @@ def create_observability_blueprint(services: Any) -> RouteGroup:
                 return json_error(400, f"invalid query parameter thread_id: expected an integer, got {raw_id!r}")
         return _text(thread_dump(name, thread_id))
 
-    def _registry() -> Any:
-        return services.periodic_threads
+    def _registry() -> PeriodicThreadRegistry | None:
+        return context.app().periodic_threads if context.started else None
 
     @bp.get("/periodic-threads")
     def periodic_threads() -> Response:

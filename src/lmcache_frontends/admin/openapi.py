@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends import version
 from lmcache_frontends.admin.groups import route_groups
 
@@ -175,7 +175,7 @@ def collect(app: Flask) -> dict[str, Any]:
     }
 
 
-def create_openapi_blueprint(services: Any) -> RouteGroup:
+def create_openapi_blueprint(context: RouteContext) -> RouteGroup:
     """`GET /openapi.json`: the document of every route the running app serves."""
     bp = Blueprint("openapi", __name__)
 

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify
 from lmcache_core.cache_ops import Tier
 from lmcache_core.cache_ops.prefetch import COMPLETED, MAX_TOKEN_IDS, PENDING
 from lmcache_core.errors import LMCacheError
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, domain_error
 from lmcache_frontends.admin.openapi import (
@@ -39,13 +39,13 @@ PREFETCH_FIELDS = (
 )
 
 
-def create_prefetches_blueprint(services: Any) -> RouteGroup:
+def create_prefetches_blueprint(context: RouteContext) -> RouteGroup:
     """Submit and poll warm prefetches (L2 -> L1)."""
     bp = Blueprint("prefetches", __name__)
 
     @bp.post("/cache/prefetches")
     def submit() -> Response:
-        accepted = accept_change(services, "cache-prefetch", PREFETCH_FIELDS, "PrefetchRequest")
+        accepted = accept_change(context, "cache-prefetch", PREFETCH_FIELDS, "PrefetchRequest")
         if isinstance(accepted, Response):
             return accepted
         body, ops = accepted
@@ -73,7 +73,7 @@ def create_prefetches_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/cache/prefetches/<request_id>")
     def poll(request_id: str) -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return detail_error(503, SERVER_NOT_INITIALIZED)
         try:

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from lmcache_core.errors import ConfigError, InvalidKeyError
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import json_error
 from lmcache_frontends.admin.gate import require_engine
@@ -65,15 +65,14 @@ def parse_limit_gb(raw: bytes) -> float:
     return limit
 
 
-def create_quota_blueprint(services: Any) -> RouteGroup:
+def create_quota_blueprint(context: RouteContext) -> RouteGroup:
     """Per-cache_salt storage budgets consumed by the IsolatedLRU eviction policy."""
     bp = Blueprint("quota", __name__)
-    require_engine(bp, services, audited={"put_quota": "quota-set", "delete_quota": "quota-delete"})
+    app = require_engine(bp, context, audited={"put_quota": "quota-set", "delete_quota": "quota-delete"})
 
     @bp.get("/quota")
     def list_quotas() -> Response:
-        engine = services.engine
-        storage = engine.storage
+        storage = app().storage
         usage = storage.l1.bytes_by_salt()
         users = {
             _url_salt(salt): {"limit_gb": _gb(limit), "current_usage_gb": _gb(usage.get(salt, 0))}
@@ -83,12 +82,11 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/quota/<cache_salt>")
     def get_quota(cache_salt: str) -> Response:
-        engine = services.engine
         try:
             salt = salt_from_url(cache_salt)
         except InvalidKeyError as exc:
             return json_error(400, str(exc))
-        storage = engine.storage
+        storage = app().storage
         limit = storage.quotas.get(salt)
         used = storage.l1.bytes_by_salt().get(salt, 0)
         return jsonify(
@@ -100,7 +98,6 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
 
     @bp.put("/quota/<cache_salt>")
     def put_quota(cache_salt: str) -> Response:
-        engine = services.engine
         try:
             salt = salt_from_url(cache_salt)
             limit_gb = parse_limit_gb(request.get_data())
@@ -108,7 +105,7 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
             audit("quota-set", "rejected", cache_salt=cache_salt, reason=str(exc))
             return json_error(400, str(exc))
         try:
-            engine.storage.quotas.set(salt, int(limit_gb * GIB))
+            app().storage.quotas.set(salt, int(limit_gb * GIB))
         except ConfigError as exc:
             audit("quota-set", "rejected", cache_salt=cache_salt, reason=str(exc))
             return json_error(400, str(exc))
@@ -117,13 +114,12 @@ def create_quota_blueprint(services: Any) -> RouteGroup:
 
     @bp.delete("/quota/<cache_salt>")
     def delete_quota(cache_salt: str) -> Response:
-        engine = services.engine
         try:
             salt = salt_from_url(cache_salt)
         except InvalidKeyError as exc:
             audit("quota-delete", "rejected", cache_salt=cache_salt, reason=str(exc))
             return json_error(400, str(exc))
-        removed = engine.storage.quotas.delete(salt)
+        removed = app().storage.quotas.delete(salt)
         audit("quota-delete", "removed" if removed else "not_found", cache_salt=_url_salt(salt))
         return jsonify(cache_salt=_url_salt(salt), status="removed" if removed else "not_found")
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from lmcache_frontends.admin.errors import ENGINE_NOT_INITIALIZED
+from lmcache_core.plugin import RouteContext, RouteGroup, RunningContext
+from lmcache_core.plugin.route_context import ENGINE_NOT_INITIALIZED
 from lmcache_frontends.admin.openapi import json_response, obj
 
 PROBE_BYTES = 4096
@@ -124,37 +125,36 @@ def check_controllers(storage: Any, registry: Any) -> dict[str, Any]:
     return {"ok": True, "periodic_threads": len(threads)}
 
 
-def readiness(services: Any, prober: _Prober, timeout: float) -> tuple[bool, dict[str, Any]]:
-    """(ready, checks by name) for `services`."""
-    engine = services.engine
-    if engine is None or services.storage is None:
-        return False, {"engine": {"ok": False, "error": ENGINE_NOT_INITIALIZED}}
+def readiness(app: RunningContext, prober: _Prober, timeout: float) -> tuple[bool, dict[str, Any]]:
+    """(ready, checks by name) for the running server `app`."""
     checks: dict[str, Any] = {"engine": {"ok": True}}
-    pool = services.memory_pool
-    if pool is not None:
-        checks["l1"] = _check(lambda: check_l1(pool))
-    storage = services.storage
+    pool = app.memory_pool
+    checks["l1"] = _check(lambda: check_l1(pool))
+    storage = app.storage
     for entry in storage.l2_adapters:
         checks[f"l2:{entry.index}:{entry.name}"] = _check(
             functools.partial(check_adapter, prober, entry, timeout, storage.l2_health)
         )
-    registry = services.periodic_threads
+    registry = app.periodic_threads
     checks["controllers"] = _check(lambda: check_controllers(storage, registry))
     # What running components registered (the data path's socket loop), each under its name.
-    for name, check in services.readiness.checks().items():
+    for name, check in app.readiness.checks().items():
         checks[name] = _check(check)
     return all(c["ok"] for c in checks.values()), checks
 
 
-def create_readyz_blueprint(services: Any) -> Blueprint:
+def create_readyz_blueprint(context: RouteContext) -> RouteGroup:
     """`GET /readyz` for readiness probes (open like `/healthcheck`)."""
     bp = Blueprint("readyz", __name__)
     prober = _Prober()
 
     @bp.get("/readyz")
     def readyz() -> Response:
-        timeout = float(services.config.readyz_timeout_seconds)
-        ready, checks = readiness(services, prober, timeout)
+        if context.started:
+            timeout = float(context.config.readyz_timeout_seconds)
+            ready, checks = readiness(context.app(), prober, timeout)
+        else:  # still starting: not ready, and nothing to probe yet
+            ready, checks = False, {"engine": {"ok": False, "error": ENGINE_NOT_INITIALIZED}}
         if ready:
             return jsonify(ready=True, checks=checks)
         failing = [name for name, c in checks.items() if not c["ok"]]
@@ -162,8 +162,7 @@ def create_readyz_blueprint(services: Any) -> Blueprint:
         response.status_code = 503
         return response
 
-    bp.openapi = READYZ_OPENAPI  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=READYZ_OPENAPI)
 
 
 _CHECK = obj(

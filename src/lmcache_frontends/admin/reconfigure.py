@@ -22,7 +22,7 @@ from lmcache_adapters.l2.dax import InvalidSizeError, parse_size
 from lmcache_core.cache_ops.reconfigure import L1_NOT_DAX, ReconfigurableAdapter, normalize
 from lmcache_core.errors import InvalidRequestError, LMCacheError, NotFoundError
 from lmcache_core.l1.arenas import DEFAULT_REMOVE_TIMEOUT_SECONDS, MAX_REMOVE_TIMEOUT_SECONDS
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import (
     cache_operations,
@@ -99,13 +99,13 @@ def _dax_l2_payload(operation: str, body: dict[str, Any]) -> tuple[int, dict[str
     return parsed["adapter_index"], payload
 
 
-def create_reconfigure_blueprint(services: Any) -> RouteGroup:
+def create_reconfigure_blueprint(context: RouteContext) -> RouteGroup:
     """Routes that change an L2 adapter's devices while the server runs."""
     bp = Blueprint("reconfigure", __name__)
 
     def apply(target: ReconfigurableAdapter, name: str, op: str, payload: Mapping[str, Any]) -> Response:
         try:
-            result = cache_operations(services).reconfigure.apply(target, op, payload)
+            result = context.app().cache_ops.reconfigure.apply(target, op, payload)
         except LMCacheError as exc:
             status = status_for(exc, of_body=True) or 500
             audit("reconfigure", f"failed: {status}", backend=name, operation=op, adapter=target.entry.name, reason=str(exc))
@@ -117,7 +117,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/reconfigure/backends")
     def backends() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         names = list(ops.reconfigure.backends())
@@ -125,7 +125,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/reconfigure/<backend>/status")
     def backend_status(backend: str) -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         try:
@@ -136,7 +136,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
     @bp.post("/reconfigure/<backend>/<operation>")
     def apply_v1(backend: str, operation: str) -> Response:
         name, op = backend.strip().lower(), operation.strip().lower()
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             audit("reconfigure", "refused: engine not initialized", backend=name, operation=op)
             return engine_not_initialized()
@@ -167,7 +167,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/reconfigure/<backend>/l2/status")
     def l2_status(backend: str) -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         try:
@@ -182,7 +182,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
         except BodyInvalid as exc:
             audit("reconfigure", "rejected", backend=backend, operation=operation, reason=str(exc))
             return exc.response()
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             audit("reconfigure", "refused: engine not initialized", backend=backend, operation=operation)
             return engine_not_initialized()
@@ -213,7 +213,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
 
     @bp.get("/reconfigure/dax/l1/status")
     def l1_status() -> Response:
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             return engine_not_initialized()
         try:
@@ -228,7 +228,7 @@ def create_reconfigure_blueprint(services: Any) -> RouteGroup:
         except BodyInvalid as exc:
             audit("reconfigure-l1", "rejected", operation=operation, reason=str(exc))
             return exc.response()
-        ops = cache_operations(services)
+        ops = cache_operations(context)
         if ops is None:
             audit("reconfigure-l1", "refused: engine not initialized", operation=operation)
             return engine_not_initialized()

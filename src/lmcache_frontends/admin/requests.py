@@ -18,10 +18,12 @@ from flask import Blueprint, Response, jsonify, request
 
 from lmcache_adapters.l2.serde import CODECS, SerdeL2Adapter, make_codec
 from lmcache_core.errors import ConfigError, NotFoundError
-from lmcache_core.inspection import InspectedChunk, InspectedRequest
+from lmcache_core.inspection import InspectedChunk, InspectedRequest, RequestInspector
 from lmcache_core.keys import ObjectKey
 from lmcache_core.l1.manager import L1ObjectInfo
 from lmcache_core.l1.results import OpResult
+from lmcache_core.plugin import RouteContext, RouteGroup
+from lmcache_core.storage_manager import StorageManager
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import json_error
 from lmcache_frontends.admin.gate import require_engine
@@ -61,23 +63,23 @@ def _bound(name: str, default: int | None) -> int | None:
     return value
 
 
-def _find_request(services: Any, request_id: str) -> InspectedRequest:
+def _find_request(inspector: RequestInspector, request_id: str) -> InspectedRequest:
     """The request's chunks within the `start`/`end` token bounds; NotFoundError when unknown."""
     start = _bound("start", 0) or 0
     end = _bound("end", None)
     try:  # bounds with end <= start are a ValueError
-        return services.inspector.find(request_id, start, end)  # type: ignore[no-any-return]
+        return inspector.find(request_id, start, end)
     except ValueError as exc:
         raise _BadRequest(str(exc)) from None
 
 
-def _l2_hits(services: Any, keys: list[ObjectKey]) -> dict[str, list[bool] | str]:
+def _l2_hits(storage: StorageManager, keys: list[ObjectKey]) -> dict[str, list[bool] | str]:
     """Per L2 adapter (`index:name`), the hit bitmap of `keys` (locks released at once) or an
     error string when the adapter did not answer in time."""
     out: dict[str, list[bool] | str] = {}
     if not keys:
         return out
-    for entry in services.engine.storage.l2_adapters:
+    for entry in storage.l2_adapters:
         label = f"{entry.index}:{entry.name}"
         adapter = entry.adapter
         try:
@@ -172,10 +174,10 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 # ---------------------------------------------------------------------- routes
 
 
-def create_requests_blueprint(services: Any) -> Blueprint:
+def create_requests_blueprint(context: RouteContext) -> RouteGroup:
     """Per-request info, pin/unpin against L1 eviction and L2 recompression."""
     bp = Blueprint("requests", __name__)
-    require_engine(bp, services, audited={"pin": "kvcache-pin", "unpin": "kvcache-unpin", "compress": "kvcache-compress"})
+    app = require_engine(bp, context, audited={"pin": "kvcache-pin", "unpin": "kvcache-unpin", "compress": "kvcache-compress"})
 
     def rejected(action: str, req: InspectedRequest | None, reason: str, **fields: Any) -> Response:
         audit(action, "rejected", request_id=None if req is None else req.request_id, reason=reason)
@@ -194,16 +196,16 @@ def create_requests_blueprint(services: Any) -> Blueprint:
     @bp.get("/kvcache/requests/<request_id>")
     def info(request_id: str) -> Response:
         try:
-            req = _find_request(services, request_id)
+            req = _find_request(app().inspector, request_id)
         except _BadRequest as exc:
             return bad("kvcache-info", exc, False)
         except NotFoundError as exc:
             return not_found("kvcache-info", exc, False)
-        storage = services.engine.storage
+        storage = app().storage
         keys = [c.key for c in req.chunks]
         l1_info = storage.l1.inspect(keys)
-        l2 = _l2_hits(services, keys)
-        now = services.engine.clock.monotonic()
+        l2 = _l2_hits(storage, keys)
+        now = app().clock.monotonic()
         entries = []
         for i, (chunk, info_) in enumerate(zip(req.chunks, l1_info, strict=True)):
             where = [label for label, hits in l2.items() if not isinstance(hits, str) and hits[i]]
@@ -227,14 +229,14 @@ def create_requests_blueprint(services: Any) -> Blueprint:
             ttl = body.get("ttl_seconds")
             if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0):
                 raise _BadRequest(f"ttl_seconds must be a finite number > 0 or null, got {ttl!r}")
-            req = _find_request(services, request_id)
+            req = _find_request(app().inspector, request_id)
         except _BadRequest as exc:
             return bad("kvcache-pin", exc, True)
         except NotFoundError as exc:
             return not_found("kvcache-pin", exc, True)
         if not req.chunks:
             return rejected("kvcache-pin", req, f"request {request_id!r} has no chunk in the given token range")
-        l1 = services.engine.storage.l1
+        l1 = app().storage.l1
         keys = [c.key for c in req.chunks]
         before = l1.inspect(keys)
         missing = sum(1 for i in before if i is None or not i.readable or i.temporary)
@@ -246,7 +248,7 @@ def create_requests_blueprint(services: Any) -> Blueprint:
                 "(evicted, never stored or still being written)",
             )
         used, capacity = l1.usage_bytes()
-        watermark = float(services.config.eviction_trigger_watermark)
+        watermark = float(context.config.eviction_trigger_watermark)
         limit = int(capacity * watermark)
         results = l1.pin(keys, None if ttl is None else float(ttl), max_pinned_bytes=limit)
         if not all(r is OpResult.SUCCESS for r in results):
@@ -282,12 +284,12 @@ def create_requests_blueprint(services: Any) -> Blueprint:
     @bp.post("/kvcache/requests/<request_id>/unpin")
     def unpin(request_id: str) -> Response:
         try:
-            req = _find_request(services, request_id)
+            req = _find_request(app().inspector, request_id)
         except _BadRequest as exc:
             return bad("kvcache-unpin", exc, True)
         except NotFoundError as exc:
             return not_found("kvcache-unpin", exc, True)
-        results = services.engine.storage.l1.unpin([c.key for c in req.chunks])
+        results = app().storage.l1.unpin([c.key for c in req.chunks])
         unpinned = sum(r is OpResult.SUCCESS for r in results)
         audit("kvcache-unpin", "ok", request_id=request_id, unpinned=unpinned)
         return jsonify({**_header(req), "status": "ok", "unpinned_chunks": unpinned, "not_pinned_chunks": len(results) - unpinned})
@@ -307,8 +309,8 @@ def create_requests_blueprint(services: Any) -> Blueprint:
                 codec = make_codec(codec_config)
             except ConfigError as exc:
                 raise _BadRequest(str(exc)) from None
-            req = _find_request(services, request_id)
-            entry = _select_adapter(services.engine.storage, selector)
+            req = _find_request(app().inspector, request_id)
+            entry = _select_adapter(app().storage, selector)
         except _BadRequest as exc:
             return bad("kvcache-compress", exc, True)
         except NotFoundError as exc:
@@ -357,8 +359,7 @@ def create_requests_blueprint(services: Any) -> Blueprint:
             }
         )
 
-    bp.openapi = _openapi()  # type: ignore[attr-defined]
-    return bp
+    return RouteGroup(bp, openapi=_openapi())
 
 
 # ---------------------------------------------------------------------- OpenAPI

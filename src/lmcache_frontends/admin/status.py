@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_core.status import safe_report
 from lmcache_frontends import version
 from lmcache_frontends.admin.config import config_response
@@ -14,23 +12,22 @@ from lmcache_frontends.admin.errors import engine_not_initialized
 from lmcache_frontends.admin.openapi import STATUS_OPENAPI
 
 
-def create_status_blueprint(services: Any) -> RouteGroup:
+def create_status_blueprint(context: RouteContext) -> RouteGroup:
     """The status tree, the effective configuration and the version descriptors."""
     bp = Blueprint("status", __name__)
 
     @bp.get("/status")
     @bp.get("/api/status")
     def status() -> Response:
-        engine = services.engine
-        if engine is None:
+        if not context.started:
             return engine_not_initialized()
         # A component whose report raises shows up as an unhealthy node instead of a 500,
         # so an operator still sees the rest of the tree.
-        return jsonify(safe_report(engine))
+        return jsonify(safe_report(context.app().engine))
 
     @bp.get("/conf")
     def conf() -> Response:
-        return config_response(services, http_section=False)
+        return config_response(context, http_section=False)
 
     @bp.get("/version")
     def combined_version() -> Response:

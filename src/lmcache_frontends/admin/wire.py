@@ -17,6 +17,8 @@ from typing import Any
 
 from flask import Response, request
 
+from lmcache_core.cache_ops import CacheOperations
+from lmcache_core.plugin import RouteContext
 from lmcache_frontends.admin.audit import audit
 from lmcache_frontends.admin.errors import cache_operations, json_error
 
@@ -326,8 +328,8 @@ def validate_model(
 
 
 def accept_change(
-    services: Any, action: str, fields: Sequence[Field], class_name: str, *, optional: bool = False
-) -> tuple[dict[str, Any] | None, Any] | Response:
+    context: RouteContext, action: str, fields: Sequence[Field], class_name: str, *, optional: bool = False
+) -> tuple[dict[str, Any] | None, CacheOperations] | Response:
     """The start of a state-changing 0.5.6 `/cache/*` route, in 0.5.6's order: the body's
     validation (422), then the engine (503 `server not initialized`), each refusal audited under
     `action`. Returns (the body, the cache operations), or the refusal to answer."""
@@ -336,7 +338,7 @@ def accept_change(
     except BodyInvalid as exc:
         audit(action, "rejected", reason=str(exc))
         return exc.response()
-    ops = cache_operations(services)
+    ops = cache_operations(context)
     if ops is None:
         audit(action, "refused: engine not initialized")
         return detail_error(503, SERVER_NOT_INITIALIZED)

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from lmcache_core.plugin import RouteGroup
+from lmcache_core.plugin import RouteContext, RouteGroup
 from lmcache_frontends.admin.openapi import error_responses, path_param
 
 UI_RULE = "/ui"
@@ -150,7 +150,7 @@ def _console_blueprint(page: str, summary: str) -> RouteGroup:
     return RouteGroup(bp, openapi=_openapi(summary), scopes={UI_RULE: None, ASSET_RULE: None})
 
 
-def create_console_blueprint(services: Any) -> RouteGroup:
+def create_console_blueprint(context: RouteContext) -> RouteGroup:
     """The server page: health, L1, L2, traffic, tenants, engines, audit, actions."""
     return _console_blueprint(SERVER_PAGE, "The operator console (an HTML page; static, open)")
 

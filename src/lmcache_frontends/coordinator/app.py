@@ -6,12 +6,12 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from lmcache_frontends.admin.app import create_app
+from lmcache_frontends.admin.app import create_route_app
 from lmcache_frontends.admin.audit import create_audit_blueprint
 from lmcache_frontends.admin.auth import ScopePolicy, create_auth_blueprint
 from lmcache_frontends.console.routes import create_fleet_console_blueprint
 from lmcache_frontends.coordinator.cache import create_cache_blueprint
-from lmcache_frontends.coordinator.common import CoordinatorContext
+from lmcache_frontends.coordinator.common import CONTEXT_KEY, CoordinatorContext
 from lmcache_frontends.coordinator.directory import create_directory_blueprint
 from lmcache_frontends.coordinator.events import create_events_blueprint
 from lmcache_frontends.coordinator.membership import create_membership_blueprint
@@ -43,9 +43,9 @@ ROUTE_GROUPS = {
 
 
 def create_coordinator_app(ctx: CoordinatorContext) -> Flask:
-    """Build the app over `ctx` (its route table is filled here)."""
-    ctx.frontends.http_routes = dict(ROUTE_GROUPS)
-    app = create_app(ctx, max_content_length=MAX_BODY_BYTES, policy=POLICY)
+    """Build the app over `ctx`: the coordinator's route groups, read through `context()`."""
+    app = create_route_app(ctx, ctx.config, ROUTE_GROUPS, max_content_length=MAX_BODY_BYTES, policy=POLICY)
+    app.extensions[CONTEXT_KEY] = ctx
 
     @app.after_request
     def _detail(response: WerkzeugResponse) -> WerkzeugResponse:

@@ -3,7 +3,7 @@ paths, GiB conversions and OpenAPI schema fragments."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app, request
@@ -22,24 +22,16 @@ CONTEXT_KEY = "lmcache.coordinator"
 
 
 @dataclass
-class RouteTable:
-    """The route groups the app mounts (the admin app factory's `frontends.http_routes`)."""
-
-    http_routes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class CoordinatorContext:
     """What the route groups receive: the settings and the fleet service."""
 
     config: CoordinatorConfig
     service: FleetService
-    frontends: RouteTable = field(default_factory=RouteTable)
     started_at: float = 0.0
 
 
 def context() -> CoordinatorContext:
-    ctx: CoordinatorContext = current_app.extensions["lmcache.services"]
+    ctx: CoordinatorContext = current_app.extensions[CONTEXT_KEY]
     return ctx
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from lmcache_adapters.plugin import hookimpl
-from lmcache_core.plugin import FrontendRegistry, ServerContext
+from lmcache_core.plugin import FrontendRegistry, ServerContext, ServerFrontend
 
 
-def create_zmq_server(services: ServerContext) -> Any:
+def create_zmq_server(services: ServerContext) -> ServerFrontend:
     """The data-path server for `services` (started by the composition root)."""
     from lmcache_frontends.zmq.curve import load_curve_config
     from lmcache_frontends.zmq.kv_caches import DataPathKVCaches

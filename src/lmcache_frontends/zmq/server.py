@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -34,6 +34,7 @@ from lmcache_core.inspection import RequestInspector
 from lmcache_core.lookup import DataPath
 from lmcache_core.oplog import OperationLog
 from lmcache_core.periodic import PeriodicThread, Summary
+from lmcache_core.plugin.server_context import Endpoint
 from lmcache_core.ports import Clock, MemoryPool, MetricsSink, NullMetricsSink
 from lmcache_core.ratelimit import LogRateLimiter
 from lmcache_core.readiness import ReadinessCheck, ReadinessRegistry
@@ -213,7 +214,7 @@ class ZmqDataPathServer:
             self._inspector.attach(self.sessions)
         if self._readiness is not None:
             self._readiness.register(READINESS_CHECK, loop_readiness(self))
-        log.info("ZeroMQ data path listening on %s (protocol %s)", " and ".join(self.endpoints), self.detector.forced)
+        log.info("ZeroMQ data path listening on %s (protocol %s)", " and ".join(self.transport.endpoints), self.detector.forced)
 
     def _own_periodic(self, name: str, target: Callable[[], Summary], *, interval_seconds: float, level: str) -> PeriodicThread:
         """Without a server's registry (a server built on its own, as tests do): the same
@@ -259,10 +260,11 @@ class ZmqDataPathServer:
         """The Unix-domain endpoint (ipc://PATH) with --ipc-path, else None."""
         return self.transport.ipc_url
 
-    @property
-    def endpoints(self) -> list[str]:
-        """Every endpoint engines can connect to."""
-        return self.transport.endpoints
+    def endpoints(self) -> Mapping[str, Endpoint]:
+        """The tcp endpoint (`zmq`, with the port really bound) and the Unix-domain one
+        (`zmq-ipc`, None without --ipc-path): the ready line, --ready-file and the fleet
+        registration read them."""
+        return {"zmq": Endpoint(self.url, self.bound_port), "zmq-ipc": Endpoint(self.ipc_url)}
 
     @property
     def bound_port(self) -> int | None:

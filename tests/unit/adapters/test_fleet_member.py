@@ -19,6 +19,7 @@ from lmcache_core.fleet.service import FleetService
 from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
+from lmcache_core.plugin import Endpoint
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
 from lmcache_core.testing import poll_until
@@ -65,11 +66,12 @@ def test_a_member_registers_reports_and_leaves(storage: StorageManager, coordina
     member.attach(storage)
     put(storage.l1, [key(1), key(2)])  # buffered before the ports are known
     assert member.report_status()["started"] is False and member.report_status()["buffered_events"] >= 2
-    member.start(http_port=8123, zmq_port=5599)
+    member.start(http_port=8123, endpoints={"zmq": Endpoint("tcp://127.0.0.1:5599", 5599), "zmq-ipc": Endpoint(None)})
     try:
         info = poll_until(lambda: service.store.instance("127.0.0.1:8123")).info
         assert (info.ip, info.http_port) == ("127.0.0.1", 8123)
         assert info.metadata["zmq_port"] == "5599" and info.metadata["incarnation"] == "5"
+        assert "zmq_ipc_port" not in info.metadata  # an endpoint without a TCP port registers none
         assert storage.store.drain(5)
         poll_until(lambda: service.usage().placements[Tier.L1] == 2 and service.usage().placements[Tier.L2] == 2)
         record = service.lookup([key(1)])[0]

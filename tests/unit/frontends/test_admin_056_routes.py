@@ -18,7 +18,7 @@ from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.results import OpResult
 from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import LiveServices, Services, StartingServices
+from lmcache_frontends.bootstrap import AdminContext, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
 from lmcache_frontends.zmq.kv_caches import DataPathKVCaches
@@ -191,7 +191,7 @@ def test_refusals_of_state_changing_routes_are_audited(client: FlaskClient, tmp_
 
 
 def test_every_0_5_6_route_answers_503_while_the_engine_starts(stack: Services) -> None:
-    starting = LiveServices(StartingServices(config=stack.config, plugins=stack.plugins, frontends=stack.frontends))
+    starting = AdminContext(stack.config, stack.plugins, stack.frontends)
     client = create_app(starting).test_client()
     auth = bearer(ADMIN_SECRET)
     detail = {"detail": "server not initialized", "error": "server not initialized"}

@@ -17,7 +17,7 @@ from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.results import OpResult
 from lmcache_core.plugin import FrontendRegistry
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import Lifecycle, LiveServices, Services, StartingServices
+from lmcache_frontends.bootstrap import AdminContext, Lifecycle, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import DEFAULT_POOL_BYTES as POOL_BYTES
 from lmcache_frontends.testing import builtin_plugins, in_memory_stack
@@ -36,9 +36,9 @@ def _key(i: int, *, salt: str = "", model: str = "org/model-a") -> ObjectKey:
     return ObjectKey(i.to_bytes(32, "big"), model, kv_rank_for(1, 0), cache_salt=salt)
 
 
-def _not_started(services: Services) -> Services:
-    """The same stack as seen by an app created before the engine finished starting."""
-    return dataclasses.replace(services, engine=None, storage=None, lifecycle=Lifecycle())
+def _not_started(services: Services) -> AdminContext:
+    """The same server as seen by an app created before the engine finished starting."""
+    return AdminContext(services.config, services.plugins, services.frontends)
 
 
 # --------------------------------------------------------------------------- liveness
@@ -203,7 +203,7 @@ def test_routes_answer_503_while_the_engine_is_not_initialized(services: Service
 
 
 def test_an_app_created_while_starting_serves_the_engine_once_attached(services: Services) -> None:
-    live = LiveServices(StartingServices(config=services.config, plugins=services.plugins, frontends=services.frontends))
+    live = _not_started(services)
     client = create_app(live).test_client()
     assert client.get("/healthcheck").status_code == 503
     assert client.get("/conf").get_json() == services.config.to_public_dict()
@@ -213,7 +213,7 @@ def test_an_app_created_while_starting_serves_the_engine_once_attached(services:
 
 
 def test_conf_answers_503_without_a_configuration(services: Services) -> None:
-    client = create_app(dataclasses.replace(_not_started(services), config=None)).test_client()
+    client = create_app(AdminContext(None, services.plugins, services.frontends)).test_client()
     response = client.get("/conf")
     assert (response.status_code, response.get_json()) == (503, {"error": "configs not initialized"})
 

@@ -14,7 +14,7 @@ from lmcache_core.clock import ManualClock
 from lmcache_core.keys import ObjectKey
 from lmcache_core.testing import poll_until
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import LiveServices, Services, StartingServices
+from lmcache_frontends.bootstrap import AdminContext, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import builtin_plugins, in_memory_stack
 
@@ -100,8 +100,8 @@ def test_metrics_reset_zeroes_counters_and_is_audited(
 
 def test_routes_answer_503_while_the_engine_starts() -> None:
     plugins = builtin_plugins()
-    starting = StartingServices(config=ServerConfig(), plugins=plugins, frontends=plugins.frontend_registry())
-    client = create_app(LiveServices(starting)).test_client()
+    starting = AdminContext(ServerConfig(), plugins, plugins.frontend_registry())
+    client = create_app(starting).test_client()
     for path in ("/metrics", "/periodic-threads", "/periodic-threads/l1-eviction", "/periodic-threads-health"):
         response = client.get(path)
         assert response.status_code == 503, path

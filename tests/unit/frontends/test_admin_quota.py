@@ -6,7 +6,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from lmcache_core.keys import ObjectKey
-from lmcache_frontends.bootstrap import Services
+from lmcache_frontends.admin.app import create_app
+from lmcache_frontends.bootstrap import AdminContext, Services
 
 GIB = 1 << 30
 
@@ -72,10 +73,7 @@ def test_invalid_salt_in_the_path_is_400(client: FlaskClient) -> None:
         assert response.status_code == 400 and "cache_salt" in response.get_json()["error"]
 
 
-def test_every_route_is_503_while_starting(services: Services, client: FlaskClient) -> None:
-    engine, services.engine = services.engine, None
-    try:
-        for response in (client.get("/quota"), client.get("/quota/a"), client.put("/quota/a", json={"limit_gb": 1}), client.delete("/quota/a")):
-            assert response.status_code == 503 and response.get_json()["error"] == "engine not initialized"
-    finally:
-        services.engine = engine
+def test_every_route_is_503_while_starting(services: Services) -> None:
+    client = create_app(AdminContext(services.config, services.plugins, services.frontends)).test_client()
+    for response in (client.get("/quota"), client.get("/quota/a"), client.put("/quota/a", json={"limit_gb": 1}), client.delete("/quota/a")):
+        assert response.status_code == 503 and response.get_json()["error"] == "engine not initialized"

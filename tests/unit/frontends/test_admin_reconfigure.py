@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from lmcache_adapters.l2.dax import SUPERBLOCK_BYTES
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import Services
+from lmcache_frontends.bootstrap import AdminContext, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
 
@@ -95,13 +95,10 @@ def test_conflict_forbidden_and_not_found_come_from_the_adapter(dax: Any) -> Non
 
 
 def test_routes_are_503_while_starting(dax: Any) -> None:
-    services, client, _ = dax
-    engine, services.engine = services.engine, None
-    try:
-        for response in (client.get("/reconfigure/backends"), client.get("/reconfigure/dax/status"), client.post("/reconfigure/dax/add", json={})):
-            assert response.status_code == 503
-    finally:
-        services.engine = engine
+    services, _, _ = dax
+    client = create_app(AdminContext(services.config, services.plugins, services.frontends)).test_client()
+    for response in (client.get("/reconfigure/backends"), client.get("/reconfigure/dax/status"), client.post("/reconfigure/dax/add", json={})):
+        assert response.status_code == 503
 
 
 # --------------------------------------------------------------------------- LMCache 0.5.6's routes

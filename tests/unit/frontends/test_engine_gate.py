@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from lmcache_frontends.admin.app import create_app
-from lmcache_frontends.bootstrap import LiveServices, Services, StartingServices
+from lmcache_frontends.bootstrap import AdminContext, Services
 from lmcache_frontends.config import ServerConfig
 from lmcache_frontends.testing import in_memory_stack
 
@@ -27,12 +27,12 @@ def stack(tmp_path: Path) -> Iterator[Services]:
 
 
 @pytest.fixture
-def live(stack: Services) -> LiveServices:
-    return LiveServices(StartingServices(config=stack.config, plugins=stack.plugins, frontends=stack.frontends))
+def live(stack: Services) -> AdminContext:
+    return AdminContext(stack.config, stack.plugins, stack.frontends)
 
 
 @pytest.fixture
-def client(live: LiveServices) -> FlaskClient:
+def client(live: AdminContext) -> FlaskClient:
     return create_app(live).test_client()
 
 
@@ -71,7 +71,7 @@ def test_refused_changes_are_audited_with_their_path_parameters(client: FlaskCli
     ]
 
 
-def test_the_gate_opens_once_the_engine_is_attached(client: FlaskClient, live: LiveServices, stack: Services) -> None:
+def test_the_gate_opens_once_the_engine_is_attached(client: FlaskClient, live: AdminContext, stack: Services) -> None:
     assert client.get("/quota", headers=AUTH).status_code == 503
     live.attach(stack)
     assert client.get("/quota", headers=AUTH).get_json() == {"users": {}}

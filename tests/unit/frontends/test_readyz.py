@@ -42,9 +42,9 @@ def test_a_healthy_stack_is_ready(stack: Services, rclient: FlaskClient) -> None
 
 
 def test_a_starting_server_is_not_ready(stack: Services) -> None:
-    from lmcache_frontends.bootstrap import StartingServices
+    from lmcache_frontends.bootstrap import AdminContext
 
-    starting = StartingServices(config=stack.config, plugins=stack.plugins, frontends=stack.frontends)
+    starting = AdminContext(stack.config, stack.plugins, stack.frontends)
     response = create_app(starting).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["failing"] == ["engine"]

@@ -53,7 +53,7 @@ def test_engines_use_the_ipc_endpoint_like_the_tcp_one(services: Services, sock_
     server = make_server(services, path)
     server.start()
     try:
-        assert server.ipc_url == f"ipc://{path}" and server.endpoints == [server.url, server.ipc_url]
+        assert server.ipc_url == f"ipc://{path}" and [e.url for e in server.endpoints().values()] == [server.url, server.ipc_url]
         st = os.lstat(path)
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         assert server.report_status()["ipc_endpoint"] == f"ipc://{path}"
