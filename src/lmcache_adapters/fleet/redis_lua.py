@@ -31,12 +31,16 @@ local function holds_l1(rec, inst)
 end
 local function account(U, p, sign)
   local t = p[3]
+  -- -1 * 0 is -0 in Lua, which Redis formats as "-0" and HINCRBY refuses: a 0-byte placement
+  -- (a resync entry of unknown size) must still be removable.
+  local bytes = sign * p[5]
+  if bytes == 0 then bytes = 0 end
   redis.call('HINCRBY', U, 'c' .. t, sign)
-  redis.call('HINCRBY', U, 'b' .. t, sign * p[5])
+  redis.call('HINCRBY', U, 'b' .. t, bytes)
   local owner = p[1]
   if p[6] == 1 then owner = '' end
   local f = 'o' .. SEP .. owner .. SEP .. t .. SEP .. p[4]
-  if redis.call('HINCRBY', U, f, sign * p[5]) <= 0 and sign < 0 then redis.call('HDEL', U, f) end
+  if redis.call('HINCRBY', U, f, bytes) <= 0 and sign < 0 then redis.call('HDEL', U, f) end
 end
 -- Write a record back (or drop it), keeping the key count, LRU and in-flight sets true.
 local function settle(DIR, LRU, U, EV, k, rec, existed)
@@ -114,8 +118,12 @@ for j = 9, #ARGV, 3 do
   if op == 's' then
     local rec
     if raw then rec = cmsgpack.unpack(raw) else rec = {0, now} end
-    local p = {inst, inc, tier, backend, size, shared}
     local i = find(rec, tier, backend, shared, inst)
+    if size < 0 then
+      -- a resync entry of unknown size (UNKNOWN_SIZE): keep the slot's known size
+      if i then size = rec[i][5] else size = 0 end
+    end
+    local p = {inst, inc, tier, backend, size, shared}
     if i then account(U, rec[i], -1); rec[i] = p else rec[#rec + 1] = p end
     account(U, p, 1)
     rec[2] = now

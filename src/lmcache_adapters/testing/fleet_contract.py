@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from lmcache_core.fleet.model import (
+    UNKNOWN_SIZE,
     CapacityDecl,
     Entry,
     EventBatch,
@@ -224,6 +225,28 @@ class FleetStoreContract:
         assert usage.num_keys == 5 and usage.salt_bytes[Tier.L2] == {"r": 200}
         self.apply(store, batch("a", 1, 1, [(Op.DELETE, entries[0][0])]))
         assert store.usage().salt_bytes[Tier.L2] == {"r": 160}
+
+    def test_a_resync_of_unknown_size_keeps_the_size_a_store_reported(self, store: FleetStore) -> None:
+        # Server a stored into the shared pool (knows the size); server b lists the same pool
+        # without knowing the objects' sizes: the listing must not zero what a's store reported.
+        known, fresh = make_key(1, salt="s"), make_key(2, salt="s")
+        self.apply(store, batch("a", 1, 1, [(Op.STORE, known, 4096)], shared=True, backend="s3"))
+        assert store.resync("b", "s3", True, [(known, UNKNOWN_SIZE), (fresh, UNKNOWN_SIZE)], NOW) == 2
+        sizes = {k: [p.size_bytes for p in r.placements] for k, r in zip((known, fresh), store.lookup([known, fresh]),
+                                                                          strict=True) if r is not None}
+        assert sizes == {known: [4096], fresh: [0]}
+        assert store.usage().salt_bytes[Tier.L2] == {"s": 4096}
+        store.resync("b", "s3", True, [(fresh, 512)], NOW)  # a listing that knows the size sets it
+        assert store.usage().salt_bytes[Tier.L2] == {"s": 4096 + 512}
+
+    def test_a_placement_of_zero_bytes_can_be_replaced_and_deleted(self, store: FleetStore) -> None:
+        key = make_key(3, salt="z")
+        assert store.resync("b", "s3", True, [(key, UNKNOWN_SIZE)], NOW) == 1  # 0 bytes: size unknown
+        self.apply(store, batch("b", 1, 1, [(Op.DELETE, key)], shared=True, backend="s3"))
+        assert store.lookup([key]) == [None]
+        store.resync("b", "s3", True, [(key, UNKNOWN_SIZE)], NOW)
+        self.apply(store, batch("a", 1, 1, [(Op.STORE, key, 64)], shared=True, backend="s3"))
+        assert store.usage().salt_bytes[Tier.L2] == {"z": 64}
 
     def test_list_keys_filters_and_pages(self, store: FleetStore) -> None:
         keys = [make_key(i, model=f"m{i % 2}") for i in range(10)]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from lmcache_core.fleet.model import (
+    UNKNOWN_SIZE,
     Cursor,
     EventBatch,
     EvictionCandidate,
@@ -89,12 +90,14 @@ class Ledger:
         rec = self._dir.get(key)
         if rec is None:
             rec = self._dir[key] = _Record()
+        slot = next((i for i, p in enumerate(rec.placements)
+                     if p.same_slot(batch.tier, batch.backend, batch.shared, batch.instance_id)), None)
+        if size == UNKNOWN_SIZE:
+            size = rec.placements[slot].size_bytes if slot is not None else 0
         new = Placement(batch.instance_id, batch.incarnation, batch.tier, batch.backend, size, batch.shared)
-        for i, p in enumerate(rec.placements):
-            if p.same_slot(batch.tier, batch.backend, batch.shared, batch.instance_id):
-                self._account(key, p, -1)
-                rec.placements[i] = new
-                break
+        if slot is not None:
+            self._account(key, rec.placements[slot], -1)
+            rec.placements[slot] = new
         else:
             rec.placements.append(new)
         self._account(key, new, +1)

@@ -41,6 +41,12 @@ class Verdict(enum.StrEnum):
     STALE = "stale"
 
 
+UNKNOWN_SIZE = -1
+"""A resync entry's size when the listing server does not know it (an object of a shared pool it
+neither stored nor read): keeps the size already recorded for that slot, else counts 0 bytes.
+Only resync writes it; event batches always carry the size their server stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One key's change inside a batch (`size_bytes` only for stores)."""

@@ -83,7 +83,9 @@ class FleetStore(Protocol):
         self, instance_id: str, backend: str, shared: bool, entries: Sequence[tuple[ObjectKey, int]], now: float
     ) -> int:
         """Record L2 placements found by listing a server (no cursor involved; an upsert, so a
-        repeat changes nothing). Returns how many entries were recorded."""
+        repeat changes nothing). An entry of `UNKNOWN_SIZE` keeps the size already recorded for
+        its slot (else 0): a listing never lowers a size a store reported. Returns how many
+        entries were recorded."""
         ...
 
     def capacities(self) -> dict[str, tuple[CapacityDecl, ...]]:

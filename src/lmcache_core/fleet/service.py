@@ -16,6 +16,7 @@ from lmcache_core.clock import SystemClock
 from lmcache_core.errors import ConfigError, NotFoundError
 from lmcache_core.fleet import planner
 from lmcache_core.fleet.model import (
+    UNKNOWN_SIZE,
     Cursor,
     Entry,
     EventBatch,
@@ -425,7 +426,7 @@ class FleetService:
             page = self.servers.list_l2(info, token, self.settings.resync_page_size)
             if page.shared and page.backend in seen_shared and token is None:
                 return 0  # one listing of a shared pool is enough
-            entries = [(key, size or 0) for key, size in page.entries]
+            entries = [(key, UNKNOWN_SIZE if size is None else size) for key, size in page.entries]
             total += self.store.resync(info.instance_id, page.backend, page.shared, entries, self.clock.time())
             if page.shared:
                 self.store.note_shared_mount(page.backend, info.instance_id)
