@@ -475,16 +475,16 @@ def operator_loop(admin: str, stats: Stats, halt: threading.Event, deadline: flo
         action = rng.choice(actions)
         salt = rng.choice(SALTS)
         if action == "clear":
-            status, _ = http("POST", f"{admin}/clear-cache")
+            status, body = http("POST", f"{admin}/clear-cache")
         elif action == "clear_salt":
-            status, _ = http("POST", f"{admin}/clear-cache?cache_salt={salt}" if salt else f"{admin}/clear-cache")
+            status, body = http("POST", f"{admin}/clear-cache?cache_salt={salt}" if salt else f"{admin}/clear-cache")
         elif action == "quota_set":
             limit = rng.choice([0.002, 0.005, 0.01, 0.02, GENEROUS_QUOTA_GB])
-            status, _ = http("PUT", f"{admin}/quota/{url_salt(salt)}", {"limit_gb": limit})
+            status, body = http("PUT", f"{admin}/quota/{url_salt(salt)}", {"limit_gb": limit})
         elif action == "quota_delete":
-            status, _ = http("DELETE", f"{admin}/quota/{url_salt(salt)}")
+            status, body = http("DELETE", f"{admin}/quota/{url_salt(salt)}")
         elif action == "status":
-            status, _ = http("GET", f"{admin}/status")
+            status, body = http("GET", f"{admin}/status")
         else:
             status, body = http("GET", f"{admin}/l2/keys?page_size=200&model_name={urllib.parse.quote(MODEL)}")
             if status == 200 and body["entries"]:
@@ -496,7 +496,8 @@ def operator_loop(admin: str, stats: Stats, halt: threading.Event, deadline: flo
         stats.add(f"admin_{action}")
         if status == 0 or status >= 500:
             stats.add("admin_errors")
-            stats.note(f"operator {action}: HTTP {status}")
+            error = body.get("error") if isinstance(body, dict) else None
+            stats.note(f"operator {action}: HTTP {status}" + (f" ({error})" if error else ""))
         halt.wait(OPERATOR_PERIOD_S)
 
 
