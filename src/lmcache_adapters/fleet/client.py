@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lmcache_adapters.fleet.http import JsonHttp, error_text
@@ -42,10 +42,13 @@ class CoordinatorClient:
         max_buffered_events: int = 100_000,
         max_batches_per_request: int = 500,
         events: EventBuffer | None = None,
+        on_heartbeat: Callable[[], object] | None = None,
     ) -> None:
         """`events`: a buffer filled before the client existed (a server's reporter starts
         buffering before its ports are known); it must be stamped with the same id and
-        incarnation. Default: a new one of `max_buffered_events`."""
+        incarnation. Default: a new one of `max_buffered_events`. `on_heartbeat`: called on the
+        client's thread before each registration or heartbeat (the server re-checks its capacity
+        declaration there); its failure is logged and the heartbeat goes on."""
         if heartbeat_interval <= 0 or flush_interval <= 0:
             raise ValueError("heartbeat and flush intervals must be > 0")
         self.url = coordinator_url.rstrip("/")
@@ -75,6 +78,7 @@ class CoordinatorClient:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_heartbeat = 0.0
+        self._on_heartbeat = on_heartbeat
 
     # ------------------------------------------------------------------ calls
 
@@ -169,6 +173,11 @@ class CoordinatorClient:
             try:
                 if now >= self._next_heartbeat:
                     self._next_heartbeat = now + self.heartbeat_interval
+                    if self._on_heartbeat is not None:
+                        try:
+                            self._on_heartbeat()
+                        except Exception:
+                            log.exception("coordinator client heartbeat hook failed")
                     if not self.registered:
                         self.register()
                     else:

@@ -122,10 +122,18 @@ class FleetMember:
                 incarnation=self.incarnation,
                 metadata=metadata,
                 events=self.events,
+                on_heartbeat=self._refresh_capacity,
                 **self._settings,
             )
             self.client.start()
         log.info("joining the fleet at %s as %s (http://%s:%d)", self.url, instance_id, self.advertise_ip, http_port)
+
+    def _refresh_capacity(self) -> None:
+        # Compartments resized at run time (/reconfigure) reach the coordinator with the next
+        # heartbeat: the declaration is re-sent only when it changed.
+        reporter = self.reporter
+        if reporter is not None:
+            reporter.refresh_capacity()
 
     def close_l1(self) -> None:
         """The shutdown began: L1 is about to be cleared, and deregistering drops its placements."""

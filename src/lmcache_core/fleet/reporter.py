@@ -26,15 +26,31 @@ class CacheEventReporter(L1Listener, L2Listener):
         self.events = events
         self.l1_backend = l1_backend
         self._l1_open = True
+        self._storage: StorageManager | None = None
+        self._declared: list[CapacityDecl] | None = None
 
     @classmethod
     def attach(cls, storage: StorageManager, events: EventBuffer) -> CacheEventReporter:
         """A reporter subscribed to `storage`'s L1 and L2 events, its capacity declared."""
         reporter = cls(events, l1_backend=str(getattr(storage.l1.pool, "backend", "dram")))
+        reporter._storage = storage
         storage.l1.add_listener(reporter)
         storage.add_l2_listener(reporter)
-        events.declare(capacities(storage, reporter.l1_backend))
+        reporter.refresh_capacity()
         return reporter
+
+    def refresh_capacity(self) -> bool:
+        """Declare the server's compartments again when they changed since the last declaration
+        (a Device-DAX device added to or removed from L2, an L1 arena added or drained, at run
+        time); returns whether a new declaration was queued. Cheap: each adapter's usage()."""
+        if self._storage is None:
+            return False
+        modules = capacities(self._storage, self.l1_backend)
+        if modules == self._declared:
+            return False
+        self._declared = modules
+        self.events.declare(modules)
+        return True
 
     def close_l1(self) -> None:
         """Stop reporting L1 (the server is shutting down: its deregistration drops every L1

@@ -20,6 +20,7 @@ from lmcache_core.keys import ObjectKey, kv_rank_for
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
 from lmcache_core.plugin import Endpoint
+from lmcache_core.ports import L2Usage
 from lmcache_core.quota import QuotaManager
 from lmcache_core.storage_manager import StorageManager
 from lmcache_core.testing import poll_until
@@ -82,6 +83,13 @@ def test_a_member_registers_reports_and_leaves(storage: StorageManager, coordina
         declared = {(d.tier, d.backend): d for d in service.store.capacities()["127.0.0.1:8123"]}
         assert declared[(Tier.L1, "dram")].capacity_bytes == 64 * OBJ
         assert declared[(Tier.L2, "mock")].capacity_bytes == 1 << 20 and declared[(Tier.L2, "mock")].shared
+        # A compartment resized at run time (a Device-DAX device added, say) is declared again
+        # with the next heartbeat.
+        adapter = storage.find_adapter(None).adapter
+        grown = L2Usage(used_bytes=adapter.usage().used_bytes, capacity_bytes=2 << 20)
+        adapter.usage = lambda: grown  # type: ignore[method-assign]
+        poll_until(lambda: {(d.tier, d.capacity_bytes) for d in service.store.capacities()["127.0.0.1:8123"]}
+                   == {(Tier.L1, 64 * OBJ), (Tier.L2, 2 << 20)}, what="the new L2 capacity declared")
         # Deletes from either tier follow.
         storage.l1.delete([key(2)])
         storage.delete_from_l2(storage.find_adapter(None), [key(2)])
