@@ -326,10 +326,12 @@ class L1Manager:
             return results
 
     def reserve_read(
-        self, keys: Sequence[ObjectKey], extra_count: int = 0, *, promise: bool = False
+        self, keys: Sequence[ObjectKey], extra_count: int = 0, *, promise: bool = False, hit: bool = True
     ) -> list[tuple[OpResult, MemoryHandle | None]]:
         """Take `1 + extra_count` read locks (tensor-parallel readers) on readable objects:
-        copies in flight, or promises with `promise`."""
+        copies in flight, or promises with `promise`. `hit=False` for the server's own reads
+        (the L2 write-back): the locks are the same, but listeners hear of no hit, so the
+        eviction policy's recency and the fleet's access events stay the clients' own."""
         holders = 1 + _validate_count("extra_count", extra_count, 0)
         with self._lock:
             now = self._clock.monotonic()
@@ -359,7 +361,9 @@ class L1Manager:
                     continue
                 append_readable(obj)
                 append((success, obj.handle))
-            self._emit("on_l1_keys_read_reserved", self._lock_for_read(readable, holders, now, not promise))
+            locked = self._lock_for_read(readable, holders, now, not promise)
+            if hit:
+                self._emit("on_l1_keys_read_reserved", locked)
             return results
 
     def lock_read_prefix(

@@ -195,7 +195,8 @@ class StoreController(L1Listener):
         is left to write, else when the last adapter answered). Returns the objects submitted."""
         keys = [k for k, _ in batch]
         # A copy in flight on each object: a CLEAR meanwhile keeps its memory until we finish.
-        results = self.l1.reserve_read(keys)
+        # Not a hit: writing an object back does not make it recent (nor a fleet access).
+        results = self.l1.reserve_read(keys, hit=False)
         locked: list[ObjectKey] = []
         handles: list[MemoryHandle] = []
         sizes: list[int] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ from lmcache_adapters.l2.mock import MockL2Adapter
 from lmcache_core.clock import ManualClock
 from lmcache_core.eviction import make_policy
 from lmcache_core.keys import ObjectKey, kv_rank_for
+from lmcache_core.l1.listener import L1Listener
 from lmcache_core.l1.manager import L1Manager
 from lmcache_core.l1.results import OpResult
 from lmcache_core.l2.listener import L2Listener
@@ -96,6 +97,28 @@ def test_finished_writes_are_written_back_to_every_adapter(make_manager: Any) ->
     assert sm.l1.delete(keys) == [OpResult.SUCCESS] * 10
     status = sm.report_status()["store_controller"]
     assert status["adapters"]["0:a"]["completed"] == 10 and status["queue_size"] == 0
+
+
+def test_a_write_back_is_not_a_hit(make_manager: Any) -> None:
+    # The write-back read-locks each object to copy it, but that is the server's own read: the
+    # eviction policy's recency and the fleet's access events must hear only clients' hits.
+    class Hits(L1Listener):
+        def __init__(self) -> None:
+            self.keys: list[ObjectKey] = []
+
+        def on_l1_keys_read_reserved(self, keys: Sequence[ObjectKey]) -> None:
+            self.keys.extend(keys)
+
+    sm = make_manager([("a", MockL2Adapter())])
+    hits = Hits()
+    sm.l1.add_listener(hits)
+    keys = [key(i) for i in range(6)]
+    put(sm.l1, keys)
+    assert sm.store.drain(5)
+    assert sm.report_status()["store_controller"]["adapters"]["0:a"]["completed"] == 6
+    assert hits.keys == []
+    assert [r for r, _ in sm.l1.reserve_read(keys[:2])] == [OpResult.SUCCESS] * 2  # a client's read is one
+    assert hits.keys == keys[:2]
 
 
 def test_skip_l1_drops_objects_once_stored(make_manager: Any) -> None:
