@@ -29,7 +29,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 import torch
 
 from lmcache_frontends.client import LMCacheClient, RequestKey, make_key, share_cpu_tensor
+from lmcache_frontends.testing import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import serverproc  # noqa: E402  (the tests' launchers: one way to start the reference server)
@@ -53,12 +53,6 @@ BS, NH, HS, LAYERS = 16, 8, 128, 32  # fp16: 2 x 32 x 256 x 1024 x 2 B = 32 MiB 
 LOOKUP_TOKENS, LOOKUP_CHUNKS = 32 * 1024, 128
 REFERENCE_VENV = serverproc.REFERENCE_VENV
 READY = re.compile(r"ready: admin (http://\S+) ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,14 +25,9 @@ from typing import Any
 import torch
 
 from lmcache_frontends.client import LMCacheClient, make_key
+from lmcache_frontends.testing import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_file(path: Path, timeout: float = 60.0) -> dict[str, Any]:

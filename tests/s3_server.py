@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lmcache_core.testing import poll_until
+from lmcache_frontends.testing import free_port
 
 # Fake credentials: the tests must never reach real AWS, and boto3 must not look for real ones.
 FAKE_CREDENTIALS = {
@@ -24,13 +24,6 @@ FAKE_CREDENTIALS = {
 }
 
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(url: str) -> bool:

@@ -38,6 +38,16 @@ def in_memory_stack(
     return bootstrap(config or ServerConfig(), **overrides)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a test or benchmark that starts a
+    process on a port of its own choosing)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def raw_request(url: str, frames: list[bytes], timeout_ms: int = 300) -> list[bytes] | None:
     """Send `frames` on a fresh DEALER connection to a data-path server (a client of its own,
     as an engine would connect) and return the reply's frames, or None when none came within

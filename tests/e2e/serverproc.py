@@ -8,7 +8,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lmcache_adapters.memory import SHM_NAME_PREFIX, remove_dead_segment
 from lmcache_core.testing import poll_until
+from lmcache_frontends.testing import free_port
 
 READY_RE = re.compile(r"ready: admin (http://\S+) ")
 
@@ -166,17 +167,24 @@ def launch(
     return server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def stop_process_group(proc: subprocess.Popen[Any], grace: float) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started: SIGTERM
+    to its process group, `grace` seconds to exit, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 @contextlib.contextmanager
 def reference_server(l1_gb: float = 1.0, log_dir: Path | None = None) -> Iterator[str]:
     """LMCache 0.5.0's `lmcache server` on free loopback ports; yields its ZeroMQ URL and stops
     its whole process group afterwards."""
-    zmq_port, http_port, prom_port = _free_port(), _free_port(), _free_port()
+    zmq_port, http_port, prom_port = free_port(), free_port(), free_port()
     env = {**os.environ, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1"}
     log = tempfile.NamedTemporaryFile("w+", prefix="reference-", suffix=".log", dir=log_dir)  # noqa: SIM115
     proc = subprocess.Popen(
@@ -201,11 +209,5 @@ def reference_server(l1_gb: float = 1.0, log_dir: Path | None = None) -> Iterato
                    detail=log_tail)
         yield f"tcp://127.0.0.1:{zmq_port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_process_group(proc, grace=30)
         log.close()

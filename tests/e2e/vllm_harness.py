@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lmcache_frontends.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "vllm.md"
@@ -147,12 +148,6 @@ def write_tiny_llama(directory: Path, client: str) -> Path:
     if not (directory / "model.safetensors").exists():
         subprocess.run([str(venv_python(client)), "-c", _WEIGHTS_SCRIPT, str(directory)], check=True, timeout=120)
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
